@@ -1,0 +1,64 @@
+"""The LoRA adapter on disk: `adapter.safetensors` + `adapter_config.json`.
+
+Tensors are keyed by Keras variable path (e.g. `decoder_block_0/attention/query/lora_kernel_a`)
+and stored in float32. The config names the base preset and the LoRA settings needed to
+re-create the same layers on a fresh copy of that base.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kft import lora
+from kft.errors import KftError
+
+WEIGHTS, CONFIG = "adapter.safetensors", "adapter_config.json"
+
+
+def save(folder: str | Path, backbone, meta: dict) -> None:
+    """Write the adapter of `backbone` and its config (`meta` plus kft's version) into `folder`."""
+    from safetensors.numpy import save_file
+
+    from kft import __version__
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {path: np.asarray(v.numpy(), dtype="float32") for path, v in lora.lora_variables(backbone).items()}
+    save_file(tensors, str(folder / WEIGHTS), metadata={"format": "kft-lora"})
+    config = {**meta, "kft_version": __version__, "tensors": len(tensors)}
+    (folder / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_config(folder: str | Path) -> dict:
+    path = Path(folder) / CONFIG
+    if not path.is_file():
+        raise KftError(f"'{folder}' holds no {CONFIG}; point at a kft run folder or an adapter folder")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def apply(folder: str | Path, backbone) -> dict:
+    """Enable LoRA on `backbone` as the adapter in `folder` was trained, and load its weights."""
+    from safetensors.numpy import load_file
+
+    config = read_config(folder)
+    lora.enable(backbone, config["rank"], config["alpha"], config["targets"])
+    tensors = load_file(str(Path(folder) / WEIGHTS))
+    variables = lora.lora_variables(backbone)
+    if set(tensors) != set(variables):
+        missing, extra = sorted(set(variables) - set(tensors)), sorted(set(tensors) - set(variables))
+        raise KftError(
+            f"the adapter in '{folder}' does not fit this base model (trained on {config.get('base_preset')}): "
+            f"{len(missing)} layer(s) missing, {len(extra)} unknown, e.g. {(missing or extra)[0]}"
+        )
+    for path, variable in variables.items():
+        if tuple(tensors[path].shape) != tuple(variable.shape):
+            raise KftError(
+                f"the adapter in '{folder}' does not fit this base model (trained on {config.get('base_preset')}): "
+                f"{path} has shape {tuple(tensors[path].shape)}, the base needs {tuple(variable.shape)}"
+            )
+    for path, variable in variables.items():
+        variable.assign(tensors[path])
+    return config

@@ -1,0 +1,58 @@
+"""Start-up of the heavy stack: Keras on JAX, TensorFlow on the CPU only.
+
+TensorFlow comes with keras-hub (tensorflow-text) and serves the tokenizers; left alone it
+would grab every GPU's memory at import, starving JAX. We hide accelerators from it before
+anything else touches TF.
+"""
+
+import os
+
+from kft.errors import KftError
+
+_ready = False
+
+
+def setup() -> None:
+    """Idempotent: select the JAX backend and keep TensorFlow off accelerators."""
+    global _ready
+    if _ready:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    backend = os.environ.setdefault("KERAS_BACKEND", "jax")
+    if backend != "jax":
+        raise KftError(f"kft trains on JAX, but KERAS_BACKEND={backend}; set KERAS_BACKEND=jax before importing keras")
+    import tensorflow as tf
+
+    for kind in ("GPU", "TPU"):
+        try:
+            tf.config.set_visible_devices([], kind)
+        except (RuntimeError, ValueError):
+            pass  # already initialised or no such device type: nothing of ours to hide
+    import keras
+
+    if keras.config.backend() != "jax":
+        raise KftError(
+            f"keras was imported with the {keras.config.backend()} backend before kft; "
+            "set KERAS_BACKEND=jax at the top of the notebook and restart it"
+        )
+    _ready = True
+
+
+def accelerator() -> str:
+    """'cpu', 'gpu' or 'tpu': what JAX computes on."""
+    import jax
+
+    return jax.default_backend()
+
+
+def bf16_capable() -> bool:
+    """True on TPUs and on GPUs of compute capability 8.0 or newer (A100, L4, H100...)."""
+    import jax
+
+    kind = jax.default_backend()
+    if kind == "tpu":
+        return True
+    if kind != "gpu":
+        return False
+    capability = getattr(jax.devices()[0], "compute_capability", "0")
+    return float(capability) >= 8.0

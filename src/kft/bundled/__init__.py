@@ -1,0 +1,1 @@
+"""Small datasets shipped with kft (data.source: bundled:NAME)."""

@@ -1,0 +1,126 @@
+"""The `kft` command: a thin shell over kft's Python API.
+
+It parses and validates, then calls the same functions a notebook calls. Heavy imports
+(keras, jax, tensorflow) happen inside commands so `--help` answers at once. A `KftError`
+becomes one line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from kft import config as config_lib
+from kft.errors import KftError
+
+# Flag -> config key. Any other key: --set section.key=value.
+COMMON_FLAGS = {
+    "preset": "model.preset",
+    "data": "data.source",
+    "rank": "lora.rank",
+    "alpha": "lora.alpha",
+    "seq_len": "data.seq_len",
+    "batch_size": "train.batch_size",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "lr": "train.lr",
+    "output_dir": "output.dir",
+    "seed": "train.seed",
+}
+
+
+def _help(key: str) -> str:
+    section, name = key.split(".")
+    cls = config_lib._section_classes()[section]
+    return f"[{key}] " + next(f.metadata["help"] for f in config_lib.dataclasses.fields(cls) if f.name == name)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kft")
+def cli():
+    """Fine-tune Gemma-family models with LoRA, the Keras way (Keras 3 + KerasHub on JAX)."""
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file (defaults: the Keras Gemma LoRA tutorial).")
+@click.option("--preset", help=_help("model.preset"))
+@click.option("--data", help=_help("data.source"))
+@click.option("--rank", type=int, help=_help("lora.rank"))
+@click.option("--alpha", type=float, help=_help("lora.alpha"))
+@click.option("--seq-len", type=int, help=_help("data.seq_len"))
+@click.option("--batch-size", type=int, help=_help("train.batch_size"))
+@click.option("--epochs", type=int, help=_help("train.epochs"))
+@click.option("--max-steps", type=int, help=_help("train.max_steps"))
+@click.option("--lr", type=float, help=_help("train.lr"))
+@click.option("--output-dir", help=_help("output.dir"))
+@click.option("--seed", type=int, help=_help("train.seed"))
+@click.option("--overwrite", is_flag=True, help="Allow writing into a run folder that already holds files.")
+@click.option("--set", "assignments", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config key (repeatable).")
+def train(config_path, overwrite, assignments, **flags):
+    """Fine-tune a Gemma preset with LoRA and write a run folder."""
+    overrides = dict(config_lib.parse_set(a) for a in assignments)
+    overrides.update({COMMON_FLAGS[k]: v for k, v in flags.items() if v is not None})
+    if overwrite:
+        overrides["output.overwrite"] = True
+    config = config_lib.load(config_path, overrides)  # validated before anything heavy loads
+    from kft.finetune import train as run_training
+
+    result = run_training(config)
+    click.echo(str(result.run_dir))
+
+
+@cli.command()
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A kft run folder (base preset + adapter).")
+@click.option("--preset", help="Base preset (with --adapter, or to override the run's).")
+@click.option("--adapter", "adapter_dir", type=click.Path(file_okay=False), help="An adapter folder (adapter.safetensors + adapter_config.json).")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--sampler", "strategy", type=click.Choice(["greedy", "random"]), default="greedy", show_default=True)
+@click.option("--temperature", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--top-k", type=click.IntRange(0), default=0, help="Sample among the k most likely tokens (random sampler).")
+@click.option("--top-p", type=click.FloatRange(0, 1), default=0.0, help="Nucleus sampling threshold (random sampler).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--raw", is_flag=True, help="Send prompts as they are, without the run's template.")
+def generate(prompts, run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, top_k, top_p, seed, raw):
+    """Generate from a fine-tuned model: base preset + LoRA adapter."""
+    import kft
+
+    lm = kft.load(run_dir=run_dir, preset=preset, adapter_dir=adapter_dir)
+    outputs = kft.generate(lm, list(prompts), max_new_tokens=max_new_tokens, template=None if raw else "auto",
+                           strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    for prompt, output in zip(prompts, outputs):
+        if len(prompts) > 1:
+            click.echo(f"### {prompt}")
+        click.echo(output)
+
+
+@cli.command("config")
+@click.argument("config_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--reference", is_flag=True, help="Print every key with its default and meaning (Markdown).")
+def config_cmd(config_path, reference):
+    """Validate a config file and print it resolved (or the key reference)."""
+    if reference:
+        click.echo(config_lib.reference_markdown())
+        return
+    click.echo(config_lib.to_yaml(config_lib.load(config_path)), nl=False)
+
+
+def main(argv=None):
+    """Entry point: user mistakes become one line and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="kft", standalone_mode=False)
+    except KftError as e:
+        click.echo(f"kft: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("kft: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

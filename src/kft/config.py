@@ -1,0 +1,314 @@
+"""One YAML file <-> one tree of dataclasses.
+
+Every key has a default here, and its `help` text is the single documentation of the key
+(`kft config` prints it; the README's config reference is generated from it). Loading checks
+keys, types and values before anything heavy is imported, so mistakes cost a second, not a
+model load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from kft.errors import ConfigError
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
+TEMPLATES = ("dolly", "gemma-chat", "custom")
+SCHEDULES = ("constant", "linear", "cosine")
+ALL_LINEAR = "all-linear"
+LORA_LAYER_NAMES = ("query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear")
+
+
+def _key(default, help, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    preset: str = _key(
+        "gemma2_2b_en",
+        "KerasHub preset: a preset name or kaggle:// handle, a local Keras preset folder, a "
+        "Hugging Face-format folder, or a kft-prepared name (tiny_gemma, tiny_gemma2, tiny_gemma3).",
+    )
+    precision: str = _key(
+        "auto",
+        "Dtype policy: auto (mixed_bfloat16 on TPU and bf16-capable GPUs, float32 otherwise), "
+        "float32, mixed_bfloat16, bfloat16, mixed_float16, float16 (Gemma overflows in float16).",
+    )
+
+
+@dataclass
+class LoraConfig:
+    rank: int = _key(4, "LoRA rank (> 0).")
+    alpha: Optional[float] = _key(None, "LoRA alpha; the update is scaled by alpha/rank. null = rank.")
+    targets: list = _key(
+        ["query", "value"],
+        "Layers to adapt: any of query, key, value, attention_output, ffw_gating, ffw_gating_2, "
+        "ffw_linear, or [all-linear] for all seven. Default query+value, as in KerasHub.",
+    )
+
+
+@dataclass
+class DataConfig:
+    source: str = _key(
+        "databricks/databricks-dolly-15k",
+        "A Hugging Face datasets name, or a local .jsonl/.json/.csv/.parquet file.",
+    )
+    split: str = _key("train", "Split to read from a hub dataset.")
+    template: str = _key(
+        "dolly",
+        "dolly (Instruction/Response), gemma-chat (Gemma turns from a messages column), or "
+        "custom (prompt_format + response_format).",
+    )
+    prompt_format: str = _key("", "custom template: Python format string for the prompt, e.g. 'Q: {question}\\nA: '.")
+    response_format: str = _key("", "custom template: format string for the trained response, e.g. '{answer}'.")
+    columns: dict = _key(
+        {},
+        "Map template fields to dataset columns, e.g. {instruction: question, response: answer}. "
+        "Fields: dolly uses instruction/context/response, gemma-chat uses messages.",
+    )
+    drop_with_context: bool = _key(False, "dolly: drop records with a non-empty context (as the Keras tutorial does).")
+    seq_len: int = _key(256, "Tokens per training example (>= 8).")
+    overlong: str = _key("truncate", "Examples longer than seq_len: truncate or drop.")
+    max_examples: Optional[int] = _key(None, "Use at most this many examples (after shuffling). null = all.")
+    eval_fraction: float = _key(0.0, "Fraction of examples held out for evaluation (0 <= x < 1).")
+    loss_on: str = _key("response", "response (prompt tokens get loss weight 0) or all (full-sequence loss).")
+    shuffle: bool = _key(True, "Shuffle examples (with train.seed) before max_examples and the eval split.")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _key(1, "Passes over the training examples.")
+    max_steps: Optional[int] = _key(None, "Stop after this many optimizer steps (overrides epochs). null = epochs decide.")
+    batch_size: int = _key(1, "Examples per micro-batch.")
+    grad_accum: int = _key(1, "Micro-batches per optimizer step (gradient accumulation).")
+    lr: float = _key(5e-5, "Peak learning rate (AdamW).")
+    weight_decay: float = _key(0.01, "AdamW decoupled weight decay; bias and scale are excluded.")
+    schedule: str = _key("constant", "Learning-rate schedule after warmup: constant, linear or cosine.")
+    warmup_steps: int = _key(0, "Linear warmup, in optimizer steps.")
+    clip_norm: Optional[float] = _key(None, "Clip gradients to this global norm. null = no clipping.")
+    seed: int = _key(0, "Seed for shuffling, LoRA initialisation and sampling.")
+    log_every: int = _key(10, "Print and record metrics every N optimizer steps.")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = _key("runs/{preset}-{time}", "Run folder; {preset} and {time} are filled in.")
+    samples: int = _key(3, "Eval prompts to generate from before and after training (0 = none).")
+    sample_max_new_tokens: int = _key(64, "New tokens per sample generation.")
+    tensorboard: bool = _key(True, "Write TensorBoard logs to RUN/tensorboard.")
+    overwrite: bool = _key(False, "Allow writing into a run folder that already holds files.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_classes() -> dict:
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key, e.g. 'lora.rank'."""
+    return [f"{s}.{f.name}" for s, cls in _section_classes().items() for f in dataclasses.fields(cls)]
+
+
+def _suggest(bad: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(bad, candidates, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(candidates)}"
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the field's type; allow int for float and a comma string for a list."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                list: "a list", dict: "a mapping"}[hint]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is list and isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
+    return value
+
+
+def from_dict(raw: dict | None) -> Config:
+    """Build a Config from a nested mapping, rejecting unknown keys and wrong types."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("the config file must be a mapping of sections (model, lora, data, train, output)")
+    classes = _section_classes()
+    sections = {}
+    for name, values in raw.items():
+        if name not in classes:
+            raise ConfigError(f"unknown config section '{name}'{_suggest(str(name), list(classes))}")
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{name}' must be a mapping of keys, got {values!r}")
+        cls = classes[name]
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            dotted = f"{name}.{key}"
+            if key not in hints:
+                raise ConfigError(f"unknown config key '{dotted}'{_suggest(dotted, all_keys())}")
+            kwargs[key] = _coerce(dotted, value, hints[key])
+        sections[name] = cls(**kwargs)
+    config = Config(**sections)
+    validate(config)
+    return config
+
+
+def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
+    """Return `raw` with dotted-key overrides ('lora.rank': 8) merged in."""
+    merged = {k: dict(v or {}) if isinstance(v, dict) else v for k, v in (raw or {}).items()}
+    for dotted, value in overrides.items():
+        if "." not in dotted:
+            raise ConfigError(f"override '{dotted}' must be section.key=value{_suggest(dotted, all_keys())}")
+        section, key = dotted.split(".", 1)
+        target = merged.setdefault(section, {})
+        if not isinstance(target, dict):
+            target = merged[section] = {}
+        target[key] = value
+    return merged
+
+
+def parse_set(assignment: str) -> tuple[str, Any]:
+    """Parse one `--set section.key=value`; the value is read as YAML (so 8 is an int, null is None)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects section.key=value, got '{assignment}'")
+    key, text = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file '{path}' not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text") from None
+
+
+def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or defaults), apply dotted overrides, validate."""
+    raw = read_yaml(path) if path else {}
+    return from_dict(apply_overrides(raw, overrides or {}))
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def _fail(key: str, message: str):
+    raise ConfigError(f"config key '{key}' {message}")
+
+
+def validate(c: Config) -> None:
+    """Reject values kft cannot run with, naming the key and the fix."""
+    if c.model.precision not in PRECISIONS:
+        _fail("model.precision", f"must be one of {', '.join(PRECISIONS)}, got '{c.model.precision}'")
+    if not c.model.preset:
+        _fail("model.preset", "is empty; name a preset or a local preset folder")
+    if c.lora.rank <= 0:
+        _fail("lora.rank", f"must be > 0, got {c.lora.rank}; try 4 or 8")
+    if c.lora.alpha is not None and c.lora.alpha <= 0:
+        _fail("lora.alpha", f"must be > 0 (or null for alpha = rank), got {c.lora.alpha}")
+    targets = c.lora.targets
+    if not targets:
+        _fail("lora.targets", "is empty; use [query, value] or [all-linear]")
+    for t in targets:
+        if t != ALL_LINEAR and t not in LORA_LAYER_NAMES:
+            _fail("lora.targets", f"has unknown layer '{t}'{_suggest(t, [*LORA_LAYER_NAMES, ALL_LINEAR])}")
+    d = c.data
+    if d.template not in TEMPLATES:
+        _fail("data.template", f"must be one of {', '.join(TEMPLATES)}, got '{d.template}'")
+    if d.template == "custom" and not (d.prompt_format and d.response_format):
+        _fail("data.prompt_format", "and data.response_format must both be set when data.template is custom")
+    if d.seq_len < 8:
+        _fail("data.seq_len", f"must be >= 8, got {d.seq_len}; Gemma prompts need room (try 256)")
+    if d.overlong not in ("truncate", "drop"):
+        _fail("data.overlong", f"must be truncate or drop, got '{d.overlong}'")
+    if d.loss_on not in ("response", "all"):
+        _fail("data.loss_on", f"must be response or all, got '{d.loss_on}'")
+    if d.max_examples is not None and d.max_examples <= 0:
+        _fail("data.max_examples", f"must be > 0 or null, got {d.max_examples}")
+    if not 0.0 <= d.eval_fraction < 1.0:
+        _fail("data.eval_fraction", f"must be in [0, 1), got {d.eval_fraction}")
+    if _looks_like_file(d.source) and not os.path.isfile(d.source):
+        _fail("data.source", f"points to '{d.source}', which does not exist; give an existing file or a datasets name")
+    t = c.train
+    for key, value, low in (("epochs", t.epochs, 1), ("batch_size", t.batch_size, 1), ("grad_accum", t.grad_accum, 1),
+                            ("log_every", t.log_every, 1), ("warmup_steps", t.warmup_steps, 0)):
+        if value < low:
+            _fail(f"train.{key}", f"must be >= {low}, got {value}")
+    if t.max_steps is not None and t.max_steps <= 0:
+        _fail("train.max_steps", f"must be > 0 or null, got {t.max_steps}")
+    if t.lr <= 0:
+        _fail("train.lr", f"must be > 0, got {t.lr}; the tutorial uses 5e-5")
+    if t.weight_decay < 0:
+        _fail("train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    if t.schedule not in SCHEDULES:
+        _fail("train.schedule", f"must be one of {', '.join(SCHEDULES)}, got '{t.schedule}'")
+    if t.clip_norm is not None and t.clip_norm <= 0:
+        _fail("train.clip_norm", f"must be > 0 or null, got {t.clip_norm}")
+    o = c.output
+    if o.samples < 0 or o.sample_max_new_tokens < 1:
+        _fail("output.samples", "must be >= 0 and output.sample_max_new_tokens >= 1")
+
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def _looks_like_file(source: str) -> bool:
+    """A data source naming a local file (by suffix or path form) rather than a hub dataset."""
+    return source.lower().endswith(DATA_SUFFIXES) or source.startswith((".", "/", "~"))
+
+
+def reference_markdown() -> str:
+    """The config reference (README section), generated from the dataclasses."""
+    lines = []
+    for section, cls in _section_classes().items():
+        lines.append(f"**{section}**\n")
+        lines.append("| key | default | meaning |\n|---|---|---|")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"| `{section}.{f.name}` | `{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}` | {f.metadata['help']} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,282 @@
+"""Data: load records with `datasets`, render them with a template, tokenize with a loss mask.
+
+An example is `[bos] + tokens(segment) for each segment (+ [eos] for plain templates)`, cut to
+`seq_len + 1` and shifted by one into inputs and targets. The loss weight of a target is 1 on
+response tokens (and the end marker) and 0 elsewhere, so the model learns to answer and stop,
+not to repeat prompts. Sequences are padded on the right.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kft import templates
+from kft.config import DataConfig
+from kft.errors import KftError
+
+BUNDLED = Path(__file__).parent / "bundled"
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass
+class Split:
+    """Tokenized examples as fixed-shape arrays (N, seq_len)."""
+
+    token_ids: np.ndarray
+    padding_mask: np.ndarray
+    targets: np.ndarray
+    loss_weights: np.ndarray
+    prompts: list[str] = field(default_factory=list)  # for generation: everything before the last response
+    references: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def inputs(self, index=slice(None)) -> dict:
+        return {"token_ids": self.token_ids[index], "padding_mask": self.padding_mask[index]}
+
+
+@dataclass
+class Dataset:
+    train: Split
+    eval: Split | None
+    stats: dict
+
+
+def local_path(source: str) -> Path | None:
+    """The file behind `source` (a path or `bundled:NAME`), or None for a hub dataset name."""
+    if source.startswith("bundled:"):
+        name = source.split(":", 1)[1]
+        path = BUNDLED / f"{name}.jsonl"
+        if not path.is_file():
+            names = ", ".join(sorted(f"bundled:{p.stem}" for p in BUNDLED.glob("*.jsonl")))
+            raise KftError(f"data.source '{source}' is not a bundled dataset; bundled: {names}")
+        return path
+    path = Path(source).expanduser()
+    if path.suffix.lower() in FILE_BUILDERS or path.exists():
+        if not path.is_file():
+            raise KftError(f"data.source '{source}' does not exist or is not a file")
+        return path
+    return None
+
+
+def _hub_reachable(host: str = "huggingface.co") -> bool:
+    try:
+        socket.setdefaulttimeout(3)
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+    finally:
+        socket.setdefaulttimeout(None)
+
+
+def _check_text_file(path: Path) -> None:
+    """Fail with a line number on non-UTF-8 text or a bad JSON Lines row (datasets only says 'error')."""
+    import json
+
+    if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
+        return
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise KftError(f"{path} is not UTF-8 (first bad byte on line {line}); re-save it as UTF-8") from None
+    if not text.strip():
+        raise KftError(f"{path} is empty; it needs at least one example")
+    if path.suffix.lower() == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise KftError(f"{path} line {number} is not valid JSON ({e.msg}); fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise KftError(f"{path} line {number} is not a JSON object; each line must be one record")
+
+
+def load_records(config: DataConfig):
+    """A `datasets.Dataset` of raw records from a local file, a bundled dataset or the Hub."""
+    path = local_path(config.source)
+    if path is None and not _hub_reachable():
+        os.environ["HF_HUB_OFFLINE"] = "1"  # use the local cache if it has the dataset; fail fast if not
+    import datasets
+
+    datasets.disable_progress_bars()
+    if path is not None:
+        _check_text_file(path)
+        try:
+            return datasets.load_dataset(FILE_BUILDERS.get(path.suffix.lower(), "json"), data_files=str(path), split="train")
+        except Exception as e:  # datasets wraps parser errors in several types
+            raise KftError(f"could not read {path}: {str(e).splitlines()[0][:200]}") from None
+    try:
+        return datasets.load_dataset(config.source, split=config.split)
+    except (ConnectionError, OSError) as e:
+        raise KftError(
+            f"cannot reach the Hugging Face Hub for dataset '{config.source}' and it is not cached "
+            f"({type(e).__name__}); use a local file (--data my.jsonl) or bundled:tiny_facts"
+        ) from None
+    except Exception as e:
+        raise KftError(f"could not load dataset '{config.source}' split '{config.split}': {str(e).splitlines()[0][:200]}") from None
+
+
+def _select(records, template: templates.Template, config: DataConfig, seed: int):
+    present = list(records.column_names)
+    missing = [c for c in template.fields(present) if c not in present]
+    if missing:
+        raise KftError(
+            f"data.source is missing column(s) {', '.join(missing)} for template '{template.name}'; "
+            f"columns present: {', '.join(present)}; map them with data.columns"
+        )
+    if len(records) == 0:
+        raise KftError(f"data.source '{config.source}' has no records")
+    if config.drop_with_context and template.name == "dolly":
+        context = template.column("context")
+        if context in present:
+            records = records.filter(lambda r: not str(r[context] or "").strip())
+    if config.shuffle:
+        records = records.shuffle(seed=seed)
+    if config.max_examples is not None:
+        records = records.select(range(min(config.max_examples, len(records))))
+    if len(records) == 0:
+        raise KftError("no records left after data.drop_with_context; set it to false or use other data")
+    return records
+
+
+def _tokenize(segment_lists: list[list[templates.Segment]], tokenizer, ends_with_eos: bool, loss_on: str):
+    """Token ids and per-token loss weights for each example (weights align with ids)."""
+    texts = [text for segments in segment_lists for text, _ in segments]
+    pieces = iter(tokenizer(texts) if texts else [])
+    bos, eos = tokenizer.start_token_id, tokenizer.end_token_id
+    sequences = []
+    for segments in segment_lists:
+        ids, weights = [bos], [0.0]
+        for _, trainable in segments:
+            tokens = list(next(pieces))
+            ids += tokens
+            weights += [1.0 if trainable or loss_on == "all" else 0.0] * len(tokens)
+        if ends_with_eos:
+            ids.append(eos)
+            weights.append(1.0)
+        sequences.append((ids, weights))
+    return sequences
+
+
+def _to_split(sequences, seq_len: int, pad_id: int) -> Split:
+    n = len(sequences)
+    ids = np.full((n, seq_len + 1), pad_id, dtype="int32")
+    weights = np.zeros((n, seq_len + 1), dtype="float32")
+    for row, (seq_ids, seq_weights) in enumerate(sequences):
+        ids[row, : len(seq_ids)] = seq_ids
+        weights[row, : len(seq_weights)] = seq_weights
+    lengths = np.array([len(s) for s, _ in sequences])
+    positions = np.arange(seq_len)[None, :]
+    return Split(
+        token_ids=ids[:, :-1],
+        padding_mask=positions < lengths[:, None],
+        targets=ids[:, 1:],
+        loss_weights=weights[:, 1:],
+    )
+
+
+def build(records, tokenizer, config: DataConfig, seed: int, num_prompts: int = 0) -> Dataset:
+    """Render, tokenize, cut and split `records` into training (and eval) arrays."""
+    template = templates.from_config(config)
+    records = _select(records, template, config, seed)
+    segment_lists = []
+    for index, record in enumerate(records):
+        segments = template.render(record)
+        if not any(trainable for _, trainable in segments):
+            raise KftError(f"record {index} has no response to train on (template '{template.name}')")
+        segment_lists.append(segments)
+    sequences = _tokenize(segment_lists, tokenizer, template.ends_with_eos, config.loss_on)
+
+    limit = config.seq_len + 1
+    overlong = [i for i, (ids, _) in enumerate(sequences) if len(ids) > limit]
+    keep = []
+    for i, (ids, weights) in enumerate(sequences):
+        if len(ids) > limit:
+            if config.overlong == "drop":
+                continue
+            ids, weights = ids[:limit], weights[:limit]
+        if sum(weights[1:]) == 0:
+            continue  # its response was cut off entirely: nothing to learn from
+        keep.append(i)
+        sequences[i] = (ids, weights)
+    stats = {
+        "records": len(segment_lists),
+        "overlong": len(overlong),
+        "overlong_action": config.overlong,
+        "dropped_no_response_tokens": len(segment_lists) - len(keep) - (len(overlong) if config.overlong == "drop" else 0),
+        "examples": len(keep),
+    }
+    if not keep:
+        raise KftError(
+            f"every example lost its response at data.seq_len={config.seq_len} ({len(overlong)} of "
+            f"{len(segment_lists)} are longer); raise data.seq_len or shorten the prompts"
+        )
+    n_eval = int(round(len(keep) * config.eval_fraction))
+    if config.eval_fraction > 0 and n_eval == 0:
+        n_eval = 1
+    if n_eval >= len(keep):
+        raise KftError(f"data.eval_fraction={config.eval_fraction} leaves no training examples out of {len(keep)}")
+    train_idx, eval_idx = keep[n_eval:], keep[:n_eval]
+    splits = []
+    for indices in (train_idx, eval_idx):
+        if not indices:
+            splits.append(None)
+            continue
+        split = _to_split([sequences[i] for i in indices], config.seq_len, tokenizer.pad_token_id)
+        for i in indices[:num_prompts]:
+            prompt, reference = templates.split_for_generation(segment_lists[i])
+            split.prompts.append(prompt)
+            split.references.append(reference)
+        splits.append(split)
+    train, eval_ = splits
+    stats.update(train_examples=len(train), eval_examples=len(eval_) if eval_ else 0,
+                 train_tokens=int(train.padding_mask.sum()), trained_tokens=int(train.loss_weights.sum()))
+    if stats["trained_tokens"] == 0:
+        raise KftError("every loss weight is zero (nothing would be trained); check data.loss_on and the template")
+    return Dataset(train=train, eval=eval_, stats=stats)
+
+
+def steps_per_epoch(split: Split, batch_size: int) -> int:
+    if len(split) < batch_size:
+        raise KftError(f"train.batch_size={batch_size} is larger than the {len(split)} training examples; lower it")
+    return len(split) // batch_size
+
+
+def batches(split: Split, batch_size: int, num_batches: int, seed: int):
+    """A Keras PyDataset of `num_batches` micro-batches; epoch e uses permutation seed+e.
+
+    Indexing is a pure function of (seed, batch index), so the data position of any step is
+    known without replaying the ones before it.
+    """
+    import keras
+
+    per_epoch = steps_per_epoch(split, batch_size)
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return num_batches
+
+        def indices(self, i):
+            epoch, b = divmod(i, per_epoch)
+            order = np.random.default_rng(seed + epoch).permutation(len(split))
+            return np.sort(order[b * batch_size : (b + 1) * batch_size])
+
+        def __getitem__(self, i):
+            idx = self.indices(i)
+            return split.inputs(idx), split.targets[idx], split.loss_weights[idx]
+
+        def tokens(self, i) -> int:
+            return int(split.padding_mask[self.indices(i)].sum())
+
+    return Batches()

@@ -1,0 +1,138 @@
+"""The LoRA fine-tuning recipe, top to bottom.
+
+config -> run folder -> data records -> model -> examples -> LoRA -> compile -> samples before
+-> fit -> samples after -> adapter + config + metrics in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from kft import adapter, backend, config as config_lib, data, lora, model, optim, sampling
+from kft.config import Config
+from kft.errors import KftError
+
+
+@dataclass
+class TrainResult:
+    task: object  # the fine-tuned keras_hub CausalLM, LoRA enabled
+    run_dir: Path
+    metrics: dict = field(default_factory=dict)
+
+
+def run_dir_for(config: Config) -> Path:
+    """The run folder `output.dir` names, checked (not yet created) so a bad path fails before any work."""
+    name = Path(config.model.preset.rstrip("/")).name.replace(":", "_") or "model"
+    folder = Path(config.output.dir.format(preset=name, time=datetime.now().strftime("%Y%m%d-%H%M%S"))).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise KftError(f"output.dir '{folder}' is a file; choose a folder path")
+    if folder.is_dir() and any(folder.iterdir()) and not config.output.overwrite:
+        raise KftError(f"output.dir '{folder}' already holds files; choose another folder or pass --overwrite")
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise KftError(f"cannot write to output.dir '{folder}': '{existing}' is not a writable folder")
+    return folder
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def evaluate(task, split: data.Split, batch_size: int) -> float:
+    """Mean loss per trained target token over `split`."""
+    import keras
+
+    result = keras.Model.evaluate(task, split.inputs(), split.targets, sample_weight=split.loss_weights,
+                                  batch_size=batch_size, verbose=0, return_dict=True)
+    return float(result["loss"])
+
+
+def train(config: Config | dict | str | None = None, **overrides) -> TrainResult:
+    """Fine-tune with LoRA as `config` says (a Config, a dict, or a YAML path; dotted overrides allowed)."""
+    if isinstance(config, Config):
+        config = config_lib.from_dict(config_lib.apply_overrides(config.to_dict(), overrides))
+    elif isinstance(config, dict):
+        config = config_lib.from_dict(config_lib.apply_overrides(config, overrides))
+    else:
+        config = config_lib.load(config, overrides)
+    c = config
+    backend.setup()
+    import keras  # only after backend.setup() has chosen JAX
+
+    from kft.progress import Progress
+
+    keras.utils.set_random_seed(c.train.seed)
+    run_dir = run_dir_for(c)
+    records = data.load_records(c.data)
+    task, family, policy = model.load(c.model.preset, c.model.precision)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_lib.to_yaml(c), encoding="utf-8")
+    print(f"kft: run folder {run_dir}", flush=True)
+    tokenizer = task.preprocessor.tokenizer
+    dataset = data.build(records, tokenizer, c.data, c.train.seed, num_prompts=c.output.samples)
+    s = dataset.stats
+    print(f"kft: {s['train_examples']} training / {s['eval_examples']} eval examples; "
+          f"{s['overlong']} longer than seq_len {c.data.seq_len} ({s['overlong_action']}); "
+          f"{s['trained_tokens']} of {s['train_tokens']} tokens carry loss", flush=True)
+
+    keras.utils.set_random_seed(c.train.seed)  # LoRA A initialisation
+    adapted = lora.enable(task.backbone, c.lora.rank, c.lora.alpha, c.lora.targets)
+    total, trainable = lora.parameter_counts(task)
+    print(f"kft: {family} model, {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.3f}%) "
+          f"in {len(adapted)} LoRA layers (rank {c.lora.rank}, alpha {c.lora.alpha or c.lora.rank})", flush=True)
+
+    per_epoch = data.steps_per_epoch(dataset.train, c.train.batch_size)
+    optimizer_steps = c.train.max_steps or max(1, per_epoch * c.train.epochs // c.train.grad_accum)
+    micro_steps = optimizer_steps * c.train.grad_accum
+    optimizer, schedule = optim.make_optimizer(c.train, optimizer_steps)
+    task.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"),
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
+        sampler=sampling.make_sampler("greedy"),
+    )
+
+    prompt_split = dataset.eval or dataset.train
+    prompts = prompt_split.prompts
+    new_tokens = c.output.sample_max_new_tokens
+    before = sampling.generate(task, tokenizer, prompts, new_tokens)
+    metrics = {"family": family, "dtype_policy": policy, "parameters": total, "trainable_parameters": trainable,
+               "optimizer_steps": optimizer_steps, "data": s}
+    if dataset.eval:
+        metrics["eval_loss_before"] = evaluate(task, dataset.eval, c.train.batch_size)
+
+    batches = data.batches(dataset.train, c.train.batch_size, micro_steps, c.train.seed)
+    progress_cb = Progress(batches, micro_steps, c.train.grad_accum, c.train.log_every, schedule,
+                           run_dir / "metrics.jsonl")
+    callbacks = [progress_cb]
+    if c.output.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq=c.train.log_every))
+    print(f"kft: training {optimizer_steps} steps (batch {c.train.batch_size} x accumulation {c.train.grad_accum})",
+          flush=True)
+    started = time.perf_counter()
+    keras.Model.fit(task, batches, epochs=1, verbose=0, callbacks=callbacks)
+    metrics["train_seconds"] = round(time.perf_counter() - started, 2)
+    metrics["first_loss"] = progress_cb.records[0]["loss"]
+    metrics["final_loss"] = progress_cb.records[-1]["loss"]
+    if dataset.eval:
+        metrics["eval_loss_after"] = evaluate(task, dataset.eval, c.train.batch_size)
+
+    after = sampling.generate(task, tokenizer, prompts, new_tokens)
+    _write_jsonl(run_dir / "samples.jsonl", [
+        {"prompt": p, "reference": r, "before": b, "after": a}
+        for p, r, b, a in zip(prompts, prompt_split.references, before, after)
+    ])
+    adapter.save(run_dir, task.backbone, {
+        "base_preset": c.model.preset, "family": family, "rank": c.lora.rank, "alpha": c.lora.alpha or c.lora.rank,
+        "targets": lora.target_names(c.lora.targets), "dtype": policy, "template": c.data.template,
+    })
+    (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    print(f"kft: loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}; adapter saved to {run_dir}", flush=True)
+    return TrainResult(task=task, run_dir=run_dir, metrics=metrics)

@@ -1,0 +1,46 @@
+"""LoRA on a KerasHub backbone, with alpha and target layers.
+
+KerasHub's `Backbone.enable_lora(rank)` passes no alpha and knows only query/value; we do the
+same walk over the layers but call Keras' own `enable_lora(rank, lora_alpha=...)`, so the update
+is `kernel + (alpha / rank) * A @ B` and Keras merges it into the kernel whenever weights are saved.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kft.config import ALL_LINEAR, LORA_LAYER_NAMES
+
+
+def target_names(targets: list[str]) -> list[str]:
+    """Layer names to adapt; `all-linear` means every attention and feed-forward projection."""
+    return list(LORA_LAYER_NAMES) if ALL_LINEAR in targets else list(dict.fromkeys(targets))
+
+
+def enable(backbone, rank: int, alpha: float | None, targets: list[str]) -> list:
+    """Freeze the backbone and add LoRA factors to the target layers; return those layers."""
+    names = set(target_names(targets))
+    backbone.trainable = True
+    for layer in backbone._flatten_layers(include_self=False):
+        layer.trainable = False
+    adapted = []
+    for layer in backbone._flatten_layers(include_self=False):
+        if layer.name in names and hasattr(layer, "enable_lora") and layer.weights:
+            layer.trainable = True
+            layer.enable_lora(rank, lora_alpha=alpha if alpha is not None else rank)
+            adapted.append(layer)
+    if not adapted:
+        raise ValueError(f"no layer named {sorted(names)} with LoRA support in {backbone.name}")
+    return adapted
+
+
+def lora_variables(backbone) -> dict:
+    """{variable path: variable} for every LoRA factor, in a stable order."""
+    return {v.path: v for v in backbone.weights if v.path.rsplit("/", 1)[-1] in ("lora_kernel_a", "lora_kernel_b")}
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(total, trainable) parameter counts of `model`, counting each variable once."""
+    total = sum(int(np.prod(v.shape)) for v in model.weights)
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    return total, trainable

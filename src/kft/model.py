@@ -1,0 +1,78 @@
+"""Loading a Gemma-family causal LM through KerasHub presets, with a dtype policy."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from kft import backend, presets
+from kft.errors import KftError
+
+FAMILIES = ("gemma", "gemma2", "gemma3")
+HF_MODEL_TYPES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3", "gemma3": "gemma3"}
+
+
+def resolve_precision(precision: str) -> str:
+    """The Keras dtype policy for `model.precision`, warning where Gemma is known to misbehave."""
+    if precision == "auto":
+        return "mixed_bfloat16" if backend.bf16_capable() else "float32"
+    if "float16" in precision and "bfloat16" not in precision:
+        warnings.warn(
+            "Gemma's activations overflow float16; prefer mixed_bfloat16 (TPU, Ampere+ GPUs) or float32",
+            stacklevel=2,
+        )
+    if "bfloat16" in precision and backend.accelerator() == "gpu" and not backend.bf16_capable():
+        warnings.warn("this GPU lacks native bfloat16; it will be emulated slowly. Consider float32", stacklevel=2)
+    return precision
+
+
+def family_of_config(folder: str) -> str | None:
+    """The Gemma family named in a local preset's config.json (Keras or Hugging Face), or None."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if "model_type" in config:  # Hugging Face format
+        model_type = config["model_type"]
+        if model_type not in HF_MODEL_TYPES:
+            raise KftError(f"preset '{folder}' is a '{model_type}' model; kft fine-tunes Gemma, Gemma 2 and Gemma 3 only")
+        return HF_MODEL_TYPES[model_type]
+    name = config.get("class_name", "")
+    if name == "Gemma3Backbone":
+        return "gemma3"
+    if name == "GemmaBackbone":
+        return "gemma2" if config.get("config", {}).get("use_post_ffw_norm") else "gemma"
+    raise KftError(f"preset '{folder}' holds a {name or 'unknown'} model; kft fine-tunes Gemma, Gemma 2 and Gemma 3 only")
+
+
+def family_of(backbone) -> str:
+    name = type(backbone).__name__
+    if name == "Gemma3Backbone":
+        return "gemma3"
+    if name == "GemmaBackbone":
+        return "gemma2" if backbone.use_post_ffw_norm else "gemma"
+    raise KftError(f"the preset holds a {name}; kft fine-tunes Gemma, Gemma 2 and Gemma 3 only")
+
+
+def load(preset: str, precision: str = "auto"):
+    """(causal_lm, family, dtype_policy) for `preset`; remote failures become one-line errors."""
+    backend.setup()
+    import keras_hub
+
+    path = presets.resolve(preset)
+    family_of_config(path)
+    policy = resolve_precision(precision)
+    print(f"kft: loading {preset} ({policy})", file=sys.stderr, flush=True)
+    try:
+        task = keras_hub.models.CausalLM.from_preset(path, dtype=policy)
+    except (OSError, ConnectionError) as e:
+        raise KftError(
+            f"cannot load preset '{preset}' ({type(e).__name__}): Kaggle presets need network "
+            "access and credentials (KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json); offline, use a "
+            "local preset folder or a kft-prepared name such as tiny_gemma3"
+        ) from None
+    except ValueError as e:
+        raise KftError(f"cannot load preset '{preset}': {str(e).splitlines()[0][:200]}") from None
+    return task, family_of(task.backbone), policy

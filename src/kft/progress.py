@@ -1,0 +1,60 @@
+"""Training progress: a printed line and a `metrics.jsonl` row every `log_every` optimizer steps."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import keras
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Progress(keras.callbacks.Callback):
+    """Prints `step, loss, lr, tokens/s, ETA` as plain lines (fine on terminals and in notebooks).
+
+    Keras reports the running mean of the loss since the epoch began; the loss of a logging
+    window is recovered from two running means, so each line shows the loss of its own steps.
+    """
+
+    def __init__(self, batches, total_micro_steps: int, accum: int, log_every: int, schedule, metrics_path):
+        super().__init__()
+        self.batches, self.total, self.accum = batches, total_micro_steps, accum
+        self.log_every, self.schedule, self.metrics_path = log_every, schedule, metrics_path
+        self.records: list[dict] = []
+
+    def on_train_begin(self, logs=None):
+        self.start = self.window_start = time.perf_counter()
+        self.window_first, self.prev_mean, self.window_tokens = 0, 0.0, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        micro = batch + 1
+        self.window_tokens += self.batches.tokens(batch)
+        step = micro // self.accum
+        due = micro % self.accum == 0 and (step == 1 or step % self.log_every == 0)
+        if not (due or micro == self.total):
+            return
+        now = time.perf_counter()
+        mean = float(logs["loss"])
+        loss = (mean * micro - self.prev_mean * self.window_first) / (micro - self.window_first)
+        elapsed = now - self.window_start
+        record = {
+            "step": step, "micro_step": micro, "loss": round(loss, 6),
+            "lr": float(self.schedule(max(micro - 1, 0))),
+            "tokens_per_s": round(self.window_tokens / elapsed, 1) if elapsed > 0 else None,
+            "elapsed_s": round(now - self.start, 2),
+        }
+        self.records.append(record)
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        rate = (now - self.start) / micro
+        print(
+            f"step {step}/{self.total // self.accum}  loss {loss:.4f}  lr {record['lr']:.2e}  "
+            f"{record['tokens_per_s'] or 0:.0f} tok/s  elapsed {_duration(now - self.start)}  "
+            f"eta {_duration(rate * (self.total - micro))}",
+            flush=True,
+        )
+        self.window_first, self.prev_mean, self.window_tokens, self.window_start = micro, mean, 0, now

@@ -1,0 +1,99 @@
+"""Tiny random Gemma, Gemma 2 and Gemma 3 presets, for smoke runs and tests.
+
+Real KerasHub presets (`save_to_preset`) with a SentencePiece tokenizer trained here on the
+bundled text, Gemma's special ids (pad 0, eos 1, bos 2, unk 3), the chat-turn markers as single
+tokens and byte fallback, so any UTF-8 text (Korean included) encodes without `<unk>`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+FAMILIES = ("gemma", "gemma2", "gemma3")
+SPECIAL_SYMBOLS = ["<start_of_turn>", "<end_of_turn>", "<img>", "<start_of_image>", "<end_of_image>"]
+BUNDLED = Path(__file__).parent / "bundled"
+EMBEDDING_SCALE = 4.0
+
+
+def bundled_corpus() -> list[str]:
+    """Every text line of the bundled datasets plus the template words."""
+    lines = ["Instruction:", "Response:", "Context:", "user", "model"]
+    for path in sorted(BUNDLED.glob("*.jsonl")):
+        for row in path.read_text(encoding="utf-8").splitlines():
+            lines.extend(str(v) for v in json.loads(row).values() if v)
+    return lines
+
+
+def train_sentencepiece(lines: list[str], vocab_size: int = 640) -> bytes:
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        user_defined_symbols=SPECIAL_SYMBOLS,
+        byte_fallback=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",  # keep newlines and spaces, as Gemma's own tokenizer does
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def _backbone(family: str, vocab: int):
+    import keras_hub
+
+    common = dict(vocabulary_size=vocab, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+                  hidden_dim=64, intermediate_dim=128, head_dim=16)
+    if family == "gemma":
+        return keras_hub.models.GemmaBackbone(**common)
+    if family == "gemma2":
+        return keras_hub.models.GemmaBackbone(
+            **common, query_head_dim_normalize=True, use_post_ffw_norm=True, use_post_attention_norm=True,
+            final_logit_soft_cap=30.0, attention_logit_soft_cap=50.0,
+            use_sliding_window_attention=True, sliding_window_size=32)
+    return keras_hub.models.Gemma3Backbone(
+        **common, image_size=None, query_head_dim_normalize=True, use_query_key_norm=True,
+        use_post_ffw_norm=True, use_post_attention_norm=True,
+        use_sliding_window_attention=True, sliding_window_size=32)
+
+
+def build_tiny_preset(family: str, folder: str | Path, seed: int = 0, sequence_length: int = 256) -> Path:
+    """Write a tiny random `family` causal LM as a KerasHub preset into `folder`."""
+    from kft import backend
+
+    backend.setup()
+    import keras
+    import keras_hub
+
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    keras.utils.set_random_seed(seed)
+    proto = train_sentencepiece(bundled_corpus())
+    if family == "gemma3":
+        tokenizer = keras_hub.models.Gemma3Tokenizer(proto=proto)
+        preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
+        task_cls = keras_hub.models.Gemma3CausalLM
+    else:
+        tokenizer = keras_hub.models.GemmaTokenizer(proto=proto)
+        preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
+        task_cls = keras_hub.models.GemmaCausalLM
+    backbone = _backbone(family, tokenizer.vocabulary_size())
+    # Real Gemma embeddings have norms of a few units, so tied output logits can be confident;
+    # at KerasHub's default init a 64-wide model could never push its loss far below log(vocab).
+    embeddings = backbone.token_embedding.embeddings
+    embeddings.assign(embeddings * EMBEDDING_SCALE)
+    task = task_cls(backbone=backbone, preprocessor=preprocessor)
+    folder = Path(folder)
+    task.save_to_preset(str(folder))
+    return folder
