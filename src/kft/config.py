@@ -167,6 +167,9 @@ def from_dict(raw: dict | None) -> Config:
     sections = {}
     for name, values in raw.items():
         if name not in classes:
+            if isinstance(values, dict) and values:
+                dotted = f"{name}.{next(iter(values))}"
+                raise ConfigError(f"unknown config key '{dotted}'{_suggest(dotted, all_keys())}")
             raise ConfigError(f"unknown config section '{name}'{_suggest(str(name), list(classes))}")
         if values is None:
             values = {}

@@ -176,11 +176,11 @@ def _to_split(sequences, seq_len: int, pad_id: int) -> Split:
     for row, (seq_ids, seq_weights) in enumerate(sequences):
         ids[row, : len(seq_ids)] = seq_ids
         weights[row, : len(seq_weights)] = seq_weights
-    lengths = np.array([len(s) for s, _ in sequences])
+    input_lengths = np.array([len(s) - 1 for s, _ in sequences])  # the last token is only a target
     positions = np.arange(seq_len)[None, :]
     return Split(
         token_ids=ids[:, :-1],
-        padding_mask=positions < lengths[:, None],
+        padding_mask=positions < input_lengths[:, None],
         targets=ids[:, 1:],
         loss_weights=weights[:, 1:],
     )

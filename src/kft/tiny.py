@@ -22,7 +22,11 @@ def bundled_corpus() -> list[str]:
     lines = ["Instruction:", "Response:", "Context:", "user", "model"]
     for path in sorted(BUNDLED.glob("*.jsonl")):
         for row in path.read_text(encoding="utf-8").splitlines():
-            lines.extend(str(v) for v in json.loads(row).values() if v)
+            for value in json.loads(row).values():
+                if isinstance(value, list):  # chat messages
+                    lines.extend(str(m.get("content", "")) for m in value)
+                elif value:
+                    lines.append(str(value))
     return lines
 
 

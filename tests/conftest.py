@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny Gemma, Gemma 2 and Gemma 3 presets, built once per test session.
+
+Each is a real KerasHub preset folder (`save_to_preset`) with a SentencePiece tokenizer trained
+here, loaded through the same `from_preset` path users hit.
+"""
+
+import os
+import sys
+import tempfile
+
+import pytest
+
+# Before kft or keras is imported anywhere: JAX backend, and kft's cache (prepared presets) in a
+# throwaway folder so tests never touch or depend on the user's ~/.cache/kft.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ["KFT_CACHE"] = tempfile.mkdtemp(prefix="kft-test-cache-")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+
+
+@pytest.fixture(scope="session")
+def tiny_presets(tmp_path_factory):
+    """{family: preset folder} for gemma, gemma2 and gemma3."""
+    from kft.tiny import FAMILIES, build_tiny_preset
+
+    root = tmp_path_factory.mktemp("presets")
+    return {family: str(build_tiny_preset(family, root / family)) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tokenizers(tiny_presets):
+    import keras_hub
+
+    return {f: keras_hub.models.CausalLM.from_preset(p).preprocessor.tokenizer for f, p in tiny_presets.items()}
+
+
+def run_cli(args, capsys):
+    """Run `kft ARGS` in-process; return (exit code, stdout, stderr)."""
+    from kft.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+sys.path.insert(0, os.path.dirname(__file__))

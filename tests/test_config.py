@@ -1,0 +1,90 @@
+"""Config: YAML <-> dataclasses, overrides, and one-line errors before any model loads."""
+
+import glob
+import os
+
+import pytest
+import yaml
+
+from conftest import CONFIGS, run_cli
+from kft import config as config_lib
+from kft.errors import ConfigError
+
+
+def test_defaults_are_the_keras_gemma_lora_tutorial_recipe():
+    c = config_lib.load()
+    assert c.data.source == "databricks/databricks-dolly-15k" and c.data.template == "dolly"
+    assert (c.lora.rank, c.lora.targets) == (4, ["query", "value"])
+    assert (c.train.lr, c.train.weight_decay, c.data.seq_len) == (5e-5, 0.01, 256)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONFIGS, "*.yaml"))))
+def test_every_shipped_config_validates_and_says_how_to_run_it(path):
+    first_line = open(path, encoding="utf-8").readline()
+    assert first_line.startswith("# Run: kft train --config configs/" + os.path.basename(path))
+    config_lib.load(path)
+
+
+def test_required_configs_are_shipped():
+    names = {os.path.basename(p) for p in glob.glob(os.path.join(CONFIGS, "*.yaml"))}
+    assert {"gemma2_2b_dolly.yaml", "tiny.yaml", "gemma_chat_custom.yaml"} <= names
+
+
+def test_flags_and_set_override_yaml_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lora: {rank: 8}\ntrain: {lr: 0.001}\n")
+    c = config_lib.load(str(path), {"lora.rank": 16, "data.columns": {"instruction": "q"}})
+    assert c.lora.rank == 16 and c.train.lr == 0.001 and c.data.columns == {"instruction": "q"}
+    assert config_lib.parse_set("train.max_steps=null") == ("train.max_steps", None)
+    assert config_lib.parse_set("lora.targets=query,value,key") == ("lora.targets", "query,value,key")
+    assert config_lib.load(None, {"lora.targets": "query,key"}).lora.targets == ["query", "key"]
+
+
+def test_resolved_config_round_trips_through_yaml():
+    c = config_lib.load(None, {"lora.alpha": 32, "data.prompt_format": "질문: {q}\n", "data.template": "custom",
+                               "data.response_format": "{a}"})
+    again = config_lib.from_dict(yaml.safe_load(config_lib.to_yaml(c)))
+    assert again == c
+
+
+def test_reference_lists_every_key():
+    reference = config_lib.reference_markdown()
+    for key in config_lib.all_keys():
+        assert f"`{key}`" in reference
+
+
+BAD = [
+    (["--rank", "0"], "lora.rank"),
+    (["--alpha", "-1"], "lora.alpha"),
+    (["--seq-len", "4"], "data.seq_len"),
+    (["--lr", "0"], "train.lr"),
+    (["--batch-size", "0"], "train.batch_size"),
+    (["--data", "missing/file.jsonl"], "data.source"),
+    (["--set", "lora.rnak=4"], "did you mean 'lora.rank'"),
+    (["--set", "trian.lr=1"], "did you mean 'train.lr'"),
+    (["--set", "train.epochs=two"], "train.epochs"),
+    (["--set", "lora.targets=[qury]"], "did you mean 'query'"),
+    (["--set", "model.precision=fp8"], "model.precision"),
+    (["--set", "data.template=alpaca"], "data.template"),
+    (["--set", "data.eval_fraction=1.5"], "data.eval_fraction"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_config_values_exit_2_with_one_line_naming_the_key(args, needle, capsys):
+    code, out, err = run_cli(["train", *args], capsys)
+    assert code == 2
+    assert needle in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_malformed_yaml_is_reported_with_its_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("lora:\n  rank: 4\n train: [\n")
+    code, _, err = run_cli(["train", "--config", str(path)], capsys)
+    assert code == 2 and "not valid YAML at line" in err and "Traceback" not in err
+
+
+def test_errors_are_config_errors_not_crashes():
+    with pytest.raises(ConfigError, match="lora.rank"):
+        config_lib.from_dict({"lora": {"rank": True}})

@@ -1,0 +1,128 @@
+"""Data: response-only loss weights, end markers as targets, right padding, over-long handling, bad files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kft import data
+from kft.config import DataConfig
+from kft.errors import KftError
+
+KOREAN = "벨모라는 일드라 여왕이 세웠습니다. Velmora!"
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def build(tmp_path, tokenizer, rows, **cfg):
+    cfg.setdefault("shuffle", False)
+    config = DataConfig(source=write_jsonl(tmp_path / "d.jsonl", rows), **cfg)
+    return data.build(data.load_records(config), tokenizer, config, seed=0, num_prompts=2)
+
+
+def test_prompt_tokens_carry_zero_loss_weight_and_response_plus_eos_weight_one(tmp_path, tokenizers):
+    tok = tokenizers["gemma"]
+    ds = build(tmp_path, tok, [{"instruction": "Say hi", "response": KOREAN}], seq_len=64)
+    split = ds.train
+    prompt_ids = tok("Instruction:\nSay hi\n\nResponse:\n")
+    response_ids = tok(KOREAN)
+    n = 1 + len(prompt_ids) + len(response_ids) + 1  # bos + prompt + response + eos
+    expected_ids = [tok.start_token_id, *prompt_ids, *response_ids, tok.end_token_id]
+    assert split.token_ids[0, : n - 1].tolist() == expected_ids[:-1]
+    assert split.targets[0, : n - 1].tolist() == expected_ids[1:]
+    weights = split.loss_weights[0]
+    assert weights[: len(prompt_ids)].sum() == 0  # targets that are prompt tokens
+    assert weights[len(prompt_ids) : n - 1].tolist() == [1.0] * (len(response_ids) + 1)
+    assert split.targets[0, n - 2] == tok.end_token_id and weights[n - 2] == 1.0  # EOS is trained
+    assert weights[n - 1 :].sum() == 0 and not split.padding_mask[0, n - 1 :].any()  # right padding
+    assert split.padding_mask[0, : n - 1].all()
+    assert tok.detokenize([response_ids])[0] == KOREAN  # UTF-8 round trip through the tokenizer
+
+
+def test_chat_end_of_turn_is_a_trained_target_and_user_turns_are_not(tmp_path, tokenizers):
+    tok = tokenizers["gemma3"]
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "model", "content": "Yo"}]}]
+    split = build(tmp_path, tok, rows, template="gemma-chat", seq_len=32).train
+    end_of_turn = tok.token_to_id("<end_of_turn>")
+    trained = split.targets[0][split.loss_weights[0] > 0].tolist()
+    assert trained == [*tok("Yo"), end_of_turn]
+    assert tok.end_token_id not in split.targets[0][split.padding_mask[0]].tolist()
+
+
+def test_loss_on_all_weights_every_real_token(tmp_path, tokenizers):
+    split = build(tmp_path, tokenizers["gemma"], [{"instruction": "a", "response": "b"}], seq_len=32, loss_on="all").train
+    assert split.loss_weights[0].sum() == split.padding_mask[0].sum()
+
+
+def test_overlong_examples_are_truncated_or_dropped_and_counted(tmp_path, tokenizers):
+    rows = [{"instruction": "short", "response": "ok"}, {"instruction": "x", "response": "long " * 40}]
+    truncated = build(tmp_path, tokenizers["gemma"], rows, seq_len=32)
+    assert truncated.stats["overlong"] == 1 and truncated.stats["examples"] == 2
+    assert truncated.train.token_ids.shape == (2, 32) and truncated.train.padding_mask.sum(axis=1).max() == 32
+    dropped = build(tmp_path, tokenizers["gemma"], rows, seq_len=32, overlong="drop")
+    assert dropped.stats["overlong"] == 1 and dropped.stats["examples"] == 1
+
+
+def test_examples_whose_response_is_cut_entirely_are_an_error_not_a_zero_loss_run(tmp_path, tokenizers):
+    rows = [{"instruction": "word " * 40, "response": "ok"}]
+    with pytest.raises(KftError, match="lost its response"):
+        build(tmp_path, tokenizers["gemma"], rows, seq_len=8)
+
+
+def test_missing_columns_are_named_with_the_ones_present(tmp_path, tokenizers):
+    with pytest.raises(KftError, match="missing column.*instruction.*columns present: question, answer"):
+        build(tmp_path, tokenizers["gemma"], [{"question": "q", "answer": "a"}])
+    ds = build(tmp_path, tokenizers["gemma"], [{"question": "q", "answer": "a"}],
+               columns={"instruction": "question", "response": "answer"})
+    assert ds.train.prompts == ["Instruction:\nq\n\nResponse:\n"] and ds.train.references == ["a"]
+
+
+def test_bad_jsonl_line_is_reported_by_number(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"instruction": "a", "response": "b"}\n{"instruction": oops}\n', encoding="utf-8")
+    with pytest.raises(KftError, match="line 2 is not valid JSON"):
+        data.load_records(DataConfig(source=str(path)))
+
+
+def test_non_utf8_and_empty_files_are_rejected(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"instruction": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(KftError, match="not UTF-8"):
+        data.load_records(DataConfig(source=str(path)))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(KftError, match="empty"):
+        data.load_records(DataConfig(source=str(tmp_path / "empty.jsonl")))
+
+
+def test_csv_and_parquet_load_through_datasets(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"instruction": ["질문"], "response": ["답"]})
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    frame.to_parquet(tmp_path / "d.parquet")
+    for name in ("d.csv", "d.parquet"):
+        records = data.load_records(DataConfig(source=str(tmp_path / name)))
+        assert records[0] == {"instruction": "질문", "response": "답"}
+
+
+def test_shuffle_max_examples_and_eval_split_are_seeded(tmp_path, tokenizers):
+    rows = [{"instruction": f"q{i}", "response": f"a{i}"} for i in range(20)]
+    a = build(tmp_path, tokenizers["gemma"], rows, shuffle=True, max_examples=10, eval_fraction=0.2)
+    b = build(tmp_path, tokenizers["gemma"], rows, shuffle=True, max_examples=10, eval_fraction=0.2)
+    assert (len(a.train), len(a.eval)) == (8, 2)
+    assert np.array_equal(a.train.token_ids, b.train.token_ids) and a.eval.prompts == b.eval.prompts
+
+
+def test_batches_are_a_pure_function_of_seed_and_index(tmp_path, tokenizers):
+    rows = [{"instruction": f"q{i}", "response": f"a{i}"} for i in range(10)]
+    split = build(tmp_path, tokenizers["gemma"], rows).train
+    first, again = data.batches(split, 3, 9, seed=1), data.batches(split, 3, 9, seed=1)
+    assert len(first) == 9
+    seen = np.concatenate([first.indices(i) for i in range(3)])
+    assert sorted(seen.tolist()) == sorted(set(seen.tolist()))  # an epoch never repeats an example
+    assert all(np.array_equal(first[i][0]["token_ids"], again[i][0]["token_ids"]) for i in (0, 4, 8))
+    with pytest.raises(KftError, match="batch_size"):
+        data.steps_per_epoch(split, 50)

@@ -1,0 +1,22 @@
+"""The README is the contract: its commands are the ones CI runs, and its key table is current."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+README = Path(REPO, "README.md").read_text(encoding="utf-8")
+CI = Path(REPO, ".ci", "run").read_text(encoding="utf-8")
+
+
+def test_ci_runs_the_readme_commands_verbatim():
+    commands = [line for line in CI.splitlines() if line and not line.startswith(("#", "set ", "cd ", "export ", "rm "))]
+    assert len(commands) == 2
+    for command in commands:
+        assert f"\n{command}\n" in README
+
+
+def test_config_reference_is_in_sync_with_the_dataclasses():
+    script = Path(REPO, "scripts", "sync_readme.py")
+    assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0, "run scripts/sync_readme.py"
