@@ -126,3 +126,11 @@ def test_batches_are_a_pure_function_of_seed_and_index(tmp_path, tokenizers):
     assert all(np.array_equal(first[i][0]["token_ids"], again[i][0]["token_ids"]) for i in (0, 4, 8))
     with pytest.raises(KftError, match="batch_size"):
         data.steps_per_epoch(split, 50)
+
+
+def test_a_held_out_eval_file_becomes_the_eval_split(tmp_path, tokenizers):
+    config = DataConfig(source=write_jsonl(tmp_path / "train.jsonl", [{"instruction": "a", "response": "b"}] * 3),
+                        eval_source=write_jsonl(tmp_path / "held.jsonl", [{"instruction": "c", "response": "서울"}]))
+    ds = data.build(data.load_records(config), tokenizers["gemma"], config, seed=0, num_prompts=1,
+                    eval_records=data.load_records(DataConfig(source=config.eval_source)))
+    assert (len(ds.train), len(ds.eval)) == (3, 1) and ds.eval.references == ["서울"]

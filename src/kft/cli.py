@@ -13,6 +13,7 @@ import click
 
 from kft import config as config_lib
 from kft.errors import KftError
+from kft.presets import PREPARED
 
 # Flag -> config key. Any other key: --set section.key=value.
 COMMON_FLAGS = {
@@ -93,6 +94,15 @@ def generate(prompts, run_dir, preset, adapter_dir, max_new_tokens, strategy, te
         if len(prompts) > 1:
             click.echo(f"### {prompt}")
         click.echo(output)
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(sorted(PREPARED)))
+def prepare(name):
+    """Build a kft-prepared preset into the cache (once) and print its folder."""
+    from kft import presets
+
+    click.echo(str(presets.prepare(name)))
 
 
 @cli.command("config")

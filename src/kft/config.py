@@ -81,6 +81,7 @@ class DataConfig:
     overlong: str = _key("truncate", "Examples longer than seq_len: truncate or drop.")
     max_examples: Optional[int] = _key(None, "Use at most this many examples (after shuffling). null = all.")
     eval_fraction: float = _key(0.0, "Fraction of examples held out for evaluation (0 <= x < 1).")
+    eval_source: str = _key("", "A separate held-out dataset (same forms as source) to evaluate on; replaces eval_fraction.")
     loss_on: str = _key("response", "response (prompt tokens get loss weight 0) or all (full-sequence loss).")
     shuffle: bool = _key(True, "Shuffle examples (with train.seed) before max_examples and the eval split.")
 
@@ -274,8 +275,11 @@ def validate(c: Config) -> None:
         _fail("data.max_examples", f"must be > 0 or null, got {d.max_examples}")
     if not 0.0 <= d.eval_fraction < 1.0:
         _fail("data.eval_fraction", f"must be in [0, 1), got {d.eval_fraction}")
-    if _looks_like_file(d.source) and not os.path.isfile(d.source):
-        _fail("data.source", f"points to '{d.source}', which does not exist; give an existing file or a datasets name")
+    for key, source in (("data.source", d.source), ("data.eval_source", d.eval_source)):
+        if source and _looks_like_file(source) and not os.path.isfile(os.path.expanduser(source)):
+            _fail(key, f"points to '{source}', which does not exist; give an existing file or a datasets name")
+    if d.eval_source and d.eval_fraction:
+        _fail("data.eval_fraction", "must be 0 when data.eval_source names a held-out dataset")
     t = c.train
     for key, value, low in (("epochs", t.epochs, 1), ("batch_size", t.batch_size, 1), ("grad_accum", t.grad_accum, 1),
                             ("log_every", t.log_every, 1), ("warmup_steps", t.warmup_steps, 0)):

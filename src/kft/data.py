@@ -186,10 +186,8 @@ def _to_split(sequences, seq_len: int, pad_id: int) -> Split:
     )
 
 
-def build(records, tokenizer, config: DataConfig, seed: int, num_prompts: int = 0) -> Dataset:
-    """Render, tokenize, cut and split `records` into training (and eval) arrays."""
-    template = templates.from_config(config)
-    records = _select(records, template, config, seed)
+def _encode(records, template: templates.Template, tokenizer, config: DataConfig):
+    """(segment lists, token sequences cut to seq_len + 1, stats) for the records that keep a response."""
     segment_lists = []
     for index, record in enumerate(records):
         segments = template.render(record)
@@ -197,49 +195,59 @@ def build(records, tokenizer, config: DataConfig, seed: int, num_prompts: int = 
             raise KftError(f"record {index} has no response to train on (template '{template.name}')")
         segment_lists.append(segments)
     sequences = _tokenize(segment_lists, tokenizer, template.ends_with_eos, config.loss_on)
-
     limit = config.seq_len + 1
-    overlong = [i for i, (ids, _) in enumerate(sequences) if len(ids) > limit]
-    keep = []
-    for i, (ids, weights) in enumerate(sequences):
+    kept_segments, kept, overlong, no_response = [], [], 0, 0
+    for segments, (ids, weights) in zip(segment_lists, sequences):
         if len(ids) > limit:
+            overlong += 1
             if config.overlong == "drop":
                 continue
             ids, weights = ids[:limit], weights[:limit]
         if sum(weights[1:]) == 0:
-            continue  # its response was cut off entirely: nothing to learn from
-        keep.append(i)
-        sequences[i] = (ids, weights)
-    stats = {
-        "records": len(segment_lists),
-        "overlong": len(overlong),
-        "overlong_action": config.overlong,
-        "dropped_no_response_tokens": len(segment_lists) - len(keep) - (len(overlong) if config.overlong == "drop" else 0),
-        "examples": len(keep),
-    }
-    if not keep:
+            no_response += 1  # its response was cut off entirely: nothing to learn from
+            continue
+        kept_segments.append(segments)
+        kept.append((ids, weights))
+    stats = {"records": len(segment_lists), "overlong": overlong, "overlong_action": config.overlong,
+             "dropped_no_response_tokens": no_response, "examples": len(kept)}
+    if not kept:
         raise KftError(
-            f"every example lost its response at data.seq_len={config.seq_len} ({len(overlong)} of "
+            f"every example lost its response at data.seq_len={config.seq_len} ({overlong} of "
             f"{len(segment_lists)} are longer); raise data.seq_len or shorten the prompts"
         )
-    n_eval = int(round(len(keep) * config.eval_fraction))
+    return kept_segments, kept, stats
+
+
+def _split(segment_lists, sequences, config: DataConfig, pad_id: int, num_prompts: int) -> Split:
+    split = _to_split(sequences, config.seq_len, pad_id)
+    for segments in segment_lists[:num_prompts]:
+        prompt, reference = templates.split_for_generation(segments)
+        split.prompts.append(prompt)
+        split.references.append(reference)
+    return split
+
+
+def build(records, tokenizer, config: DataConfig, seed: int, num_prompts: int = 0, eval_records=None) -> Dataset:
+    """Render, tokenize, cut and split `records` into training and eval arrays.
+
+    The eval split is `eval_records` when given (a held-out file), else the first
+    `data.eval_fraction` of the shuffled records.
+    """
+    template = templates.from_config(config)
+    segment_lists, sequences, stats = _encode(_select(records, template, config, seed), template, tokenizer, config)
+    n_eval = int(round(len(sequences) * config.eval_fraction))
     if config.eval_fraction > 0 and n_eval == 0:
         n_eval = 1
-    if n_eval >= len(keep):
-        raise KftError(f"data.eval_fraction={config.eval_fraction} leaves no training examples out of {len(keep)}")
-    train_idx, eval_idx = keep[n_eval:], keep[:n_eval]
-    splits = []
-    for indices in (train_idx, eval_idx):
-        if not indices:
-            splits.append(None)
-            continue
-        split = _to_split([sequences[i] for i in indices], config.seq_len, tokenizer.pad_token_id)
-        for i in indices[:num_prompts]:
-            prompt, reference = templates.split_for_generation(segment_lists[i])
-            split.prompts.append(prompt)
-            split.references.append(reference)
-        splits.append(split)
-    train, eval_ = splits
+    if n_eval >= len(sequences):
+        raise KftError(f"data.eval_fraction={config.eval_fraction} leaves no training examples out of {len(sequences)}")
+    pad = tokenizer.pad_token_id
+    train = _split(segment_lists[n_eval:], sequences[n_eval:], config, pad, num_prompts)
+    eval_ = _split(segment_lists[:n_eval], sequences[:n_eval], config, pad, num_prompts) if n_eval else None
+    if eval_records is not None:
+        held = _select(eval_records, template, config, seed)
+        eval_segments, eval_sequences, eval_stats = _encode(held, template, tokenizer, config)
+        eval_ = _split(eval_segments, eval_sequences, config, pad, num_prompts)
+        stats["eval_overlong"] = eval_stats["overlong"]
     stats.update(train_examples=len(train), eval_examples=len(eval_) if eval_ else 0,
                  train_tokens=int(train.padding_mask.sum()), trained_tokens=int(train.loss_weights.sum()))
     if stats["trained_tokens"] == 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -71,12 +71,14 @@ def train(config: Config | dict | str | None = None, **overrides) -> TrainResult
     keras.utils.set_random_seed(c.train.seed)
     run_dir = run_dir_for(c)
     records = data.load_records(c.data)
+    eval_records = data.load_records(replace(c.data, source=c.data.eval_source)) if c.data.eval_source else None
     task, family, policy = model.load(c.model.preset, c.model.precision)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(config_lib.to_yaml(c), encoding="utf-8")
     print(f"kft: run folder {run_dir}", flush=True)
     tokenizer = task.preprocessor.tokenizer
-    dataset = data.build(records, tokenizer, c.data, c.train.seed, num_prompts=c.output.samples)
+    dataset = data.build(records, tokenizer, c.data, c.train.seed, num_prompts=c.output.samples,
+                         eval_records=eval_records)
     s = dataset.stats
     print(f"kft: {s['train_examples']} training / {s['eval_examples']} eval examples; "
           f"{s['overlong']} longer than seq_len {c.data.seq_len} ({s['overlong_action']}); "

@@ -28,7 +28,14 @@ def _tiny_builder(family):
     return build
 
 
+def _gemma3_270m(folder: Path) -> None:
+    from kft.gguf_preset import build
+
+    build(folder)
+
+
 PREPARED = {
+    "gemma3_270m_gguf": _gemma3_270m,
     "tiny_gemma": _tiny_builder("gemma"),
     "tiny_gemma2": _tiny_builder("gemma2"),
     "tiny_gemma3": _tiny_builder("gemma3"),
