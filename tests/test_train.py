@@ -71,8 +71,8 @@ def test_generation_is_the_same_alone_and_next_to_a_longer_prompt(tiny_run):
     lm = kft.load(tiny_run[0])
     short = "Instruction:\nHow many moons does Zorb have?\n\nResponse:\n"
     long = "Instruction:\nTranslate to Korean: thank you very much. " + "Please. " * 10 + "\n\nResponse:\n"
-    alone = kft.generate(lm, [short], max_new_tokens=12)
-    together = kft.generate(lm, [short, long], max_new_tokens=12)
+    alone = kft.generate(lm, [short], max_new_tokens=24)
+    together = kft.generate(lm, [short, long], max_new_tokens=24)
     assert alone[0] == together[0] == "Zorb has seven moons."
 
 

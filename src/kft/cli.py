@@ -96,6 +96,24 @@ def generate(prompts, run_dir, preset, adapter_dir, max_new_tokens, strategy, te
         click.echo(output)
 
 
+@cli.command("eval")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--base", is_flag=True, help="Measure the base model without the adapter.")
+@click.option("--metric", type=click.Choice(["none", "exact", "json"]), help="Override the run's output.metric.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Also write the result (with generations) as JSON.")
+def eval_cmd(run_dir, base, metric, out_path):
+    """Re-measure a run on its eval split: loss, greedy answers and the task metric."""
+    import json
+
+    from kft.evaluation import evaluate_run
+
+    result = evaluate_run(run_dir, base=base, metric=metric)
+    if out_path:
+        with open(out_path, "w", encoding="utf-8") as f:
+            json.dump(result, f, ensure_ascii=False, indent=2)
+    click.echo(json.dumps({k: v for k, v in result.items() if k != "generations"}))
+
+
 @cli.command()
 @click.argument("name", type=click.Choice(sorted(PREPARED)))
 def prepare(name):

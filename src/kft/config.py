@@ -107,6 +107,7 @@ class OutputConfig:
     samples: int = _key(3, "Eval prompts to generate from before and after training (0 = none).")
     sample_max_new_tokens: int = _key(64, "New tokens per sample generation.")
     tensorboard: bool = _key(True, "Write TensorBoard logs to RUN/tensorboard.")
+    metric: str = _key("none", "Score the before/after samples: none, exact (string match) or json (parsed JSON equal).")
     overwrite: bool = _key(False, "Allow writing into a run folder that already holds files.")
 
 
@@ -296,6 +297,8 @@ def validate(c: Config) -> None:
     if t.clip_norm is not None and t.clip_norm <= 0:
         _fail("train.clip_norm", f"must be > 0 or null, got {t.clip_norm}")
     o = c.output
+    if o.metric not in ("none", "exact", "json"):
+        _fail("output.metric", f"must be none, exact or json, got '{o.metric}'")
     if o.samples < 0 or o.sample_max_new_tokens < 1:
         _fail("output.samples", "must be >= 0 and output.sample_max_new_tokens >= 1")
 

@@ -127,6 +127,14 @@ def load_records(config: DataConfig):
         raise KftError(f"could not load dataset '{config.source}' split '{config.split}': {str(e).splitlines()[0][:200]}") from None
 
 
+def load_sources(config: DataConfig):
+    """(training records, held-out records or None) as `data.source` and `data.eval_source` name them."""
+    from dataclasses import replace
+
+    held_out = load_records(replace(config, source=config.eval_source)) if config.eval_source else None
+    return load_records(config), held_out
+
+
 def _select(records, template: templates.Template, config: DataConfig, seed: int):
     present = list(records.column_names)
     missing = [c for c in template.fields(present) if c not in present]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from kft import adapter, backend, config as config_lib, data, lora, model, optim, sampling
+from kft import adapter, backend, config as config_lib, data, evaluation, lora, model, optim
 from kft.config import Config
 from kft.errors import KftError
 
@@ -45,15 +45,6 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def evaluate(task, split: data.Split, batch_size: int) -> float:
-    """Mean loss per trained target token over `split`."""
-    import keras
-
-    result = keras.Model.evaluate(task, split.inputs(), split.targets, sample_weight=split.loss_weights,
-                                  batch_size=batch_size, verbose=0, return_dict=True)
-    return float(result["loss"])
-
-
 def train(config: Config | dict | str | None = None, **overrides) -> TrainResult:
     """Fine-tune with LoRA as `config` says (a Config, a dict, or a YAML path; dotted overrides allowed)."""
     if isinstance(config, Config):
@@ -70,8 +61,7 @@ def train(config: Config | dict | str | None = None, **overrides) -> TrainResult
 
     keras.utils.set_random_seed(c.train.seed)
     run_dir = run_dir_for(c)
-    records = data.load_records(c.data)
-    eval_records = data.load_records(replace(c.data, source=c.data.eval_source)) if c.data.eval_source else None
+    records, eval_records = data.load_sources(c.data)
     task, family, policy = model.load(c.model.preset, c.model.precision)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(config_lib.to_yaml(c), encoding="utf-8")
@@ -94,21 +84,14 @@ def train(config: Config | dict | str | None = None, **overrides) -> TrainResult
     optimizer_steps = c.train.max_steps or max(1, per_epoch * c.train.epochs // c.train.grad_accum)
     micro_steps = optimizer_steps * c.train.grad_accum
     optimizer, schedule = optim.make_optimizer(c.train, optimizer_steps)
-    task.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"),
-        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
-        sampler=sampling.make_sampler("greedy"),
-    )
+    evaluation.compile_task(task, optimizer)
 
+    # Before/after: samples (and the metric) on eval prompts when there is an eval split, else on training ones.
     prompt_split = dataset.eval or dataset.train
-    prompts = prompt_split.prompts
-    new_tokens = c.output.sample_max_new_tokens
-    before = sampling.generate(task, tokenizer, prompts, new_tokens)
+    measure_args = (prompt_split, c.output.metric, c.train.batch_size, c.output.sample_max_new_tokens)
+    before = evaluation.measure(task, *measure_args, with_loss=dataset.eval is not None)
     metrics = {"family": family, "dtype_policy": policy, "parameters": total, "trainable_parameters": trainable,
-               "optimizer_steps": optimizer_steps, "data": s}
-    if dataset.eval:
-        metrics["eval_loss_before"] = evaluate(task, dataset.eval, c.train.batch_size)
+               "optimizer_steps": optimizer_steps, "data": s, "metric": c.output.metric}
 
     batches = data.batches(dataset.train, c.train.batch_size, micro_steps, c.train.seed)
     progress_cb = Progress(batches, micro_steps, c.train.grad_accum, c.train.log_every, schedule,
@@ -123,13 +106,16 @@ def train(config: Config | dict | str | None = None, **overrides) -> TrainResult
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics["first_loss"] = progress_cb.records[0]["loss"]
     metrics["final_loss"] = progress_cb.records[-1]["loss"]
-    if dataset.eval:
-        metrics["eval_loss_after"] = evaluate(task, dataset.eval, c.train.batch_size)
-
-    after = sampling.generate(task, tokenizer, prompts, new_tokens)
+    after = evaluation.measure(task, *measure_args, with_loss=dataset.eval is not None)
+    for when, result in (("before", before), ("after", after)):
+        if "loss" in result:
+            metrics[f"eval_loss_{when}"] = result["loss"]
+        if result["score"] is not None:
+            metrics[f"{c.output.metric}_{when}"] = result["score"]
     _write_jsonl(run_dir / "samples.jsonl", [
         {"prompt": p, "reference": r, "before": b, "after": a}
-        for p, r, b, a in zip(prompts, prompt_split.references, before, after)
+        for p, r, b, a in zip(prompt_split.prompts, prompt_split.references, before["generations"],
+                              after["generations"])
     ])
     adapter.save(run_dir, task.backbone, {
         "base_preset": c.model.preset, "family": family, "rank": c.lora.rank, "alpha": c.lora.alpha or c.lora.rank,

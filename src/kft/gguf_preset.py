@@ -70,8 +70,10 @@ def build(folder: Path) -> None:
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(work), gguf_file=package.MODEL_NAME,
                                                                      dtype=torch.float32)
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(work), gguf_file=package.MODEL_NAME)
+        # The weights are plain float32 after loading; forget the GGUF "quantization" so they can be saved.
+        hf_model.hf_quantizer = None
         if hasattr(hf_model.config, "quantization_config"):
-            del hf_model.config.quantization_config  # the saved weights are plain float32
+            del hf_model.config.quantization_config
         partial = hf.with_name(hf.name + ".partial")
         hf_model.save_pretrained(str(partial))
         tokenizer.save_pretrained(str(partial))
