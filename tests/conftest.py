@@ -13,6 +13,7 @@ import pytest
 # Before kft or keras is imported anywhere: JAX backend, and kft's cache (prepared presets) in a
 # throwaway folder so tests never touch or depend on the user's ~/.cache/kft.
 os.environ.setdefault("KERAS_BACKEND", "jax")
+USER_KFT_CACHE = os.environ.get("KFT_CACHE")  # slow tests reuse the user's prepared real model
 os.environ["KFT_CACHE"] = tempfile.mkdtemp(prefix="kft-test-cache-")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -45,6 +45,22 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def _report(metrics: dict, run_dir: Path, shown: int = 3) -> None:
+    """The end-of-run summary: losses, the metric, and a few before/after samples."""
+    print(f"kft: training loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}", flush=True)
+    if "eval_loss_before" in metrics:
+        print(f"kft: eval loss {metrics['eval_loss_before']:.4f} -> {metrics['eval_loss_after']:.4f}")
+    name = metrics["metric"]
+    if f"{name}_before" in metrics:
+        print(f"kft: {name} match {metrics[f'{name}_before']:.1f}% -> {metrics[f'{name}_after']:.1f}%")
+    with open(run_dir / "samples.jsonl", encoding="utf-8") as f:
+        for line in list(f)[:shown]:
+            sample = json.loads(line)
+            print(f"--- prompt:\n{sample['prompt'].rstrip()}\n--- before: {sample['before'].strip()!r}\n"
+                  f"--- after:  {sample['after'].strip()!r}")
+    print(f"kft: adapter, samples and metrics saved to {run_dir}", flush=True)
+
+
 def train(config: Config | dict | str | None = None, **overrides) -> TrainResult:
     """Fine-tune with LoRA as `config` says (a Config, a dict, or a YAML path; dotted overrides allowed)."""
     if isinstance(config, Config):
@@ -122,5 +138,5 @@ def train(config: Config | dict | str | None = None, **overrides) -> TrainResult
         "targets": lora.target_names(c.lora.targets), "dtype": policy, "template": c.data.template,
     })
     (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    print(f"kft: loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}; adapter saved to {run_dir}", flush=True)
+    _report(metrics, run_dir)
     return TrainResult(task=task, run_dir=run_dir, metrics=metrics)

@@ -1,0 +1,89 @@
+"""Model loading: Keras presets, Hugging Face folders, families, precision, and clear failures."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from kft import model
+from kft.errors import KftError
+
+
+def test_tensorflow_never_sees_an_accelerator():
+    from kft import backend
+
+    backend.setup()
+    import tensorflow as tf
+
+    assert tf.config.get_visible_devices("GPU") == [] and tf.config.get_visible_devices("TPU") == []
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
+def test_family_is_read_from_the_preset_config_before_loading(tiny_presets, family):
+    assert model.family_of_config(tiny_presets[family]) == family
+
+
+def test_float16_warns_that_gemma_overflows():
+    with pytest.warns(UserWarning, match="overflow"):
+        assert model.resolve_precision("mixed_float16") == "mixed_float16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert model.resolve_precision("auto") == "float32"  # this CPU machine
+
+
+def test_a_non_gemma_folder_is_refused_before_loading(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    code, _, err = run_cli(["train", "--preset", str(tmp_path), "--data", "bundled:tiny_facts",
+                            "--output-dir", str(tmp_path / "run")], capsys)
+    assert code == 2 and "'llama' model" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing written for a run that never started
+
+
+def test_a_missing_preset_folder_is_one_clear_line(tmp_path, capsys):
+    code, _, err = run_cli(["train", "--preset", str(tmp_path / "nope"), "--data", "bundled:tiny_facts"], capsys)
+    assert code == 2 and "is not a preset folder" in err
+
+
+def test_an_unreachable_kaggle_handle_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KAGGLE_USERNAME", "nobody")
+    monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
+    code, _, err = run_cli(["train", "--preset", "kaggle://keras/gemma/keras/gemma_2b_en/2", "--data",
+                            "bundled:tiny_facts", "--output-dir", str(tmp_path / "run")], capsys)
+    assert code == 2 and "cannot load preset" in err and "Traceback" not in err
+
+
+def _hf_folder(tmp_path, tiny_presets, family):
+    """A Hugging Face-format Gemma folder made by transformers, with the tiny SentencePiece model."""
+    import shutil
+
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=640, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    if family == "gemma":
+        hf = transformers.GemmaForCausalLM(transformers.GemmaConfig(**common))
+    else:
+        hf = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(**common, sliding_window=32, query_pre_attn_scalar=16))
+    folder = tmp_path / f"hf_{family}"
+    hf.save_pretrained(folder)
+    shutil.copy(f"{tiny_presets[family]}/assets/tokenizer/vocabulary.spm", folder / "tokenizer.model")
+    return folder, hf.eval()
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma3"])
+def test_hugging_face_folders_load_through_the_same_path_with_matching_logits(tmp_path, tiny_presets, family):
+    import torch
+
+    folder, hf = _hf_folder(tmp_path, tiny_presets, family)
+    assert model.family_of_config(str(folder)) == family
+    task, loaded_family, _ = model.load(str(folder), "float32")
+    assert loaded_family == family
+    ids = np.array([[2, 300, 301, 302, 303, 304]], dtype="int32")
+    keras_logits = np.asarray(task({"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)}))
+    with torch.no_grad():
+        hf_logits = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    assert np.abs(keras_logits - hf_logits).max() <= 1e-4 * np.abs(hf_logits).max()

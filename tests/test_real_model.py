@@ -1,0 +1,29 @@
+"""Slow: the real Gemma 3 270M learns the bundled task (`python -m pytest -m slow`, ~10-15 min on 2 CPU cores)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, USER_KFT_CACHE
+
+
+@pytest.mark.slow
+def test_lora_teaches_gemma3_270m_to_answer_in_json_and_the_adapter_reloads_exactly(tmp_path):
+    env = dict(os.environ)
+    env.pop("KFT_CACHE")
+    if USER_KFT_CACHE:
+        env["KFT_CACHE"] = USER_KFT_CACHE
+    out = tmp_path / "results.json"
+    subprocess.run([sys.executable, os.path.join(REPO, "scripts", "prove_learning.py"), "--run-dir", str(tmp_path),
+                    "--json", str(out)], env=env, check=True)
+    r = json.loads(out.read_text())
+    assert r["heldout_examples"] == 64
+    assert r["tuned_loss"] <= 0.7 * r["base_loss"]
+    assert r["tuned_metric"] >= r["base_metric"] + 40
+    assert r["reloaded_metric"] == r["tuned_metric"] and r["reloaded_generations_identical"]
+    run = tmp_path / "run"
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(samples) == 64 and all({"before", "after", "reference"} <= set(s) for s in samples)
