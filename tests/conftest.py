@@ -37,6 +37,22 @@ def tokenizers(tiny_presets):
     return {f: keras_hub.models.CausalLM.from_preset(p).preprocessor.tokenizer for f, p in tiny_presets.items()}
 
 
+@pytest.fixture(scope="session", params=["gemma", "gemma2", "gemma3"])
+def family_run(request, tiny_presets, tmp_path_factory):
+    """A short Python-API run per family; returns (result, preset folder)."""
+    import kft
+
+    preset = tiny_presets[request.param]
+    result = kft.train(os.path.join(CONFIGS, "tiny.yaml"), **{
+        "model.preset": preset, "train.max_steps": 6, "train.lr": 0.02, "lora.rank": 2, "lora.alpha": 4.0,
+        "train.grad_accum": 2, "train.schedule": "cosine", "train.warmup_steps": 2, "train.clip_norm": 1.0,
+        "train.log_every": 3,
+        "output.samples": 0, "output.tensorboard": False, "data.eval_fraction": 0.25,
+        "output.dir": str(tmp_path_factory.mktemp("runs") / request.param),
+    })
+    return result, preset
+
+
 def run_cli(args, capsys):
     """Run `kft ARGS` in-process; return (exit code, stdout, stderr)."""
     from kft.cli import main

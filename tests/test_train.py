@@ -88,22 +88,6 @@ def test_existing_run_folder_is_not_overwritten(tiny_run, capsys):
     assert (tiny_run[0] / "adapter.safetensors").read_bytes() == before
 
 
-@pytest.fixture(scope="module", params=["gemma", "gemma2", "gemma3"])
-def family_run(request, tiny_presets, tmp_path_factory):
-    """A short Python-API run per family; returns (result, preset folder)."""
-    import kft
-
-    preset = tiny_presets[request.param]
-    result = kft.train(TINY, **{
-        "model.preset": preset, "train.max_steps": 6, "train.lr": 0.02, "lora.rank": 2, "lora.alpha": 4.0,
-        "train.grad_accum": 2, "train.schedule": "cosine", "train.warmup_steps": 2, "train.clip_norm": 1.0,
-        "train.log_every": 3,
-        "output.samples": 0, "output.tensorboard": False, "data.eval_fraction": 0.25,
-        "output.dir": str(tmp_path_factory.mktemp("runs") / request.param),
-    })
-    return result, preset
-
-
 def _logits(task, ids):
     return np.asarray(task({"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)}))
 

@@ -18,6 +18,20 @@ from kft.errors import KftError
 WEIGHTS, CONFIG = "adapter.safetensors", "adapter_config.json"
 
 
+def fingerprint(backbone) -> str:
+    """A short digest of the base model's architecture and final-norm values.
+
+    Same-shaped but different bases (say Gemma 3 270M pretrained vs instruction-tuned) differ in
+    their norm scales; the precision policy is left out so a bf16 and an fp32 load agree.
+    """
+    import hashlib
+
+    config = {k: v for k, v in backbone.get_config().items() if k not in ("dtype", "name", "trainable")}
+    scale = np.asarray(backbone.get_layer("final_normalization").scale.numpy(), dtype="float32")
+    text = json.dumps(config, sort_keys=True, default=str) + repr(np.round(scale[:32], 2).tolist())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def save(folder: str | Path, backbone, meta: dict) -> None:
     """Write the adapter of `backbone` and its config (`meta` plus kft's version) into `folder`."""
     from safetensors.numpy import save_file
@@ -28,7 +42,7 @@ def save(folder: str | Path, backbone, meta: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {path: np.asarray(v.numpy(), dtype="float32") for path, v in lora.lora_variables(backbone).items()}
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "kft-lora"})
-    config = {**meta, "kft_version": __version__, "tensors": len(tensors)}
+    config = {**meta, "base_fingerprint": fingerprint(backbone), "kft_version": __version__, "tensors": len(tensors)}
     (folder / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -44,6 +58,11 @@ def apply(folder: str | Path, backbone) -> dict:
     from safetensors.numpy import load_file
 
     config = read_config(folder)
+    if config.get("base_fingerprint") not in (None, fingerprint(backbone)):
+        raise KftError(
+            f"the adapter in '{folder}' does not fit this base model: it was trained on {config.get('base_preset')} "
+            "and this base differs (architecture or weights); load the base it was trained on"
+        )
     lora.enable(backbone, config["rank"], config["alpha"], config["targets"])
     tensors = load_file(str(Path(folder) / WEIGHTS))
     variables = lora.lora_variables(backbone)

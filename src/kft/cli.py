@@ -96,6 +96,21 @@ def generate(prompts, run_dir, preset, adapter_dir, max_new_tokens, strategy, te
         click.echo(output)
 
 
+@cli.command("export")
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, exists=True))
+@click.option("--format", "fmt", type=click.Choice(["keras", "hf", "peft"]), required=True,
+              help="keras: merged Keras preset; hf: merged transformers checkpoint; peft: PEFT adapter.")
+@click.option("--out", required=True, type=click.Path(), help="Folder to write (must be new or empty).")
+@click.option("--preset", help="Base preset, if not the one recorded in the run's adapter_config.json.")
+@click.option("--base", is_flag=True, help="Export the base model alone (the base for a PEFT adapter).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
+def export_cmd(run_dir, fmt, out, preset, base, overwrite):
+    """Export a run: merged Keras preset, transformers checkpoint, or PEFT adapter."""
+    from kft.export import export
+
+    click.echo(str(export(run_dir, fmt, out, preset=preset, base=base, overwrite=overwrite)))
+
+
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--base", is_flag=True, help="Measure the base model without the adapter.")

@@ -1,0 +1,66 @@
+"""`kft export`: a run's fine-tuned model as a merged Keras preset, a transformers checkpoint, or a
+PEFT adapter (plus the base model alone as a transformers checkpoint, the PEFT adapter's base).
+
+Output is written to a hidden sibling folder and renamed into place at the end, so a failed
+export leaves nothing half-written where the user looks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from kft.errors import KftError
+
+FORMATS = ("keras", "hf", "peft")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise KftError(f"--out '{out}' is a file; choose a folder path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise KftError(f"--out '{out}' already holds files; choose another folder or pass --overwrite")
+
+
+def export(run_dir: str | None, fmt: str, out: str, preset: str | None = None, base: bool = False,
+           overwrite: bool = False) -> Path:
+    """Write the export; return its folder. `base=True` exports the base preset without the adapter."""
+    from kft import adapter, loading, model
+    from kft.export import hf, merge, peft
+
+    if fmt not in FORMATS:
+        raise KftError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    if base and fmt == "peft":
+        raise KftError("--base exports the base model alone; a PEFT export needs the run's adapter")
+    out = Path(out).expanduser()
+    _check_out(out, overwrite)
+    meta = adapter.read_config(run_dir) if run_dir else {}
+    if base:
+        if not (preset or meta):
+            raise KftError("--base needs a run folder (its base preset) or --preset")
+        task, family, _ = model.load(preset or meta["base_preset"], "float32")
+    else:
+        if not run_dir:
+            raise KftError("give the run folder to export")
+        task = loading.load_tuned(run_dir=run_dir, preset=preset, precision="float32")
+        family = model.family_of(task.backbone)
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        print(f"kft: writing {fmt} export of {'the base model' if base else run_dir}", file=sys.stderr, flush=True)
+        if fmt == "peft":
+            peft.write(task.backbone, meta, None, partial)
+        else:
+            merge.merge_lora(task.backbone)
+            if fmt == "keras":
+                task.save_to_preset(str(partial))
+            else:
+                hf.write(task.backbone, task.preprocessor.tokenizer, family, partial)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial.rename(out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return out

@@ -1,0 +1,73 @@
+"""The LoRA adapter in PEFT's format, exact, for the transformers export of the base model.
+
+Keras' EinsumDense LoRA on q/k/v is per head: A is (heads, hidden, r) and B is (r, head_dim),
+so the update to HF's (heads*head_dim, hidden) q_proj weight has rank up to heads*r. PEFT's
+plain `B @ A` can express it exactly with rank heads*r: A stacks the per-head factors and B is
+block-diagonal. `rank_pattern`/`alpha_pattern` give q/k/v that rank and alpha = rank * (alpha/r),
+so PEFT's scaling alpha/rank equals Keras' alpha/r. The output and MLP projections contract over
+a flat axis and keep rank r.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+HF_NAMES = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "attention_output": "o_proj",
+            "ffw_gating": "gate_proj", "ffw_gating_2": "up_proj", "ffw_linear": "down_proj"}
+PER_HEAD = ("query", "key", "value")
+
+
+def _factors(layer_name: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PEFT (lora_A (R, in), lora_B (out, R)) equal to Keras' A, B for one layer."""
+    if layer_name in PER_HEAD:  # a: (heads, hidden, r), b: (r, head_dim)
+        heads, hidden, r = a.shape
+        head_dim = b.shape[1]
+        lora_a = a.transpose(0, 2, 1).reshape(heads * r, hidden)
+        lora_b = np.zeros((heads * head_dim, heads * r), dtype=a.dtype)
+        for n in range(heads):
+            lora_b[n * head_dim:(n + 1) * head_dim, n * r:(n + 1) * r] = b.T
+        return lora_a, lora_b
+    if layer_name == "attention_output":  # a: (heads, head_dim, r), b: (r, hidden)
+        return a.reshape(-1, a.shape[-1]).T, b.T
+    return a.T, b.T  # MLP: a (in, r), b (r, out)
+
+
+def write(backbone, meta: dict, base_hf_dir: str | None, folder: str | Path) -> None:
+    """adapter_config.json + adapter_model.safetensors for `backbone`'s LoRA layers."""
+    from safetensors.numpy import save_file
+
+    rank, alpha = meta["rank"], meta["alpha"]
+    tensors, ranks, alphas, targets = {}, {}, {}, set()
+    for i in range(backbone.num_layers):
+        block = backbone.get_layer(f"decoder_block_{i}")
+        layers = {"query": block.attention.query_dense, "key": block.attention.key_dense,
+                  "value": block.attention.value_dense, "attention_output": block.attention.output_dense,
+                  "ffw_gating": block.gating_ffw, "ffw_gating_2": block.gating_ffw_2, "ffw_linear": block.ffw_linear}
+        for name, layer in layers.items():
+            if not getattr(layer, "lora_enabled", False):
+                continue
+            hf_name = HF_NAMES[name]
+            targets.add(hf_name)
+            lora_a, lora_b = _factors(name, np.asarray(layer.lora_kernel_a.numpy(), "float32"),
+                                      np.asarray(layer.lora_kernel_b.numpy(), "float32"))
+            group = "mlp" if name.startswith("ffw") else "self_attn"
+            module = f"base_model.model.model.layers.{i}.{group}.{hf_name}"
+            tensors[f"{module}.lora_A.weight"] = np.ascontiguousarray(lora_a)
+            tensors[f"{module}.lora_B.weight"] = np.ascontiguousarray(lora_b)
+            if name in PER_HEAD:
+                peft_rank = lora_a.shape[0]
+                ranks[hf_name] = peft_rank
+                alphas[hf_name] = peft_rank * alpha / rank
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_hf_dir,
+        "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0, "bias": "none", "use_rslora": False,
+        "target_modules": sorted(targets), "rank_pattern": ranks, "alpha_pattern": alphas,
+        "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
