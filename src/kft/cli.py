@@ -111,6 +111,17 @@ def export_cmd(run_dir, fmt, out, preset, base, overwrite):
     click.echo(str(export(run_dir, fmt, out, preset=preset, base=base, overwrite=overwrite)))
 
 
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False, exists=True))
+@click.option("--to", required=True, metavar="URI", help="kaggle://OWNER/MODEL/keras/VARIANT or hf://OWNER/REPO")
+@click.option("--dry-run", is_flag=True, help="Validate by reloading, print files and the model card, upload nothing.")
+def publish(folder, to, dry_run):
+    """Upload a run (as a merged Keras preset) or an export folder, with its model card."""
+    from kft.publish import publish as run_publish
+
+    run_publish(folder, to, dry_run=dry_run, echo=click.echo)
+
+
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--base", is_flag=True, help="Measure the base model without the adapter.")

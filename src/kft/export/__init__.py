@@ -26,7 +26,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 def export(run_dir: str | None, fmt: str, out: str, preset: str | None = None, base: bool = False,
            overwrite: bool = False) -> Path:
     """Write the export; return its folder. `base=True` exports the base preset without the adapter."""
-    from kft import adapter, loading, model
+    from kft import adapter, loading, model, model_card
     from kft.export import hf, merge, peft
 
     if fmt not in FORMATS:
@@ -57,6 +57,8 @@ def export(run_dir: str | None, fmt: str, out: str, preset: str | None = None, b
                 task.save_to_preset(str(partial))
             else:
                 hf.write(task.backbone, task.preprocessor.tokenizer, family, partial)
+        if not base:
+            (partial / "README.md").write_text(model_card.render(run_dir, fmt), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,78 @@
+"""The model card (README.md) for an export or an upload, written from the run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+GEMMA_TERMS = ("This model is a derivative of Gemma and is subject to the Gemma Terms of Use "
+               "(https://ai.google.dev/gemma/terms) and the Gemma Prohibited Use Policy "
+               "(https://ai.google.dev/gemma/prohibited_use_policy).")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
+    """Markdown describing the base model, data, LoRA and training settings, results and samples."""
+    run = Path(run_dir)
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    adapter = json.loads((run / "adapter_config.json").read_text(encoding="utf-8"))
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    data, train, lora = config["data"], config["train"], config["lora"]
+    stats = summary.get("data", {})
+    usage = {
+        "keras": f'import keras_hub\nlm = keras_hub.models.CausalLM.from_preset("PATH")\nprint(lm.generate("...", max_length=128))',
+        "hf": 'from transformers import AutoModelForCausalLM, AutoTokenizer\n'
+              'model = AutoModelForCausalLM.from_pretrained("PATH")\ntokenizer = AutoTokenizer.from_pretrained("PATH")',
+        "peft": 'from peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, "PATH")  # base: the HF export of the base',
+    }[fmt]
+    lines = [
+        f"# {adapter['family'].capitalize()} fine-tuned with LoRA (kft)",
+        "",
+        f"LoRA fine-tune of `{adapter['base_preset']}` ({adapter['family']}) made with "
+        f"kft {adapter.get('kft_version', '')} (Keras 3 + KerasHub on JAX). "
+        f"Format: {fmt} ({'LoRA merged into the weights' if fmt != 'peft' else 'PEFT LoRA adapter'}).",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        usage,
+        "```",
+        "",
+        "## Training data",
+        "",
+        f"- Source: `{data['source']}`" + (f" (held out: `{data['eval_source']}`)" if data.get("eval_source") else ""),
+        f"- Examples: {stats.get('train_examples', '?')} for training, {stats.get('eval_examples', 0)} for evaluation; "
+        f"{stats.get('trained_tokens', '?')} trained tokens",
+        f"- Template: `{data['template']}`; loss on {data['loss_on']} tokens; sequence length {data['seq_len']}",
+        "",
+        "## Training procedure",
+        "",
+        f"- LoRA: rank {adapter['rank']}, alpha {adapter['alpha']}, on {', '.join(adapter['targets'])}",
+        f"- Trainable parameters: {summary.get('trainable_parameters', '?'):,} of {summary.get('parameters', '?'):,}"
+        if summary else "- Trainable parameters: see the run",
+        f"- Optimizer: AdamW, lr {train['lr']}, weight decay {train['weight_decay']}, {train['schedule']} schedule, "
+        f"warmup {train['warmup_steps']} steps, clip norm {train['clip_norm']}",
+        f"- Batch {train['batch_size']} x accumulation {train['grad_accum']}, "
+        f"{summary.get('optimizer_steps', '?')} optimizer steps, seed {train['seed']}, precision {adapter['dtype']}",
+        "",
+        "## Results",
+        "",
+    ]
+    results = [(k, v) for k, v in summary.items() if k.endswith(("_loss", "_before", "_after")) and v is not None]
+    lines += [f"- {k.replace('_', ' ')}: {v:.4f}" if isinstance(v, float) else f"- {k.replace('_', ' ')}: {v}"
+              for k, v in results] or ["- (no metrics recorded)"]
+    shown = _read_jsonl(run / "samples.jsonl")[:samples]
+    if shown:
+        lines += ["", "## Sample generations (greedy)", ""]
+        for s in shown:
+            lines += [f"**Prompt:**\n```\n{s['prompt'].rstrip()}\n```",
+                      f"- before: {s['before'].strip()!r}", f"- after: {s['after'].strip()!r}", ""]
+    lines += ["", "## License", "", GEMMA_TERMS, ""]
+    return "\n".join(lines)
