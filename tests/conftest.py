@@ -44,7 +44,7 @@ def family_run(request, tiny_presets, tmp_path_factory):
 
     preset = tiny_presets[request.param]
     result = kft.train(os.path.join(CONFIGS, "tiny.yaml"), **{
-        "model.preset": preset, "train.max_steps": 6, "train.lr": 0.02, "lora.rank": 2, "lora.alpha": 4.0,
+        "model.preset": preset, "train.epochs": None, "train.max_steps": 6, "train.lr": 0.02, "lora.rank": 2, "lora.alpha": 4.0,
         "train.grad_accum": 2, "train.schedule": "cosine", "train.warmup_steps": 2, "train.clip_norm": 1.0,
         "train.log_every": 3,
         "output.samples": 0, "output.tensorboard": False, "data.eval_fraction": 0.25,

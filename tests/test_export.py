@@ -44,9 +44,7 @@ def hf_model(folder):
 
 
 def keras_greedy(task, ids, n):
-    from kft.evaluation import compile_task
-
-    compile_task(task)
+    """Keras' own compiled generation (the run compiled the task with a greedy sampler)."""
     token_ids = np.zeros((1, ids.shape[1] + n), dtype="int32")
     token_ids[:, : ids.shape[1]] = ids
     mask = np.zeros_like(token_ids, dtype=bool)

@@ -57,18 +57,35 @@ def cli():
 @click.option("--output-dir", help=_help("output.dir"))
 @click.option("--seed", type=int, help=_help("train.seed"))
 @click.option("--overwrite", is_flag=True, help="Allow writing into a run folder that already holds files.")
+@click.option("--resume", metavar="RUN_DIR|auto", help="Continue a run from its newest checkpoint ('auto': output.dir if it has one).")
 @click.option("--set", "assignments", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config key (repeatable).")
-def train(config_path, overwrite, assignments, **flags):
+def train(config_path, overwrite, resume, assignments, **flags):
     """Fine-tune a Gemma preset with LoRA and write a run folder."""
     overrides = dict(config_lib.parse_set(a) for a in assignments)
     overrides.update({COMMON_FLAGS[k]: v for k, v in flags.items() if v is not None})
+    # A step budget given here replaces the file's epochs and vice versa (both in one place is an error).
+    if flags["max_steps"] is not None and "train.epochs" not in overrides:
+        overrides["train.epochs"] = None
+    if flags["epochs"] is not None and "train.max_steps" not in overrides:
+        overrides["train.max_steps"] = None
     if overwrite:
         overrides["output.overwrite"] = True
+    if resume and resume != "auto" and config_path is None:
+        config_path = _run_config(resume)
     config = config_lib.load(config_path, overrides)  # validated before anything heavy loads
     from kft.finetune import train as run_training
 
-    result = run_training(config)
+    result = run_training(config, resume=resume)
     click.echo(str(result.run_dir))
+
+
+def _run_config(run_dir: str) -> str:
+    import os
+
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        raise KftError(f"--resume '{run_dir}' is not a kft run folder (no config.yaml)")
+    return path
 
 
 @cli.command()
@@ -165,7 +182,8 @@ def main(argv=None):
     try:
         cli.main(args=argv, prog_name="kft", standalone_mode=False)
     except KftError as e:
-        click.echo(f"kft: error: {e}", err=True)
+        label = {3: "interrupted (resumable)", 4: "stopped"}.get(e.exit_code, "error")
+        click.echo(f"kft: {label}: {e}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("kft: aborted", err=True)

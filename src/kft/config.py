@@ -88,8 +88,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _key(1, "Passes over the training examples.")
-    max_steps: Optional[int] = _key(None, "Stop after this many optimizer steps (overrides epochs). null = epochs decide.")
+    epochs: Optional[int] = _key(None, "Passes over the training examples (null = 1 unless max_steps is set).")
+    max_steps: Optional[int] = _key(None, "Train for exactly this many optimizer steps instead of epochs.")
     batch_size: int = _key(1, "Examples per micro-batch.")
     grad_accum: int = _key(1, "Micro-batches per optimizer step (gradient accumulation).")
     lr: float = _key(5e-5, "Peak learning rate (AdamW).")
@@ -99,6 +99,8 @@ class TrainConfig:
     clip_norm: Optional[float] = _key(None, "Clip gradients to this global norm. null = no clipping.")
     seed: int = _key(0, "Seed for shuffling, LoRA initialisation and sampling.")
     log_every: int = _key(10, "Print and record metrics every N optimizer steps.")
+    checkpoint_every: int = _key(50, "Write a resumable checkpoint every N optimizer steps (and at the end).")
+    checkpoint_keep: int = _key(2, "How many of the newest checkpoints to keep.")
 
 
 @dataclass
@@ -237,6 +239,18 @@ def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Co
     return from_dict(apply_overrides(raw, overrides or {}))
 
 
+# Keys a resumed run may change: they shape logs and outputs, not the trained weights.
+RESUMABLE_CHANGES = ("output.dir", "output.overwrite", "output.tensorboard", "train.log_every",
+                     "train.checkpoint_every", "train.checkpoint_keep")
+
+
+def differences(old: Config, new: Config) -> list[str]:
+    """'key: old -> new' for every key that differs, except those a resume may change."""
+    a, b = old.to_dict(), new.to_dict()
+    return [f"{s}.{k}: {a[s][k]!r} -> {b[s][k]!r}" for s in a for k in a[s]
+            if a[s][k] != b[s][k] and f"{s}.{k}" not in RESUMABLE_CHANGES]
+
+
 def to_yaml(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
 
@@ -282,8 +296,12 @@ def validate(c: Config) -> None:
     if d.eval_source and d.eval_fraction:
         _fail("data.eval_fraction", "must be 0 when data.eval_source names a held-out dataset")
     t = c.train
-    for key, value, low in (("epochs", t.epochs, 1), ("batch_size", t.batch_size, 1), ("grad_accum", t.grad_accum, 1),
-                            ("log_every", t.log_every, 1), ("warmup_steps", t.warmup_steps, 0)):
+    if t.epochs is not None and t.max_steps is not None:
+        _fail("train.epochs", f"({t.epochs}) and train.max_steps ({t.max_steps}) are both set; keep one of them")
+    for key, value, low in (("epochs", t.epochs or 1, 1), ("batch_size", t.batch_size, 1),
+                            ("grad_accum", t.grad_accum, 1), ("log_every", t.log_every, 1),
+                            ("warmup_steps", t.warmup_steps, 0), ("checkpoint_every", t.checkpoint_every, 1),
+                            ("checkpoint_keep", t.checkpoint_keep, 1)):
         if value < low:
             _fail(f"train.{key}", f"must be >= {low}, got {value}")
     if t.max_steps is not None and t.max_steps <= 0:

@@ -269,11 +269,11 @@ def steps_per_epoch(split: Split, batch_size: int) -> int:
     return len(split) // batch_size
 
 
-def batches(split: Split, batch_size: int, num_batches: int, seed: int):
-    """A Keras PyDataset of `num_batches` micro-batches; epoch e uses permutation seed+e.
+def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: int = 0):
+    """A Keras PyDataset of micro-batches `start..num_batches-1`; epoch e uses permutation seed+e.
 
-    Indexing is a pure function of (seed, batch index), so the data position of any step is
-    known without replaying the ones before it.
+    Indexing is a pure function of (seed, batch index), so a resumed run picks up its data
+    position without replaying the batches before it.
     """
     import keras
 
@@ -281,10 +281,10 @@ def batches(split: Split, batch_size: int, num_batches: int, seed: int):
 
     class Batches(keras.utils.PyDataset):
         def __len__(self):
-            return num_batches
+            return num_batches - start
 
         def indices(self, i):
-            epoch, b = divmod(i, per_epoch)
+            epoch, b = divmod(start + i, per_epoch)
             order = np.random.default_rng(seed + epoch).permutation(len(split))
             return np.sort(order[b * batch_size : (b + 1) * batch_size])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -61,22 +61,58 @@ def _report(metrics: dict, run_dir: Path, shown: int = 3) -> None:
     print(f"kft: adapter, samples and metrics saved to {run_dir}", flush=True)
 
 
-def train(config: Config | dict | str | None = None, **overrides) -> TrainResult:
-    """Fine-tune with LoRA as `config` says (a Config, a dict, or a YAML path; dotted overrides allowed)."""
+def _resolve(config, overrides) -> Config:
     if isinstance(config, Config):
-        config = config_lib.from_dict(config_lib.apply_overrides(config.to_dict(), overrides))
-    elif isinstance(config, dict):
-        config = config_lib.from_dict(config_lib.apply_overrides(config, overrides))
-    else:
-        config = config_lib.load(config, overrides)
-    c = config
+        return config_lib.from_dict(config_lib.apply_overrides(config.to_dict(), overrides))
+    if isinstance(config, dict):
+        return config_lib.from_dict(config_lib.apply_overrides(config, overrides))
+    return config_lib.load(config, overrides)
+
+
+def _resume_point(c: Config, resume: str | None) -> tuple[Config, Path, Path | None]:
+    """(config, run folder, checkpoint to continue from or None) for a fresh or resumed run."""
+    from kft import checkpoint
+
+    if resume is None:
+        return c, run_dir_for(c), None
+    run_dir = Path(c.output.dir if resume == "auto" else resume).expanduser()
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        if resume == "auto":
+            return c, run_dir_for(c), None
+        raise KftError(f"--resume '{resume}' is not a kft run folder (no config.yaml)")
+    saved = config_lib.load(str(saved_path))
+    changed = config_lib.differences(saved, c)
+    if changed:
+        raise KftError(f"cannot resume {run_dir} with a different config ({'; '.join(changed)}); "
+                       "start a new run (--output-dir) or undo the changes")
+    latest = checkpoint.latest(run_dir)
+    if latest is None:
+        if resume == "auto":
+            return c, run_dir_for(replace(c, output=replace(c.output, overwrite=True))), None
+        raise KftError(f"{run_dir} has no complete checkpoint to resume from; start it again with --overwrite")
+    return c, run_dir, latest
+
+
+def train(config: Config | dict | str | None = None, resume: str | None = None, **overrides) -> TrainResult:
+    """Fine-tune with LoRA as `config` says (a Config, a dict, or a YAML path; dotted overrides allowed).
+
+    `resume` continues a run from its newest checkpoint: a run folder, or "auto" for
+    `output.dir` if it holds one (else a fresh start). A config change that would alter the
+    result is refused.
+    """
+    if resume not in (None, "auto") and config is None:
+        config = str(Path(resume) / "config.yaml") if (Path(resume) / "config.yaml").is_file() else None
+    c = _resolve(config, overrides)
     backend.setup()
     import keras  # only after backend.setup() has chosen JAX
 
+    from kft import checkpoint
     from kft.progress import Progress
 
+    c, run_dir, resume_from = _resume_point(c, resume)
+
     keras.utils.set_random_seed(c.train.seed)
-    run_dir = run_dir_for(c)
     records, eval_records = data.load_sources(c.data)
     task, family, policy = model.load(c.model.preset, c.model.precision)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +133,7 @@ def train(config: Config | dict | str | None = None, **overrides) -> TrainResult
           f"in {len(adapted)} LoRA layers (rank {c.lora.rank}, alpha {c.lora.alpha or c.lora.rank})", flush=True)
 
     per_epoch = data.steps_per_epoch(dataset.train, c.train.batch_size)
-    optimizer_steps = c.train.max_steps or max(1, per_epoch * c.train.epochs // c.train.grad_accum)
+    optimizer_steps = c.train.max_steps or max(1, per_epoch * (c.train.epochs or 1) // c.train.grad_accum)
     micro_steps = optimizer_steps * c.train.grad_accum
     optimizer, schedule = optim.make_optimizer(c.train, optimizer_steps)
     evaluation.compile_task(task, optimizer)
@@ -105,20 +141,33 @@ def train(config: Config | dict | str | None = None, **overrides) -> TrainResult
     # Before/after: samples (and the metric) on eval prompts when there is an eval split, else on training ones.
     prompt_split = dataset.eval or dataset.train
     measure_args = (prompt_split, c.output.metric, c.train.batch_size, c.output.sample_max_new_tokens)
-    before = evaluation.measure(task, *measure_args, with_loss=dataset.eval is not None)
+    start_micro, rows = 0, []
+    if resume_from is None:
+        before = evaluation.measure(task, *measure_args, with_loss=dataset.eval is not None)
+        (run_dir / "before.json").write_text(json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8")
+    else:
+        before = json.loads((run_dir / "before.json").read_text(encoding="utf-8"))
+        optimizer.build(task.trainable_variables)
+        state = checkpoint.restore(resume_from, task)
+        start_micro, rows = state["micro_step"], state["metrics"]
+        print(f"kft: resuming from {resume_from.name} (step {state['optimizer_step']} of {optimizer_steps})", flush=True)
     metrics = {"family": family, "dtype_policy": policy, "parameters": total, "trainable_parameters": trainable,
                "optimizer_steps": optimizer_steps, "data": s, "metric": c.output.metric}
 
-    batches = data.batches(dataset.train, c.train.batch_size, micro_steps, c.train.seed)
+    batches = data.batches(dataset.train, c.train.batch_size, micro_steps, c.train.seed, start=start_micro)
     progress_cb = Progress(batches, micro_steps, c.train.grad_accum, c.train.log_every, schedule,
-                           run_dir / "metrics.jsonl")
-    callbacks = [progress_cb]
+                           run_dir / "metrics.jsonl", start_micro=start_micro, records=rows)
+    checkpoint_cb = checkpoint.Checkpointer(run_dir, c.train.checkpoint_every, c.train.checkpoint_keep,
+                                            c.train.grad_accum, micro_steps, start_micro, progress_cb)
+    callbacks = [checkpoint_cb, progress_cb]
     if c.output.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq=c.train.log_every))
     print(f"kft: training {optimizer_steps} steps (batch {c.train.batch_size} x accumulation {c.train.grad_accum})",
           flush=True)
     started = time.perf_counter()
-    keras.Model.fit(task, batches, epochs=1, verbose=0, callbacks=callbacks)
+    if start_micro < micro_steps:
+        keras.Model.fit(task, batches, epochs=1, verbose=0, callbacks=callbacks)
+    _stop_if_interrupted(checkpoint_cb, run_dir)
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics["first_loss"] = progress_cb.records[0]["loss"]
     metrics["final_loss"] = progress_cb.records[-1]["loss"]
@@ -140,3 +189,19 @@ def train(config: Config | dict | str | None = None, **overrides) -> TrainResult
     (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     _report(metrics, run_dir)
     return TrainResult(task=task, run_dir=run_dir, metrics=metrics)
+
+
+def _stop_if_interrupted(checkpoint_cb, run_dir: Path) -> None:
+    from kft import checkpoint
+
+    if checkpoint_cb.diverged_at is not None:
+        last = checkpoint.latest(run_dir)
+        raise checkpoint.Diverged(
+            f"the loss became NaN/Inf at step {checkpoint_cb.diverged_at}; training stopped. Last good checkpoint: "
+            f"{last or 'none'}. Lower train.lr, set train.clip_norm, or use model.precision float32"
+        )
+    if checkpoint_cb.signal_received:
+        raise checkpoint.Interrupted(
+            f"interrupted by {checkpoint_cb.signal_received}; checkpoint {checkpoint.latest(run_dir).name} written. "
+            f"Resume with: kft train --resume {run_dir}"
+        )

@@ -16,22 +16,29 @@ def _duration(seconds: float) -> str:
 class Progress(keras.callbacks.Callback):
     """Prints `step, loss, lr, tokens/s, ETA` as plain lines (fine on terminals and in notebooks).
 
-    Keras reports the running mean of the loss since the epoch began; the loss of a logging
-    window is recovered from two running means, so each line shows the loss of its own steps.
+    Keras reports the running mean of the loss since `fit` began; the loss of a logging window is
+    recovered from two running means, so each line shows the loss of its own steps. A resumed run
+    starts at `start_micro` with the rows its checkpoint recorded.
     """
 
-    def __init__(self, batches, total_micro_steps: int, accum: int, log_every: int, schedule, metrics_path):
+    def __init__(self, batches, total_micro_steps: int, accum: int, log_every: int, schedule, metrics_path,
+                 start_micro: int = 0, records: list[dict] | None = None):
         super().__init__()
         self.batches, self.total, self.accum = batches, total_micro_steps, accum
         self.log_every, self.schedule, self.metrics_path = log_every, schedule, metrics_path
-        self.records: list[dict] = []
+        self.start_micro, self.records = start_micro, list(records or [])
+        # metrics.jsonl holds exactly the rows of the state we continue from.
+        with open(metrics_path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.records)
+        self.elapsed_before = self.records[-1]["elapsed_s"] if self.records else 0.0
 
     def on_train_begin(self, logs=None):
         self.start = self.window_start = time.perf_counter()
         self.window_first, self.prev_mean, self.window_tokens = 0, 0.0, 0
 
     def on_train_batch_end(self, batch, logs=None):
-        micro = batch + 1
+        local = batch + 1  # steps since this fit began
+        micro = self.start_micro + local
         self.window_tokens += self.batches.tokens(batch)
         step = micro // self.accum
         due = micro % self.accum == 0 and (step == 1 or step % self.log_every == 0)
@@ -39,22 +46,22 @@ class Progress(keras.callbacks.Callback):
             return
         now = time.perf_counter()
         mean = float(logs["loss"])
-        loss = (mean * micro - self.prev_mean * self.window_first) / (micro - self.window_first)
+        loss = (mean * local - self.prev_mean * self.window_first) / (local - self.window_first)
         elapsed = now - self.window_start
         record = {
             "step": step, "micro_step": micro, "loss": round(loss, 6),
             "lr": float(self.schedule(max(micro - 1, 0))),
             "tokens_per_s": round(self.window_tokens / elapsed, 1) if elapsed > 0 else None,
-            "elapsed_s": round(now - self.start, 2),
+            "elapsed_s": round(self.elapsed_before + now - self.start, 2),
         }
         self.records.append(record)
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        rate = (now - self.start) / micro
+        rate = (now - self.start) / local
         print(
             f"step {step}/{self.total // self.accum}  loss {loss:.4f}  lr {record['lr']:.2e}  "
-            f"{record['tokens_per_s'] or 0:.0f} tok/s  elapsed {_duration(now - self.start)}  "
+            f"{record['tokens_per_s'] or 0:.0f} tok/s  elapsed {_duration(record['elapsed_s'])}  "
             f"eta {_duration(rate * (self.total - micro))}",
             flush=True,
         )
-        self.window_first, self.prev_mean, self.window_tokens, self.window_start = micro, mean, 0, now
+        self.window_first, self.prev_mean, self.window_tokens, self.window_start = local, mean, 0, now
