@@ -25,9 +25,17 @@ def test_family_is_read_from_the_preset_config_before_loading(tiny_presets, fami
     assert model.family_of_config(tiny_presets[family]) == family
 
 
-def test_float16_warns_that_gemma_overflows():
+def test_float16_is_refused_on_cpu_and_warned_about_on_gpus(monkeypatch):
+    with pytest.raises(KftError, match="not supported on CPU"):
+        model.resolve_precision("mixed_float16")
+    monkeypatch.setattr(model.backend, "accelerator", lambda: "gpu")
+    monkeypatch.setattr(model.backend, "bf16_capable", lambda: False)  # a T4 or P100
     with pytest.warns(UserWarning, match="overflow"):
         assert model.resolve_precision("mixed_float16") == "mixed_float16"
+    assert model.resolve_precision("auto") == "float32"
+    monkeypatch.setattr(model.backend, "bf16_capable", lambda: True)
+    assert model.resolve_precision("auto") == "mixed_bfloat16"
+    monkeypatch.undo()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert model.resolve_precision("auto") == "float32"  # this CPU machine

@@ -7,7 +7,7 @@ config -> run folder -> data records -> model -> examples -> LoRA -> compile -> 
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -34,8 +34,12 @@ def run_dir_for(config: Config) -> Path:
     if folder.is_dir() and any(folder.iterdir()) and not config.output.overwrite:
         raise KftError(f"output.dir '{folder}' already holds files; choose another folder or pass --overwrite")
     existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise KftError(f"cannot write to output.dir '{folder}': '{existing}' is not a writable folder")
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError
+        tempfile.TemporaryFile(dir=existing).close()  # os.access says yes to root even where writes fail
+    except OSError:
+        raise KftError(f"cannot write to output.dir '{folder}': '{existing}' is not a writable folder") from None
     return folder
 
 
@@ -159,14 +163,15 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
                            run_dir / "metrics.jsonl", start_micro=start_micro, records=rows)
     checkpoint_cb = checkpoint.Checkpointer(run_dir, c.train.checkpoint_every, c.train.checkpoint_keep,
                                             c.train.grad_accum, micro_steps, start_micro, progress_cb)
-    callbacks = [checkpoint_cb, progress_cb]
+    callbacks = [progress_cb, checkpoint_cb]  # a checkpoint includes the metrics row of its own step
     if c.output.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq=c.train.log_every))
     print(f"kft: training {optimizer_steps} steps (batch {c.train.batch_size} x accumulation {c.train.grad_accum})",
           flush=True)
     started = time.perf_counter()
     if start_micro < micro_steps:
-        keras.Model.fit(task, batches, epochs=1, verbose=0, callbacks=callbacks)
+        # shuffle=False: Keras would reorder a PyDataset's batches, and our order is part of what resumes.
+        keras.Model.fit(task, batches, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)
     _stop_if_interrupted(checkpoint_cb, run_dir)
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics["first_loss"] = progress_cb.records[0]["loss"]

@@ -19,6 +19,9 @@ def resolve_precision(precision: str) -> str:
     if precision == "auto":
         return "mixed_bfloat16" if backend.bf16_capable() else "float32"
     if "float16" in precision and "bfloat16" not in precision:
+        if backend.accelerator() == "cpu":
+            raise KftError(f"model.precision {precision} is not supported on CPU (emulated, and Gemma overflows "
+                           "float16); use float32")
         warnings.warn(
             "Gemma's activations overflow float16; prefer mixed_bfloat16 (TPU, Ampere+ GPUs) or float32",
             stacklevel=2,
