@@ -142,7 +142,7 @@ def test_gradient_accumulation_counts_optimizer_steps(family_run):
     result, _ = family_run
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["micro_step"]) for r in rows] == [(1, 2), (3, 6), (6, 12)]
-    assert int(np.asarray(result.task.optimizer.iterations)) == 6
+    assert int(np.asarray(result.fit_model.optimizer.iterations)) == 6
 
 
 def test_random_sampling_is_seeded(tiny_run, capsys):

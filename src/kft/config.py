@@ -99,6 +99,8 @@ class TrainConfig:
     clip_norm: Optional[float] = _key(None, "Clip gradients to this global norm. null = no clipping.")
     seed: int = _key(0, "Seed for shuffling, LoRA initialisation and sampling.")
     log_every: int = _key(10, "Print and record metrics every N optimizer steps.")
+    logits_on: str = _key("trained", "Vocabulary logits at trained positions only (trained: same loss, less compute "
+                                     "and memory) or at every position (all: KerasHub's plain path).")
     checkpoint_every: int = _key(50, "Write a resumable checkpoint every N optimizer steps (and at the end).")
     checkpoint_keep: int = _key(2, "How many of the newest checkpoints to keep.")
 
@@ -212,11 +214,20 @@ def parse_set(assignment: str) -> tuple[str, Any]:
     if "=" not in assignment:
         raise ConfigError(f"--set expects section.key=value, got '{assignment}'")
     key, text = assignment.split("=", 1)
+    key = key.strip()
+    if _field_type(key) is str:  # text stays text: "Q: {question}" is a format string, not YAML
+        return key, text
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
-    return key.strip(), value
+    return key, value
+
+
+def _field_type(dotted: str):
+    section, _, name = dotted.partition(".")
+    cls = _section_classes().get(section)
+    return typing.get_type_hints(cls).get(name) if cls else None
 
 
 def read_yaml(path: str) -> dict:
@@ -224,13 +235,16 @@ def read_yaml(path: str) -> dict:
         raise ConfigError(f"config file '{path}' not found")
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f) or {}
+            raw = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file '{path}' is not UTF-8 text") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must be a mapping of sections (model, lora, data, train, output)")
+    return raw
 
 
 def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -291,6 +305,8 @@ def validate(c: Config) -> None:
     if not 0.0 <= d.eval_fraction < 1.0:
         _fail("data.eval_fraction", f"must be in [0, 1), got {d.eval_fraction}")
     for key, source in (("data.source", d.source), ("data.eval_source", d.eval_source)):
+        if source and os.path.isdir(os.path.expanduser(source)):
+            _fail(key, f"points to the folder '{source}', not a file; give a .jsonl, .json, .csv or .parquet file")
         if source and _looks_like_file(source) and not os.path.isfile(os.path.expanduser(source)):
             _fail(key, f"points to '{source}', which does not exist; give an existing file or a datasets name")
     if d.eval_source and d.eval_fraction:
@@ -312,6 +328,8 @@ def validate(c: Config) -> None:
         _fail("train.weight_decay", f"must be >= 0, got {t.weight_decay}")
     if t.schedule not in SCHEDULES:
         _fail("train.schedule", f"must be one of {', '.join(SCHEDULES)}, got '{t.schedule}'")
+    if t.logits_on not in ("trained", "all"):
+        _fail("train.logits_on", f"must be trained or all, got '{t.logits_on}'")
     if t.clip_norm is not None and t.clip_norm <= 0:
         _fail("train.clip_norm", f"must be > 0 or null, got {t.clip_norm}")
     o = c.output

@@ -40,6 +40,13 @@ class Split:
     def inputs(self, index=slice(None)) -> dict:
         return {"token_ids": self.token_ids[index], "padding_mask": self.padding_mask[index]}
 
+    def trained_positions(self) -> tuple[dict, np.ndarray, np.ndarray]:
+        """(inputs with `positions`, targets, weights) gathered at trained positions (see trained_logits)."""
+        from kft.trained_logits import gather_trained
+
+        index, targets, weights = gather_trained(self.loss_weights, self.targets)
+        return {**self.inputs(), "positions": index}, targets, weights
+
 
 @dataclass
 class Dataset:
@@ -269,7 +276,7 @@ def steps_per_epoch(split: Split, batch_size: int) -> int:
     return len(split) // batch_size
 
 
-def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: int = 0):
+def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: int = 0, trained_only: bool = False):
     """A Keras PyDataset of micro-batches `start..num_batches-1`; epoch e uses permutation seed+e.
 
     Indexing is a pure function of (seed, batch index), so a resumed run picks up its data
@@ -278,6 +285,10 @@ def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: i
     import keras
 
     per_epoch = steps_per_epoch(split, batch_size)
+    if trained_only:
+        inputs, targets, weights = split.trained_positions()
+    else:
+        inputs, targets, weights = split.inputs(), split.targets, split.loss_weights
 
     class Batches(keras.utils.PyDataset):
         def __len__(self):
@@ -290,7 +301,7 @@ def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: i
 
         def __getitem__(self, i):
             idx = self.indices(i)
-            return split.inputs(idx), split.targets[idx], split.loss_weights[idx]
+            return {k: v[idx] for k, v in inputs.items()}, targets[idx], weights[idx]
 
         def tokens(self, i) -> int:
             return int(split.padding_mask[self.indices(i)].sum())

@@ -5,33 +5,49 @@ from __future__ import annotations
 from kft import data, sampling, scoring
 
 
-def compile_task(task, optimizer=None) -> None:
-    """Compile with the token-mean loss (sum of weighted losses / sum of weights) and a greedy sampler."""
+def compile_task(task, optimizer=None, logits_on: str = "all"):
+    """Compile for training and loss: the token-mean loss (sum of weighted losses / sum of weights).
+
+    Returns the model to fit and evaluate: `task` itself, or (logits_on="trained") a wrapper that
+    projects to the vocabulary only at trained positions. The task also gets a greedy sampler.
+    """
     import keras
 
-    task.compile(
+    from kft.trained_logits import TrainedPositionsLM
+
+    task.compile(sampler=sampling.make_sampler("greedy"))
+    model = TrainedPositionsLM(task) if logits_on == "trained" else task
+    keras.Model.compile(
+        model,
         optimizer=optimizer or "adam",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"),
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
-        sampler=sampling.make_sampler("greedy"),
     )
+    return model
 
 
-def eval_loss(task, split: data.Split, batch_size: int) -> float:
+def eval_loss(model, split: data.Split, batch_size: int) -> float:
     """Mean loss per trained target token over `split` (Keras' own loss, as in training)."""
     import keras
 
-    result = keras.Model.evaluate(task, split.inputs(), split.targets, sample_weight=split.loss_weights,
-                                  batch_size=batch_size, verbose=0, return_dict=True)
+    from kft.trained_logits import TrainedPositionsLM
+
+    if isinstance(model, TrainedPositionsLM):
+        inputs, targets, weights = split.trained_positions()
+    else:
+        inputs, targets, weights = split.inputs(), split.targets, split.loss_weights
+    result = keras.Model.evaluate(model, inputs, targets, sample_weight=weights, batch_size=batch_size, verbose=0,
+                                  return_dict=True)
     return float(result["loss"])
 
 
-def measure(task, split: data.Split, metric: str, batch_size: int, max_new_tokens: int, with_loss: bool) -> dict:
-    """{'loss'?, 'generations', 'score'} of `task` (compiled with a greedy sampler) on `split`."""
+def measure(task, model, split: data.Split, metric: str, batch_size: int, max_new_tokens: int,
+            with_loss: bool) -> dict:
+    """{'loss'?, 'generations', 'score'}: greedy answers of `task`, loss of `model` (see compile_task)."""
     generations = sampling.generate(task, task.preprocessor.tokenizer, split.prompts, max_new_tokens)
     result = {"generations": generations, "score": scoring.score(metric, generations, split.references)}
     if with_loss:
-        result["loss"] = eval_loss(task, split, batch_size)
+        result["loss"] = eval_loss(model, split, batch_size)
     return result
 
 
@@ -46,9 +62,9 @@ def evaluate_run(run_dir, base: bool = False, metric: str | None = None) -> dict
     task = model.load(c.model.preset, c.model.precision)[0] if base else loading.load_tuned(run_dir)
     dataset = data.build(records, task.preprocessor.tokenizer, c.data, c.train.seed, num_prompts=c.output.samples,
                          eval_records=eval_records)
-    compile_task(task)
+    model_for_loss = compile_task(task, logits_on=c.train.logits_on)
     split = dataset.eval or dataset.train
     metric = metric or c.output.metric
-    result = measure(task, split, metric, c.train.batch_size, c.output.sample_max_new_tokens,
+    result = measure(task, model_for_loss, split, metric, c.train.batch_size, c.output.sample_max_new_tokens,
                      with_loss=dataset.eval is not None)
     return {"model": "base" if base else "tuned", "metric": metric, "examples": len(split.prompts), **result}

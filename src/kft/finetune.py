@@ -23,6 +23,7 @@ class TrainResult:
     task: object  # the fine-tuned keras_hub CausalLM, LoRA enabled
     run_dir: Path
     metrics: dict = field(default_factory=dict)
+    fit_model: object = None  # what `fit` trained: the task, or its trained-positions wrapper (holds the optimizer)
 
 
 def run_dir_for(config: Config) -> Path:
@@ -119,12 +120,14 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     keras.utils.set_random_seed(c.train.seed)
     records, eval_records = data.load_sources(c.data)
     task, family, policy = model.load(c.model.preset, c.model.precision)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_lib.to_yaml(c), encoding="utf-8")
-    print(f"kft: run folder {run_dir}", flush=True)
     tokenizer = task.preprocessor.tokenizer
     dataset = data.build(records, tokenizer, c.data, c.train.seed, num_prompts=c.output.samples,
                          eval_records=eval_records)
+    per_epoch = data.steps_per_epoch(dataset.train, c.train.batch_size)
+    # Only now, with data and model known good, does the run folder appear.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_lib.to_yaml(c), encoding="utf-8")
+    print(f"kft: run folder {run_dir}", flush=True)
     s = dataset.stats
     print(f"kft: {s['train_examples']} training / {s['eval_examples']} eval examples; "
           f"{s['overlong']} longer than seq_len {c.data.seq_len} ({s['overlong_action']}); "
@@ -136,29 +139,29 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     print(f"kft: {family} model, {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.3f}%) "
           f"in {len(adapted)} LoRA layers (rank {c.lora.rank}, alpha {c.lora.alpha or c.lora.rank})", flush=True)
 
-    per_epoch = data.steps_per_epoch(dataset.train, c.train.batch_size)
     optimizer_steps = c.train.max_steps or max(1, per_epoch * (c.train.epochs or 1) // c.train.grad_accum)
     micro_steps = optimizer_steps * c.train.grad_accum
     optimizer, schedule = optim.make_optimizer(c.train, optimizer_steps)
-    evaluation.compile_task(task, optimizer)
+    fit_model = evaluation.compile_task(task, optimizer, c.train.logits_on)
 
     # Before/after: samples (and the metric) on eval prompts when there is an eval split, else on training ones.
     prompt_split = dataset.eval or dataset.train
-    measure_args = (prompt_split, c.output.metric, c.train.batch_size, c.output.sample_max_new_tokens)
+    measure_args = (fit_model, prompt_split, c.output.metric, c.train.batch_size, c.output.sample_max_new_tokens)
     start_micro, rows = 0, []
     if resume_from is None:
         before = evaluation.measure(task, *measure_args, with_loss=dataset.eval is not None)
         (run_dir / "before.json").write_text(json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8")
     else:
         before = json.loads((run_dir / "before.json").read_text(encoding="utf-8"))
-        optimizer.build(task.trainable_variables)
-        state = checkpoint.restore(resume_from, task)
+        optimizer.build(fit_model.trainable_variables)
+        state = checkpoint.restore(resume_from, fit_model)
         start_micro, rows = state["micro_step"], state["metrics"]
         print(f"kft: resuming from {resume_from.name} (step {state['optimizer_step']} of {optimizer_steps})", flush=True)
     metrics = {"family": family, "dtype_policy": policy, "parameters": total, "trainable_parameters": trainable,
                "optimizer_steps": optimizer_steps, "data": s, "metric": c.output.metric}
 
-    batches = data.batches(dataset.train, c.train.batch_size, micro_steps, c.train.seed, start=start_micro)
+    batches = data.batches(dataset.train, c.train.batch_size, micro_steps, c.train.seed, start=start_micro,
+                           trained_only=c.train.logits_on == "trained")
     progress_cb = Progress(batches, micro_steps, c.train.grad_accum, c.train.log_every, schedule,
                            run_dir / "metrics.jsonl", start_micro=start_micro, records=rows)
     checkpoint_cb = checkpoint.Checkpointer(run_dir, c.train.checkpoint_every, c.train.checkpoint_keep,
@@ -171,7 +174,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     started = time.perf_counter()
     if start_micro < micro_steps:
         # shuffle=False: Keras would reorder a PyDataset's batches, and our order is part of what resumes.
-        keras.Model.fit(task, batches, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)
+        keras.Model.fit(fit_model, batches, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)
     _stop_if_interrupted(checkpoint_cb, run_dir)
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics["first_loss"] = progress_cb.records[0]["loss"]
@@ -193,7 +196,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     })
     (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     _report(metrics, run_dir)
-    return TrainResult(task=task, run_dir=run_dir, metrics=metrics)
+    return TrainResult(task=task, run_dir=run_dir, metrics=metrics, fit_model=fit_model)
 
 
 def _stop_if_interrupted(checkpoint_cb, run_dir: Path) -> None:
