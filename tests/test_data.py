@@ -134,3 +134,17 @@ def test_a_held_out_eval_file_becomes_the_eval_split(tmp_path, tokenizers):
     ds = data.build(data.load_records(config), tokenizers["gemma"], config, seed=0, num_prompts=1,
                     eval_records=data.load_records(DataConfig(source=config.eval_source)))
     assert (len(ds.train), len(ds.eval)) == (3, 1) and ds.eval.references == ["서울"]
+
+
+def test_group_by_length_keeps_every_example_once_per_epoch_and_reduces_padding(tmp_path, tokenizers):
+    rows = [{"instruction": "q" * (1 + i % 7) * 3, "response": "a " * (1 + (i * 5) % 23)} for i in range(64)]
+    split = build(tmp_path, tokenizers["gemma"], rows, seq_len=96).train
+    plain = data.batches(split, 4, 32, seed=3, pad_to_multiple=8)
+    grouped = data.batches(split, 4, 32, seed=3, pad_to_multiple=8, group_by_length=True)
+    for epoch in (0, 1):
+        seen = np.concatenate([grouped.indices(epoch * 16 + b) for b in range(16)])
+        assert sorted(seen.tolist()) == list(range(64))
+    width = lambda ds: sum(ds[i][0]["token_ids"].size for i in range(32))  # noqa: E731
+    assert width(grouped) < 0.9 * width(plain)
+    again = data.batches(split, 4, 32, seed=3, pad_to_multiple=8, group_by_length=True, start=20)
+    assert np.array_equal(again.indices(0), grouped.indices(20))  # resumable: a pure function of the index

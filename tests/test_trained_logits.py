@@ -48,3 +48,28 @@ def test_trained_position_logits_match_the_plain_path(tiny_presets, family, loss
     for fast_g, plain_g in zip(fast_grads, plain_grads):
         assert np.abs(plain_g).max() > 0
         assert np.abs(fast_g - plain_g).max() <= 1e-5 * np.abs(plain_g).max() + 1e-9
+
+
+def test_length_buckets_cut_only_padding_and_keep_the_loss(tiny_presets):
+    import keras
+
+    from kft import lora, model
+
+    keras.utils.set_random_seed(2)
+    task, _, _ = model.load(tiny_presets["gemma3"], "float32")
+    lora.enable(task.backbone, 2, None, ["query", "value"])
+    config = DataConfig(source="bundled:tiny_facts", seq_len=160, shuffle=False)
+    split = data.build(data.load_records(config), task.preprocessor.tokenizer, config, seed=0).train
+    full = data.batches(split, 4, 4, seed=0)
+    cut = data.batches(split, 4, 4, seed=0, pad_to_multiple=16)
+    lengths = set()
+    for i in range(4):
+        (x_full, y_full, w_full), (x_cut, y_cut, w_cut) = full[i], cut[i]
+        length = x_cut["token_ids"].shape[1]
+        lengths.add(length)
+        assert length % 16 == 0 and length <= 160 and x_cut["padding_mask"][:, length - 16:].any()
+        assert not x_full["padding_mask"][:, length:].any() and w_full[:, length:].sum() == 0
+        loss_full, _ = loss_and_grads(task, x_full, y_full, w_full)
+        loss_cut, _ = loss_and_grads(task, x_cut, y_cut, w_cut)
+        assert abs(loss_cut - loss_full) <= 1e-5 * abs(loss_full)
+    assert min(lengths) < 160

@@ -28,6 +28,7 @@ def setup() -> None:
             tf.config.set_visible_devices([], kind)
         except (RuntimeError, ValueError):
             pass  # already initialised or no such device type: nothing of ours to hide
+    _persistent_compilation_cache()
     import keras
 
     if keras.config.backend() != "jax":
@@ -56,3 +57,18 @@ def bf16_capable() -> bool:
         return False
     capability = getattr(jax.devices()[0], "compute_capability", "0")
     return float(capability) >= 8.0
+
+
+def _persistent_compilation_cache() -> None:
+    """XLA programs cached on disk (in $KFT_CACHE/xla) so a second run skips the compile.
+
+    Left alone if the user configured a JAX cache; KFT_XLA_CACHE=0 turns it off.
+    """
+    import jax
+
+    if os.environ.get("KFT_XLA_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
+        return
+    from kft.presets import cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)

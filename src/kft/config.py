@@ -101,6 +101,9 @@ class TrainConfig:
     log_every: int = _key(10, "Print and record metrics every N optimizer steps.")
     logits_on: str = _key("trained", "Vocabulary logits at trained positions only (trained: same loss, less compute "
                                      "and memory) or at every position (all: KerasHub's plain path).")
+    pad_to_multiple: int = _key(64, "Cut each batch to its longest example rounded up to this multiple "
+                                   "(a few compiled shapes, little padding); 0 = always pad to data.seq_len.")
+    group_by_length: bool = _key(True, "Batch examples of similar length together (seeded), so little padding is computed.")
     checkpoint_every: int = _key(50, "Write a resumable checkpoint every N optimizer steps (and at the end).")
     checkpoint_keep: int = _key(2, "How many of the newest checkpoints to keep.")
 
@@ -317,7 +320,7 @@ def validate(c: Config) -> None:
     for key, value, low in (("epochs", t.epochs or 1, 1), ("batch_size", t.batch_size, 1),
                             ("grad_accum", t.grad_accum, 1), ("log_every", t.log_every, 1),
                             ("warmup_steps", t.warmup_steps, 0), ("checkpoint_every", t.checkpoint_every, 1),
-                            ("checkpoint_keep", t.checkpoint_keep, 1)):
+                            ("checkpoint_keep", t.checkpoint_keep, 1), ("pad_to_multiple", t.pad_to_multiple, 0)):
         if value < low:
             _fail(f"train.{key}", f"must be >= {low}, got {value}")
     if t.max_steps is not None and t.max_steps <= 0:

@@ -276,12 +276,20 @@ def steps_per_epoch(split: Split, batch_size: int) -> int:
     return len(split) // batch_size
 
 
-def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: int = 0, trained_only: bool = False):
+def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: int = 0, trained_only: bool = False,
+            pad_to_multiple: int = 0, group_by_length: bool = False):
     """A Keras PyDataset of micro-batches `start..num_batches-1`; epoch e uses permutation seed+e.
 
     Indexing is a pure function of (seed, batch index), so a resumed run picks up its data
-    position without replaying the batches before it.
+    position without replaying the batches before it. With `pad_to_multiple`, each batch is cut
+    to its longest example rounded up to that multiple (padding is on the right, so the cut
+    removes only padding): a few shapes, a few XLA programs, far less work on padding.
+    With `group_by_length`, each epoch's shuffled order is cut into windows of 16 batches, each
+    window is sorted by length and the resulting batches are shuffled: batches hold examples of
+    similar length, so the cut removes most padding (HF Trainer's group_by_length, seeded).
     """
+    import functools
+
     import keras
 
     per_epoch = steps_per_epoch(split, batch_size)
@@ -294,14 +302,34 @@ def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: i
         def __len__(self):
             return num_batches - start
 
+        @staticmethod
+        @functools.lru_cache(maxsize=2)
+        def epoch_order(epoch: int) -> np.ndarray:
+            rng = np.random.default_rng(seed + epoch)
+            order = rng.permutation(len(split))
+            if not group_by_length:
+                return order
+            lengths = split.padding_mask.sum(axis=1)
+            window = batch_size * 16
+            grouped = np.concatenate([sorted(order[i:i + window], key=lambda j: -lengths[j])
+                                      for i in range(0, len(order), window)])
+            per_batch = grouped[: per_epoch * batch_size].reshape(per_epoch, batch_size)
+            return per_batch[rng.permutation(per_epoch)].reshape(-1)
+
         def indices(self, i):
             epoch, b = divmod(start + i, per_epoch)
-            order = np.random.default_rng(seed + epoch).permutation(len(split))
-            return np.sort(order[b * batch_size : (b + 1) * batch_size])
+            return np.sort(self.epoch_order(epoch)[b * batch_size : (b + 1) * batch_size])
 
         def __getitem__(self, i):
             idx = self.indices(i)
-            return {k: v[idx] for k, v in inputs.items()}, targets[idx], weights[idx]
+            x, y, w = {k: v[idx] for k, v in inputs.items()}, targets[idx], weights[idx]
+            if pad_to_multiple:
+                longest = int(split.padding_mask[idx].sum(axis=1).max())
+                length = min(-(-longest // pad_to_multiple) * pad_to_multiple, split.token_ids.shape[1])
+                x["token_ids"], x["padding_mask"] = x["token_ids"][:, :length], x["padding_mask"][:, :length]
+                if not trained_only:
+                    y, w = y[:, :length], w[:, :length]
+            return x, y, w
 
         def tokens(self, i) -> int:
             return int(split.padding_mask[self.indices(i)].sum())

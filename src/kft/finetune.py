@@ -161,7 +161,8 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
                "optimizer_steps": optimizer_steps, "data": s, "metric": c.output.metric}
 
     batches = data.batches(dataset.train, c.train.batch_size, micro_steps, c.train.seed, start=start_micro,
-                           trained_only=c.train.logits_on == "trained")
+                           trained_only=c.train.logits_on == "trained", pad_to_multiple=c.train.pad_to_multiple,
+                           group_by_length=c.train.group_by_length)
     progress_cb = Progress(batches, micro_steps, c.train.grad_accum, c.train.log_every, schedule,
                            run_dir / "metrics.jsonl", start_micro=start_micro, records=rows)
     checkpoint_cb = checkpoint.Checkpointer(run_dir, c.train.checkpoint_every, c.train.checkpoint_keep,
