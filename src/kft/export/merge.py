@@ -6,13 +6,11 @@ sees the fine-tuned weights. KerasHub 0.32's `export_to_transformers` reads the 
 LoRA layer and would silently export the base model; merging first is what makes exports true.
 """
 
-
+import numpy as np
 
 
 def merge_lora(backbone) -> int:
     """Merge every LoRA layer of `backbone`; return how many were merged."""
-    import numpy as np
-
     merged = 0
     for layer in backbone._flatten_layers(include_self=False):
         if getattr(layer, "lora_enabled", False):
