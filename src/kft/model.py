@@ -68,14 +68,20 @@ def load(preset: str, precision: str = "auto"):
     family_of_config(path)
     policy = resolve_precision(precision)
     print(f"kft: loading {preset} ({policy})", file=sys.stderr, flush=True)
+    remote = not presets.is_local(path)
+    # Downloads fail in many ways (network, auth, consent, quota: kagglehub and huggingface_hub raise
+    # their own types); for a remote handle every failure is the user's to fix, so it gets one line.
+    remote_errors = Exception if remote else (OSError, ConnectionError)
     try:
         task = keras_hub.models.CausalLM.from_preset(path, dtype=policy)
-    except (OSError, ConnectionError) as e:
+    except ValueError as e:
+        raise KftError(f"cannot load preset '{preset}': {str(e).splitlines()[0][:200]}") from None
+    except remote_errors as e:
+        if not remote:
+            raise KftError(f"cannot read preset folder '{preset}': {str(e).splitlines()[0][:200]}") from None
         raise KftError(
             f"cannot load preset '{preset}' ({type(e).__name__}): Kaggle presets need network "
             "access and credentials (KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json); offline, use a "
-            "local preset folder or a kft-prepared name such as tiny_gemma3"
+            "local preset folder or a kft-prepared name such as gemma3_270m_gguf"
         ) from None
-    except ValueError as e:
-        raise KftError(f"cannot load preset '{preset}': {str(e).splitlines()[0][:200]}") from None
     return task, family_of(task.backbone), policy
