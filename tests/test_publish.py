@@ -15,7 +15,7 @@ def test_dry_run_prints_the_model_card_and_files_and_uploads_nothing(family_run,
                               "--dry-run"], capsys)
     assert code == 0, err
     assert "would upload keras folder" in out and "model.weights.h5" in out and "MB" in out
-    assert "## Training procedure" in out and f"LoRA: rank 2, alpha 4.0" in out and "Gemma Terms of Use" in out
+    assert "## Training procedure" in out and "LoRA: rank 2, alpha 4.0" in out and "Gemma Terms of Use" in out
     assert "nothing uploaded" in out
 
 

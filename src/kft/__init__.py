@@ -7,6 +7,7 @@
 """
 
 __version__ = "0.1.0"
+__all__ = ["Config", "KftError", "train", "load", "generate", "__version__"]
 
 from kft.config import Config  # noqa: E402  (light: dataclasses + yaml)
 from kft.errors import KftError  # noqa: E402

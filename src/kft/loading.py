@@ -18,10 +18,11 @@ def load_tuned(run_dir=None, preset=None, adapter_dir=None, precision=None):
     if not folder.is_dir():
         raise KftError(f"'{folder}' is not a folder; give a kft run folder")
     meta = adapter.read_config(folder)
-    precision = precision or _run_precision(folder) or "auto"
+    run_config = _run_config(folder)
+    precision = precision or run_config.get("model", {}).get("precision") or "auto"
     task, _, _ = model.load(preset or meta["base_preset"], precision)
     adapter.apply(folder, task.backbone)
-    task.kft_template = _run_template(folder, meta)
+    task.kft_template = _run_template(run_config, meta)
     return task
 
 
@@ -30,12 +31,8 @@ def _run_config(folder: Path) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _run_precision(folder: Path) -> str | None:
-    return _run_config(folder).get("model", {}).get("precision")
-
-
-def _run_template(folder: Path, meta: dict):
-    data = _run_config(folder).get("data")
+def _run_template(run_config: dict, meta: dict):
+    data = run_config.get("data")
     if data:
         from kft.config import DataConfig
 

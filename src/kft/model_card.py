@@ -24,10 +24,10 @@ def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     adapter = json.loads((run / "adapter_config.json").read_text(encoding="utf-8"))
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
-    data, train, lora = config["data"], config["train"], config["lora"]
+    data, train = config["data"], config["train"]
     stats = summary.get("data", {})
     usage = {
-        "keras": f'import keras_hub\nlm = keras_hub.models.CausalLM.from_preset("PATH")\nprint(lm.generate("...", max_length=128))',
+        "keras": 'import keras_hub\nlm = keras_hub.models.CausalLM.from_preset("PATH")\nprint(lm.generate("...", max_length=128))',
         "hf": 'from transformers import AutoModelForCausalLM, AutoTokenizer\n'
               'model = AutoModelForCausalLM.from_pretrained("PATH")\ntokenizer = AutoTokenizer.from_pretrained("PATH")',
         "peft": 'from peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, "PATH")  # base: the HF export of the base',
