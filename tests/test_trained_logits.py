@@ -7,17 +7,17 @@ from kft import data
 from kft.config import DataConfig
 
 
-def loss_and_grads(model, inputs, targets, weights):
+def loss_and_grads(model, inputs, targets, weights, loss_fn=None):
     import jax
     import keras
 
     trainable = [v.value for v in model.trainable_variables]
     frozen = [v.value for v in model.non_trainable_variables]
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
+    loss_fn = loss_fn or keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
 
     def loss(values):
-        logits, _ = model.stateless_call(values, frozen, inputs)
-        return loss_fn(targets, logits, sample_weight=weights)
+        outputs, _ = model.stateless_call(values, frozen, inputs)
+        return loss_fn(targets, outputs, sample_weight=weights)
 
     value, grads = jax.value_and_grad(loss)(trainable)
     return float(value), [np.asarray(g) for g in grads]
@@ -25,12 +25,13 @@ def loss_and_grads(model, inputs, targets, weights):
 
 @pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
 @pytest.mark.parametrize("loss_on", ["response", "all"])
-def test_trained_position_logits_match_the_plain_path(tiny_presets, family, loss_on):
+def test_trained_position_loss_matches_the_plain_path(tiny_presets, family, loss_on, monkeypatch):
     import keras
 
-    from kft import lora, model
-    from kft.trained_logits import TrainedPositionsLM
+    from kft import lora, model, trained_logits
+    from kft.trained_logits import PositionLoss, TrainedPositionsLM
 
+    monkeypatch.setattr(trained_logits, "CHUNK", 16)  # several chunks, the last one padded
     keras.utils.set_random_seed(1)
     task, _, _ = model.load(tiny_presets[family], "float32")
     lora.enable(task.backbone, 2, 4.0, ["all-linear"])
@@ -40,14 +41,38 @@ def test_trained_position_logits_match_the_plain_path(tiny_presets, family, loss
     split = data.build(data.load_records(config), task.preprocessor.tokenizer, config, seed=0).train
     plain_loss, plain_grads = loss_and_grads(task, split.inputs(), split.targets, split.loss_weights)
     fast = TrainedPositionsLM(task)
-    inputs, targets, weights = split.trained_positions()
-    assert inputs["positions"].shape[1] < split.token_ids.shape[1] or loss_on == "all"
-    fast_loss, fast_grads = loss_and_grads(fast, inputs, targets, weights)
+    inputs, targets, weights = split.batch(np.arange(len(split)), trained_only=True, pad_to_multiple=16)
+    trained = int((split.loss_weights > 0).sum())
+    assert (inputs["positions"] >= 0).sum() == trained > 16  # more than one chunk
+    assert weights.sum() == split.loss_weights.sum()
+    fast_loss, fast_grads = loss_and_grads(fast, inputs, targets, weights, PositionLoss())
     assert abs(fast_loss - plain_loss) <= 1e-5 * abs(plain_loss)
     assert len(fast_grads) == len(plain_grads) == len(lora.lora_variables(task.backbone))
     for fast_g, plain_g in zip(fast_grads, plain_grads):
         assert np.abs(plain_g).max() > 0
         assert np.abs(fast_g - plain_g).max() <= 1e-5 * np.abs(plain_g).max() + 1e-9
+    # Without gradients (evaluation), the forward-only path gives the same per-position losses.
+    logits = np.asarray(task(split.inputs()), dtype="float64")
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    flat_log_probs = log_probs.reshape(-1, log_probs.shape[-1])
+    cut = inputs["token_ids"].shape[1]
+    where = np.flatnonzero(weights.reshape(-1) > 0)
+    rows, columns = np.divmod(inputs["positions"].reshape(-1)[where], cut)
+    expected = -flat_log_probs[rows * split.token_ids.shape[1] + columns, targets.reshape(-1)[where]]
+    nll = np.asarray(fast(inputs)).reshape(-1)[where]
+    np.testing.assert_allclose(nll, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gather_lists_a_batch_s_trained_positions_first_and_flat():
+    from kft.trained_logits import gather_trained
+
+    weights = np.array([[0, 0, 1, 1, 0], [0, 1, 1, 1, 0.5]], dtype="float32")
+    targets = np.arange(10).reshape(2, 5)
+    positions, picked, picked_weights = gather_trained(weights, targets)
+    assert positions.shape == picked.shape == picked_weights.shape == (2, 5)
+    assert positions.reshape(-1).tolist() == [2, 3, 6, 7, 8, 9, -1, -1, -1, -1]
+    assert picked.reshape(-1).tolist() == [2, 3, 6, 7, 8, 9, 0, 0, 0, 0]
+    assert picked_weights.reshape(-1).tolist() == [1, 1, 1, 1, 1, 0.5, 0, 0, 0, 0]
 
 
 def test_length_buckets_cut_only_padding_and_keep_the_loss(tiny_presets):

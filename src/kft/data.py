@@ -40,12 +40,23 @@ class Split:
     def inputs(self, index=slice(None)) -> dict:
         return {"token_ids": self.token_ids[index], "padding_mask": self.padding_mask[index]}
 
-    def trained_positions(self) -> tuple[dict, np.ndarray, np.ndarray]:
-        """(inputs with `positions`, targets, weights) gathered at trained positions (see trained_logits)."""
-        from kft.trained_logits import gather_trained
+    def batch(self, index, trained_only: bool = False, pad_to_multiple: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
+        """(inputs, targets, weights) for the examples at `index`. With `pad_to_multiple`, cut to
+        the longest example rounded up to that multiple (padding is on the right, so the cut
+        removes only padding). With `trained_only`, targets and weights are the batch's trained
+        positions, which the inputs name (see trained_logits)."""
+        x, y, w = self.inputs(index), self.targets[index], self.loss_weights[index]
+        if pad_to_multiple:
+            longest = int(x["padding_mask"].sum(axis=1).max())
+            length = min(-(-longest // pad_to_multiple) * pad_to_multiple, self.token_ids.shape[1])
+            x = {k: v[:, :length] for k, v in x.items()}
+            y, w = y[:, :length], w[:, :length]
+        if trained_only:
+            from kft.trained_logits import gather_trained
 
-        index, targets, weights = gather_trained(self.loss_weights, self.targets)
-        return {**self.inputs(), "positions": index}, targets, weights
+            positions, y, w = gather_trained(w, y)
+            x = {**x, "positions": positions, "targets": y}
+        return x, y, w
 
 
 @dataclass
@@ -293,10 +304,6 @@ def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: i
     import keras
 
     per_epoch = steps_per_epoch(split, batch_size)
-    if trained_only:
-        inputs, targets, weights = split.trained_positions()
-    else:
-        inputs, targets, weights = split.inputs(), split.targets, split.loss_weights
 
     class Batches(keras.utils.PyDataset):
         def __len__(self):
@@ -321,17 +328,24 @@ def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: i
             return np.sort(self.epoch_order(epoch)[b * batch_size : (b + 1) * batch_size])
 
         def __getitem__(self, i):
-            idx = self.indices(i)
-            x, y, w = {k: v[idx] for k, v in inputs.items()}, targets[idx], weights[idx]
-            if pad_to_multiple:
-                longest = int(split.padding_mask[idx].sum(axis=1).max())
-                length = min(-(-longest // pad_to_multiple) * pad_to_multiple, split.token_ids.shape[1])
-                x["token_ids"], x["padding_mask"] = x["token_ids"][:, :length], x["padding_mask"][:, :length]
-                if not trained_only:
-                    y, w = y[:, :length], w[:, :length]
-            return x, y, w
+            return split.batch(self.indices(i), trained_only, pad_to_multiple)
 
         def tokens(self, i) -> int:
             return int(split.padding_mask[self.indices(i)].sum())
+
+    return Batches()
+
+
+def eval_batches(split: Split, batch_size: int, trained_only: bool = False, pad_to_multiple: int = 0):
+    """A Keras PyDataset over every example of `split` in order, the last batch possibly smaller."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return -(-len(split) // batch_size)
+
+        def __getitem__(self, i):
+            return split.batch(np.arange(i * batch_size, min((i + 1) * batch_size, len(split))), trained_only,
+                               pad_to_multiple)
 
     return Batches()

@@ -8,46 +8,50 @@ from kft import data, sampling, scoring
 def compile_task(task, optimizer=None, logits_on: str = "all"):
     """Compile for training and loss: the token-mean loss (sum of weighted losses / sum of weights).
 
-    Returns the model to fit and evaluate: `task` itself, or (logits_on="trained") a wrapper that
-    projects to the vocabulary only at trained positions. The task also gets a greedy sampler.
+    Returns the model to fit and evaluate: `task` itself (full-vocabulary logits, Keras' sparse
+    cross-entropy), or (logits_on="trained") a wrapper that computes the loss only at trained
+    positions (see trained_logits). The task also gets a greedy sampler.
     """
     import keras
 
-    from kft.trained_logits import TrainedPositionsLM
+    from kft.trained_logits import PositionLoss, TrainedPositionsLM
 
     task.compile(sampler=sampling.make_sampler("greedy"))
-    model = TrainedPositionsLM(task) if logits_on == "trained" else task
-    keras.Model.compile(
-        model,
-        optimizer=optimizer or "adam",
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"),
-        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
-    )
+    if logits_on == "trained":
+        model, loss = TrainedPositionsLM(task), PositionLoss()
+    else:
+        model = task
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
+    keras.Model.compile(model, optimizer=optimizer or "adam", loss=loss)
     return model
 
 
-def eval_loss(model, split: data.Split, batch_size: int) -> float:
-    """Mean loss per trained target token over `split` (Keras' own loss, as in training)."""
-    import keras
-
+def uses_trained_positions(model) -> bool:
     from kft.trained_logits import TrainedPositionsLM
 
-    if isinstance(model, TrainedPositionsLM):
-        inputs, targets, weights = split.trained_positions()
-    else:
-        inputs, targets, weights = split.inputs(), split.targets, split.loss_weights
-    result = keras.Model.evaluate(model, inputs, targets, sample_weight=weights, batch_size=batch_size, verbose=0,
-                                  return_dict=True)
-    return float(result["loss"])
+    return isinstance(model, TrainedPositionsLM)
+
+
+def eval_loss(model, split: data.Split, batch_size: int, pad_to_multiple: int = 0) -> float:
+    """Mean loss per trained target token over `split`: sum of weighted token losses / sum of weights."""
+    import keras
+
+    total = weight = 0.0
+    for x, y, w in data.eval_batches(split, batch_size, uses_trained_positions(model), pad_to_multiple):
+        batch_weight = float(w.sum())
+        if batch_weight > 0:
+            total += keras.Model.test_on_batch(model, x, y, sample_weight=w) * batch_weight
+            weight += batch_weight
+    return total / weight
 
 
 def measure(task, model, split: data.Split, metric: str, batch_size: int, max_new_tokens: int,
-            with_loss: bool) -> dict:
+            with_loss: bool, pad_to_multiple: int = 0) -> dict:
     """{'loss'?, 'generations', 'score'}: greedy answers of `task`, loss of `model` (see compile_task)."""
     generations = sampling.generate(task, task.preprocessor.tokenizer, split.prompts, max_new_tokens)
     result = {"generations": generations, "score": scoring.score(metric, generations, split.references)}
     if with_loss:
-        result["loss"] = eval_loss(model, split, batch_size)
+        result["loss"] = eval_loss(model, split, batch_size, pad_to_multiple)
     return result
 
 
@@ -66,5 +70,5 @@ def evaluate_run(run_dir, base: bool = False, metric: str | None = None) -> dict
     split = dataset.eval or dataset.train
     metric = metric or c.output.metric
     result = measure(task, model_for_loss, split, metric, c.train.batch_size, c.output.sample_max_new_tokens,
-                     with_loss=dataset.eval is not None)
+                     with_loss=dataset.eval is not None, pad_to_multiple=c.train.pad_to_multiple)
     return {"model": "base" if base else "tuned", "metric": metric, "examples": len(split.prompts), **result}

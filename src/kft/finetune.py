@@ -149,7 +149,8 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     measure_args = (fit_model, prompt_split, c.output.metric, c.train.batch_size, c.output.sample_max_new_tokens)
     start_micro, rows = 0, []
     if resume_from is None:
-        before = evaluation.measure(task, *measure_args, with_loss=dataset.eval is not None)
+        before = evaluation.measure(task, *measure_args, with_loss=dataset.eval is not None,
+                                     pad_to_multiple=c.train.pad_to_multiple)
         (run_dir / "before.json").write_text(json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8")
     else:
         before = json.loads((run_dir / "before.json").read_text(encoding="utf-8"))
@@ -180,7 +181,8 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics["first_loss"] = progress_cb.records[0]["loss"]
     metrics["final_loss"] = progress_cb.records[-1]["loss"]
-    after = evaluation.measure(task, *measure_args, with_loss=dataset.eval is not None)
+    after = evaluation.measure(task, *measure_args, with_loss=dataset.eval is not None,
+                                     pad_to_multiple=c.train.pad_to_multiple)
     for when, result in (("before", before), ("after", after)):
         if "loss" in result:
             metrics[f"eval_loss_{when}"] = result["loss"]

@@ -1,46 +1,148 @@
-"""The vocabulary projection only where the loss needs it.
+"""The loss only where it is needed, without ever holding full-vocabulary logits.
 
 A causal LM's last layer maps every position to vocabulary logits: for Gemma (256k entries) that
 is most of a small model's compute and memory (batch 4 x 128 positions of float32 logits is
-0.5 GB at 270M). With response-only loss most positions carry weight 0. Here each example's
-trained positions are gathered (padded to a fixed count K per dataset, so XLA compiles one
-program) before the projection; the loss is the same sum(w * nll) / sum(w).
+0.5 GB at 270M). With response-only loss most positions carry weight 0. So:
+
+- the data side lists a batch's weighted positions first, flattened over its rows
+  (`gather_trained`), in arrays of the batch's own shape (no new XLA programs);
+- the model gathers the hidden states there and computes each position's negative
+  log-likelihood chunk by chunk, stopping after the last weighted position (`token_nll`); in
+  training, the chunk's gradient with respect to its hidden states is formed in the same pass,
+  so only (chunk x vocabulary) logits ever exist and the backward pass needs no second
+  projection.
+
+The loss is the same sum(w * nll) / sum(w) as Keras' weighted sparse cross-entropy on the full
+logits (tests/test_trained_logits.py checks loss and gradients).
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import keras
 import numpy as np
-from keras import ops
+
+CHUNK = 32  # positions per vocabulary projection: 32 x 262144 float32 logits is 34 MB (the fastest on CPU)
 
 
-def gather_trained(loss_weights: np.ndarray, targets: np.ndarray, multiple: int = 8):
-    """(positions, targets, weights), each (N, K): every row's weighted positions, padded with
-    position 0 at weight 0. K is the largest count rounded up to `multiple`."""
-    counts = (loss_weights > 0).sum(axis=1)
-    k = min(int(-(-max(int(counts.max()), 1) // multiple) * multiple), loss_weights.shape[1])
-    index = np.zeros((len(loss_weights), k), dtype="int32")
-    for row, weights in enumerate(loss_weights):
-        where = np.flatnonzero(weights > 0)
-        index[row, : len(where)] = where
-    valid = np.arange(k)[None, :] < counts[:, None]
-    picked_weights = np.where(valid, np.take_along_axis(loss_weights, index, axis=1), 0).astype("float32")
-    return index, np.take_along_axis(targets, index, axis=1), picked_weights
+def gather_trained(loss_weights: np.ndarray, targets: np.ndarray):
+    """(positions, targets, weights), each shaped like `loss_weights` (B, L): the batch's weighted
+    positions as flat indices into its B * L positions, in order, then -1 at weight 0."""
+    flat = loss_weights.reshape(-1)
+    where = np.flatnonzero(flat > 0)
+    positions = np.full(flat.shape, -1, dtype="int32")
+    picked_targets = np.zeros(flat.shape, dtype="int32")
+    weights = np.zeros(flat.shape, dtype="float32")
+    positions[: len(where)] = where
+    picked_targets[: len(where)] = targets.reshape(-1)[where]
+    weights[: len(where)] = flat[where]
+    return positions.reshape(loss_weights.shape), picked_targets.reshape(loss_weights.shape), weights.reshape(
+        loss_weights.shape)
+
+
+def _logits(hidden, embeddings, soft_cap):
+    """(logits, tanh term or None) in float32 for one chunk: hidden (c, d) @ embeddings (V, d).T."""
+    import jax
+    import jax.numpy as jnp
+
+    logits = jax.lax.dot_general(hidden, embeddings.astype(hidden.dtype), (((1,), (1,)), ((), ())),
+                                 preferred_element_type=jnp.float32)
+    if soft_cap is None:
+        return logits, None
+    capped = jnp.tanh(logits / soft_cap)
+    return capped * soft_cap, capped
+
+
+def _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_cap, with_grad: bool):
+    """Per-position nll (and d nll / d hidden) for the first `count` positions, in chunks of
+    CHUNK; the loop stops after the last chunk holding one of them (the rest stay 0), so the
+    padding after them costs nothing whatever the batch's shape."""
+    import jax
+    import jax.numpy as jnp
+
+    n, d = hidden.shape
+    chunk = min(CHUNK, n)
+    pad = (-n) % chunk
+    hidden = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(-1, chunk, d)
+    targets = jnp.pad(targets, (0, pad)).reshape(-1, chunk)
+
+    def body(i, carry):
+        h, t = hidden[i], targets[i]
+        logits, capped = _logits(h, embeddings, soft_cap)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        nll = lse - jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]
+        if not with_grad:
+            return carry.at[i].set(nll)
+        # d nll / d logits = softmax - one_hot; through the soft cap, times 1 - tanh^2.
+        d_logits = jnp.exp(logits - lse[:, None]).at[jnp.arange(chunk), t].add(-1.0)
+        if capped is not None:
+            d_logits = d_logits * (1.0 - capped * capped)
+        d_hidden = jax.lax.dot_general(d_logits.astype(h.dtype), embeddings.astype(h.dtype), (((1,), (0,)), ((), ())),
+                                       preferred_element_type=jnp.float32)
+        return carry[0].at[i].set(nll), carry[1].at[i].set(d_hidden.astype(h.dtype))
+
+    chunks = (count + chunk - 1) // chunk
+    nll = jnp.zeros(targets.shape, jnp.float32)
+    if not with_grad:
+        return jax.lax.fori_loop(0, chunks, body, nll).reshape(-1)[:n]
+    nll, d_hidden = jax.lax.fori_loop(0, chunks, body, (nll, jnp.zeros(hidden.shape, hidden.dtype)))
+    return nll.reshape(-1)[:n], d_hidden.reshape(-1, d)[:n]
+
+
+def _token_nll():
+    import jax
+
+    @partial(jax.custom_vjp, nondiff_argnums=(4,))
+    def token_nll(hidden, embeddings, targets, count, soft_cap):
+        return _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_cap, with_grad=False)
+
+    def forward(hidden, embeddings, targets, count, soft_cap):
+        return _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_cap, with_grad=True)
+
+    def backward(soft_cap, d_hidden, upstream):
+        # The embeddings are frozen (TrainedPositionsLM checks): no cotangent for them, the targets or the count.
+        return d_hidden * upstream[:, None].astype(d_hidden.dtype), None, None, None
+
+    token_nll.defvjp(forward, backward)
+    return token_nll
 
 
 class TrainedPositionsLM(keras.Model):
-    """Wraps a KerasHub causal LM: inputs add `positions`; outputs logits at those positions only."""
+    """Wraps a KerasHub causal LM: inputs add flat `positions` and their `targets`; the output is
+    the negative log-likelihood of each target (train with `PositionLoss`)."""
 
     def __init__(self, task, **kwargs):
         super().__init__(**kwargs)
         self.task = task
         self.built = True  # every variable belongs to the (built) task
+        embedding = task.backbone.token_embedding
+        if embedding.trainable_weights or not getattr(embedding, "tie_weights", True):
+            raise ValueError("train.logits_on: trained needs frozen, tied token embeddings; use logits_on: all")
+        self._token_nll = _token_nll()
 
     @property
     def backbone(self):
         return self.task.backbone
 
     def call(self, inputs):
+        from keras import ops
+
         hidden = self.task.backbone({"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]})
-        picked = ops.take_along_axis(hidden, ops.expand_dims(inputs["positions"], -1), axis=1)
-        return self.task.backbone.token_embedding(picked, reverse=True)
+        hidden = ops.reshape(hidden, (-1, hidden.shape[-1]))
+        positions = ops.reshape(inputs["positions"], (-1,))
+        picked = ops.take(hidden, ops.maximum(positions, 0), axis=0)
+        embedding = self.task.backbone.token_embedding
+        nll = self._token_nll(picked, embedding.embeddings.value, ops.reshape(inputs["targets"], (-1,)),
+                              ops.sum(ops.cast(positions >= 0, "int32")), embedding.logit_soft_cap)
+        return ops.reshape(nll, ops.shape(inputs["positions"]))
+
+
+class PositionLoss(keras.losses.Loss):
+    """The model already returns per-position losses: weight them, sum, divide by the weights."""
+
+    def __init__(self):
+        super().__init__(name="position_loss", reduction="mean_with_sample_weight")
+
+    def call(self, y_true, y_pred):
+        return y_pred
