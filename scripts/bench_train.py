@@ -6,8 +6,9 @@
 Both sides train the same model (same weights: the HF form of the prepared preset), LoRA r=4 on
 q/v, float32, batch 4, on the same synthetic examples whose lengths follow Dolly-15k's
 (log-normal, median ~110 tokens, capped at --seq-len) with loss on the response half. Each side
-runs in its own process: kft with its own data path (fixed-length batches, right padding),
-transformers with its standard Trainer and dynamic padding. After warm-up steps, it reports real
+runs in its own process: kft with its own data path and defaults (length-grouped batches cut to
+a multiple of 64, loss only at trained positions), transformers with its standard Trainer and
+dynamic padding. After warm-up steps, it reports real
 (non-pad) tokens/s, s/step, peak RSS, first-step (compile) time; then greedy generation speed.
 The last line is machine-readable: `kft/hf: tokens/s 1.62x, peak memory 0.55x`.
 """

@@ -95,3 +95,29 @@ def test_hugging_face_folders_load_through_the_same_path_with_matching_logits(tm
     with torch.no_grad():
         hf_logits = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
     assert np.abs(keras_logits - hf_logits).max() <= 1e-4 * np.abs(hf_logits).max()
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
+def test_loading_skips_random_init_but_every_weight_is_the_preset_s(tiny_presets, family):
+    import keras_hub
+
+    task, _, _ = model.load(tiny_presets[family], "float32")
+    plain = keras_hub.models.CausalLM.from_preset(tiny_presets[family], dtype="float32")  # Keras' own path
+    assert len(task.variables) == len(plain.variables) > 0
+    for ours, theirs in zip(task.variables, plain.variables):
+        assert ours._value is not None, ours.path
+        np.testing.assert_array_equal(np.asarray(ours.value), np.asarray(theirs.value), err_msg=ours.path)
+
+
+def test_a_variable_the_preset_does_not_fill_is_initialised_after_loading():
+    import keras
+
+    with model.weights_from_preset_only():
+        layer = keras.layers.Dense(3, kernel_initializer="ones")
+        layer.build((None, 2))
+    assert layer.kernel._value is None  # deferred: nothing allocated yet
+    model.initialise_unfilled(layer)
+    np.testing.assert_array_equal(np.asarray(layer.kernel.value), np.ones((2, 3)))
+    outside = keras.layers.Dense(1)
+    outside.build((None, 1))
+    assert outside.kernel._value is not None  # outside the context, Keras initialises as usual

