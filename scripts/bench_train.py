@@ -93,7 +93,10 @@ def run_kft(args) -> dict:
 
     keras.Model.fit(fit_model, batches, epochs=1, verbose=0, shuffle=False, callbacks=[Timer()])
     tokens = [batches.tokens(i) for i in range(steps)]
-    result = summarise(times, tokens, args.warmup)
+    started = time.perf_counter()
+    computed = [batches[i][0]["token_ids"].size for i in range(steps)]
+    batch_ms = 1000 * (time.perf_counter() - started) / steps  # the input pipeline's share of a step
+    result = {**summarise(times, tokens, args.warmup, computed), "batch_ms": round(batch_ms, 2)}
     prompt = "Instruction:\nWrite a short story about a lighthouse.\n\nResponse:\n"
     sampling.generate(task, task.preprocessor.tokenizer, [prompt], args.new_tokens)  # compile (same shapes)
     started = time.perf_counter()
@@ -123,7 +126,7 @@ def run_hf(args) -> dict:
             ids, prompt = rows[i]
             return {"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]}
 
-    times, tokens = [], []
+    times, tokens, computed = [], [], []
 
     class Timer(transformers.TrainerCallback):
         def on_step_begin(self, *a, **k):
@@ -138,6 +141,7 @@ def run_hf(args) -> dict:
     def collator(features):  # the standard dynamic-padding collator, counting real tokens as kft does
         batch = standard(features)
         tokens.append(int(batch["attention_mask"].sum()) - len(features))
+        computed.append(int(batch["input_ids"].numel()) - len(features))
         return batch
 
     steps = args.warmup + args.steps
@@ -148,7 +152,7 @@ def run_hf(args) -> dict:
     trainer = transformers.Trainer(model=peft_model, args=training_args, train_dataset=Rows(), data_collator=collator,
                                    callbacks=[Timer()])
     trainer.train()
-    result = summarise(times, tokens, args.warmup)
+    result = summarise(times, tokens, args.warmup, computed)
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.hf_folder)
     ids = tokenizer("Instruction:\nWrite a short story about a lighthouse.\n\nResponse:\n", return_tensors="pt")
     merged = peft_model.eval()
@@ -160,10 +164,12 @@ def run_hf(args) -> dict:
     return result
 
 
-def summarise(times: list[float], tokens: list[int], warmup: int) -> dict:
+def summarise(times: list[float], tokens: list[int], warmup: int, computed: list[int]) -> dict:
     """Steady-state figures. A timed step over 2.5x the median compiled a new batch shape (kft's
-    length buckets): it is left out of the rates and reported as `compiles`/`compile_s`."""
+    length buckets): it is left out of the rates and reported as `compiles`/`compile_s`.
+    `padding_pct`: the share of the timed steps' input positions that were padding."""
     timed, timed_tokens = times[warmup:], tokens[warmup:len(times)]
+    timed_computed = computed[warmup:len(times)]
     median = float(np.median(timed))
     keep = [i for i, t in enumerate(timed) if t <= 2.5 * median]
     compiled = [t for i, t in enumerate(timed) if i not in keep]
@@ -173,6 +179,7 @@ def summarise(times: list[float], tokens: list[int], warmup: int) -> dict:
         "compile_s": round(sum(compiled), 1),
         "s_per_step": round(float(np.mean([timed[i] for i in keep])), 3),
         "tokens_per_s": round(sum(timed_tokens[i] for i in keep) / sum(timed[i] for i in keep), 1),
+        "padding_pct": round(100 * (1 - sum(timed_tokens) / sum(timed_computed)), 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
 
@@ -217,11 +224,13 @@ def main():
     k, h = results["kft"], results["hf"]
     print(f"model {args.model}, kft logits_on={args.kft_logits} pad_to_multiple={args.pad_to_multiple} group_by_length={args.group_by_length}, LoRA r={args.rank} q/v, fp32, batch {args.batch_size}, Dolly-like lengths "
           f"(cap {args.seq_len}), {args.steps} timed steps after {args.warmup} warm-up")
-    print("| | real tokens/s | s/step | peak RSS (GB) | first step (s) | later compiles (s) | generate (new tokens/s) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| | real tokens/s | s/step | padding (%) | peak RSS (GB) | first step (s) | later compiles (s) | "
+          "generate (new tokens/s) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in (("kft", k), ("transformers+PEFT", h)):
-        print(f"| {name} | {r['tokens_per_s']} | {r['s_per_step']} | {r['peak_rss_gb']} | {r['first_step_s']} | "
-              f"{r['compiles']} ({r['compile_s']}) | {r['gen_tokens_per_s']} |")
+        print(f"| {name} | {r['tokens_per_s']} | {r['s_per_step']} | {r['padding_pct']} | {r['peak_rss_gb']} | "
+              f"{r['first_step_s']} | {r['compiles']} ({r['compile_s']}) | {r['gen_tokens_per_s']} |")
+    print(f"(kft builds a batch in {k['batch_ms']} ms of its {1000 * k['s_per_step']:.0f} ms step)")
     print(f"kft/hf: tokens/s {k['tokens_per_s'] / h['tokens_per_s']:.2f}x, peak memory "
           f"{k['peak_rss_gb'] / h['peak_rss_gb']:.2f}x, generate {k['gen_tokens_per_s'] / h['gen_tokens_per_s']:.2f}x")
 
