@@ -33,7 +33,7 @@ COMMON_FLAGS = {
 
 def _help(key: str) -> str:
     section, name = key.split(".")
-    cls = config_lib._section_classes()[section]
+    cls = config_lib.section_classes()[section]
     return f"[{key}] " + next(f.metadata["help"] for f in config_lib.dataclasses.fields(cls) if f.name == name)
 
 

@@ -134,14 +134,15 @@ class Config:
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
-def _section_classes() -> dict:
+def section_classes() -> dict:
+    """{section name: its dataclass}, in config order."""
     hints = typing.get_type_hints(Config)
     return {name: hints[name] for name in SECTIONS}
 
 
 def all_keys() -> list[str]:
     """Every valid dotted key, e.g. 'lora.rank'."""
-    return [f"{s}.{f.name}" for s, cls in _section_classes().items() for f in dataclasses.fields(cls)]
+    return [f"{s}.{f.name}" for s, cls in section_classes().items() for f in dataclasses.fields(cls)]
 
 
 def _suggest(bad: str, candidates: list[str]) -> str:
@@ -173,7 +174,7 @@ def from_dict(raw: dict | None) -> Config:
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError("the config file must be a mapping of sections (model, lora, data, train, output)")
-    classes = _section_classes()
+    classes = section_classes()
     sections = {}
     for name, values in raw.items():
         if name not in classes:
@@ -230,7 +231,7 @@ def parse_set(assignment: str) -> tuple[str, Any]:
 
 def _field_type(dotted: str):
     section, _, name = dotted.partition(".")
-    cls = _section_classes().get(section)
+    cls = section_classes().get(section)
     return typing.get_type_hints(cls).get(name) if cls else None
 
 
@@ -354,7 +355,7 @@ def _looks_like_file(source: str) -> bool:
 def reference_markdown() -> str:
     """The config reference (README section), generated from the dataclasses."""
     lines = []
-    for section, cls in _section_classes().items():
+    for section, cls in section_classes().items():
         lines.append(f"**{section}**\n")
         lines.append("| key | default | meaning |\n|---|---|---|")
         for f in dataclasses.fields(cls):

@@ -9,13 +9,12 @@ not to repeat prompts. Sequences are padded on the right.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from kft import templates
+from kft import network, templates
 from kft.config import DataConfig
 from kft.errors import KftError
 
@@ -83,17 +82,6 @@ def local_path(source: str) -> Path | None:
     return None
 
 
-def _hub_reachable(host: str = "huggingface.co") -> bool:
-    try:
-        socket.setdefaulttimeout(3)
-        socket.getaddrinfo(host, 443)
-        return True
-    except OSError:
-        return False
-    finally:
-        socket.setdefaulttimeout(None)
-
-
 def _check_text_file(path: Path) -> None:
     """Fail with a line number on non-UTF-8 text or a bad JSON Lines row (datasets only says 'error')."""
     import json
@@ -123,7 +111,7 @@ def _check_text_file(path: Path) -> None:
 def load_records(config: DataConfig):
     """A `datasets.Dataset` of raw records from a local file, a bundled dataset or the Hub."""
     path = local_path(config.source)
-    if path is None and not _hub_reachable():
+    if path is None and not network.reachable("huggingface.co"):
         os.environ["HF_HUB_OFFLINE"] = "1"  # use the local cache if it has the dataset; fail fast if not
     import datasets
 

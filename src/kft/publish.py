@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 from pathlib import Path
 
+from kft import network
 from kft.errors import KftError
 
 HOSTS = {"kaggle": "www.kaggle.com", "hf": "huggingface.co"}
@@ -47,13 +47,8 @@ def check_credentials(scheme: str) -> None:
 
         if not get_token():
             raise KftError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
-    try:
-        socket.setdefaulttimeout(5)
-        socket.getaddrinfo(HOSTS[scheme], 443)
-    except OSError:
-        raise KftError(f"cannot reach {HOSTS[scheme]} (offline?); publish from a machine with network access") from None
-    finally:
-        socket.setdefaulttimeout(None)
+    if not network.reachable(HOSTS[scheme], timeout=5):
+        raise KftError(f"cannot reach {HOSTS[scheme]} (offline?); publish from a machine with network access")
 
 
 def _validate(folder: Path, kind: str) -> None:
