@@ -138,6 +138,14 @@ def test_eval_split_is_held_out_and_measured_before_and_after(family_run):
     assert np.isfinite(before) and np.isfinite(after) and before != after
 
 
+def test_kft_eval_base_reproduces_the_run_s_before_loss(family_run, capsys):
+    result, _ = family_run
+    code, out, _ = run_cli(["eval", str(result.run_dir), "--base"], capsys)
+    measured = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and measured["model"] == "base"
+    assert abs(measured["loss"] - result.metrics["eval_loss_before"]) <= 1e-5 * result.metrics["eval_loss_before"]
+
+
 def test_gradient_accumulation_counts_optimizer_steps(family_run):
     result, _ = family_run
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]

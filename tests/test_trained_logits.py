@@ -98,3 +98,32 @@ def test_length_buckets_cut_only_padding_and_keep_the_loss(tiny_presets):
         loss_cut, _ = loss_and_grads(task, x_cut, y_cut, w_cut)
         assert abs(loss_cut - loss_full) <= 1e-5 * abs(loss_full)
     assert min(lengths) < 160
+
+
+def test_eval_loss_is_the_token_mean_over_all_batches_on_both_paths(tiny_presets):
+    import keras
+
+    from kft import evaluation, model
+
+    keras.utils.set_random_seed(3)
+    task, _, _ = model.load(tiny_presets["gemma3"], "float32")
+    config = DataConfig(source="bundled:tiny_facts", seq_len=48, shuffle=False, max_examples=6)
+    split = data.build(data.load_records(config), task.preprocessor.tokenizer, config, seed=0).train
+    logits = np.asarray(task(split.inputs()), dtype="float64")  # one batch, no aggregation to get wrong
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_probs, split.targets[..., None], axis=-1)[..., 0]
+    expected = (nll * split.loss_weights).sum() / split.loss_weights.sum()
+    for logits_on in ("trained", "all"):  # batches of 4 and a last one of 2, cut to multiples of 16
+        loss = evaluation.eval_loss(evaluation.compile_task(task, logits_on=logits_on), split, 4, pad_to_multiple=16)
+        assert abs(loss - expected) <= 1e-5 * expected, logits_on
+
+
+def test_training_the_embeddings_through_the_trained_position_loss_is_one_clear_error(tiny_presets):
+    from kft import evaluation, model
+    from kft.errors import KftError
+
+    task, _, _ = model.load(tiny_presets["gemma"], "float32")  # no LoRA: the embeddings are trainable
+    with pytest.raises(KftError, match="logits_on: all"):
+        evaluation.compile_task(task, "adam", "trained")
+    evaluation.compile_task(task, None, "trained")  # measuring the base model needs no gradient: fine

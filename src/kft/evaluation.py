@@ -14,9 +14,13 @@ def compile_task(task, optimizer=None, logits_on: str = "all"):
     """
     import keras
 
+    from kft.errors import KftError
     from kft.trained_logits import PositionLoss, TrainedPositionsLM
 
     task.compile(sampler=sampling.make_sampler("greedy"))
+    if logits_on == "trained" and optimizer is not None and task.backbone.token_embedding.trainable_weights:
+        # The trained-position loss gives the token embeddings no gradient (kft's LoRA freezes them).
+        raise KftError("train.logits_on: trained cannot train the token embeddings; set train.logits_on: all")
     if logits_on == "trained":
         model, loss = TrainedPositionsLM(task), PositionLoss()
     else:
@@ -40,9 +44,9 @@ def eval_loss(model, split: data.Split, batch_size: int, pad_to_multiple: int = 
     for x, y, w in data.eval_batches(split, batch_size, uses_trained_positions(model), pad_to_multiple):
         batch_weight = float(w.sum())
         if batch_weight > 0:
-            total += keras.Model.test_on_batch(model, x, y, sample_weight=w) * batch_weight
+            total += keras.Model.test_on_batch(model, x, y, sample_weight=w, return_dict=True)["loss"] * batch_weight
             weight += batch_weight
-    return total / weight
+    return total / weight if weight else float("nan")
 
 
 def measure(task, model, split: data.Split, metric: str, batch_size: int, max_new_tokens: int,

@@ -6,6 +6,7 @@ config -> run folder -> data records -> model -> examples -> LoRA -> compile -> 
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import time
@@ -146,11 +147,12 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
 
     # Before/after: samples (and the metric) on eval prompts when there is an eval split, else on training ones.
     prompt_split = dataset.eval or dataset.train
-    measure_args = (fit_model, prompt_split, c.output.metric, c.train.batch_size, c.output.sample_max_new_tokens)
+    measure = functools.partial(evaluation.measure, task, fit_model, prompt_split, c.output.metric,
+                                c.train.batch_size, c.output.sample_max_new_tokens,
+                                with_loss=dataset.eval is not None, pad_to_multiple=c.train.pad_to_multiple)
     start_micro, rows = 0, []
     if resume_from is None:
-        before = evaluation.measure(task, *measure_args, with_loss=dataset.eval is not None,
-                                     pad_to_multiple=c.train.pad_to_multiple)
+        before = measure()
         (run_dir / "before.json").write_text(json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8")
     else:
         before = json.loads((run_dir / "before.json").read_text(encoding="utf-8"))
@@ -181,8 +183,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics["first_loss"] = progress_cb.records[0]["loss"]
     metrics["final_loss"] = progress_cb.records[-1]["loss"]
-    after = evaluation.measure(task, *measure_args, with_loss=dataset.eval is not None,
-                                     pad_to_multiple=c.train.pad_to_multiple)
+    after = measure()
     for when, result in (("before", before), ("after", after)):
         if "loss" in result:
             metrics[f"eval_loss_{when}"] = result["loss"]

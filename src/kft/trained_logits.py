@@ -23,6 +23,8 @@ from functools import partial
 import keras
 import numpy as np
 
+from kft.errors import KftError
+
 CHUNK = 32  # positions per vocabulary projection: 32 x 262144 float32 logits is 34 MB (the fastest on CPU)
 
 
@@ -46,8 +48,7 @@ def _logits(hidden, embeddings, soft_cap):
     import jax
     import jax.numpy as jnp
 
-    logits = jax.lax.dot_general(hidden, embeddings.astype(hidden.dtype), (((1,), (1,)), ((), ())),
-                                 preferred_element_type=jnp.float32)
+    logits = jax.lax.dot_general(hidden, embeddings, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     if soft_cap is None:
         return logits, None
     capped = jnp.tanh(logits / soft_cap)
@@ -63,6 +64,7 @@ def _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_cap, with_grad
 
     n, d = hidden.shape
     chunk = min(CHUNK, n)
+    embeddings = embeddings.astype(hidden.dtype)  # once, not per chunk (bfloat16 compute on accelerators)
     pad = (-n) % chunk
     hidden = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(-1, chunk, d)
     targets = jnp.pad(targets, (0, pad)).reshape(-1, chunk)
@@ -78,7 +80,7 @@ def _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_cap, with_grad
         d_logits = jnp.exp(logits - lse[:, None]).at[jnp.arange(chunk), t].add(-1.0)
         if capped is not None:
             d_logits = d_logits * (1.0 - capped * capped)
-        d_hidden = jax.lax.dot_general(d_logits.astype(h.dtype), embeddings.astype(h.dtype), (((1,), (0,)), ((), ())),
+        d_hidden = jax.lax.dot_general(d_logits.astype(h.dtype), embeddings, (((1,), (0,)), ((), ())),
                                        preferred_element_type=jnp.float32)
         return carry[0].at[i].set(nll), carry[1].at[i].set(d_hidden.astype(h.dtype))
 
@@ -101,7 +103,7 @@ def _token_nll():
         return _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_cap, with_grad=True)
 
     def backward(soft_cap, d_hidden, upstream):
-        # The embeddings are frozen (TrainedPositionsLM checks): no cotangent for them, the targets or the count.
+        # The embeddings are frozen (evaluation.compile_task checks): no cotangent for them, the targets or the count.
         return d_hidden * upstream[:, None].astype(d_hidden.dtype), None, None, None
 
     token_nll.defvjp(forward, backward)
@@ -116,9 +118,8 @@ class TrainedPositionsLM(keras.Model):
         super().__init__(**kwargs)
         self.task = task
         self.built = True  # every variable belongs to the (built) task
-        embedding = task.backbone.token_embedding
-        if embedding.trainable_weights or not getattr(embedding, "tie_weights", True):
-            raise ValueError("train.logits_on: trained needs frozen, tied token embeddings; use logits_on: all")
+        if not getattr(task.backbone.token_embedding, "tie_weights", True):
+            raise KftError("train.logits_on: trained needs tied token embeddings; set train.logits_on: all")
         self._token_nll = _token_nll()
 
     @property
