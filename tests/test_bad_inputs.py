@@ -55,6 +55,11 @@ CASES = {
     "config that is not a mapping": ({"c.yaml": "- just\n- a list\n"}, ["--config", "{dir}/c.yaml"],
                                      "must be a mapping"),
     "--set without a value": ({}, ["--set", "lora.rank"], "section.key=value"),
+    "config with a section twice": ({"c.yaml": "model:\n  preset: tiny_gemma\nlora:\n  rank: 2\nmodel:\n  rank: 4\n"},
+                                    ["--config", "{dir}/c.yaml"], "'model' appears twice in the config (lines 1 and 5)"),
+    "data file of an unsupported kind": ({"notes.txt": "Q: hi\nA: hello\n"}, ["--data", "{dir}/notes.txt"],
+                                         ".txt files are not supported; use one of .jsonl, .json, .csv, .parquet"),
+    "seq-len beyond the model's context": ({}, ["--seq-len", "100000"], "longer than the model's context of"),
     "kaggle handle without credentials": ({}, ["--preset", "kaggle://keras/gemma/keras/gemma_2b_en/2"],
                                           "cannot load preset"),
 }

@@ -235,12 +235,28 @@ def _field_type(dotted: str):
     return typing.get_type_hints(cls).get(name) if cls else None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; a second `model:` section would silently replace the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"the key '{key}' appears twice in the config (lines {seen[key]} and "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"config file '{path}' not found")
     try:
         with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
+            raw = yaml.load(f, Loader=_UniqueKeyLoader) or {}
+    except ConfigError as e:
+        raise ConfigError(f"config file '{path}': {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -312,6 +328,10 @@ def validate(c: Config) -> None:
     for key, source in (("data.source", d.source), ("data.eval_source", d.eval_source)):
         if source and os.path.isdir(os.path.expanduser(source)):
             _fail(key, f"points to the folder '{source}', not a file; give a .jsonl, .json, .csv or .parquet file")
+        if source and os.path.isfile(os.path.expanduser(source)) and not source.lower().endswith(DATA_SUFFIXES):
+            suffix = os.path.splitext(source)[1] or "(no extension)"
+            _fail(key, f"points to '{source}': {suffix} files are not supported; use one of "
+                       f"{', '.join(DATA_SUFFIXES)} (e.g. one JSON object per line in a .jsonl file)")
         if source and _looks_like_file(source) and not os.path.isfile(os.path.expanduser(source)):
             _fail(key, f"points to '{source}', which does not exist; give an existing file or a datasets name")
     if d.eval_source and d.eval_fraction:

@@ -121,6 +121,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     keras.utils.set_random_seed(c.train.seed)
     records, eval_records = data.load_sources(c.data)
     task, family, policy = model.load(c.model.preset, c.model.precision)
+    model.check_seq_len(task.backbone, c.data.seq_len)
     tokenizer = task.preprocessor.tokenizer
     dataset = data.build(records, tokenizer, c.data, c.train.seed, num_prompts=c.output.samples,
                          eval_records=eval_records)

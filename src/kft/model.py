@@ -60,6 +60,27 @@ def family_of(backbone) -> str:
     raise KftError(f"the preset holds a {name}; kft fine-tunes Gemma, Gemma 2 and Gemma 3 only")
 
 
+def context_length(backbone) -> int:
+    """Tokens the model was trained to attend over (KerasHub backbones do not record it).
+
+    Gemma and Gemma 2: 8k. Gemma 3: 32k, stretched by the global RoPE scaling factor (8 on 4B and
+    larger: 128k). Gemma 4: 128k for the on-device E2B/E4B (those with per-layer embeddings), 256k for 31B
+    and 26B-A4B."""
+    family = family_of(backbone)
+    if family == "gemma3":
+        return int(32768 * getattr(backbone, "global_rope_scaling_factor", 1.0))
+    if family == "gemma4":
+        return 131072 if getattr(backbone, "hidden_size_per_layer_input", 0) else 262144
+    return 8192
+
+
+def check_seq_len(backbone, seq_len: int) -> None:
+    limit = context_length(backbone)
+    if seq_len > limit:
+        raise KftError(f"data.seq_len {seq_len} is longer than the model's context of {limit} tokens; "
+                       f"use --seq-len {min(limit, 8192)} or less")
+
+
 @contextlib.contextmanager
 def weights_from_preset_only():
     """Skip the random initial values of variables created inside; they get the preset's weights.
