@@ -13,18 +13,25 @@ TINY = str(Path(CONFIGS) / "tiny.yaml")
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """`kft train --config configs/tiny.yaml` through the CLI, as a user runs it."""
-    import contextlib
-    import io
-
-    from kft.cli import main
+    """`kft train --config configs/tiny.yaml` in its own process, as a user runs it (no log-level
+    variables set); returns (run folder, stdout), and keeps stderr for the clean start-up test."""
+    import os
+    import subprocess
+    import sys
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as done:
-        main(["train", "--config", TINY, "--output-dir", str(run_dir)])
-    assert done.value.code == 0, err.getvalue()
-    return run_dir, out.getvalue()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "GLOG", "ABSL"))}
+    done = subprocess.run([sys.executable, "-m", "kft.cli", "train", "--config", TINY, "--output-dir", str(run_dir)],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    (run_dir.parent / "stderr.txt").write_text(done.stderr)
+    return run_dir, done.stdout
+
+
+def test_start_up_is_quiet_every_stderr_line_is_kft_s_own(tiny_run):
+    err = (tiny_run[0].parent / "stderr.txt").read_text()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and all(line.startswith("kft: ") for line in lines), err
 
 
 def test_kft_train_on_tiny_yaml_memorises_the_bundled_facts(tiny_run):

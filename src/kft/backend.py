@@ -5,7 +5,12 @@ would grab every GPU's memory at import, starving JAX. We hide accelerators from
 anything else touches TF.
 """
 
+import contextlib
+import io
 import os
+import re
+import sys
+import tempfile
 
 from kft.errors import KftError
 
@@ -22,6 +27,13 @@ def setup() -> None:
     backend = os.environ.setdefault("KERAS_BACKEND", "jax")
     if backend != "jax":
         raise KftError(f"kft trains on JAX, but KERAS_BACKEND={backend}; set KERAS_BACKEND=jax before importing keras")
+    with native_logs_filtered():
+        _import_stack()
+    _ready = True
+
+
+def _import_stack() -> None:
+    import jax
     import tensorflow as tf
 
     for kind in ("GPU", "TPU"):
@@ -37,7 +49,53 @@ def setup() -> None:
             f"keras was imported with the {keras.config.backend()} backend before kft; "
             "set KERAS_BACKEND=jax at the top of the notebook and restart it"
         )
-    _ready = True
+    jax.devices()  # platform probing (and its C++ log lines) happens here, inside the filter
+
+
+# C++ start-up chatter of TensorFlow, XLA, absl and SentencePiece that says nothing to a kft user.
+_NATIVE_NOISE = re.compile("|".join((
+    r"All log messages before absl::InitializeLog\(\) is called",
+    r"cudart_stub\.cc", r"cuInit", r"cuda_(platform|executor|diagnostics|dnn|fft|blas)\.cc",
+    r"Unable to register cu(DNN|FFT|BLAS) factory", r"computation_placer\.cc",
+    r"oneDNN custom operations are on", r"TF_ENABLE_ONEDNN_OPTS", r"This TensorFlow binary is optimized",
+    r"rebuild TensorFlow with the appropriate compiler flags", r"TF-TRT Warning",
+    r"LOG\(INFO\)", r"^\s*$",
+)))
+
+
+@contextlib.contextmanager
+def native_logs_filtered():
+    """Hide the C++ libraries' start-up log lines, keep everything else they write.
+
+    TensorFlow, XLA and absl log from C++ straight to file descriptor 2, whatever Python's log
+    levels say. Inside this block fd 2 goes to a temporary file; afterwards every line that is
+    not known noise is written to stderr, so real errors stay visible. Python's own stderr
+    keeps pointing at the terminal meanwhile (download progress bars are not held back)."""
+    try:
+        python_on_fd2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        python_on_fd2 = False  # a notebook or a captured stream: C++ output does not reach it anyway
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_stderr = sys.stderr
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        if python_on_fd2:
+            sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding,
+                              errors="backslashreplace")
+        try:
+            yield
+        finally:
+            if python_on_fd2:
+                sys.stderr.close()
+                sys.stderr = python_stderr
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode("utf-8", "replace").splitlines()
+                    if not _NATIVE_NOISE.search(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
 
 
 def accelerator() -> str:

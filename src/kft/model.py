@@ -133,7 +133,7 @@ def load(preset: str, precision: str = "auto"):
     # their own types); for a remote handle every failure is the user's to fix, so it gets one line.
     remote_errors = Exception if remote else (OSError, ConnectionError)
     try:
-        with weights_from_preset_only():
+        with weights_from_preset_only(), backend.native_logs_filtered():
             task = keras_hub.models.CausalLM.from_preset(path, dtype=policy)
         initialise_unfilled(task)
     except ValueError as e:

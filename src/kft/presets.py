@@ -51,7 +51,10 @@ def prepare(name: str) -> Path:
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    PREPARED[name](partial)
+    from kft.backend import native_logs_filtered
+
+    with native_logs_filtered():
+        PREPARED[name](partial)
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
     return folder
