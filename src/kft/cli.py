@@ -158,6 +158,21 @@ def eval_cmd(run_dir, base, metric, out_path):
 
 
 @cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), help="With several runs: the comparison plot to write.",
+              default="compare.png", show_default=True)
+def report(run_dirs, out):
+    """Print runs' summaries; draw a run's loss.png, or several runs on one plot."""
+    from kft import report as report_lib
+
+    click.echo(report_lib.table(list(run_dirs)))
+    if len(run_dirs) == 1:
+        click.echo(str(report_lib.plot_run(run_dirs[0])))
+    else:
+        click.echo(str(report_lib.plot_runs(list(run_dirs), out)))
+
+
+@cli.command()
 @click.argument("name", type=click.Choice(sorted(PREPARED)))
 def prepare(name):
     """Build a kft-prepared preset into the cache (once) and print its folder."""

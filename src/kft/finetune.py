@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from kft import adapter, backend, config as config_lib, data, evaluation, lora, model, optim
+from kft import adapter, backend, config as config_lib, data, evaluation, lora, model, optim, report
 from kft.config import Config
 from kft.errors import KftError
 
@@ -64,7 +64,7 @@ def _report(metrics: dict, run_dir: Path, shown: int = 3) -> None:
             sample = json.loads(line)
             print(f"--- prompt:\n{sample['prompt'].rstrip()}\n--- before: {sample['before'].strip()!r}\n"
                   f"--- after:  {sample['after'].strip()!r}")
-    print(f"kft: adapter, samples and metrics saved to {run_dir}", flush=True)
+    print(f"kft: adapter, samples, metrics and {report.LOSS_PNG} saved to {run_dir}", flush=True)
 
 
 def _resolve(config, overrides) -> Config:
@@ -200,6 +200,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
         "targets": lora.target_names(c.lora.targets), "dtype": policy, "template": c.data.template,
     })
     (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    report.plot_run(run_dir)
     _report(metrics, run_dir)
     return TrainResult(task=task, run_dir=run_dir, metrics=metrics, fit_model=fit_model)
 

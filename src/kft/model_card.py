@@ -68,6 +68,8 @@ def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
     results = [(k, v) for k, v in summary.items() if k.endswith(("_loss", "_before", "_after")) and v is not None]
     lines += [f"- {k.replace('_', ' ')}: {v:.4f}" if isinstance(v, float) else f"- {k.replace('_', ' ')}: {v}"
               for k, v in results] or ["- (no metrics recorded)"]
+    if (run / "loss.png").is_file():
+        lines += ["", "![Training loss, eval loss before/after and learning rate](loss.png)"]
     shown = _read_jsonl(run / "samples.jsonl")[:samples]
     if shown:
         lines += ["", "## Sample generations (greedy)", ""]

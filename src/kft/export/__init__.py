@@ -59,6 +59,8 @@ def export(run_dir: str | None, fmt: str, out: str, preset: str | None = None, b
                 hf.write(task.backbone, task.preprocessor.tokenizer, family, partial)
         if not base:
             (partial / "README.md").write_text(model_card.render(run_dir, fmt), encoding="utf-8")
+            if (Path(run_dir) / "loss.png").is_file():
+                shutil.copy2(Path(run_dir) / "loss.png", partial / "loss.png")
         if out.exists():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
