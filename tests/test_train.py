@@ -41,6 +41,9 @@ def test_kft_train_on_tiny_yaml_memorises_the_bundled_facts(tiny_run):
     assert rows[-1]["loss"] < 0.3 * rows[0]["loss"]
     assert all(r["tokens_per_s"] > 0 for r in rows[1:])
     assert "trainable" in out and "step 160/160" in out and out.strip().splitlines()[-1] == str(run_dir)
+    prompts = len((run_dir / "samples.jsonl").read_text().splitlines())
+    assert f"kft: measuring before: {prompts}/{prompts} prompts" in out
+    assert f"kft: measuring after: {prompts}/{prompts} prompts" in out
 
 
 def test_run_folder_is_complete(tiny_run):

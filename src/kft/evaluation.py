@@ -36,26 +36,42 @@ def uses_trained_positions(model) -> bool:
     return isinstance(model, TrainedPositionsLM)
 
 
-def eval_loss(model, split: data.Split, batch_size: int, pad_to_multiple: int = 0) -> float:
+GENERATE_BATCH = 32  # prompts per generate call: progress every 32, one compiled shape for all
+
+
+def eval_loss(model, split: data.Split, batch_size: int, pad_to_multiple: int = 0, label: str = "measuring") -> float:
     """Mean loss per trained target token over `split`: sum of weighted token losses / sum of weights."""
     import keras
 
+    from kft.progress import Counter
+
+    batches = data.eval_batches(split, batch_size, uses_trained_positions(model), pad_to_multiple)
+    progress = Counter(f"{label}: eval loss", len(batches), "batches")
     total = weight = 0.0
-    for x, y, w in data.eval_batches(split, batch_size, uses_trained_positions(model), pad_to_multiple):
+    for x, y, w in batches:
         batch_weight = float(w.sum())
         if batch_weight > 0:
             total += keras.Model.test_on_batch(model, x, y, sample_weight=w, return_dict=True)["loss"] * batch_weight
             weight += batch_weight
+        progress.advance()
+    progress.close()
     return total / weight if weight else float("nan")
 
 
 def measure(task, model, split: data.Split, metric: str, batch_size: int, max_new_tokens: int,
-            with_loss: bool, pad_to_multiple: int = 0) -> dict:
-    """{'loss'?, 'generations', 'score'}: greedy answers of `task`, loss of `model` (see compile_task)."""
-    generations = sampling.generate(task, task.preprocessor.tokenizer, split.prompts, max_new_tokens)
+            with_loss: bool, pad_to_multiple: int = 0, label: str = "measuring") -> dict:
+    """{'loss'?, 'generations', 'score'}: greedy answers of `task`, loss of `model` (see compile_task).
+
+    Progress is reported as `kft: LABEL: 32/64 prompts` (one bar in a notebook)."""
+    from kft.progress import Counter
+
+    progress = Counter(label, len(split.prompts), "prompts")
+    generations = sampling.generate(task, task.preprocessor.tokenizer, split.prompts, max_new_tokens,
+                                    batch_size=GENERATE_BATCH, progress=progress)
+    progress.close()
     result = {"generations": generations, "score": scoring.score(metric, generations, split.references)}
     if with_loss:
-        result["loss"] = eval_loss(model, split, batch_size, pad_to_multiple)
+        result["loss"] = eval_loss(model, split, batch_size, pad_to_multiple, label)
     return result
 
 

@@ -153,7 +153,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
                                 with_loss=dataset.eval is not None, pad_to_multiple=c.train.pad_to_multiple)
     start_micro, rows = 0, []
     if resume_from is None:
-        before = measure()
+        before = measure(label="measuring before")
         (run_dir / "before.json").write_text(json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8")
     else:
         before = json.loads((run_dir / "before.json").read_text(encoding="utf-8"))
@@ -184,7 +184,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics["first_loss"] = progress_cb.records[0]["loss"]
     metrics["final_loss"] = progress_cb.records[-1]["loss"]
-    after = measure()
+    after = measure(label="measuring after")
     for when, result in (("before", before), ("after", after)):
         if "loss" in result:
             metrics[f"eval_loss_{when}"] = result["loss"]

@@ -3,9 +3,41 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import keras
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter/Kaggle/Colab kernel, where progress is one updating bar, not lines."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and type(shell).__name__ in ("ZMQInteractiveShell", "Shell")
+
+
+class Counter:
+    """Progress through a counted piece of work: `kft: LABEL: 32/64 UNIT` lines on a terminal, one
+    updating tqdm bar in a notebook."""
+
+    def __init__(self, label: str, total: int, unit: str):
+        self.label, self.total, self.unit, self.done = label, total, unit, 0
+        self.bar = None
+        if in_notebook():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit=f" {unit}", leave=False)
+
+    def advance(self, n: int = 1) -> None:
+        before, self.done = self.done, min(self.total, self.done + n)
+        every = max(1, -(-self.total // 4))  # a terminal gets about four lines per counter
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.done == self.total or self.done // every > before // every:
+            print(f"kft: {self.label}: {self.done}/{self.total} {self.unit}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _duration(seconds: float) -> str:
@@ -14,7 +46,8 @@ def _duration(seconds: float) -> str:
 
 
 class Progress(keras.callbacks.Callback):
-    """Prints `step, loss, lr, tokens/s, ETA` as plain lines (fine on terminals and in notebooks).
+    """Prints `step, loss, lr, tokens/s, ETA` as plain lines on a terminal; in a notebook one tqdm bar
+    moves every step and shows the same figures.
 
     Keras reports the running mean of the loss since `fit` began; the loss of a logging window is
     recovered from two running means, so each line shows the loss of its own steps. A resumed run
@@ -35,12 +68,24 @@ class Progress(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.start = self.window_start = time.perf_counter()
         self.window_first, self.prev_mean, self.window_tokens = 0, 0.0, 0
+        self.bar = None
+        if in_notebook():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total // self.accum, initial=self.start_micro // self.accum, desc="training",
+                            unit=" step")
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
 
     def on_train_batch_end(self, batch, logs=None):
         local = batch + 1  # steps since this fit began
         micro = self.start_micro + local
         self.window_tokens += self.batches.tokens(batch)
         step = micro // self.accum
+        if self.bar is not None and micro % self.accum == 0:
+            self.bar.update(1)
         due = micro % self.accum == 0 and (step == 1 or step % self.log_every == 0)
         if not (due or micro == self.total):
             return
@@ -58,10 +103,13 @@ class Progress(keras.callbacks.Callback):
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         rate = (now - self.start) / local
-        print(
-            f"step {step}/{self.total // self.accum}  loss {loss:.4f}  lr {record['lr']:.2e}  "
-            f"{record['tokens_per_s'] or 0:.0f} tok/s  elapsed {_duration(record['elapsed_s'])}  "
-            f"eta {_duration(rate * (self.total - micro))}",
-            flush=True,
-        )
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s'] or 0:.0f}")
+        else:
+            print(
+                f"step {step}/{self.total // self.accum}  loss {loss:.4f}  lr {record['lr']:.2e}  "
+                f"{record['tokens_per_s'] or 0:.0f} tok/s  elapsed {_duration(record['elapsed_s'])}  "
+                f"eta {_duration(rate * (self.total - micro))}",
+                flush=True,
+            )
         self.window_first, self.prev_mean, self.window_tokens, self.window_start = local, mean, 0, now

@@ -36,20 +36,36 @@ def _bucket(length: int, step: int = 32) -> int:
     return -(-length // step) * step
 
 
-def generate(task, tokenizer, prompts: list[str], max_new_tokens: int = 64) -> list[str]:
-    """Completions (without the prompt) for `prompts`, with the task's compiled sampler."""
+def generate(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int | None = None,
+             progress=None) -> list[str]:
+    """Completions (without the prompt) for `prompts`, with the task's compiled sampler.
+
+    With `batch_size`, prompts go through in chunks of that many (the last one padded with repeats),
+    all of one shape, so one compiled program serves every chunk; `progress.advance(n)` is called
+    after each."""
     if not prompts:
         return []
     encoded = [[tokenizer.start_token_id, *ids] for ids in tokenizer(list(prompts))]
-    longest = max(len(ids) for ids in encoded)
     # Shapes are bucketed so nearby prompt lengths reuse one compiled generate function.
-    length = _bucket(longest + max_new_tokens)
+    length = _bucket(max(len(ids) for ids in encoded) + max_new_tokens)
+    size = min(batch_size or len(encoded), len(encoded))
+    stops = stop_token_ids(tokenizer)
+    completions = []
+    for start in range(0, len(encoded), size):
+        chunk = encoded[start:start + size]
+        rows = chunk + [chunk[-1]] * (size - len(chunk))
+        completions += _generate_rows(task, tokenizer, rows, length, max_new_tokens, stops)[:len(chunk)]
+        if progress is not None:
+            progress.advance(len(chunk))
+    return completions
+
+
+def _generate_rows(task, tokenizer, encoded, length, max_new_tokens, stops) -> list[str]:
     token_ids = np.full((len(encoded), length), tokenizer.pad_token_id, dtype="int32")
     padding_mask = np.zeros((len(encoded), length), dtype=bool)
     for row, ids in enumerate(encoded):
         token_ids[row, : len(ids)] = ids
         padding_mask[row, : len(ids)] = True
-    stops = stop_token_ids(tokenizer)
     # The compiled function, not `task.generate`: with token ids as input, KerasHub 0.32's Gemma 3
     # `generate` fails concatenating its `images: None` output.
     out = task.make_generate_function()({"token_ids": token_ids, "padding_mask": padding_mask}, stop_token_ids=stops)
