@@ -113,6 +113,26 @@ def generate(prompts, run_dir, preset, adapter_dir, max_new_tokens, strategy, te
         click.echo(output)
 
 
+@cli.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--preset", help="Base preset (with --adapter, or to override the run's).")
+@click.option("--adapter", "adapter_dir", type=click.Path(file_okay=False), help="An adapter folder.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--sampler", "strategy", type=click.Choice(["greedy", "random"]), default="greedy", show_default=True)
+@click.option("--temperature", type=click.FloatRange(0), default=1.0, show_default=True)
+@click.option("--top-k", type=click.IntRange(0), default=0, help="Sample among the k most likely tokens (random sampler).")
+@click.option("--top-p", type=click.FloatRange(0, 1), default=0.0, help="Nucleus sampling threshold (random sampler).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def chat(run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, top_k, top_p, seed):
+    """Chat with a fine-tuned model, turn after turn (/reset, /exit)."""
+    import kft
+    from kft import chat as chat_lib, sampling
+
+    lm = kft.load(run_dir=run_dir, preset=preset, adapter_dir=adapter_dir)
+    lm.compile(sampler=sampling.make_sampler(strategy, temperature, top_k, top_p, seed))
+    chat_lib.run(lm, write=click.echo, max_new_tokens=max_new_tokens)
+
+
 @cli.command("export")
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False, exists=True))
 @click.option("--format", "fmt", type=click.Choice(["keras", "hf", "peft"]), required=True,

@@ -83,6 +83,17 @@ class Template:
         return self.prompt_format.format(**{names[0]: text}) if len(set(names)) == 1 else text
 
 
+    def conversation_prompt(self, turns: list[dict]) -> str:
+        """The prompt for the model's next reply after `turns` ({role, content}, user and model
+        alternating, the last from the user): chat turns, or for plain templates each exchange in
+        the template's prompt/response form, one after another."""
+        if self.name == "gemma-chat":
+            return "".join(text for text, _ in _chat_segments(turns))
+        replies = [t["content"] for t in turns[1::2]] + [None]
+        return "".join(self.wrap_prompt(user["content"]) + (f"{reply}\n\n" if reply is not None else "")
+                       for user, reply in zip(turns[0::2], replies))
+
+
 def _chat_segments(messages: list[dict]) -> list[Segment]:
     """Gemma turns; a system message is folded into the first user turn, as Gemma's own template does."""
     segments: list[Segment] = []
