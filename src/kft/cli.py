@@ -140,12 +140,14 @@ def chat(run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, to
 @click.option("--out", required=True, type=click.Path(), help="Folder to write (must be new or empty).")
 @click.option("--preset", help="Base preset, if not the one recorded in the run's adapter_config.json.")
 @click.option("--base", is_flag=True, help="Export the base model alone (the base for a PEFT adapter).")
+@click.option("--with-base", is_flag=True, help="With --format peft: also export the base model into OUT/base "
+              "and name it as the adapter's base (AutoPeftModelForCausalLM.from_pretrained(OUT) then works offline).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
-def export_cmd(run_dir, fmt, out, preset, base, overwrite):
+def export_cmd(run_dir, fmt, out, preset, base, with_base, overwrite):
     """Export a run: merged Keras preset, transformers checkpoint, or PEFT adapter."""
     from kft.export import export
 
-    click.echo(str(export(run_dir, fmt, out, preset=preset, base=base, overwrite=overwrite)))
+    click.echo(str(export(run_dir, fmt, out, preset=preset, base=base, overwrite=overwrite, with_base=with_base)))
 
 
 @cli.command()
