@@ -115,6 +115,8 @@ class OutputConfig:
     samples: int = _key(3, "Eval prompts to generate from before and after training (0 = none).")
     sample_max_new_tokens: int = _key(64, "New tokens per sample generation.")
     tensorboard: bool = _key(True, "Write TensorBoard logs to RUN/tensorboard.")
+    wandb: str = _key("", "Weights & Biases project to log config, metrics and the samples table to ('' = off; "
+                          "pip install 'kft[wandb]'; WANDB_MODE=offline keeps it local).")
     metric: str = _key("none", "Score the before/after samples: none, exact (string match) or json (parsed JSON equal).")
     overwrite: bool = _key(False, "Allow writing into a run folder that already holds files.")
 
@@ -275,7 +277,7 @@ def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Co
 
 
 # Keys a resumed run may change: they shape logs and outputs, not the trained weights.
-RESUMABLE_CHANGES = ("output.dir", "output.overwrite", "output.tensorboard", "train.log_every",
+RESUMABLE_CHANGES = ("output.dir", "output.overwrite", "output.tensorboard", "output.wandb", "train.log_every",
                      "train.checkpoint_every", "train.checkpoint_keep")
 
 

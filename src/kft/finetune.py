@@ -113,7 +113,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     backend.setup()
     import keras  # only after backend.setup() has chosen JAX
 
-    from kft import checkpoint
+    from kft import checkpoint, tracking
     from kft.progress import Progress
 
     c, run_dir, resume_from = _resume_point(c, resume)
@@ -171,7 +171,9 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
                            run_dir / "metrics.jsonl", start_micro=start_micro, records=rows)
     checkpoint_cb = checkpoint.Checkpointer(run_dir, c.train.checkpoint_every, c.train.checkpoint_keep,
                                             c.train.grad_accum, micro_steps, start_micro, progress_cb)
-    callbacks = [progress_cb, checkpoint_cb]  # a checkpoint includes the metrics row of its own step
+    tracker = tracking.start(c.output.wandb, run_dir, c.to_dict(), resuming=resume_from is not None)
+    # Progress first: a checkpoint, and W&B, get the metrics row of their own step.
+    callbacks = [progress_cb, checkpoint_cb, *tracking.callbacks(tracker, progress_cb)]
     if c.output.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq=c.train.log_every))
     print(f"kft: training {optimizer_steps} steps (batch {c.train.batch_size} x accumulation {c.train.grad_accum})",
@@ -190,17 +192,17 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
             metrics[f"eval_loss_{when}"] = result["loss"]
         if result["score"] is not None:
             metrics[f"{c.output.metric}_{when}"] = result["score"]
-    _write_jsonl(run_dir / "samples.jsonl", [
-        {"prompt": p, "reference": r, "before": b, "after": a}
-        for p, r, b, a in zip(prompt_split.prompts, prompt_split.references, before["generations"],
-                              after["generations"])
-    ])
+    samples = [{"prompt": p, "reference": r, "before": b, "after": a}
+               for p, r, b, a in zip(prompt_split.prompts, prompt_split.references, before["generations"],
+                                     after["generations"])]
+    _write_jsonl(run_dir / "samples.jsonl", samples)
     adapter.save(run_dir, task.backbone, {
         "base_preset": c.model.preset, "family": family, "rank": c.lora.rank, "alpha": c.lora.alpha or c.lora.rank,
         "targets": lora.target_names(c.lora.targets), "dtype": policy, "template": c.data.template,
     })
     (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     report.plot_run(run_dir)
+    tracking.finish(tracker, metrics, samples)
     _report(metrics, run_dir)
     return TrainResult(task=task, run_dir=run_dir, metrics=metrics, fit_model=fit_model)
 
