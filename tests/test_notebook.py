@@ -47,6 +47,9 @@ def test_the_quickstart_notebook_trains_and_the_loss_falls(executed):
     assert summary["final_loss"] < 0.8 * summary["first_loss"]
     train_cell = next(c for c in nb.cells if "kft.train(config)" in c.source)
     assert f"{summary['final_loss']}" in _text(train_cell)
+    # In a notebook progress is one updating bar per phase, not a line per logged step.
+    assert "training: 100%" in _text(train_cell) and "measuring before: 100%" in _text(train_cell)
+    assert "step 10/40" not in _text(train_cell)
 
 
 def test_the_notebook_shows_the_plot_the_samples_and_a_generation(executed):
