@@ -88,17 +88,35 @@ def _run_config(run_dir: str) -> str:
     return path
 
 
+def _model_and_sampling_options(max_new_tokens: int):
+    """The options `kft generate` and `kft chat` share: which model, and how to sample from it."""
+    options = [
+        click.option("--preset", help="Base preset (with --adapter, or to override the run's)."),
+        click.option("--adapter", "adapter_dir", type=click.Path(file_okay=False),
+                     help="An adapter folder (adapter.safetensors + adapter_config.json)."),
+        click.option("--max-new-tokens", type=click.IntRange(1), default=max_new_tokens, show_default=True),
+        click.option("--sampler", "strategy", type=click.Choice(["greedy", "random"]), default="greedy",
+                     show_default=True),
+        click.option("--temperature", type=click.FloatRange(0), default=1.0, show_default=True),
+        click.option("--top-k", type=click.IntRange(0), default=0,
+                     help="Sample among the k most likely tokens (random sampler)."),
+        click.option("--top-p", type=click.FloatRange(0, 1), default=0.0,
+                     help="Nucleus sampling threshold (random sampler)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @cli.command()
 @click.argument("prompts", nargs=-1, required=True)
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A kft run folder (base preset + adapter).")
-@click.option("--preset", help="Base preset (with --adapter, or to override the run's).")
-@click.option("--adapter", "adapter_dir", type=click.Path(file_okay=False), help="An adapter folder (adapter.safetensors + adapter_config.json).")
-@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--sampler", "strategy", type=click.Choice(["greedy", "random"]), default="greedy", show_default=True)
-@click.option("--temperature", type=click.FloatRange(0), default=1.0, show_default=True)
-@click.option("--top-k", type=click.IntRange(0), default=0, help="Sample among the k most likely tokens (random sampler).")
-@click.option("--top-p", type=click.FloatRange(0, 1), default=0.0, help="Nucleus sampling threshold (random sampler).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@_model_and_sampling_options(max_new_tokens=64)
 @click.option("--raw", is_flag=True, help="Send prompts as they are, without the run's template.")
 def generate(prompts, run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, top_k, top_p, seed, raw):
     """Generate from a fine-tuned model: base preset + LoRA adapter."""
@@ -115,14 +133,7 @@ def generate(prompts, run_dir, preset, adapter_dir, max_new_tokens, strategy, te
 
 @cli.command()
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
-@click.option("--preset", help="Base preset (with --adapter, or to override the run's).")
-@click.option("--adapter", "adapter_dir", type=click.Path(file_okay=False), help="An adapter folder.")
-@click.option("--max-new-tokens", type=click.IntRange(1), default=128, show_default=True)
-@click.option("--sampler", "strategy", type=click.Choice(["greedy", "random"]), default="greedy", show_default=True)
-@click.option("--temperature", type=click.FloatRange(0), default=1.0, show_default=True)
-@click.option("--top-k", type=click.IntRange(0), default=0, help="Sample among the k most likely tokens (random sampler).")
-@click.option("--top-p", type=click.FloatRange(0, 1), default=0.0, help="Nucleus sampling threshold (random sampler).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@_model_and_sampling_options(max_new_tokens=128)
 def chat(run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, top_k, top_p, seed):
     """Chat with a fine-tuned model, turn after turn (/reset, /exit)."""
     import kft
