@@ -199,3 +199,59 @@ def test_a_gemma4_run_killed_with_sigkill_resumes_bit_identically(tiny_presets, 
     assert done.returncode == 0 and "resuming from step-" in done.stdout, done.stderr[-2000:]
     a, b = load_file(str(run / "adapter.safetensors")), load_file(str(tmp_path / "ref" / "adapter.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def gemma4_exports(gemma4_run, tmp_path_factory):
+    from kft.export import export
+
+    result = gemma4_run[0]
+    root = tmp_path_factory.mktemp("exports")
+    return {fmt: export(str(result.run_dir), fmt, str(root / fmt)) for fmt in ("hf", "peft", "keras")} | {
+        "base": export(str(result.run_dir), "hf", str(root / "base"), base=True)}
+
+
+IDS = np.array([[2, 300, 301, 302, 303, 304, 305, 306, 307, 308]], dtype="int32")
+MIXED_CHAT = "<|turn>user\nWho founded Velmora?<turn|>\n<|turn>model\n벨모라는 일드라 여왕이 세웠습니다!<turn|>"
+
+
+def test_gemma4_hf_export_is_a_transformers_gemma4_text_model_with_the_fine_tune(gemma4_run, gemma4_exports):
+    from test_export import hf_model, keras_greedy, rel, torch_greedy, torch_logits
+
+    result = gemma4_run[0]
+    config = json.loads((gemma4_exports["hf"] / "config.json").read_text())
+    assert config["model_type"] == "gemma4_text" and config["architectures"] == ["Gemma4ForCausalLM"]
+    model = hf_model(gemma4_exports["hf"])
+    assert type(model).__name__ == "Gemma4ForCausalLM"
+    keras = np.asarray(result.task(_inputs(IDS)))
+    assert rel(torch_logits(model), keras) <= 1e-4
+    assert torch_greedy(model, IDS, 16) == keras_greedy(result.task, IDS, 16)
+    assert rel(torch_logits(model), torch_logits(hf_model(gemma4_exports["base"]))) > 1e-3  # not the base
+
+
+def test_gemma4_peft_adapter_on_the_base_export_matches_and_merges_to_the_hf_export(gemma4_run, gemma4_exports):
+    from peft import PeftModel
+    from test_export import hf_model, rel, torch_logits
+
+    tuned = PeftModel.from_pretrained(hf_model(gemma4_exports["base"]), str(gemma4_exports["peft"])).eval()
+    assert rel(torch_logits(tuned), np.asarray(gemma4_run[0].task(_inputs(IDS)))) <= 1e-4
+    assert rel(torch_logits(tuned.merge_and_unload()), torch_logits(hf_model(gemma4_exports["hf"]))) <= 1e-5
+
+
+def test_gemma4_hf_tokenizer_encodes_a_mixed_english_korean_chat_like_keras(gemma4_run, gemma4_exports):
+    import transformers
+
+    keras_tokenizer = gemma4_run[0].task.preprocessor.tokenizer
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(gemma4_exports["hf"]))
+    assert hf_tokenizer(MIXED_CHAT, add_special_tokens=False)["input_ids"] == [int(t) for t in keras_tokenizer(MIXED_CHAT)]
+    generation = json.loads((gemma4_exports["hf"] / "generation_config.json").read_text())
+    assert keras_tokenizer.token_to_id("<turn|>") in generation["eos_token_id"]
+
+
+def test_gemma4_keras_export_reloads_as_the_merged_tuned_model(gemma4_run, gemma4_exports):
+    from kft import model
+    from test_export import rel
+
+    reloaded, family, _ = model.load(str(gemma4_exports["keras"]), "float32")
+    assert family == "gemma4" and not any("lora" in v.path for v in reloaded.weights)
+    assert rel(np.asarray(reloaded(_inputs(IDS))), np.asarray(gemma4_run[0].task(_inputs(IDS)))) <= 1e-5
