@@ -24,7 +24,7 @@ NO_V = ["query", "key", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_l
 ADAPTED = {"gemma4": {0: ALL, 1: ALL, 2: NO_KV, 3: NO_KV}, "gemma4_moe": {0: ALL, 1: NO_V, 2: ALL, 3: NO_V}}
 
 
-@pytest.fixture(scope="module", params=["gemma4", "gemma4_moe"])
+@pytest.fixture(scope="module", params=["gemma4", pytest.param("gemma4_moe", marks=pytest.mark.slow)])
 def gemma4_run(request, tiny_presets, tmp_path_factory):
     """(TrainResult, preset folder, stdout) of a short chat run on a tiny Gemma 4 preset."""
     import kft
