@@ -255,3 +255,46 @@ def test_gemma4_keras_export_reloads_as_the_merged_tuned_model(gemma4_run, gemma
     reloaded, family, _ = model.load(str(gemma4_exports["keras"]), "float32")
     assert family == "gemma4" and not any("lora" in v.path for v in reloaded.weights)
     assert rel(np.asarray(reloaded(_inputs(IDS))), np.asarray(gemma4_run[0].task(_inputs(IDS)))) <= 1e-5
+
+
+def _hf_folder(hf_export, folder):
+    """A Hugging Face Gemma 4 folder as published (tokenizer.json, processor_config.json) from kft's export."""
+    import shutil
+
+    import transformers
+
+    shutil.copytree(hf_export, folder)
+    transformers.AutoTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))  # writes tokenizer.json
+    (folder / "processor_config.json").write_text("{}")
+    return folder
+
+
+def test_gemma4_loads_from_hf_folders_text_and_multimodal_using_the_text_part(gemma4_run, gemma4_exports, tmp_path,
+                                                                              capsys):
+    from safetensors.numpy import load_file, save_file
+
+    from kft import model
+    from test_export import rel
+
+    tuned = np.asarray(gemma4_run[0].task(_inputs(IDS)))
+    text = _hf_folder(gemma4_exports["hf"], tmp_path / "text")
+    task, family, _ = model.load(str(text), "float32")
+    assert family == "gemma4" and rel(np.asarray(task(_inputs(IDS))), tuned) <= 1e-6
+    # The multimodal layout: text weights under model.language_model, a vision tower beside it.
+    multimodal = _hf_folder(gemma4_exports["hf"], tmp_path / "multimodal")
+    text_config = json.loads((text / "config.json").read_text())
+    (multimodal / "config.json").write_text(json.dumps({
+        "model_type": "gemma4", "architectures": ["Gemma4ForConditionalGeneration"], "text_config": text_config,
+        "vision_config": {"model_type": "gemma4_vision", "patch_size": 4, "num_attention_heads": 2, "hidden_size": 16,
+                          "num_hidden_layers": 1, "intermediate_size": 32, "head_dim": 8, "pooling_kernel_size": 2}}))
+    (multimodal / "processor_config.json").write_text(json.dumps({"image_processor": {
+        "do_rescale": True, "do_normalize": False, "do_resize": True, "rescale_factor": 1 / 255,
+        "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "max_soft_tokens": 16}}))
+    weights = load_file(str(text / "model.safetensors"))
+    save_file({k.replace("model.", "model.language_model.", 1): v for k, v in weights.items()},
+              str(multimodal / "model.safetensors"))
+    capsys.readouterr()
+    task, family, _ = model.load(str(multimodal), "float32")
+    assert "left out the vision encoder" in capsys.readouterr().err
+    assert family == "gemma4" and task.backbone.vision_encoder is None
+    assert rel(np.asarray(task(_inputs(IDS))), tuned) <= 1e-6

@@ -16,8 +16,10 @@ def _value(variable):
 
 def _rope(theta, factor, partial):
     params = {"rope_type": "default", "rope_theta": float(theta)}
+    if partial is not None:  # written even at 1.0: KerasHub's convert_gemma4 reads it unconditionally
+        params["partial_rotary_factor"] = float(partial)
     if partial not in (None, 1.0):
-        params = {"rope_type": "proportional", "partial_rotary_factor": float(partial), "rope_theta": float(theta)}
+        params["rope_type"] = "proportional"
     if factor not in (None, 1.0):
         raise NotImplementedError("Gemma 4 export with RoPE scaling factors other than 1 is not supported")
     return params
@@ -48,7 +50,7 @@ def hf_config(backbone, tokenizer, soft_cap) -> dict:
         "rope_parameters": {
             "sliding_attention": _rope(b.local_rope_wavelength or 10000.0, b.local_rope_scaling_factor, None),
             "full_attention": _rope(b.global_rope_wavelength or 1000000.0, b.global_rope_scaling_factor,
-                                    b.global_rope_partial_rotary_factor),
+                                    b.global_rope_partial_rotary_factor or 1.0),
         },
         "hidden_size_per_layer_input": b.hidden_size_per_layer_input,
         "vocab_size_per_layer_input": b.vocab_size_per_layer_input or b.vocabulary_size,
