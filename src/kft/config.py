@@ -20,7 +20,7 @@ import yaml
 from kft.errors import ConfigError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
-TEMPLATES = ("dolly", "gemma-chat", "custom")
+TEMPLATES = ("dolly", "chat", "gemma-chat", "gemma4-chat", "custom")
 SCHEDULES = ("constant", "linear", "cosine")
 ALL_LINEAR = "all-linear"
 LORA_LAYER_NAMES = ("query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear")
@@ -37,7 +37,7 @@ class ModelConfig:
     preset: str = _key(
         "gemma2_2b_en",
         "KerasHub preset: a preset name or kaggle:// handle, a local Keras preset folder, a "
-        "Hugging Face-format folder, or a kft-prepared name (tiny_gemma, tiny_gemma2, tiny_gemma3).",
+        "Hugging Face-format folder, or a kft-prepared name (tiny_gemma, tiny_gemma2, tiny_gemma3, tiny_gemma4, tiny_gemma4_moe).",
     )
     precision: str = _key(
         "auto",
@@ -66,15 +66,16 @@ class DataConfig:
     split: str = _key("train", "Split to read from a hub dataset.")
     template: str = _key(
         "dolly",
-        "dolly (Instruction/Response), gemma-chat (Gemma turns from a messages column), or "
-        "custom (prompt_format + response_format).",
+        "dolly (Instruction/Response), chat (the model family's chat turns from a messages column: "
+        "gemma-chat <start_of_turn>...<end_of_turn> for Gemma 1-3, gemma4-chat <|turn>...<turn|> for Gemma 4), "
+        "or custom (prompt_format + response_format).",
     )
     prompt_format: str = _key("", "custom template: Python format string for the prompt, e.g. 'Q: {question}\\nA: '.")
     response_format: str = _key("", "custom template: format string for the trained response, e.g. '{answer}'.")
     columns: dict = _key(
         {},
         "Map template fields to dataset columns, e.g. {instruction: question, response: answer}. "
-        "Fields: dolly uses instruction/context/response, gemma-chat uses messages.",
+        "Fields: dolly uses instruction/context/response, chat uses messages.",
     )
     drop_with_context: bool = _key(False, "dolly: drop records with a non-empty context (as the Keras tutorial does).")
     seq_len: int = _key(256, "Tokens per training example (>= 8).")

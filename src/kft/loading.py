@@ -22,7 +22,7 @@ def load_tuned(run_dir=None, preset=None, adapter_dir=None, precision=None):
     precision = precision or run_config.get("model", {}).get("precision") or "auto"
     task, _, _ = model.load(preset or meta["base_preset"], precision)
     adapter.apply(folder, task.backbone)
-    task.kft_template = _run_template(run_config, meta)
+    task.kft_template = templates.for_tokenizer(_run_template(run_config, meta), task.preprocessor.tokenizer)
     return task
 
 

@@ -39,6 +39,8 @@ PREPARED = {
     "tiny_gemma": _tiny_builder("gemma"),
     "tiny_gemma2": _tiny_builder("gemma2"),
     "tiny_gemma3": _tiny_builder("gemma3"),
+    "tiny_gemma4": _tiny_builder("gemma4"),
+    "tiny_gemma4_moe": _tiny_builder("gemma4_moe"),
 }
 
 
