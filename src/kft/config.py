@@ -44,6 +44,11 @@ class ModelConfig:
         "Dtype policy: auto (mixed_bfloat16 on TPU and bf16-capable GPUs, float32 otherwise), "
         "float32, mixed_bfloat16, bfloat16, mixed_float16, float16 (Gemma overflows in float16).",
     )
+    quantize: str = _key(
+        "none",
+        "Quantize the frozen base (QLoRA): none, int8 or int4 (weights only; the decoder's projections, "
+        "the token embedding stays float). LoRA factors stay float; exports merge into the float base.",
+    )
 
 
 @dataclass
@@ -298,6 +303,9 @@ def validate(c: Config) -> None:
     """Reject values kft cannot run with, naming the key and the fix."""
     if c.model.precision not in PRECISIONS:
         _fail("model.precision", f"must be one of {', '.join(PRECISIONS)}, got '{c.model.precision}'")
+    from kft import quantize  # light: no keras until a model is quantized
+
+    quantize.check(c.model.quantize, c.model.precision)
     if not c.model.preset:
         _fail("model.preset", "is empty; name a preset or a local preset folder")
     if c.lora.rank <= 0:
