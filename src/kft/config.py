@@ -112,6 +112,8 @@ class TrainConfig:
     group_by_length: bool = _key(True, "Batch examples of similar length together (seeded), so little padding is computed.")
     checkpoint_every: int = _key(50, "Write a resumable checkpoint every N optimizer steps (and at the end).")
     checkpoint_keep: int = _key(2, "How many of the newest checkpoints to keep.")
+    memory_check: bool = _key(True, "Before loading, estimate the peak memory per device (as `kft plan` prints) and "
+                                    "stop with advice if it does not fit; false = try anyway.")
 
 
 @dataclass
@@ -281,7 +283,7 @@ def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Co
 
 # Keys a resumed run may change: they shape logs and outputs, not the trained weights.
 RESUMABLE_CHANGES = ("output.dir", "output.overwrite", "output.tensorboard", "train.log_every",
-                     "train.checkpoint_every", "train.checkpoint_keep")
+                     "train.checkpoint_every", "train.checkpoint_keep", "train.memory_check")
 
 
 def differences(old: Config, new: Config) -> list[str]:

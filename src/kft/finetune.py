@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from kft import adapter, backend, config as config_lib, data, evaluation, lora, model, optim, quantize, report
+from kft import adapter, backend, config as config_lib, data, evaluation, lora, model, optim, plan, quantize, report
 from kft.config import Config
 from kft.errors import KftError
 
@@ -118,6 +118,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
 
     c, run_dir, resume_from = _resume_point(c, resume)
 
+    plan.check_before_training(c)
     keras.utils.set_random_seed(c.train.seed)
     records, eval_records = data.load_sources(c.data)
     task, family, policy = model.load(c.model.preset, c.model.precision, c.model.quantize)
