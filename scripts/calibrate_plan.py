@@ -1,6 +1,6 @@
 """`kft plan` against measured peak memory: Gemma 3 270M on CPU, two (batch, seq_len) x none/int8/int4.
 
-    python scripts/calibrate_plan.py [--steps 3] [--settings 2x128,4x256] [--modes none,int8,int4]
+    python scripts/calibrate_plan.py [--steps 3] [--settings 2x128,4x256] [--modes none,int8,int4] [--load-only]
 
 Each run is `kft train` on the main job's config in its own process (3 steps, no samples, no
 eval, every batch padded to data.seq_len so the shape is the plan's); its peak RSS is compared
@@ -42,6 +42,21 @@ def measure(mode: str, batch: int, seq: int, steps: int) -> tuple[float, float]:
     return int(line[-1].split()[1]) * 1024 / 1e9, seconds
 
 
+LOAD = ("import resource, sys, time; t = time.perf_counter(); from kft import model; "
+        "model.load('gemma3_270m_gguf', 'float32', sys.argv[1]); "
+        "print('LOAD', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t)")
+
+
+def measure_load(mode: str) -> tuple[float, float]:
+    """(peak RSS in GB, seconds) of loading (and quantizing) the base alone, in a fresh process."""
+    done = subprocess.run([sys.executable, "-c", LOAD, mode], capture_output=True, text=True)
+    line = [x for x in done.stdout.splitlines() if x.startswith("LOAD")]
+    if not line:
+        sys.exit(f"load {mode} failed:\n{done.stderr[-3000:]}")
+    _, kb, seconds = line[-1].split()
+    return int(kb) * 1024 / 1e9, float(seconds)
+
+
 def predict(mode: str, batch: int, seq: int, steps: int) -> float:
     from kft import config as config_lib, plan
 
@@ -54,7 +69,14 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--settings", default="2x128,4x256")
     parser.add_argument("--modes", default="none,int8,int4")
+    parser.add_argument("--load-only", action="store_true", help="host peak RSS and time of loading the base")
     args = parser.parse_args(argv)
+    if args.load_only:
+        print("| model.quantize | host peak RSS at load (GB) | load + quantize (s) |\n|---|---|---|")
+        for mode in args.modes.split(","):
+            peak, seconds = measure_load(mode)
+            print(f"| {mode} | {peak:.2f} | {seconds:.1f} |", flush=True)
+        return
     rows = ["| batch x seq_len | model.quantize | predicted peak (GB) | measured peak RSS (GB) | predicted/measured | run (s) |",
             "|---|---|---|---|---|---|"]
     for setting in args.settings.split(","):

@@ -43,10 +43,13 @@ def _probe(base, mode, lora_source=None):
 
 
 def _quantized_layer_bytes(model):
-    """{layer path: bytes of its non-LoRA variables}, for the layers that are quantized."""
+    """{layer path: bytes of its non-LoRA variables}, for the attention and feed-forward projections
+    that are quantized (Gemma 4's 8-wide per-layer-input layers are all scale at this size)."""
+    from kft.config import LORA_LAYER_NAMES
+
     sizes = {}
     for layer in model._flatten_layers():
-        if getattr(layer, "quantization_mode", None):
+        if getattr(layer, "quantization_mode", None) and layer.name in LORA_LAYER_NAMES:
             sizes[layer.path] = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
                                     for v in layer.weights if "lora" not in v.path)
     return sizes
