@@ -79,6 +79,30 @@ def train(config_path, overwrite, resume, assignments, **flags):
     click.echo(str(result.run_dir))
 
 
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
+@click.option("--preset", help=_help("model.preset"))
+@click.option("--rank", type=int, help=_help("lora.rank"))
+@click.option("--seq-len", type=int, help=_help("data.seq_len"))
+@click.option("--batch-size", type=int, help=_help("train.batch_size"))
+@click.option("--set", "assignments", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config key (repeatable).")
+@click.option("--device-memory", metavar="SIZE", help="Memory per device, e.g. 16GB (default: detected; on CPU the available RAM).")
+@click.option("--device", "accelerator", type=click.Choice(["cpu", "gpu", "gpu-bf16", "tpu"]),
+              help="What computes (default: detected; 'gpu' with --device-memory). precision auto = bf16 on tpu/gpu-bf16.")
+@click.option("--devices", type=click.IntRange(1), default=1, show_default=True, help="Devices in the mesh.")
+@click.option("--model-axis", type=click.IntRange(1), default=1, show_default=True,
+              help="Devices the weights are sharded over (the rest split the batch).")
+def plan(config_path, assignments, device_memory, accelerator, devices, model_axis, **flags):
+    """Predict peak memory per device from the preset's config.json, before loading anything."""
+    from kft import plan as plan_lib
+
+    overrides = dict(config_lib.parse_set(a) for a in assignments)
+    overrides.update({COMMON_FLAGS[k]: v for k, v in flags.items() if v is not None})
+    config = config_lib.load(config_path, overrides)
+    result = plan_lib.make(config, device_memory, devices, model_axis, accelerator)
+    click.echo(plan_lib.render(result, devices, model_axis))
+
+
 def _run_config(run_dir: str) -> str:
     import os
 

@@ -44,6 +44,11 @@ class ModelConfig:
         "Dtype policy: auto (mixed_bfloat16 on TPU and bf16-capable GPUs, float32 otherwise), "
         "float32, mixed_bfloat16, bfloat16, mixed_float16, float16 (Gemma overflows in float16).",
     )
+    quantize: str = _key(
+        "none",
+        "Quantize the frozen base (QLoRA): none, int8 or int4 (weights only; the decoder's projections, "
+        "the token embedding stays float). LoRA factors stay float; exports merge into the float base.",
+    )
 
 
 @dataclass
@@ -108,6 +113,8 @@ class TrainConfig:
     group_by_length: bool = _key(True, "Batch examples of similar length together (seeded), so little padding is computed.")
     checkpoint_every: int = _key(50, "Write a resumable checkpoint every N optimizer steps (and at the end).")
     checkpoint_keep: int = _key(2, "How many of the newest checkpoints to keep.")
+    memory_check: bool = _key(True, "Before loading, estimate the peak memory per device (as `kft plan` prints) and "
+                                    "stop with advice if it does not fit; false = try anyway.")
 
 
 @dataclass
@@ -279,7 +286,7 @@ def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Co
 
 # Keys a resumed run may change: they shape logs and outputs, not the trained weights.
 RESUMABLE_CHANGES = ("output.dir", "output.overwrite", "output.tensorboard", "output.wandb", "train.log_every",
-                     "train.checkpoint_every", "train.checkpoint_keep")
+                     "train.checkpoint_every", "train.checkpoint_keep", "train.memory_check")
 
 
 def differences(old: Config, new: Config) -> list[str]:
@@ -301,6 +308,9 @@ def validate(c: Config) -> None:
     """Reject values kft cannot run with, naming the key and the fix."""
     if c.model.precision not in PRECISIONS:
         _fail("model.precision", f"must be one of {', '.join(PRECISIONS)}, got '{c.model.precision}'")
+    from kft import quantize  # light: no keras until a model is quantized
+
+    quantize.check(c.model.quantize, c.model.precision)
     if not c.model.preset:
         _fail("model.preset", "is empty; name a preset or a local preset folder")
     if c.lora.rank <= 0:

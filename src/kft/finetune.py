@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from kft import adapter, backend, config as config_lib, data, evaluation, lora, model, optim, report
+from kft import adapter, backend, config as config_lib, data, evaluation, lora, model, optim, plan, quantize, report
 from kft.config import Config
 from kft.errors import KftError
 
@@ -118,9 +118,10 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
 
     c, run_dir, resume_from = _resume_point(c, resume)
 
+    plan.check_before_training(c)
     keras.utils.set_random_seed(c.train.seed)
     records, eval_records = data.load_sources(c.data)
-    task, family, policy = model.load(c.model.preset, c.model.precision)
+    task, family, policy = model.load(c.model.preset, c.model.precision, c.model.quantize)
     model.check_seq_len(task.backbone, c.data.seq_len)
     tokenizer = task.preprocessor.tokenizer
     dataset = data.build(records, tokenizer, c.data, c.train.seed, num_prompts=c.output.samples,
@@ -199,6 +200,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     adapter.save(run_dir, task.backbone, {
         "base_preset": c.model.preset, "family": family, "rank": c.lora.rank, "alpha": c.lora.alpha or c.lora.rank,
         "targets": lora.target_names(c.lora.targets), "dtype": policy, "template": c.data.template,
+        **quantize.settings(c.model.quantize),
     })
     (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     report.plot_run(run_dir)

@@ -10,8 +10,11 @@ from kft import adapter, model, sampling, templates
 from kft.errors import KftError
 
 
-def load_tuned(run_dir=None, preset=None, adapter_dir=None, precision=None):
-    """The base preset named by the adapter (or `preset`) with the adapter's LoRA weights applied."""
+def load_tuned(run_dir=None, preset=None, adapter_dir=None, precision=None, quantize=None):
+    """The base preset named by the adapter (or `preset`) with the adapter's LoRA weights applied.
+
+    The base is quantized as it was in training (adapter_config.json's `quantize`) unless
+    `quantize` says otherwise: exports pass "none" to merge into the float base."""
     folder = Path(adapter_dir or run_dir or "")
     if not (run_dir or adapter_dir):
         raise KftError("give a run folder (--run) or an adapter folder (--adapter)")
@@ -20,7 +23,8 @@ def load_tuned(run_dir=None, preset=None, adapter_dir=None, precision=None):
     meta = adapter.read_config(folder)
     run_config = _run_config(folder)
     precision = precision or run_config.get("model", {}).get("precision") or "auto"
-    task, _, _ = model.load(preset or meta["base_preset"], precision)
+    quantize = quantize or meta.get("quantize", "none")
+    task, _, _ = model.load(preset or meta["base_preset"], precision, quantize)
     adapter.apply(folder, task.backbone)
     task.kft_template = templates.for_tokenizer(_run_template(run_config, meta), task.preprocessor.tokenizer)
     return task

@@ -143,22 +143,32 @@ def _from_preset(path: str, policy: str):
     return task_cls.from_preset(path, backbone=backbone, load_weights=False)
 
 
-def load(preset: str, precision: str = "auto"):
-    """(causal_lm, family, dtype_policy) for `preset`; remote failures become one-line errors."""
+def load(preset: str, precision: str = "auto", quantize: str = "none"):
+    """(causal_lm, family, dtype_policy) for `preset`, its frozen base quantized as `quantize` says
+    (see kft.quantize); remote failures become one-line errors."""
     backend.setup()
+
+    from kft import placement, quantize as quantize_lib
 
     path = presets.resolve(preset)
     family_of_config(path)
     policy = resolve_precision(precision)
-    print(f"kft: loading {preset} ({policy})", file=sys.stderr, flush=True)
+    quantize_lib.check(quantize, policy)
+    quantized = "" if quantize == "none" else f", {quantize} base"
+    print(f"kft: loading {preset} ({policy}{quantized})", file=sys.stderr, flush=True)
     remote = not presets.is_local(path)
     # Downloads fail in many ways (network, auth, consent, quota: kagglehub and huggingface_hub raise
     # their own types); for a remote handle every failure is the user's to fix, so it gets one line.
     remote_errors = Exception if remote else (OSError, ConnectionError)
     try:
-        with weights_from_preset_only(), backend.native_logs_filtered():
-            task = _from_preset(path, policy)
-        initialise_unfilled(task)
+        # A quantized base is built and quantized in host memory, then placed (kft.placement).
+        with placement.on_host(quantize != "none") as on_host:
+            with weights_from_preset_only(), backend.native_logs_filtered():
+                task = _from_preset(path, policy)
+            initialise_unfilled(task)
+            quantize_lib.apply(task, quantize)
+        if on_host:
+            placement.to_accelerator(task)
     except ValueError as e:
         raise KftError(f"cannot load preset '{preset}': {str(e).splitlines()[0][:200]}") from None
     except remote_errors as e:

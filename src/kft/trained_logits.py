@@ -123,6 +123,9 @@ class TrainedPositionsLM(keras.Model):
         self.built = True  # every variable belongs to the (built) task
         if not getattr(task.backbone.token_embedding, "tie_weights", True):
             raise KftError("train.logits_on: trained needs tied token embeddings; set train.logits_on: all")
+        if getattr(task.backbone.token_embedding, "quantization_mode", None):  # kft.quantize keeps it float
+            raise KftError("train.logits_on: trained reads the token embedding matrix and needs it float; "
+                           "set train.logits_on: all")
         self._token_nll = _token_nll()
         # The embedding's own cap, then the task's (Gemma4CausalLM's `final_logit_cap`), as the task applies them.
         caps = (task.backbone.token_embedding.logit_soft_cap, getattr(task, "final_logit_cap", None))

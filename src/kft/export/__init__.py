@@ -49,7 +49,8 @@ def export(run_dir: str | None, fmt: str, out: str, preset: str | None = None, b
     else:
         if not run_dir:
             raise KftError("give the run folder to export")
-        task = loading.load_tuned(run_dir=run_dir, preset=preset, precision="float32")
+        # A quantized run's LoRA merges into the float base, never into integer kernels.
+        task = loading.load_tuned(run_dir=run_dir, preset=preset, precision="float32", quantize="none")
         family = model.family_of(task.backbone)
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)

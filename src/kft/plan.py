@@ -1,0 +1,356 @@
+"""`kft plan`: what a run needs in memory, per device, before any weight is loaded.
+
+Everything comes from the preset's config.json (Keras or Hugging Face) or, for KerasHub's
+Kaggle presets, from `KNOWN_PRESETS` (their sizes, so the plan works offline). The estimate:
+
+- base: embedding (kept float) + decoder projections at `model.quantize` (int8: 1 byte, int4:
+  0.5 byte plus per-group scale and zero point) + the rest (norms) at the storage dtype;
+  encoders of multimodal Gemma 3/4 are left out (kft trains the text decoder);
+- LoRA factors, their gradients and AdamW's two moments (float32; one more copy with grad_accum);
+- activations kept for the backward pass per layer and token (calibrated on Gemma 3 270M on CPU:
+  ~60 MB per layer at 4 x 256 tokens, docs/benchmarks.md), attention scores, and the
+  vocabulary logits: 32 positions at a time with the trained-positions loss, all of them without;
+- runtime: compiled programs, temporaries and (on CPU) the Python/TF/JAX process itself.
+
+On a mesh of `devices` with a `model_axis`, the base is divided by the model axis and the batch
+by the batch axis (devices / model_axis); LoRA and optimizer state are replicated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kft.errors import KftError
+
+GB = 1e9
+INT4_GROUP = 128
+CPU_RUNTIME_GB = 1.6  # imports 0.72 + tokenizer 0.15 + compiled programs 0.3 + allocator slack (benchmarks.md)
+ACCELERATOR_RUNTIME_GB = 0.5  # CUDA/XLA context, compiled programs and workspace
+CHUNK = 32  # positions per vocabulary projection in kft.trained_logits
+
+
+@dataclass
+class Architecture:
+    family: str
+    vocab: int
+    hidden: int
+    layers: int
+    query_heads: int
+    kv_heads: int
+    head_dim: int
+    ffw: int  # width of one feed-forward projection (gate = up = ffw, down: ffw -> hidden)
+    per_layer_vocab: int = 0  # Gemma 4 per-layer token embedding
+    per_layer_dim: int = 0
+    double_wide_layers: int = 0  # Gemma 4 KV-shared layers with a 2x feed-forward
+    global_head_dim: int = 0
+    source: str = ""
+
+
+# KerasHub Kaggle presets (keras_hub/src/models/*/..._presets.py names), sizes of their text decoders.
+# Gemma 1/2/3 from the published configs; gemma4 E2B/E4B approximate (35/42 layers, 2.3B/4.5B
+# effective as the preset descriptions say) -- a local config.json is always exact.
+_KNOWN = {
+    "gemma_2b_en": ("gemma", 256000, 2048, 18, 8, 1, 256, 16384),
+    "gemma_7b_en": ("gemma", 256000, 3072, 28, 16, 16, 256, 24576),
+    "gemma2_2b_en": ("gemma2", 256000, 2304, 26, 8, 4, 256, 9216),
+    "gemma2_9b_en": ("gemma2", 256000, 3584, 42, 16, 8, 256, 14336),
+    "gemma2_27b_en": ("gemma2", 256000, 4608, 46, 32, 16, 128, 36864),
+    "gemma3_270m": ("gemma3", 262144, 640, 18, 4, 1, 256, 2048),
+    "gemma3_1b": ("gemma3", 262144, 1152, 26, 4, 1, 256, 6912),
+    "gemma3_4b": ("gemma3", 262144, 2560, 34, 8, 4, 256, 10240),
+    "gemma3_12b": ("gemma3", 262144, 3840, 48, 16, 8, 256, 15360),
+    "gemma3_27b": ("gemma3", 262144, 5376, 62, 32, 16, 128, 21504),
+}
+_GEMMA4 = {
+    "gemma4_2b": dict(vocab=262144, hidden=1536, layers=35, query_heads=8, kv_heads=1, head_dim=256, ffw=6144,
+                      per_layer_vocab=262144, per_layer_dim=256, double_wide_layers=20, global_head_dim=512),
+    "gemma4_4b": dict(vocab=262144, hidden=2560, layers=42, query_heads=8, kv_heads=2, head_dim=256, ffw=10240,
+                      per_layer_vocab=262144, per_layer_dim=256, double_wide_layers=18, global_head_dim=512),
+}
+ALIASES = {"gemma3_270m_gguf": "gemma3_270m", "gemma2_instruct_2b_en": "gemma2_2b_en",
+           "gemma2_instruct_9b_en": "gemma2_9b_en", "gemma_instruct_2b_en": "gemma_2b_en",
+           "gemma_instruct_7b_en": "gemma_7b_en", "gemma4_instruct_2b": "gemma4_2b", "gemma4_instruct_4b": "gemma4_4b",
+           "gemma3_instruct_270m": "gemma3_270m", "gemma3_instruct_1b": "gemma3_1b", "gemma3_instruct_4b": "gemma3_4b",
+           "gemma3_instruct_12b": "gemma3_12b", "gemma3_instruct_27b": "gemma3_27b", "gemma2_instruct_27b_en": "gemma2_27b_en"}
+
+
+def known(name: str) -> Architecture | None:
+    name = ALIASES.get(name, name)
+    if name in _KNOWN:
+        fields = dict(zip(("family", "vocab", "hidden", "layers", "query_heads", "kv_heads", "head_dim", "ffw"),
+                          _KNOWN[name]))
+        return Architecture(**fields, source=f"kft's table of KerasHub presets ({name})")
+    if name in _GEMMA4:
+        return Architecture(family="gemma4", **_GEMMA4[name], source=f"kft's table, approximate ({name})")
+    return None
+
+
+def from_config_json(config: dict, source: str = "config.json") -> Architecture:
+    """The sizes in a Keras preset's or a Hugging Face checkpoint's config.json."""
+    if "model_type" in config:  # Hugging Face
+        c = config.get("text_config", config)
+        model_type = config["model_type"]
+        family = {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3", "gemma3_text": "gemma3",
+                  "gemma4": "gemma4", "gemma4_text": "gemma4"}.get(model_type)
+        if family is None:
+            raise KftError(f"kft plan knows Gemma, Gemma 2, 3 and 4 configs, not model_type '{model_type}'")
+        layers = c["num_hidden_layers"]
+        return Architecture(
+            family=family, vocab=c["vocab_size"], hidden=c["hidden_size"], layers=layers,
+            query_heads=c["num_attention_heads"], kv_heads=c["num_key_value_heads"],
+            head_dim=c.get("head_dim", c["hidden_size"] // c["num_attention_heads"]), ffw=c["intermediate_size"]
+            if isinstance(c["intermediate_size"], int) else max(c["intermediate_size"]),
+            per_layer_vocab=c.get("vocab_size_per_layer_input") or (c["vocab_size"] if c.get("hidden_size_per_layer_input") else 0),
+            per_layer_dim=c.get("hidden_size_per_layer_input") or 0,
+            double_wide_layers=c.get("num_kv_shared_layers", 0) if c.get("use_double_wide_mlp") else 0,
+            global_head_dim=c.get("global_head_dim") or 0, source=source)
+    name, c = config.get("class_name", ""), config.get("config", {})
+    if name not in ("GemmaBackbone", "Gemma3Backbone", "Gemma4Backbone"):
+        raise KftError(f"kft plan knows Gemma-family backbones, not {name or 'this config'}")
+    family = {"Gemma3Backbone": "gemma3", "Gemma4Backbone": "gemma4"}.get(
+        name, "gemma2" if c.get("use_post_ffw_norm") else "gemma")
+    # KerasHub's Gemma/Gemma 2 count gate + up in intermediate_dim; Gemma 3 and 4 do not.
+    ffw = c["intermediate_dim"] // 2 if family in ("gemma", "gemma2") else c["intermediate_dim"]
+    per_layer_dim = c.get("hidden_size_per_layer_input") or 0
+    return Architecture(
+        family=family, vocab=c["vocabulary_size"], hidden=c["hidden_dim"], layers=c["num_layers"],
+        query_heads=c["num_query_heads"], kv_heads=c["num_key_value_heads"], head_dim=c["head_dim"], ffw=ffw,
+        per_layer_vocab=(c.get("vocab_size_per_layer_input") or c["vocabulary_size"]) if per_layer_dim else 0,
+        per_layer_dim=per_layer_dim,
+        double_wide_layers=c.get("num_kv_shared_layers", 0) if c.get("use_double_wide_mlp") else 0,
+        global_head_dim=c.get("global_head_dim") or 0, source=source)
+
+
+def architecture(preset: str) -> Architecture:
+    """Sizes for `preset`: a local folder's config.json, a kft-prepared name, or a known KerasHub preset."""
+    from kft import presets
+
+    name = preset.rstrip("/")
+    if name.startswith("kaggle://"):
+        name = name.split("/")[-2] if name.split("/")[-1].isdigit() else name.split("/")[-1]
+    if preset in presets.PREPARED:
+        cached = presets.cache_dir() / "presets" / preset / "config.json"
+        if cached.is_file() or known(preset) is None:
+            path = cached if cached.is_file() else Path(presets.prepare(preset)) / "config.json"
+            return from_config_json(json.loads(path.read_text(encoding="utf-8")), str(path))
+    elif presets.is_local(preset):
+        path = Path(preset).expanduser() / "config.json"
+        if not path.is_file():
+            raise KftError(f"model.preset '{preset}' is not a preset folder (no config.json there)")
+        return from_config_json(json.loads(path.read_text(encoding="utf-8")), str(path))
+    found = known(name)
+    if found is None:
+        raise KftError(f"kft plan has no sizes for preset '{preset}'; give a local preset folder (its config.json) "
+                       f"or one of: {', '.join(sorted(_KNOWN) + sorted(_GEMMA4))}")
+    return found
+
+
+def parameters(a: Architecture) -> dict:
+    """{part: parameter count}: embedding, decoder projections (quantizable / kept float), the rest."""
+    attention = a.hidden * a.head_dim * (2 * a.query_heads + 2 * a.kv_heads)
+    ffw_width = a.layers * a.ffw + a.double_wide_layers * a.ffw  # KV-shared Gemma 4 layers are 2x wide
+    ffw = 3 * a.hidden * ffw_width
+    per_layer = a.per_layer_vocab * a.layers * a.per_layer_dim
+    per_layer_proj = 2 * a.layers * a.hidden * a.per_layer_dim + a.hidden * a.layers * a.per_layer_dim
+    return {
+        "embedding": a.vocab * a.hidden,
+        "attention": a.layers * attention,
+        "feed-forward": ffw,
+        "per-layer embedding": per_layer,
+        "per-layer projections": per_layer_proj,
+        "norms": a.layers * 6 * a.hidden + a.hidden,
+    }
+
+
+def quantized_bytes_per_param(mode: str) -> float:
+    return {"int8": 1.0, "int4": 0.5 + 8.0 / INT4_GROUP}[mode]  # int4: float32 scale + zero per group of 128
+
+
+def lora_parameters(a: Architecture, rank: int, targets: list[str]) -> int:
+    """LoRA factors as Keras shapes them: q/k/v per head (heads, hidden, r) + (r, head_dim)."""
+    from kft.config import ALL_LINEAR, LORA_LAYER_NAMES
+
+    names = set(LORA_LAYER_NAMES) if ALL_LINEAR in targets else set(targets)
+    per_layer = {
+        "query": a.query_heads * a.hidden * rank + rank * a.head_dim,
+        "key": a.kv_heads * a.hidden * rank + rank * a.head_dim,
+        "value": a.kv_heads * a.hidden * rank + rank * a.head_dim,
+        "attention_output": a.query_heads * a.head_dim * rank + rank * a.hidden,
+        "ffw_gating": (a.hidden + a.ffw) * rank,
+        "ffw_gating_2": (a.hidden + a.ffw) * rank,
+        "ffw_linear": (a.ffw + a.hidden) * rank,
+    }
+    return a.layers * sum(per_layer[n] for n in names)
+
+
+@dataclass
+class Plan:
+    lines: list = field(default_factory=list)  # (label, GB) in print order
+    peak: float = 0.0  # GB per device
+    memory: float = 0.0  # GB per device available
+    fits: bool = True
+    advice: str = ""
+    header: str = ""
+
+
+def _storage_bytes(precision: str) -> int:
+    return 2 if precision in ("bfloat16", "float16") else 4  # mixed_* policies keep float32 variables
+
+
+def _compute_bytes(precision: str, accelerator: str) -> int:
+    if precision == "auto":
+        return 2 if accelerator in ("tpu", "gpu-bf16") else 4
+    return 4 if precision == "float32" else 2
+
+
+def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, model_axis: int = 1,
+             accelerator: str = "cpu") -> Plan:
+    """The memory plan for config `c` on `devices` devices of `device_memory_gb` each."""
+    if devices < 1 or model_axis < 1 or devices % model_axis:
+        raise KftError(f"--devices ({devices}) must be a multiple of --model-axis ({model_axis})")
+    batch_axis = devices // model_axis
+    precision, mode = c.model.precision, c.model.quantize
+    store = _storage_bytes(precision)
+    compute = _compute_bytes(precision, accelerator)
+    p = parameters(a)
+    quantizable = p["attention"] + (p["feed-forward"] if a.family != "gemma4" else 0)  # kft.quantize.KERNEL_READERS
+    floating = sum(p.values()) - quantizable - (p["per-layer embedding"] if mode != "none" else 0)
+    base = floating * store
+    if mode == "none":
+        base += quantizable * store
+    else:
+        base += (quantizable + p["per-layer embedding"]) * quantized_bytes_per_param(mode)
+    base /= model_axis
+    lora = lora_parameters(a, c.lora.rank, c.lora.targets) * 4
+    optimizer = lora * (3 + (1 if c.train.grad_accum > 1 else 0))  # gradients + AdamW moments (+ accumulator)
+    batch = math.ceil(c.train.batch_size / batch_axis)
+    tokens = batch * c.data.seq_len
+    # Kept for the backward pass, per token and layer (floats): ~8 hidden-wide and ~3 feed-forward-wide
+    # tensors, q/k/v after norms and rotary, and the attention scores + probabilities (float32).
+    per_token = (8 * a.hidden + 3 * a.ffw * (1 + a.double_wide_layers / a.layers) + 2 * a.query_heads * a.head_dim)
+    activations = a.layers * tokens * (per_token * compute + 2 * a.query_heads * c.data.seq_len * 4) / model_axis
+    trained_logits = CHUNK * a.vocab * 4 * 3
+    all_logits = tokens * a.vocab * 4 * 3  # float32 logits, their softmax and gradient
+    logits = trained_logits if c.train.logits_on == "trained" else all_logits
+    # XLA temporaries: the largest dequantized (or cast) feed-forward kernel, twice.
+    temporaries = 2 * a.hidden * a.ffw * (2 if a.double_wide_layers else 1) * compute
+    runtime = (CPU_RUNTIME_GB if accelerator == "cpu" else ACCELERATOR_RUNTIME_GB) * GB
+    plan = Plan(memory=device_memory_gb)
+    plan.lines = [
+        ("base weights" + (f" ({mode} decoder, float embedding)" if mode != "none" else ""), base / GB),
+        (f"LoRA factors (rank {c.lora.rank})", lora / GB),
+        ("gradients + optimizer state", optimizer / GB),
+        (f"activations ({batch} x {c.data.seq_len} x {a.layers} layers)", activations / GB),
+        (f"logits ({'trained positions, 32 at a time' if c.train.logits_on == 'trained' else 'every position'})",
+         logits / GB),
+        ("compile temporaries and runtime", (temporaries + runtime) / GB),
+    ]
+    plan.peak = sum(gb for _, gb in plan.lines)
+    # A quantized base is first read in float on the host (kft.placement): on CPU that is the same memory.
+    if accelerator == "cpu" and mode != "none":
+        load_peak = (sum(p.values()) * store / model_axis + runtime) / GB
+        plan.lines.append(("(loading: float base before quantizing)", load_peak))
+        plan.peak = max(plan.peak, load_peak)
+    plan.fits = plan.peak <= device_memory_gb
+    count = sum(p.values())
+    plan.header = (
+        f"{a.family} model ({a.source}): {count / 1e9:.2f}B parameters in the text decoder "
+        + ", ".join(f"{k} {v / 1e6:,.0f}M" for k, v in p.items() if v)
+        + f"; with/without trained-positions loss: logits {trained_logits / GB:.2f} / {all_logits / GB:.2f} GB"
+    )
+    if plan.fits:
+        plan.advice = f"fits with {device_memory_gb - plan.peak:.2f} GB to spare"
+    else:
+        tries = []
+        if mode != "int4":
+            tries.append("model.quantize int4")
+        if c.train.batch_size > 1:
+            tries.append("batch 1")
+        if c.data.seq_len > 512:
+            tries.append("seq 512")
+        if c.train.logits_on != "trained":
+            tries.append("train.logits_on trained")
+        tries.append(f"{max(2, devices * 2)} devices")
+        plan.advice = "does not fit: try " + ", ".join(tries[:-1]) + (", or " if len(tries) > 1 else "") + tries[-1]
+    return plan
+
+
+def render(plan: Plan, devices: int = 1, model_axis: int = 1) -> str:
+    width = max(len(label) for label, _ in plan.lines)
+    lines = [plan.header, f"per device ({devices} device(s), model axis {model_axis}):"]
+    lines += [f"  {label:<{width}}  {gb:8.3f} GB" for label, gb in plan.lines]
+    lines.append(f"  {'total':<{width}}  {plan.peak:8.3f} GB  -> {plan.advice}")
+    lines.append(f"kft plan: peak {plan.peak:.2f} GB per device, {'fits' if plan.fits else 'does not fit'} "
+                 f"in {plan.memory:.2f} GB")
+    return "\n".join(lines)
+
+
+def parse_memory(text: str) -> float:
+    """'16GB', '16', '15.5 GiB', '800MB' -> GB (1e9 bytes)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9.]+)\s*(gb|gib|mb|mib|g|m)?\s*", str(text).lower())
+    if not m:
+        raise KftError(f"--device-memory must look like 16GB or 800MB, got '{text}'")
+    value, unit = float(m.group(1)), m.group(2) or "gb"
+    return value * {"gb": 1, "g": 1, "gib": 1.073741824, "mb": 1e-3, "m": 1e-3, "mib": 1.048576e-3}[unit]
+
+
+def detect_device() -> tuple[float, str]:
+    """(GB per device, kind): an accelerator's memory limit from JAX, else the host's available RAM."""
+    from kft import backend
+
+    backend.setup()
+    import jax
+
+    kind = jax.default_backend()
+    if kind != "cpu":
+        stats = jax.devices()[0].memory_stats() or {}
+        limit = stats.get("bytes_limit")
+        if limit:
+            return limit / GB, ("gpu-bf16" if kind == "gpu" and backend.bf16_capable() else kind)
+    return _available_ram() / GB, "cpu"
+
+
+def _available_ram() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def make(c, device_memory: str | float | None = None, devices: int = 1, model_axis: int = 1,
+         accelerator: str | None = None) -> Plan:
+    """The plan for config `c`: memory per device given (e.g. '16GB') or detected; `accelerator`
+    (cpu, gpu, gpu-bf16, tpu) is detected too, or 'gpu' for a given memory size."""
+    if device_memory is None:
+        memory, detected = detect_device()
+        accelerator = accelerator or detected
+    else:
+        memory = parse_memory(device_memory) if isinstance(device_memory, str) else float(device_memory)
+        accelerator = accelerator or "gpu"
+    return estimate(architecture(c.model.preset), c, memory, devices, model_axis, accelerator)
+
+
+def check_before_training(c) -> None:
+    """Stop a run that will not fit, with the plan's advice (`train.memory_check: false` skips)."""
+    if not c.train.memory_check:
+        return
+    try:
+        plan = make(c)
+    except KftError as e:
+        print(f"kft: memory check skipped ({e})", flush=True)
+        return
+    print(f"kft: memory plan: peak {plan.peak:.2f} GB of {plan.memory:.2f} GB per device", flush=True)
+    if not plan.fits:
+        raise KftError(f"predicted peak {plan.peak:.2f} GB per device > {plan.memory:.2f} GB available; "
+                       f"{plan.advice} (see `kft plan`; train.memory_check: false to try anyway)")

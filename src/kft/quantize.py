@@ -1,0 +1,116 @@
+"""A frozen, quantized base under LoRA (QLoRA the Keras way): `model.quantize: none | int8 | int4`.
+
+Keras quantizes Dense/EinsumDense layers in place (`Model.quantize(mode, config, filters)`) and
+`enable_lora` adds float LoRA factors beside the integer kernels, so the delta stays a float matmul.
+What kft adds is the choice of what to quantize and how:
+
+- weights only: Keras' int8 default also quantizes the activations, whose rounding the LoRA
+  gradients then see; `Int8QuantizationConfig(activation_quantizer=None)` keeps them float
+  (int4 is weight-only by default, in asymmetric groups of 128);
+- the decoder blocks' projections only: the tied token embedding (`ReversibleEmbedding`) stays
+  float. Quantized, its reverse (logits) path casts the hidden states to int8 with no useful
+  gradient, and LoRA barely trains (tests/test_quantize.py shows the gradient collapse); kft's
+  trained-positions loss also reads that matrix directly. Vision/audio encoders stay as they are.
+  Gemma 4's per-layer token embedding (a plain lookup, no gradient through it) is quantized;
+- not the layers whose parent reads `layer.kernel` and multiplies by it itself: for a quantized
+  layer that property is the raw integer codes (plus the LoRA delta), unscaled. KerasHub 0.32's
+  Gemma4TextDecoderBlock does this for its feed-forward projections (a "HOTFIX" matmul), so on Gemma 4
+  only attention is quantized (`KERNEL_READERS`; tests/test_quantize.py shows the breakage).
+
+Quantizing a float base is deterministic, so an adapter reloads bit for bit: float base -> the
+same quantization -> `enable_lora` with the same targets -> assign the factors (kft never saves
+Keras' merged-and-requantized kernels).
+"""
+
+from __future__ import annotations
+
+from kft.errors import KftError
+
+MODES = ("none", "int8", "int4")
+# Keras has these too; none of them trains LoRA correctly (see `check`).
+REFUSED = {
+    "float8": "Keras' float8 layers raise in the forward pass once LoRA is enabled",
+    "gptq": "Keras' GPTQ layers refuse enable_lora",
+    "awq": "Keras' AWQ layers silently ignore the LoRA factors",
+}
+INT4_BLOCK_SIZE = 128
+
+
+def check(mode: str, policy: str | None = None) -> None:
+    """Refuse a quantization kft cannot train under LoRA, in one line."""
+    if mode in REFUSED:
+        raise KftError(f"model.quantize {mode} is not supported: {REFUSED[mode]}; use int8 or int4")
+    if mode not in MODES:
+        raise KftError(f"model.quantize must be one of {', '.join(MODES)}, got '{mode}'")
+    if mode == "int8" and policy is not None and "float16" in policy and "bfloat16" not in policy:
+        raise KftError("model.quantize int8 with float16 compute is not supported (int8 kernels scaled into "
+                       "float16 overflow); use model.precision float32 or mixed_bfloat16, or model.quantize int4")
+
+
+def keras_config(mode: str):
+    """The Keras QuantizationConfig for `mode`: weights only, activations left in float."""
+    from keras.quantizers import Int4QuantizationConfig, Int8QuantizationConfig
+
+    if mode == "int8":
+        return Int8QuantizationConfig(weight_quantizer=None, activation_quantizer=None)
+    return Int4QuantizationConfig(activation_quantizer=None, block_size=INT4_BLOCK_SIZE)
+
+
+# {decoder block class: sub-layers whose `.kernel` the block reads directly (KerasHub 0.32)}
+KERNEL_READERS = {"Gemma4TextDecoderBlock": ("ffw_gating", "ffw_gating_2", "ffw_linear")}
+
+
+def decoder_filter(model):
+    """Keras `filters` for `model`: projections inside decoder blocks, and plain (lookup-only)
+    embeddings; not the tied token embedding (a ReversibleEmbedding) nor KERNEL_READERS' layers."""
+    import keras
+
+    read_directly = {f"{block.path}/{name}" for block in model._flatten_layers()
+                     for name in KERNEL_READERS.get(type(block).__name__, ())}
+
+    def wanted(layer) -> bool:
+        kind = type(layer)
+        if kind is keras.layers.Embedding:
+            return True
+        return (kind in (keras.layers.Dense, keras.layers.EinsumDense) and layer.path.startswith("decoder_block")
+                and layer.path not in read_directly)
+
+    return wanted
+
+
+def apply(task, mode: str, filters="decoder") -> int:
+    """Quantize `task`'s frozen base in place (before LoRA is enabled); return how many layers.
+
+    `filters` is Keras' own argument ("decoder": `decoder_filter`); tests pass others to show
+    why the default is what it is."""
+    check(mode, task.dtype_policy.name)
+    if mode == "none":
+        return 0
+    task.quantize(mode, config=keras_config(mode), filters=decoder_filter(task) if filters == "decoder" else filters)
+    quantized = [layer for layer in task._flatten_layers() if getattr(layer, "quantization_mode", None) == mode]
+    if not quantized:
+        raise KftError(f"model.quantize {mode}: no layer of this model could be quantized")
+    return len(quantized)
+
+
+def settings(mode: str) -> dict:
+    """What an adapter records so the same base can be rebuilt on reload."""
+    if mode == "none":
+        return {"quantize": "none"}
+    extra = {"int4_block_size": INT4_BLOCK_SIZE} if mode == "int4" else {}
+    return {"quantize": mode, "quantize_weights_only": True, "quantize_layers": "decoder", **extra}
+
+
+def base_bytes(model) -> dict:
+    """{'float': bytes of float weights, 'quantized': bytes of integer kernels and their scales}."""
+    import numpy as np
+
+    sizes = {"float": 0, "quantized": 0}
+    quantized_paths = set()
+    for layer in model._flatten_layers():
+        if getattr(layer, "quantization_mode", None) in ("int8", "int4"):
+            quantized_paths.update(v.path for v in layer.weights if "lora" not in v.path)
+    for v in model.weights:
+        n = int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+        sizes["quantized" if v.path in quantized_paths else "float"] += n
+    return sizes

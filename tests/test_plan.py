@@ -1,0 +1,93 @@
+"""`kft plan`: sizes from config.json only, a verdict, and `kft train` stopping before an OOM."""
+
+import json
+import re
+
+import pytest
+
+from conftest import CONFIGS, run_cli
+
+LAST_LINE = re.compile(r"^kft plan: peak \d+\.\d\d GB per device, (fits|does not fit) in \d+\.\d\d GB$")
+
+GEMMA3_270M_HF = {"model_type": "gemma3_text", "vocab_size": 262144, "hidden_size": 640, "num_hidden_layers": 18,
+                  "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256, "intermediate_size": 2048}
+
+
+def test_keras_and_hugging_face_config_json_give_the_same_sizes():
+    from kft import plan
+
+    keras_arch = plan.architecture("gemma3_270m_gguf")  # the table (or the prepared preset's own config.json)
+    hf_arch = plan.from_config_json(GEMMA3_270M_HF)
+    assert plan.parameters(keras_arch) == plan.parameters(hf_arch)
+    # Gemma 3 270M: 268M parameters, 168M of them the embedding.
+    assert abs(sum(plan.parameters(hf_arch).values()) - 268.1e6) < 1e6
+
+
+def _decoder_parameters(backbone):
+    return sum(int(v.numpy().size) for v in backbone.weights)
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3", "gemma4"])
+def test_planned_parameters_match_the_built_model_of_every_family(family):
+    from quantize_helpers import tiny_backbone
+
+    from kft import plan
+
+    backbone = tiny_backbone(family)
+    config = {"class_name": type(backbone).__name__, "config": backbone.get_config()}
+    planned = sum(plan.parameters(plan.from_config_json(config)).values())
+    actual = _decoder_parameters(backbone)
+    assert abs(planned - actual) / actual < 0.03, (planned, actual)
+
+
+def test_plan_for_a_kaggle_preset_works_offline_and_ends_with_the_verdict_line(capsys):
+    code, out, _ = run_cli(["plan", "--preset", "gemma2_9b_en", "--device-memory", "16GB",
+                            "--set", "model.precision=float32"], capsys)
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert LAST_LINE.match(lines[-1]) and "does not fit" in lines[-1]
+    assert any("does not fit: try model.quantize int4" in line for line in lines)
+    code, out, _ = run_cli(["plan", "--preset", "gemma2_9b_en", "--device-memory", "16GB",
+                            "--set", "model.quantize=int4"], capsys)
+    assert LAST_LINE.match(out.strip().splitlines()[-1]) and "fits in 16.00 GB" in out
+
+
+def test_quantization_shrinks_the_planned_base_by_the_kernel_ratios():
+    from kft import config as config_lib, plan
+
+    def base(mode):
+        c = config_lib.load(None, {"model.preset": "gemma_7b_en", "model.quantize": mode,
+                                   "model.precision": "float32"})
+        return plan.make(c, "100GB").lines[0][1]
+
+    float_gb, int8_gb, int4_gb = base("none"), base("int8"), base("int4")
+    assert abs(float_gb - 8.54e9 * 4 / 1e9) < 0.1  # 8.54B float32 parameters
+    assert int8_gb < 0.35 * float_gb and int4_gb < 0.25 * float_gb  # the float embedding stays
+
+
+def test_a_model_axis_divides_the_base_and_a_batch_axis_the_activations():
+    from kft import config as config_lib, plan
+
+    c = config_lib.load(None, {"model.preset": "gemma2_9b_en", "train.batch_size": 8})
+    one = dict(plan.make(c, "16GB").lines)
+    sharded = dict(plan.make(c, "16GB", devices=8, model_axis=2).lines)
+    base_key = next(k for k in one if k.startswith("base"))
+    assert sharded[base_key] == pytest.approx(one[base_key] / 2)
+    act_one = next(v for k, v in one.items() if k.startswith("activations"))
+    act_sharded = next(v for k, v in sharded.items() if k.startswith("activations"))
+    assert act_sharded == pytest.approx(act_one / 2 / 4)  # model axis 2, batch 8 over 4
+
+
+def test_an_unknown_preset_is_one_line_naming_what_plan_knows(capsys):
+    code, _, err = run_cli(["plan", "--preset", "llama_7b", "--device-memory", "16GB"], capsys)
+    assert code == 2 and "gemma2_9b_en" in err and err.count("\n") == 1
+
+
+def test_train_stops_before_loading_when_the_plan_does_not_fit(tiny_presets, tmp_path, capsys, monkeypatch):
+    from kft import plan
+
+    monkeypatch.setattr(plan, "detect_device", lambda: (0.01, "cpu"))
+    code, _, err = run_cli(["train", "--config", f"{CONFIGS}/tiny.yaml", "--preset", tiny_presets["gemma3"],
+                            "--output-dir", str(tmp_path / "run")], capsys)
+    assert code == 2 and "does not fit: try" in err and "train.memory_check: false" in err
+    assert not (tmp_path / "run").exists()

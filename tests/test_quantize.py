@@ -1,0 +1,186 @@
+"""A quantized frozen base under LoRA (model.quantize int8/int4) trains like the float one.
+
+Numerics on tiny backbones of every family (gemma3 in the default suite, the others slow), and
+one family's full path: train, reload the adapter, export merged into the float base.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from conftest import CONFIGS, run_cli
+from quantize_helpers import batch, clone, cosine, loss_and_lora_grads, tiny_backbone
+
+FAMILY_PARAMS = [pytest.param(f, marks=() if f == "gemma3" else pytest.mark.slow)
+                 for f in ("gemma", "gemma2", "gemma3", "gemma4")]
+
+
+@pytest.mark.parametrize("mode, extra", [("float8", []), ("gptq", []), ("awq", []), ("int2", []),
+                                         ("int8", ["--set", "model.precision=mixed_float16"])])
+def test_quantization_modes_that_cannot_train_lora_are_refused_in_one_line(mode, extra, capsys):
+    code, _, err = run_cli(["train", "--set", f"model.quantize={mode}", *extra], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "model.quantize" in err and mode in err
+
+
+def _probe(base, mode, lora_source=None):
+    """(loss, LoRA-B gradients, LoRA source, quantized-layer bytes) of a copy of `base` quantized as `mode`."""
+    from kft import lora, quantize
+
+    model = clone(base)
+    if mode == "naive-int8":  # the documented Keras recipe: everything, activations too
+        model.quantize("int8")
+    else:
+        quantize.apply(model, mode)
+    lora.enable(model, 4, 8.0, ["all-linear"])
+    if lora_source is not None:  # the same LoRA A in every copy
+        for path, variable in lora.lora_variables(model).items():
+            variable.assign(lora_source[path])
+    loss, grads = loss_and_lora_grads(model, *batch())
+    factors = {p: np.asarray(v.numpy()) for p, v in lora.lora_variables(model).items()}
+    return loss, grads, factors, _quantized_layer_bytes(model)
+
+
+def _quantized_layer_bytes(model):
+    """{layer path: bytes of its non-LoRA variables}, for the attention and feed-forward projections
+    that are quantized (Gemma 4's 8-wide per-layer-input layers are all scale at this size)."""
+    from kft.config import LORA_LAYER_NAMES
+
+    sizes = {}
+    for layer in model._flatten_layers():
+        if getattr(layer, "quantization_mode", None) and layer.name in LORA_LAYER_NAMES:
+            sizes[layer.path] = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+                                    for v in layer.weights if "lora" not in v.path)
+    return sizes
+
+
+@pytest.fixture(scope="module", params=FAMILY_PARAMS)
+def probes(request):
+    base = tiny_backbone(request.param)
+    out = {"none": _probe(base, "none")}
+    source = out["none"][2]
+    for mode in ("int8", "int4", "naive-int8"):
+        out[mode] = _probe(base, mode, source)
+    return request.param, out, base
+
+
+def test_loss_at_init_is_the_float_loss(probes):
+    family, out, _ = probes
+    float_loss = out["none"][0]
+    assert abs(out["int8"][0] - float_loss) / float_loss < 1e-3
+    assert abs(out["int4"][0] - float_loss) / float_loss < 2e-2
+
+
+def test_lora_gradients_on_a_weight_only_int8_base_point_where_the_float_ones_do(probes):
+    family, out, _ = probes
+    assert cosine(out["int8"][1], out["none"][1]) >= 0.99
+
+
+# Measured on these random tiny models: gemma 0.983, gemma2 0.968, gemma3 0.980, gemma4 0.76 (4-bit
+# noise in 64-wide random layers; Gemma 4's per-layer gate and q/k/v norms amplify it).
+INT4_COSINE = {"gemma": 0.95, "gemma2": 0.95, "gemma3": 0.95, "gemma4": 0.7}
+
+
+def test_lora_gradients_on_an_int4_base_stay_close_to_the_float_ones(probes):
+    family, out, _ = probes
+    assert cosine(out["int4"][1], out["none"][1]) >= INT4_COSINE[family]
+
+
+def test_the_documented_int8_recipe_quantizing_the_embedding_would_kill_lora_gradients(probes):
+    # Why kft keeps the tied embedding float and the activations unquantized: the reverse (logits)
+    # path of an int8 ReversibleEmbedding rounds the hidden states, and LoRA learns from noise.
+    family, out, _ = probes
+    assert cosine(out["naive-int8"][1], out["none"][1]) < 0.5
+
+
+def test_quantized_kernels_take_a_fraction_of_their_float32_bytes(probes):
+    family, out, base = probes
+    for mode, limit in (("int8", 0.30), ("int4", 0.17)):
+        quantized = out[mode][3]
+        assert quantized, mode
+        float_bytes = {}
+        for layer in base._flatten_layers():
+            if layer.path in quantized:
+                float_bytes[layer.path] = sum(int(np.prod(v.shape)) * 4 for v in layer.weights)
+        # One 4-bit group per 64-row kernel is the tiny models' worst case for the scales' share.
+        ratio = sum(quantized.values()) / sum(float_bytes.values())
+        assert ratio <= limit, (mode, ratio)
+
+
+def test_the_tied_token_embedding_stays_float(probes):
+    from kft import quantize
+
+    family, _, base = probes
+    model = clone(base)
+    quantize.apply(model, "int4")
+    assert model.token_embedding.quantization_mode is None
+    assert model.token_embedding.embeddings.dtype == "float32"
+
+
+# --- one family's whole path: train, reload, export ---------------------------------------------------
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def quantized_runs(tiny_presets, tmp_path_factory):
+    """{mode: TrainResult}, each short gemma3 run made on first use."""
+    import kft
+
+    class Runs(dict):
+        def __missing__(self, mode):
+            self[mode] = kft.train(os.path.join(CONFIGS, "tiny.yaml"), **{
+                "model.preset": tiny_presets["gemma3"], "model.quantize": mode, "train.epochs": None,
+                "train.max_steps": STEPS, "train.lr": 0.01, "lora.rank": 4, "train.log_every": STEPS,
+                "output.samples": 0, "output.tensorboard": False,
+                "output.dir": str(tmp_path_factory.mktemp("qruns") / mode),
+            })
+            return self[mode]
+
+    return Runs()
+
+
+@pytest.mark.slow
+def test_a_short_run_on_a_quantized_base_learns_as_much_as_on_the_float_base(quantized_runs):
+    float_run = quantized_runs["none"].metrics
+    assert float_run["final_loss"] < 0.9 * float_run["first_loss"]  # it did learn
+    for mode, tolerance in (("int8", 0.05), ("int4", 0.10)):
+        final = quantized_runs[mode].metrics["final_loss"]
+        assert abs(final - float_run["final_loss"]) / float_run["final_loss"] <= tolerance, (mode, final)
+
+
+def _logits(task):
+    ids = np.array([[2, 300, 301, 302, 303, 304, 305, 306]], dtype="int32")
+    return np.asarray(task({"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)}))
+
+
+def test_the_adapter_records_the_quantization_and_reloads_to_identical_logits(quantized_runs):
+    import kft
+    from kft import adapter
+
+    result = quantized_runs["int4"]
+    meta = adapter.read_config(result.run_dir)
+    assert meta["quantize"] == "int4" and meta["quantize_weights_only"] is True
+    reloaded = kft.load(result.run_dir)
+    assert reloaded.backbone.get_layer("decoder_block_0").attention.query_dense.quantization_mode == "int4"
+    np.testing.assert_array_equal(_logits(reloaded), _logits(result.task))
+
+
+def test_export_merges_the_adapter_into_the_float_base_not_into_integer_kernels(quantized_runs, tmp_path):
+    import keras_hub
+
+    from kft import adapter, loading, model
+    from kft.export import export
+
+    result = quantized_runs["int4"]
+    folder = export(str(result.run_dir), "keras", str(tmp_path / "keras"))
+    merged = keras_hub.models.CausalLM.from_preset(str(folder))
+    assert not any(getattr(layer, "quantization_mode", None) for layer in merged._flatten_layers())
+    float_tuned = loading.load_tuned(result.run_dir, quantize="none", precision="float32")
+    expected = _logits(float_tuned)
+    np.testing.assert_allclose(_logits(merged), expected, rtol=1e-4, atol=1e-4)
+    # ... which is the fine-tune (not the bare base), and differs from the quantized model by 4-bit rounding only.
+    base = model.load(adapter.read_config(result.run_dir)["base_preset"], "float32")[0]
+    assert np.abs(_logits(base) - expected).max() > 1e-3
+    assert np.abs(_logits(result.task) - expected).max() / np.abs(expected).max() < 0.1
