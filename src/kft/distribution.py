@@ -13,8 +13,10 @@ joins them (keras.distribution.initialize); each process feeds its own rows of e
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -114,7 +116,11 @@ def run_folder(run_dir: Path) -> tuple[Path, Path]:
     encoded = str(run_dir).encode()
     raw[: len(encoded)] = np.frombuffer(encoded, dtype=np.uint8)
     shared = Path(bytes(np.asarray(multihost_utils.broadcast_one_to_all(raw))).rstrip(b"\0").decode())
-    return shared, shared if is_primary() else Path(tempfile.mkdtemp(prefix=f"kft-process{jax.process_index()}-"))
+    if is_primary():
+        return shared, shared
+    scratch = tempfile.mkdtemp(prefix=f"kft-process{jax.process_index()}-")
+    atexit.register(shutil.rmtree, scratch, True)
+    return shared, Path(scratch)
 
 
 # ---- choosing --------------------------------------------------------------------------------
@@ -220,11 +226,11 @@ def activate(plan: Plan, weights: dict) -> None:
         return
     devices = dist.list_devices()
     if plan.kind == "data":
-        dist.set_distribution(dist.DataParallel(devices=devices))
+        dist.set_distribution(dist.DataParallel(devices=devices, auto_shard_dataset=False))  # kft feeds per process
         return
     mesh = dist.DeviceMesh(plan.mesh, layouts.AXES, devices)
     dist.set_distribution(dist.ModelParallel(layout_map=layouts.layout_map(shapes(weights), mesh),
-                                             batch_dim_name=layouts.B))
+                                             batch_dim_name=layouts.B, auto_shard_dataset=False))
 
 
 def setup(preset: str, precision: str, kind: str, mesh_text: str) -> Plan:
