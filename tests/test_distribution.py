@@ -108,6 +108,40 @@ def test_a_pattern_catching_lora_factors_is_refused():
         layouts.check(patterns, shapes)
 
 
+def abstract_shapes(cls_name: str, **kwargs) -> dict:
+    """{path: shape} of a tiny backbone built without values (kft.model.weights_from_preset_only)."""
+    import keras_hub
+
+    from kft.model import weights_from_preset_only
+
+    common = dict(vocabulary_size=640, num_layers=4, num_query_heads=4, num_key_value_heads=2, hidden_dim=64,
+                  intermediate_dim=128, head_dim=16)
+    with weights_from_preset_only():
+        backbone = getattr(keras_hub.models, cls_name)(**{**common, **kwargs})
+    return layouts.weight_shapes(backbone)
+
+
+GEMMA4 = dict(image_size=None, final_logit_soft_cap=30.0, sliding_window_size=32, sliding_window_pattern=2,
+              global_head_dim=32)  # as kft.tiny's gemma4 presets (branch issue10)
+
+
+@pytest.mark.parametrize("name,cls_name,kwargs", [
+    ("gemma3", "Gemma3Backbone", dict(image_size=None, use_query_key_norm=True, num_key_value_heads=1)),
+    ("gemma4", "Gemma4Backbone", dict(GEMMA4, num_kv_shared_layers=2, hidden_size_per_layer_input=8,
+                                      use_double_wide_mlp=True)),
+    ("gemma4_moe", "Gemma4Backbone", dict(GEMMA4, enable_moe_block=True, num_experts=4, expert_intermediate_dim=32,
+                                          num_experts_per_token=2, num_global_key_value_heads=1)),
+])
+def test_gemma3_and_gemma4_weights_each_match_exactly_one_divisible_layout(name, cls_name, kwargs):
+    shapes = abstract_shapes(cls_name, **kwargs)
+    for mesh in ((1, 8), (2, 4), (8, 1), (1, 2)):
+        layouts.check(layouts.specs(shapes, dict(zip(layouts.AXES, mesh))), shapes)  # raises otherwise
+        assert divisible(shapes, mesh), (name, mesh)
+    if name == "gemma4_moe":  # global layers keep 1 KV head: the KV-head axis is replicated for every layer
+        assert role_specs(shapes, (1, 8))["key_value"] == (None, "batch", None)
+        assert role_specs(shapes, (1, 4))["experts_in"] == ("model", "batch", None)
+
+
 # ---- choosing the distribution ---------------------------------------------------------------
 
 def weights_of(shapes, itemsize=2) -> dict:
