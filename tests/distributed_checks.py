@@ -42,7 +42,7 @@ def layout_case(path: str, mesh: str) -> dict:
     from kft.config import TrainConfig
 
     kind, mesh_text = ("data", "") if mesh == "data" else ("model", mesh)
-    plan = distribution.setup(path, "float32", kind, mesh_text)
+    plan = distribution.setup(path, "float32", TrainConfig(distribution=kind, mesh=mesh_text, batch_size=8))
     task, _, _ = model.load(path, "float32")
     held = distribution.verify(task, plan)
     current = keras.distribution.distribution()
@@ -96,7 +96,9 @@ def built_first(root: Path) -> str | None:
     path = preset(root, "8/1")
     task, _, _ = model.load(path, "float32")  # built on one device, with no distribution
     try:
-        distribution.verify(task, distribution.setup(path, "float32", "model", "1x8"))
+        from kft.config import TrainConfig
+
+        distribution.verify(task, distribution.setup(path, "float32", TrainConfig(distribution="model", mesh="1x8")))
     except Exception as e:  # noqa: BLE001 - the test checks the type and message
         return f"{type(e).__name__}: {e}"
     return None

@@ -233,15 +233,17 @@ def activate(plan: Plan, weights: dict) -> None:
                                              batch_dim_name=layouts.B, auto_shard_dataset=False))
 
 
-def setup(preset: str, precision: str, kind: str, mesh_text: str) -> Plan:
-    """Choose and set the distribution for a run, before its preset loads; print the decision."""
+def setup(preset: str, precision: str, train) -> Plan:
+    """Choose and set the distribution `train` (the config's TrainConfig) asks for, before the preset
+    loads; check its batch size against the mesh; print the decision."""
     import jax
 
     from kft import model, presets
 
     policy = model.resolve_precision(precision)
     weights = abstract_weights(presets.resolve(preset), policy)
-    plan = choose(kind, mesh_text, weights, jax.device_count(), device_memory())
+    plan = choose(train.distribution, train.mesh, weights, jax.device_count(), device_memory())
+    check_batch(train.batch_size, plan)
     activate(plan, weights)
     what = {"single": "one device", "data": "data parallel", "model": "model parallel"}[plan.kind]
     layout = f"; layouts: {layouts.describe(shapes(weights), dict(zip(layouts.AXES, plan.mesh)))}" \

@@ -122,8 +122,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
 
     keras.utils.set_random_seed(c.train.seed)
     records, eval_records = data.load_sources(c.data)
-    plan = distribution.setup(c.model.preset, c.model.precision, c.train.distribution, c.train.mesh)  # before loading
-    distribution.check_batch(c.train.batch_size, plan)
+    plan = distribution.setup(c.model.preset, c.model.precision, c.train)  # before the preset loads
     task, family, policy = model.load(c.model.preset, c.model.precision)
     weights_per_device = distribution.verify(task, plan)
     tokenizer = task.preprocessor.tokenizer
