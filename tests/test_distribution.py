@@ -42,7 +42,7 @@ def gemma_shapes(layers=2, q=8, kv=1, d=2048, head=256, ffw=16384, vocab=256000)
 
 def role_specs(shapes, mesh) -> dict:
     names = {pattern: role for role, pattern, _ in layouts.ROLES}
-    return {names[p]: spec for p, spec in layouts.specs(shapes, dict(zip(layouts.AXES, mesh))).items()}
+    return {names[p]: spec for p, spec in layouts.specs(shapes, dict(zip(layouts.AXES, mesh))).items() if p in names}
 
 
 def divisible(shapes, mesh) -> bool:
@@ -64,6 +64,17 @@ def test_one_kv_head_on_a_model_axis_of_8_is_replicated_and_queries_stay_sharded
 
 def test_kv_heads_are_sharded_when_the_model_axis_divides_them():
     assert role_specs(gemma_shapes(q=16, kv=8, d=3584), (2, 4))["key_value"] == ("model", "batch", None)
+
+
+def test_layers_with_fewer_kv_heads_get_their_own_layout_and_the_rest_stay_sharded():
+    shapes = gemma_shapes(layers=6, q=32, kv=16, d=5376)  # Gemma 4 31B: 16 KV heads locally, 4 in global layers
+    shapes["decoder_block_5/attention/key/kernel"] = (4, 5376, 512)
+    del shapes["decoder_block_5/attention/value/kernel"]  # global layers' V is their K
+    specs = layouts.specs(shapes, {"batch": 1, "model": 8})
+    assert specs[r".*attention/(key|value)/kernel"] == ("model", "batch", None)
+    assert specs["decoder_block_5/attention/key/kernel"] == (None, "batch", None)
+    layouts.check(specs, shapes)
+    assert divisible(shapes, (1, 8))
 
 
 def test_fewer_query_heads_than_the_model_axis_shard_the_hidden_dimension_instead():

@@ -68,16 +68,23 @@ def specs(weights: dict, mesh_shape: dict) -> dict:
     mesh {"batch": B, "model": M}. Only roles present in the model get a pattern."""
     chosen = {}
     for role, pattern, candidates in ROLES:
-        shapes = [shape for path, shape in weights.items() if is_base_weight(path, shape) and re.fullmatch(pattern, path)]
-        if not shapes:
+        paths = {p: s for p, s in weights.items() if is_base_weight(p, s) and re.fullmatch(pattern, p)}
+        if not paths:
             continue
-        rank = len(shapes[0])
-        if any(len(s) != rank for s in shapes):
+        if len({len(s) for s in paths.values()}) > 1:
             raise KftError(f"layout role {role} matches weights of different ranks; kft's layout table needs an entry")
-        replicate = (None,) * rank
-        chosen[pattern] = next((c for c in candidates if all(_fits(c, s, mesh_shape) for s in shapes)), replicate)
+        best = {p: _best(candidates, s, mesh_shape) for p, s in paths.items()}
+        # One pattern for the role, laid out as most of its weights can be; weights that cannot
+        # (Gemma 4's global layers with fewer KV heads) get an exact-path entry of their own.
+        chosen[pattern] = common = max(set(best.values()), key=list(best.values()).count)
+        chosen.update({p: spec for p, spec in best.items() if not _fits(common, paths[p], mesh_shape)})
     check(chosen, weights)
     return chosen
+
+
+def _best(candidates, shape, mesh_shape: dict) -> tuple:
+    """The first candidate layout that divides `shape`, else replication."""
+    return next((c for c in candidates if _fits(c, shape, mesh_shape)), (None,) * len(shape))
 
 
 def check(patterns, weights: dict) -> None:
@@ -118,4 +125,6 @@ def describe(weights: dict, mesh_shape: dict) -> str:
     """One line: how each role present is laid out, e.g. 'query (model, batch, -), key_value (-, batch, -)'."""
     chosen = specs(weights, mesh_shape)
     names = {pattern: role for role, pattern, _ in ROLES}
-    return ", ".join(f"{names[p]} ({', '.join(a or '-' for a in spec)})" for p, spec in chosen.items())
+    shown = [f"{names[p]} ({', '.join(a or '-' for a in spec)})" for p, spec in chosen.items() if p in names]
+    exact = len(chosen) - len(shown)
+    return ", ".join(shown) + (f"; {exact} weights laid out on their own (other head counts)" if exact else "")
