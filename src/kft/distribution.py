@@ -206,14 +206,16 @@ def choose(kind: str, mesh_text: str, weights: dict, devices: int, memory: int |
         if fits(bytes_per_device(weights, (devices // m, m)), memory):
             return Plan("model", (devices // m, m), total, f"model axis {m}: the smallest that fits")
     m = max(axes, default=1)
-    return Plan("model", (devices // m, m), total, f"even model axis {m} may not fit ({_gb(memory)} per device)")
+    return Plan("model", (devices // m, m), total, f"even model axis {m} may not fit ({_size(memory)} per device)")
 
 
-def _gb(n) -> str:
+def _size(n: int | None) -> str:
     if n is None:
         return "unknown"
-    unit = next(u for u in ("GiB", "MiB", "KiB", "B") if n >= 2 ** (10 * ("B", "KiB", "MiB", "GiB").index(u)))
-    return f"{n / 2 ** (10 * ('B', 'KiB', 'MiB', 'GiB').index(unit)):.2f} {unit}"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
 
 
 def activate(plan: Plan, weights: dict) -> None:
@@ -283,8 +285,8 @@ def verify(model, plan: Plan) -> int:
     if plan.kind == "model":
         layouts.check(current._layout_map, layouts.weight_shapes(model))
     held = measured_bytes_per_device(model)
-    print(f"kft: weights {_gb(plan.weight_bytes)}, {_gb(held)} per device "
-          f"(device memory: {_gb(device_memory())})", file=sys.stderr, flush=True)
+    print(f"kft: weights {_size(plan.weight_bytes)}, {_size(held)} per device "
+          f"(device memory: {_size(device_memory())})", flush=True)
     return held
 
 
