@@ -28,6 +28,7 @@ COMMON_FLAGS = {
     "lr": "train.lr",
     "output_dir": "output.dir",
     "seed": "train.seed",
+    "mesh": "train.mesh",
 }
 
 
@@ -56,11 +57,21 @@ def cli():
 @click.option("--lr", type=float, help=_help("train.lr"))
 @click.option("--output-dir", help=_help("output.dir"))
 @click.option("--seed", type=int, help=_help("train.seed"))
+@click.option("--mesh", metavar="BxM", help=_help("train.mesh"))
+@click.option("--coordinator", metavar="HOST:PORT", help="Multi-host: process 0's address (KERAS_DISTRIBUTION_JOB_ADDRESSES).")
+@click.option("--num-processes", type=int, help="Multi-host: how many processes (KERAS_DISTRIBUTION_NUM_PROCESSES).")
+@click.option("--process-id", type=int, help="Multi-host: this process's index, 0 writes the run (KERAS_DISTRIBUTION_PROCESS_ID).")
 @click.option("--overwrite", is_flag=True, help="Allow writing into a run folder that already holds files.")
 @click.option("--resume", metavar="RUN_DIR|auto", help="Continue a run from its newest checkpoint ('auto': output.dir if it has one).")
 @click.option("--set", "assignments", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config key (repeatable).")
-def train(config_path, overwrite, resume, assignments, **flags):
+def train(config_path, overwrite, resume, assignments, coordinator, num_processes, process_id, **flags):
     """Fine-tune a Gemma preset with LoRA and write a run folder."""
+    import os
+
+    # Per-process settings, not part of the run's config: keras.distribution.initialize() reads them.
+    for name, value in (("JOB_ADDRESSES", coordinator), ("NUM_PROCESSES", num_processes), ("PROCESS_ID", process_id)):
+        if value is not None:
+            os.environ[f"KERAS_DISTRIBUTION_{name}"] = str(value)
     overrides = dict(config_lib.parse_set(a) for a in assignments)
     overrides.update({COMMON_FLAGS[k]: v for k, v in flags.items() if v is not None})
     # A step budget given here replaces the file's epochs and vice versa (both in one place is an error).

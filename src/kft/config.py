@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -115,6 +116,12 @@ class TrainConfig:
     checkpoint_keep: int = _key(2, "How many of the newest checkpoints to keep.")
     memory_check: bool = _key(True, "Before loading, estimate the peak memory per device (as `kft plan` prints) and "
                                     "stop with advice if it does not fit; false = try anyway.")
+    distribution: str = _key("auto", "Devices to train on: auto (one device: single; several: data parallel if the "
+                                     "model fits one device, else model parallel with the smallest model axis that "
+                                     "fits), single, data (model replicated, batch split) or model (weights sharded "
+                                     "by kft's layouts on the mesh).")
+    mesh: str = _key("", "Device mesh BATCHxMODEL, e.g. 1x8 or 2x4 (sizes multiply to the device count); empty = "
+                         "chosen by train.distribution. train.batch_size must divide by BATCH.")
 
 
 @dataclass
@@ -285,8 +292,10 @@ def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Co
 
 
 # Keys a resumed run may change: they shape logs and outputs, not the trained weights.
+# train.distribution and train.mesh: any mesh gives the same result up to float reduction order.
 RESUMABLE_CHANGES = ("output.dir", "output.overwrite", "output.tensorboard", "output.wandb", "train.log_every",
-                     "train.checkpoint_every", "train.checkpoint_keep", "train.memory_check")
+                     "train.checkpoint_every", "train.checkpoint_keep", "train.memory_check",
+                     "train.distribution", "train.mesh")
 
 
 def differences(old: Config, new: Config) -> list[str]:
@@ -368,6 +377,13 @@ def validate(c: Config) -> None:
         _fail("train.schedule", f"must be one of {', '.join(SCHEDULES)}, got '{t.schedule}'")
     if t.logits_on not in ("trained", "all"):
         _fail("train.logits_on", f"must be trained or all, got '{t.logits_on}'")
+    if t.distribution not in ("auto", "single", "data", "model"):
+        _fail("train.distribution", f"must be auto, single, data or model, got '{t.distribution}'")
+    if t.mesh and not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", t.mesh):
+        _fail("train.mesh", f"must be BATCHxMODEL such as 1x8 or 2x4 (or empty), got '{t.mesh}'")
+    if t.mesh and t.batch_size % int(t.mesh.split("x")[0]):
+        _fail("train.batch_size", f"{t.batch_size} does not divide by the mesh's batch axis {t.mesh.split('x')[0]} "
+                                  f"(train.mesh {t.mesh}); use a multiple of {t.mesh.split('x')[0]}")
     if t.clip_norm is not None and t.clip_norm <= 0:
         _fail("train.clip_norm", f"must be > 0 or null, got {t.clip_norm}")
     o = c.output

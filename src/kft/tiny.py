@@ -62,11 +62,11 @@ def train_sentencepiece(lines: list[str], vocab_size: int = 640, symbols=SPECIAL
     return model.getvalue()
 
 
-def _backbone(family: str, vocab: int):
+def _backbone(family: str, vocab: int, **overrides):
     import keras_hub
 
-    common = dict(vocabulary_size=vocab, num_layers=2, num_query_heads=4, num_key_value_heads=2,
-                  hidden_dim=64, intermediate_dim=128, head_dim=16)
+    common = {**dict(vocabulary_size=vocab, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+                     hidden_dim=64, intermediate_dim=128, head_dim=16), **overrides}
     if family == "gemma":
         return keras_hub.models.GemmaBackbone(**common)
     if family.startswith("gemma4"):
@@ -96,8 +96,10 @@ def _gemma4_backbone(family: str, common: dict):
                                            num_global_key_value_heads=1)
 
 
-def build_tiny_preset(family: str, folder: str | Path, seed: int = 0, sequence_length: int = 256) -> Path:
-    """Write a tiny random `family` causal LM as a KerasHub preset into `folder`."""
+def build_tiny_preset(family: str, folder: str | Path, seed: int = 0, sequence_length: int = 256,
+                      **backbone_overrides) -> Path:
+    """Write a tiny random `family` causal LM as a KerasHub preset into `folder` (backbone
+    arguments such as num_query_heads may be overridden)."""
     from kft import backend
 
     backend.setup()
@@ -122,7 +124,7 @@ def build_tiny_preset(family: str, folder: str | Path, seed: int = 0, sequence_l
         tokenizer = keras_hub.models.GemmaTokenizer(proto=proto)
         preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
         task_cls = keras_hub.models.GemmaCausalLM
-    backbone = _backbone(family, tokenizer.vocabulary_size())
+    backbone = _backbone(family, tokenizer.vocabulary_size(), **backbone_overrides)
     # Real Gemma embeddings have norms of a few units, so tied output logits can be confident;
     # at KerasHub's default init a 64-wide model could never push its loss far below log(vocab).
     embeddings = backbone.token_embedding.embeddings
