@@ -121,10 +121,10 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     c, run_dir, resume_from = _resume_point(c, resume)
     run_dir, out = distribution.run_folder(run_dir)  # out: where this process writes (process 0: run_dir)
 
-    plan.check_before_training(c)
     keras.utils.set_random_seed(c.train.seed)
     records, eval_records = data.load_sources(c.data)
     mesh_plan = distribution.setup(c.model.preset, c.model.precision, c.train)  # before the preset loads
+    plan.check_before_training(c, devices=mesh_plan.mesh[0] * mesh_plan.mesh[1], model_axis=mesh_plan.mesh[1])
     task, family, policy = model.load(c.model.preset, c.model.precision, c.model.quantize)
     weights_per_device = distribution.verify(task, mesh_plan)
     model.check_seq_len(task.backbone, c.data.seq_len)
