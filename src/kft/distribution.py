@@ -243,7 +243,9 @@ def setup(preset: str, precision: str, train) -> Plan:
     from kft import model, presets
 
     policy = model.resolve_precision(precision)
-    weights = abstract_weights(presets.resolve(preset), policy)
+    path = presets.resolve(preset)
+    with model.preset_errors(preset, path):
+        weights = abstract_weights(path, policy)
     plan = choose(train.distribution, train.mesh, weights, jax.device_count(), device_memory())
     check_batch(train.batch_size, plan)
     activate(plan, weights)

@@ -143,6 +143,27 @@ def _from_preset(path: str, policy: str):
     return task_cls.from_preset(path, backbone=backbone, load_weights=False)
 
 
+@contextlib.contextmanager
+def preset_errors(preset: str, path: str):
+    """Failures reading `preset` (resolved to `path`) as one-line KftErrors.
+
+    Downloads fail in many ways (network, auth, consent, quota: kagglehub and huggingface_hub raise
+    their own types); for a remote handle every failure is the user's to fix, so it gets one line."""
+    remote = not presets.is_local(path)
+    try:
+        yield
+    except ValueError as e:
+        raise KftError(f"cannot load preset '{preset}': {str(e).splitlines()[0][:200]}") from None
+    except (Exception if remote else (OSError, ConnectionError)) as e:
+        if not remote:
+            raise KftError(f"cannot read preset folder '{preset}': {str(e).splitlines()[0][:200]}") from None
+        raise KftError(
+            f"cannot load preset '{preset}' ({type(e).__name__}): Kaggle presets need network "
+            "access and credentials (KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json); offline, use a "
+            "local preset folder or a kft-prepared name such as gemma3_270m_gguf"
+        ) from None
+
+
 def load(preset: str, precision: str = "auto", quantize: str = "none"):
     """(causal_lm, family, dtype_policy) for `preset`, its frozen base quantized as `quantize` says
     (see kft.quantize); remote failures become one-line errors."""
@@ -156,11 +177,7 @@ def load(preset: str, precision: str = "auto", quantize: str = "none"):
     quantize_lib.check(quantize, policy)
     quantized = "" if quantize == "none" else f", {quantize} base"
     print(f"kft: loading {preset} ({policy}{quantized})", file=sys.stderr, flush=True)
-    remote = not presets.is_local(path)
-    # Downloads fail in many ways (network, auth, consent, quota: kagglehub and huggingface_hub raise
-    # their own types); for a remote handle every failure is the user's to fix, so it gets one line.
-    remote_errors = Exception if remote else (OSError, ConnectionError)
-    try:
+    with preset_errors(preset, path):
         # A quantized base is built and quantized in host memory, then placed (kft.placement).
         with placement.on_host(quantize != "none") as on_host:
             with weights_from_preset_only(), backend.native_logs_filtered():
@@ -169,14 +186,4 @@ def load(preset: str, precision: str = "auto", quantize: str = "none"):
             quantize_lib.apply(task, quantize)
         if on_host:
             placement.to_accelerator(task)
-    except ValueError as e:
-        raise KftError(f"cannot load preset '{preset}': {str(e).splitlines()[0][:200]}") from None
-    except remote_errors as e:
-        if not remote:
-            raise KftError(f"cannot read preset folder '{preset}': {str(e).splitlines()[0][:200]}") from None
-        raise KftError(
-            f"cannot load preset '{preset}' ({type(e).__name__}): Kaggle presets need network "
-            "access and credentials (KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json); offline, use a "
-            "local preset folder or a kft-prepared name such as gemma3_270m_gguf"
-        ) from None
     return task, family_of(task.backbone), policy
