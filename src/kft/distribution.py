@@ -132,12 +132,10 @@ def abstract_weights(path: str, policy: str) -> dict:
     import numpy as np
     from keras_hub.src.utils.preset_utils import get_preset_loader
 
-    from kft.model import weights_from_preset_only
+    from kft.model import text_only_build, weights_from_preset_only
 
     keras.distribution.set_distribution(None)  # so that no variable gets a value
-    # Gemma 4 is fine-tuned text-only: its image and audio towers are not built.
-    kwargs = ({"vision_encoder": None, "audio_encoder": None}
-              if get_preset_loader(path).check_backbone_class().__name__ == "Gemma4Backbone" else {})
+    kwargs, _ = text_only_build(get_preset_loader(path))  # Gemma 4: no image and audio towers
     with weights_from_preset_only():
         backbone = keras_hub.models.Backbone.from_preset(path, dtype=policy, load_weights=False, **kwargs)
     weights = {v.path: (tuple(v.shape), np.dtype(v.dtype).itemsize) for v in backbone.weights}
@@ -244,6 +242,7 @@ def setup(preset: str, precision: str, train) -> Plan:
 
     policy = model.resolve_precision(precision)
     path = presets.resolve(preset)
+    model.family_of_config(path)  # a non-Gemma preset is refused before anything is built
     with model.preset_errors(preset, path):
         weights = abstract_weights(path, policy)
     plan = choose(train.distribution, train.mesh, weights, jax.device_count(), device_memory())

@@ -58,6 +58,24 @@ def get(name: str) -> Family:
     return FAMILIES[name]
 
 
+def context_length(family: str, config: dict) -> int:
+    """Tokens a model attends over, from its backbone config (KerasHub does not record it) or an HF
+    config's max_position_embeddings: the family's base context, which Gemma 3 stretches by its global
+    RoPE scaling factor (8 on 4B and larger: 128k); Gemma 4 31B and 26B-A4B (no per-layer embeddings) 256k."""
+    if config.get("max_position_embeddings"):
+        return int(config["max_position_embeddings"])
+    base = FAMILIES[family].max_position_embeddings
+    if family == "gemma4" and not config.get("hidden_size_per_layer_input"):
+        return 2 * base
+    return int(base * (config.get("global_rope_scaling_factor") or 1.0))
+
+
+def check_seq_len(seq_len: int, context: int) -> None:
+    if seq_len > context:
+        raise KftError(f"data.seq_len {seq_len} is longer than the model's context of {context} tokens; "
+                       f"use --seq-len {min(context, 8192)} or less")
+
+
 def _gemma_or_gemma2(use_post_ffw_norm) -> str:
     return "gemma2" if use_post_ffw_norm else "gemma"
 

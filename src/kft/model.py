@@ -54,22 +54,9 @@ def family_of(backbone) -> str:
     return families.of_backbone(backbone)
 
 
-def context_length(backbone) -> int:
-    """Tokens the model was trained to attend over (KerasHub backbones do not record it).
-
-    The family's base context (families.py), which Gemma 3 stretches by its global RoPE scaling
-    factor (8 on 4B and larger: 128k); Gemma 4's 31B and 26B-A4B (no per-layer embeddings) have 256k."""
-    family = families.get(family_of(backbone))
-    if family.name == "gemma4" and not getattr(backbone, "hidden_size_per_layer_input", 0):
-        return 2 * family.max_position_embeddings
-    return int(family.max_position_embeddings * getattr(backbone, "global_rope_scaling_factor", 1.0))
-
-
 def check_seq_len(backbone, seq_len: int) -> None:
-    limit = context_length(backbone)
-    if seq_len > limit:
-        raise KftError(f"data.seq_len {seq_len} is longer than the model's context of {limit} tokens; "
-                       f"use --seq-len {min(limit, 8192)} or less")
+    """Refuse a sequence length beyond the loaded model's context (see families.context_length)."""
+    families.check_seq_len(seq_len, families.context_length(family_of(backbone), backbone.get_config()))
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kft import families
 from kft.errors import KftError
 
 GB = 1e9
@@ -46,6 +47,7 @@ class Architecture:
     per_layer_dim: int = 0
     double_wide_layers: int = 0  # Gemma 4 KV-shared layers with a 2x feed-forward
     global_head_dim: int = 0
+    context: int = 0  # tokens the model attends over (families.context_length); 0 = unknown
     source: str = ""
 
 
@@ -82,7 +84,8 @@ def known(name: str) -> Architecture | None:
     if name in _KNOWN:
         fields = dict(zip(("family", "vocab", "hidden", "layers", "query_heads", "kv_heads", "head_dim", "ffw"),
                           _KNOWN[name]))
-        return Architecture(**fields, source=f"kft's table of KerasHub presets ({name})")
+        return Architecture(**fields, context=families.context_length(fields["family"], {}),
+                            source=f"kft's table of KerasHub presets ({name})")
     if name in _GEMMA4:
         return Architecture(family="gemma4", **_GEMMA4[name], source=f"kft's table, approximate ({name})")
     return None
@@ -106,7 +109,7 @@ def from_config_json(config: dict, source: str = "config.json") -> Architecture:
             per_layer_vocab=c.get("vocab_size_per_layer_input") or (c["vocab_size"] if c.get("hidden_size_per_layer_input") else 0),
             per_layer_dim=c.get("hidden_size_per_layer_input") or 0,
             double_wide_layers=c.get("num_kv_shared_layers", 0) if c.get("use_double_wide_mlp") else 0,
-            global_head_dim=c.get("global_head_dim") or 0, source=source)
+            global_head_dim=c.get("global_head_dim") or 0, context=families.context_length(family, c), source=source)
     name, c = config.get("class_name", ""), config.get("config", {})
     if name not in ("GemmaBackbone", "Gemma3Backbone", "Gemma4Backbone"):
         raise KftError(f"kft plan knows Gemma-family backbones, not {name or 'this config'}")
@@ -121,7 +124,7 @@ def from_config_json(config: dict, source: str = "config.json") -> Architecture:
         per_layer_vocab=(c.get("vocab_size_per_layer_input") or c["vocabulary_size"]) if per_layer_dim else 0,
         per_layer_dim=per_layer_dim,
         double_wide_layers=c.get("num_kv_shared_layers", 0) if c.get("use_double_wide_mlp") else 0,
-        global_head_dim=c.get("global_head_dim") or 0, source=source)
+        global_head_dim=c.get("global_head_dim") or 0, context=families.context_length(family, c), source=source)
 
 
 def architecture(preset: str) -> Architecture:
@@ -343,14 +346,18 @@ def make(c, device_memory: str | float | None = None, devices: int = 1, model_ax
 
 def check_before_training(c, devices: int = 1, model_axis: int = 1) -> None:
     """Stop a run that will not fit, with the plan's advice (`train.memory_check: false` skips).
-    `devices` and `model_axis`: the mesh the run will use (the batch is split over devices/model_axis)."""
+    `devices` and `model_axis`: the mesh the run will use (the batch is split over devices/model_axis).
+    A seq_len beyond the model's context is refused as such, not as "does not fit"."""
     if not c.train.memory_check:
         return
     try:
+        context = architecture(c.model.preset).context
         plan = make(c, devices=devices, model_axis=model_axis)
     except KftError as e:
         print(f"kft: memory check skipped ({e})", flush=True)
         return
+    if context:
+        families.check_seq_len(c.data.seq_len, context)
     print(f"kft: memory plan: peak {plan.peak:.2f} GB of {plan.memory:.2f} GB per device", flush=True)
     if not plan.fits:
         raise KftError(f"predicted peak {plan.peak:.2f} GB per device > {plan.memory:.2f} GB available; "
