@@ -92,6 +92,15 @@ def test_gemma4_adapter_reloads_onto_a_fresh_base_and_reproduces_the_logits(gemm
     assert np.abs(trained).max() <= 30.0  # the final logit soft cap holds
 
 
+def test_a_gemma4_adapter_on_another_gemma4_base_is_refused(gemma4_run, tiny_presets):
+    from kft import loading
+    from kft.errors import KftError
+
+    other = tiny_presets["gemma4_moe" if gemma4_run[3] == "gemma4" else "gemma4"]
+    with pytest.raises(KftError, match="does not fit this base model"):
+        loading.load_tuned(run_dir=gemma4_run[0].run_dir, preset=other)
+
+
 def test_gemma4_base_weights_are_bit_identical_after_training(gemma4_run):
     from kft import lora, model
 
