@@ -53,14 +53,15 @@ def layout_case(path: str, mesh: str) -> dict:
     fit_model = evaluation.compile_task(task, optimizer, "trained")
     optimizer.build(fit_model.trainable_variables)
     factors = lora.lora_variables(task.backbone)
+    devices = plan.mesh[0] * plan.mesh[1]  # every device of the mesh holds a full copy
     return {
         "plan": plan.kind, "mesh": list(plan.mesh),
         "base_match_counts": {p: len(layouts.matches(patterns, p)) for p in base} if patterns else {},
         "lora_factors": len(factors),
-        "lora_replicated": all(v.value.sharding.is_fully_replicated and len(v.value.sharding.device_set) == 8
+        "lora_replicated": all(v.value.sharding.is_fully_replicated and len(v.value.sharding.device_set) == devices
                                for v in factors.values()),
         "optimizer_variables": len(optimizer.variables),
-        "optimizer_replicated": all(v.value.sharding.is_fully_replicated and len(v.value.sharding.device_set) == 8
+        "optimizer_replicated": all(v.value.sharding.is_fully_replicated and len(v.value.sharding.device_set) == devices
                                     for v in optimizer.variables),
         "sharded_base": sum(not v.value.sharding.is_fully_replicated for v in task.backbone.weights),
         "bytes_per_device": held,
