@@ -222,12 +222,18 @@ def assert_laid_out(results: dict):
 
 @pytest.fixture(scope="module")
 def fast_checks(tmp_path_factory):
-    return run_checks("layouts", tmp_path_factory.mktemp("layouts"))
+    """One child process: a distribution set after building, layouts on a few meshes, and a short run
+    on one device and on a 2x4 mesh."""
+    return run_checks("fast", tmp_path_factory.mktemp("fast"))
+
+
+def layout_cases(results: dict) -> dict:
+    return {k: v for k, v in results.items() if k != "built_first" and not k.startswith("train ")}
 
 
 def test_tiny_presets_build_on_several_meshes_with_every_base_kernel_matching_one_layout(fast_checks):
-    assert set(fast_checks) >= {"8/1 2x4", "8/1 1x8", "16/8 data"}
-    assert_laid_out({k: v for k, v in fast_checks.items() if k != "built_first"})
+    assert set(layout_cases(fast_checks)) == {f"{h} {m}" for h in ("8/1", "16/8") for m in ("2x4", "1x8", "data")}
+    assert_laid_out(layout_cases(fast_checks))
 
 
 def test_weights_per_device_shrink_with_the_mesh(fast_checks):
@@ -253,24 +259,24 @@ def assert_same_training(reference: dict, other: dict):
     assert adapter_rel(reference["adapter"], other["adapter"]) <= 1e-5
 
 
-def test_lora_training_on_a_2x4_mesh_gives_the_single_device_losses_and_adapter(tmp_path):
-    runs = run_checks("train", tmp_path)
-    assert runs["2x4"]["mesh"] == "2x4" and runs["single"]["mesh"] == "1x1"
-    assert_same_training(runs["single"], runs["2x4"])
+def test_lora_training_on_a_2x4_mesh_gives_the_single_device_losses_and_adapter(fast_checks):
+    single, sharded = fast_checks["train single"], fast_checks["train 2x4"]
+    assert sharded["mesh"] == "2x4" and single["mesh"] == "1x1"
+    assert_same_training(single, sharded)
 
 
 @pytest.mark.slow
 def test_the_full_grid_of_head_ratios_and_meshes_lays_out(tmp_path):
     results = run_checks("grid", tmp_path)
     assert len(results) == 5 * 5 + 2
-    assert_laid_out(results)
+    assert_laid_out(layout_cases(results))
 
 
 @pytest.mark.slow
 def test_lora_training_on_every_mesh_gives_the_single_device_losses_and_adapter(tmp_path):
     runs = run_checks("train_grid", tmp_path, timeout=1800)
     for mesh in ("1x2", "2x4", "1x8", "8x1", "data"):
-        assert_same_training(runs["single"], runs[mesh])
+        assert_same_training(runs["train single"], runs[f"train {mesh}"])
 
 
 # ---- two processes x 4 devices on localhost ---------------------------------------------------
