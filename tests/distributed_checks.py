@@ -3,7 +3,7 @@
 The rest of the suite runs with one device in the pytest process, and JAX fixes its device count
 when it starts, so tests/test_distribution.py launches this file:
 
-    python tests/distributed_checks.py layouts|grid|train|train_grid  OUT.json  [PRESET_ROOT]
+    python tests/distributed_checks.py fast|grid|train_grid  OUT.json  [PRESET_ROOT]
 
 and asserts on the JSON it writes. (Multi-process runs go through `kft train` itself.)
 """
@@ -53,14 +53,15 @@ def layout_case(path: str, mesh: str) -> dict:
     fit_model = evaluation.compile_task(task, optimizer, "trained")
     optimizer.build(fit_model.trainable_variables)
     factors = lora.lora_variables(task.backbone)
+    devices = plan.mesh[0] * plan.mesh[1]  # every device of the mesh holds a full copy
     return {
         "plan": plan.kind, "mesh": list(plan.mesh),
         "base_match_counts": {p: len(layouts.matches(patterns, p)) for p in base} if patterns else {},
         "lora_factors": len(factors),
-        "lora_replicated": all(v.value.sharding.is_fully_replicated and len(v.value.sharding.device_set) == 8
+        "lora_replicated": all(v.value.sharding.is_fully_replicated and len(v.value.sharding.device_set) == devices
                                for v in factors.values()),
         "optimizer_variables": len(optimizer.variables),
-        "optimizer_replicated": all(v.value.sharding.is_fully_replicated and len(v.value.sharding.device_set) == 8
+        "optimizer_replicated": all(v.value.sharding.is_fully_replicated and len(v.value.sharding.device_set) == devices
                                     for v in optimizer.variables),
         "sharded_base": sum(not v.value.sharding.is_fully_replicated for v in task.backbone.weights),
         "bytes_per_device": held,
@@ -115,21 +116,21 @@ def main(check: str, out_file: str, root: str) -> None:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     results = {}
-    if check == "layouts":  # first, while no distribution is set
+    if check == "fast":  # first, while no distribution is set
         results["built_first"] = built_first(root)
-    if check in ("layouts", "grid"):
-        heads, meshes = (FAST_HEADS, FAST_MESHES) if check == "layouts" else (tuple(HEADS), MESHES)
+    if check in ("fast", "grid"):
+        heads, meshes = (FAST_HEADS, FAST_MESHES) if check == "fast" else (tuple(HEADS), MESHES)
         for h in heads:
             for mesh in meshes:
                 results[f"{h} {mesh}"] = layout_case(preset(root, h), mesh)
         if check == "grid":  # every family's layout, Gemma 3 on the hardest ratio
             results["gemma3 4/1 1x8"] = layout_case(preset(root, "4/1", "gemma3"), "1x8")
             results["gemma2 16/8 2x4"] = layout_case(preset(root, "16/8", "gemma2"), "2x4")
-    if check in ("train", "train_grid"):
-        meshes = ("single", "2x4") if check == "train" else ("single", "1x2", "2x4", "1x8", "8x1", "data")
-        heads = "8/1"
-        for mesh in meshes:
-            results[mesh] = train_case(preset(root, heads), mesh, root / "runs" / check)
+    if check in ("fast", "train_grid"):
+        meshes = ("single", "2x4") if check == "fast" else ("single", "1x2", "2x4", "1x8", "8x1", "data")
+        for mesh in meshes:  # the full grid also generates samples under each mesh
+            results[f"train {mesh}"] = train_case(preset(root, "8/1"), mesh, root / "runs" / check,
+                                                  **{"output.samples": 0 if check == "fast" else 1})
     Path(out_file).write_text(json.dumps(results))
 
 

@@ -177,13 +177,14 @@ def test_auto_picks_the_smallest_model_axis_that_fits_for_a_model_larger_than_a_
     assert distribution.bytes_per_device(GEMMA2_9B, plan.mesh) <= distribution.WEIGHT_SHARE * 16 * GIB
 
 
-def test_a_mesh_that_does_not_multiply_to_the_device_count_is_refused():
-    with pytest.raises(KftError, match="needs 6 devices, but JAX sees 8"):
-        distribution.choose("model", "2x3", GEMMA2_9B, 8, None)
+def test_a_mesh_larger_than_the_devices_is_refused_and_a_smaller_one_uses_the_first_devices():
+    with pytest.raises(KftError, match="needs 16 devices, but JAX sees 8"):
+        distribution.choose("model", "4x4", GEMMA2_9B, 8, None)
+    assert distribution.choose("model", "1x2", GEMMA2_9B, 8, None).mesh == (1, 2)  # the first 2 devices
 
 
 def test_data_parallel_with_a_model_axis_is_refused():
-    with pytest.raises(KftError, match="must be 8x1"):
+    with pytest.raises(KftError, match="must be Nx1"):
         distribution.choose("data", "2x4", GEMMA2_9B, 8, None)
 
 
@@ -221,12 +222,18 @@ def assert_laid_out(results: dict):
 
 @pytest.fixture(scope="module")
 def fast_checks(tmp_path_factory):
-    return run_checks("layouts", tmp_path_factory.mktemp("layouts"))
+    """One child process: a distribution set after building, layouts on a few meshes, and a short run
+    on one device and on a 2x4 mesh."""
+    return run_checks("fast", tmp_path_factory.mktemp("fast"))
+
+
+def layout_cases(results: dict) -> dict:
+    return {k: v for k, v in results.items() if k != "built_first" and not k.startswith("train ")}
 
 
 def test_tiny_presets_build_on_several_meshes_with_every_base_kernel_matching_one_layout(fast_checks):
-    assert set(fast_checks) >= {"8/1 2x4", "8/1 1x8", "16/8 data"}
-    assert_laid_out({k: v for k, v in fast_checks.items() if k != "built_first"})
+    assert set(layout_cases(fast_checks)) == {f"{h} {m}" for h in ("8/1", "16/8") for m in ("2x4", "1x8", "data")}
+    assert_laid_out(layout_cases(fast_checks))
 
 
 def test_weights_per_device_shrink_with_the_mesh(fast_checks):
@@ -252,24 +259,24 @@ def assert_same_training(reference: dict, other: dict):
     assert adapter_rel(reference["adapter"], other["adapter"]) <= 1e-5
 
 
-def test_lora_training_on_a_2x4_mesh_gives_the_single_device_losses_and_adapter(tmp_path):
-    runs = run_checks("train", tmp_path)
-    assert runs["2x4"]["mesh"] == "2x4" and runs["single"]["mesh"] == "1x1"
-    assert_same_training(runs["single"], runs["2x4"])
+def test_lora_training_on_a_2x4_mesh_gives_the_single_device_losses_and_adapter(fast_checks):
+    single, sharded = fast_checks["train single"], fast_checks["train 2x4"]
+    assert sharded["mesh"] == "2x4" and single["mesh"] == "1x1"
+    assert_same_training(single, sharded)
 
 
 @pytest.mark.slow
 def test_the_full_grid_of_head_ratios_and_meshes_lays_out(tmp_path):
     results = run_checks("grid", tmp_path)
     assert len(results) == 5 * 5 + 2
-    assert_laid_out(results)
+    assert_laid_out(layout_cases(results))
 
 
 @pytest.mark.slow
 def test_lora_training_on_every_mesh_gives_the_single_device_losses_and_adapter(tmp_path):
     runs = run_checks("train_grid", tmp_path, timeout=1800)
     for mesh in ("1x2", "2x4", "1x8", "8x1", "data"):
-        assert_same_training(runs["single"], runs[mesh])
+        assert_same_training(runs["train single"], runs[f"train {mesh}"])
 
 
 # ---- two processes x 4 devices on localhost ---------------------------------------------------

@@ -120,8 +120,8 @@ class TrainConfig:
                                      "model fits one device, else model parallel with the smallest model axis that "
                                      "fits), single, data (model replicated, batch split) or model (weights sharded "
                                      "by kft's layouts on the mesh).")
-    mesh: str = _key("", "Device mesh BATCHxMODEL, e.g. 1x8 or 2x4 (sizes multiply to the device count); empty = "
-                         "chosen by train.distribution. train.batch_size must divide by BATCH.")
+    mesh: str = _key("", "Device mesh BATCHxMODEL, e.g. 1x8 or 2x4, on the first BATCH*MODEL devices (all of them "
+                         "on several hosts); empty = chosen by train.distribution. train.batch_size must divide by BATCH.")
 
 
 @dataclass

@@ -17,7 +17,6 @@ import atexit
 import math
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,13 +181,13 @@ def choose(kind: str, mesh_text: str, weights: dict, devices: int, memory: int |
         if mesh and mesh != (1, 1):
             raise KftError(f"train.mesh {mesh_text} conflicts with train.distribution single; leave train.mesh empty")
         return Plan("single", (1, 1), total, "asked for one device")
-    if mesh is not None and mesh[0] * mesh[1] != devices:
+    if mesh is not None and mesh[0] * mesh[1] > devices:
         raise KftError(f"train.mesh {mesh_text} needs {mesh[0] * mesh[1]} devices, but JAX sees {devices}; "
-                       f"use a mesh whose sizes multiply to {devices}")
+                       f"use a mesh whose sizes multiply to at most {devices}")
     if kind == "data":
         if mesh and mesh[1] != 1:
-            raise KftError(f"train.distribution data replicates the model: train.mesh must be {devices}x1, got {mesh_text}")
-        return Plan("data", (devices, 1), total, "asked for data parallel")
+            raise KftError(f"train.distribution data replicates the model: train.mesh must be Nx1, got {mesh_text}")
+        return Plan("data", mesh or (devices, 1), total, "asked for data parallel")
     if mesh is not None:  # model, or auto with a mesh
         if kind == "auto" and mesh[1] == 1:
             return Plan("data", mesh, total, f"mesh {mesh_text} has no model axis")
@@ -225,6 +224,14 @@ def activate(plan: Plan, weights: dict) -> None:
         dist.set_distribution(None)
         return
     devices = dist.list_devices()
+    used = plan.mesh[0] * plan.mesh[1]
+    if used < len(devices):
+        import jax
+
+        if jax.process_count() > 1:
+            raise KftError(f"train.mesh {plan.mesh[0]}x{plan.mesh[1]} leaves devices out; a multi-host mesh must use "
+                           f"all {len(devices)}")
+        devices = devices[:used]  # a mesh on the first devices only (say 2 GPUs of 4)
     if plan.kind == "data":
         dist.set_distribution(dist.DataParallel(devices=devices, auto_shard_dataset=False))  # kft feeds per process
         return
@@ -251,7 +258,7 @@ def setup(preset: str, precision: str, train) -> Plan:
     what = {"single": "one device", "data": "data parallel", "model": "model parallel"}[plan.kind]
     layout = f"; layouts: {layouts.describe(shapes(weights), dict(zip(layouts.AXES, plan.mesh)))}" \
         if plan.kind == "model" else ""
-    print(f"kft: {what} on {jax.device_count()} {jax.default_backend()} device(s), mesh {plan.mesh[0]}x{plan.mesh[1]} "
+    print(f"kft: {what} on {plan.mesh[0] * plan.mesh[1]} of {jax.device_count()} {jax.default_backend()} device(s), mesh {plan.mesh[0]}x{plan.mesh[1]} "
           f"(batch x model): {plan.reason}{layout}", flush=True)
     return plan
 

@@ -107,11 +107,5 @@ def decoder_blocks(backbone) -> list:
     return [backbone.get_layer(f"decoder_block_{i}") for i in range(backbone.num_layers)]
 
 
-def chat_markers(tokenizer) -> tuple[str, str]:
-    """(start, end) of a chat turn for the family `tokenizer` belongs to."""
-    family = FAMILIES[of_tokenizer(tokenizer) or "gemma"]
-    return family.start_of_turn, family.end_of_turn
-
-
 def end_of_turn_markers() -> tuple[str, ...]:
     return tuple(dict.fromkeys(f.end_of_turn for f in FAMILIES.values()))

@@ -40,7 +40,8 @@ def enable(backbone, rank: int, alpha: float | None, targets: list[str]) -> list
 
 def target_layers(backbone, names) -> list:
     """The layers named `names` inside the text decoder's blocks, outside the family's frozen sub-blocks."""
-    frozen = set(families.get(families.of_backbone(backbone)).frozen_blocks)
+    family = families.get(families.of_backbone(backbone))
+    names, frozen = set(names) & set(family.lora_layers), set(family.frozen_blocks)
     found = []
     for block in families.decoder_blocks(backbone):
         skip = {id(sub) for name in frozen if getattr(block, name, None) is not None

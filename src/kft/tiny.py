@@ -5,8 +5,8 @@ bundled text, Gemma's special ids (pad 0, eos 1, bos 2, unk 3), the chat-turn ma
 tokens and byte fallback, so any UTF-8 text (Korean included) encodes without `<unk>`.
 
 Gemma 4 has two: `gemma4` (dense: per-layer embeddings, local/global layers with different head
-dims, the last two layers reusing earlier layers' K/V, a double-wide MLP there, final logit
-soft-capping) and `gemma4_moe` (the 26B-A4B block: an expert bank beside the dense MLP, and global
+dims and partial RoPE on the global ones, the last two layers reusing earlier layers' K/V, a
+double-wide MLP there, final logit soft-capping) and `gemma4_moe` (the 26B-A4B block: an expert bank beside the dense MLP, and global
 layers whose V is their K).
 """
 
@@ -89,8 +89,10 @@ def _gemma4_backbone(family: str, common: dict):
     gemma4 = dict(image_size=None, final_logit_soft_cap=30.0, sliding_window_size=32, sliding_window_pattern=2,
                   global_head_dim=32)  # layers: local, global, local, global
     if family == "gemma4":
+        # Partial RoPE on global layers (a quarter of the head dim), as E2B/E4B have.
         return keras_hub.models.Gemma4Backbone(**common, **gemma4, num_kv_shared_layers=2,
-                                               hidden_size_per_layer_input=8, use_double_wide_mlp=True)
+                                               hidden_size_per_layer_input=8, use_double_wide_mlp=True,
+                                               global_rope_partial_rotary_factor=0.25)
     return keras_hub.models.Gemma4Backbone(**common, **gemma4, enable_moe_block=True, num_experts=4,
                                            expert_intermediate_dim=32, num_experts_per_token=2,
                                            num_global_key_value_heads=1)
