@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny Gemma, Gemma 2 and Gemma 3 presets, built once per test session.
+"""Shared fixtures: tiny Gemma, Gemma 2, Gemma 3 (and, on first use, Gemma 4) presets, built once per test session.
 
 Each is a real KerasHub preset folder (`save_to_preset`) with a SentencePiece tokenizer trained
 here, loaded through the same `from_preset` path users hit.
@@ -21,13 +21,34 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 
 
+DEFAULT_FAMILIES = ("gemma", "gemma2", "gemma3")
+
+
+class TinyPresets(dict):
+    """{family: preset folder}: gemma, gemma2 and gemma3 built up front (iteration covers these);
+    gemma4 and gemma4_moe built on first lookup, so only tests that use them pay for them."""
+
+    def __init__(self, root):
+        from kft.tiny import build_tiny_preset
+
+        self._root, self._build = root, build_tiny_preset
+        super().__init__({family: str(build_tiny_preset(family, root / family)) for family in DEFAULT_FAMILIES})
+
+    def __missing__(self, family):
+        self[family] = folder = str(self._build(family, self._root / family))
+        return folder
+
+    def items(self):
+        return [(f, self[f]) for f in DEFAULT_FAMILIES]
+
+    def __iter__(self):
+        return iter(DEFAULT_FAMILIES)
+
+
 @pytest.fixture(scope="session")
 def tiny_presets(tmp_path_factory):
-    """{family: preset folder} for gemma, gemma2 and gemma3."""
-    from kft.tiny import FAMILIES, build_tiny_preset
-
-    root = tmp_path_factory.mktemp("presets")
-    return {family: str(build_tiny_preset(family, root / family)) for family in FAMILIES}
+    """{family: preset folder} (see TinyPresets)."""
+    return TinyPresets(tmp_path_factory.mktemp("presets"))
 
 
 @pytest.fixture(scope="session")

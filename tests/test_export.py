@@ -115,3 +115,29 @@ def test_exporting_onto_another_base_fails_cleanly_and_writes_nothing(family_run
                            capsys)
     assert code == 2 and "does not fit this base model" in err and "Traceback" not in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_peft_export_with_base_loads_with_auto_peft_model_alone(family_run, tmp_path):
+    from peft import AutoPeftModelForCausalLM
+
+    from kft.export import export
+
+    result, _ = family_run
+    if result.metrics["family"] != "gemma3":
+        pytest.skip("one family is enough: the naming does not depend on it")
+    out = export(str(result.run_dir), "peft", str(tmp_path / "peft"), with_base=True)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((out / "base").absolute())
+    model = AutoPeftModelForCausalLM.from_pretrained(str(out)).eval()
+    assert rel(torch_logits(model), keras_logits(result.task)) <= 1e-4
+
+
+def test_peft_adapters_name_the_hugging_face_twin_of_their_base(tmp_path):
+    from kft.presets import hf_twin
+
+    assert hf_twin("gemma2_2b_en") == "google/gemma-2-2b"
+    assert hf_twin("kaggle://keras/gemma/keras/gemma_instruct_2b_en/3") == "google/gemma-2b-it"
+    assert hf_twin("gemma4_instruct_2b") == "google/gemma-4-E2B-it"
+    (tmp_path / "config.json").write_text('{"model_type": "gemma2"}')
+    assert hf_twin(str(tmp_path)) == str(tmp_path.absolute())
+    assert hf_twin("tiny_gemma3") is None and hf_twin("my_own_preset") is None

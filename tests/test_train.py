@@ -169,3 +169,30 @@ def test_random_sampling_is_seeded(tiny_run, capsys):
     first = run_cli([*args, "--seed", "3"], capsys)
     again = run_cli([*args, "--seed", "3"], capsys)
     assert first[0] == 0 and first[1] == again[1] and first[1].strip()
+
+
+def test_kft_chat_answers_turn_after_turn_through_stdin(tiny_run):
+    import subprocess
+    import sys
+
+    run_dir, _ = tiny_run
+    lines = "Who founded the city of Velmora?\n/reset\nTranslate to Korean: thank you very much\n/exit\n"
+    done = subprocess.run([sys.executable, "-m", "kft.cli", "chat", str(run_dir), "--max-new-tokens", "8"],
+                          input=lines, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    replies = [part.split("\n")[0] for part in done.stdout.split("model> ")[1:]]
+    assert len(replies) == 2 and "(new conversation)" in done.stdout
+    assert replies[0].startswith("Velmora was") and replies[1].startswith("정말")
+
+
+def test_chat_keeps_the_history_until_reset(tiny_run):
+    import kft
+    from kft.chat import Session
+
+    session = Session(kft.load(run_dir=tiny_run[0]), max_new_tokens=4)
+    first = session.reply("Who founded the city of Velmora?")
+    second_prompt = session.prompt_for("And when?")
+    assert second_prompt.startswith("Instruction:\nWho founded the city of Velmora?\n\nResponse:\n" + first)
+    assert second_prompt.endswith("Instruction:\nAnd when?\n\nResponse:\n")
+    session.reset()
+    assert session.prompt_for("And when?") == "Instruction:\nAnd when?\n\nResponse:\n"

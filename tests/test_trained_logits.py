@@ -23,8 +23,15 @@ def loss_and_grads(model, inputs, targets, weights, loss_fn=None):
     return float(value), [np.asarray(g) for g in grads]
 
 
-@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
-@pytest.mark.parametrize("loss_on", ["response", "all"])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("family, loss_on", [
+    *[(f, on) for f in ("gemma", "gemma2", "gemma3") for on in ("response", "all")],
+    ("gemma4", "response"),  # Gemma 4 (soft cap, per-layer embeddings, shared K/V): one case by default
+    pytest.param("gemma4", "all", marks=SLOW), pytest.param("gemma4_moe", "response", marks=SLOW),
+    pytest.param("gemma4_moe", "all", marks=SLOW),
+])
 def test_trained_position_loss_matches_the_plain_path(tiny_presets, family, loss_on, monkeypatch):
     import keras
 

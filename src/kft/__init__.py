@@ -7,7 +7,7 @@
 """
 
 __version__ = "0.1.0"
-__all__ = ["Config", "KftError", "train", "load", "generate", "__version__"]
+__all__ = ["Config", "KftError", "train", "load", "generate", "export", "publish", "__version__"]
 
 from kft.config import Config  # noqa: E402  (light: dataclasses + yaml)
 from kft.errors import KftError  # noqa: E402
@@ -32,3 +32,7 @@ def generate(lm, prompts, max_new_tokens=64, template=None, **sampling):
     from kft.loading import generate_text
 
     return generate_text(lm, prompts, max_new_tokens=max_new_tokens, template=template, **sampling)
+
+# The functions shadow their (light) modules' names on purpose: kft.export(...) and kft.publish(...).
+from kft.export import export  # noqa: E402
+from kft.publish import publish  # noqa: E402

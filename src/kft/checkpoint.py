@@ -121,8 +121,11 @@ class Checkpointer(keras.callbacks.Callback):
             signal.signal(sig, handler)
 
     def _save(self, micro: int) -> None:
+        from kft import distribution
+
         self.model.jax_state_sync()
         save(self.run_dir, self.model, micro, micro // self.accum, self.progress.records, self.keep)
+        distribution.barrier(f"checkpoint {micro}")  # process 0's checkpoint is complete before any process goes on
 
     def on_train_batch_end(self, batch, logs=None):
         micro = self.start + batch + 1
@@ -130,7 +133,11 @@ class Checkpointer(keras.callbacks.Callback):
             self.diverged_at = micro // self.accum
             self.model.stop_training = True
             return
-        if self.signal_received:
+        from kft import distribution
+
+        # Every process must stop after the same step, wherever the signal arrived first.
+        if distribution.anywhere(self.signal_received is not None):
+            self.signal_received = self.signal_received or "a signal to another process"
             self._save(micro)
             self.model.stop_training = True
         elif micro == self.total or (micro % self.accum == 0 and (micro // self.accum) % self.every == 0):

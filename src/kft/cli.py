@@ -28,6 +28,7 @@ COMMON_FLAGS = {
     "lr": "train.lr",
     "output_dir": "output.dir",
     "seed": "train.seed",
+    "mesh": "train.mesh",
 }
 
 
@@ -56,11 +57,21 @@ def cli():
 @click.option("--lr", type=float, help=_help("train.lr"))
 @click.option("--output-dir", help=_help("output.dir"))
 @click.option("--seed", type=int, help=_help("train.seed"))
+@click.option("--mesh", metavar="BxM", help=_help("train.mesh"))
+@click.option("--coordinator", metavar="HOST:PORT", help="Multi-host: process 0's address (KERAS_DISTRIBUTION_JOB_ADDRESSES).")
+@click.option("--num-processes", type=int, help="Multi-host: how many processes (KERAS_DISTRIBUTION_NUM_PROCESSES).")
+@click.option("--process-id", type=int, help="Multi-host: this process's index, 0 writes the run (KERAS_DISTRIBUTION_PROCESS_ID).")
 @click.option("--overwrite", is_flag=True, help="Allow writing into a run folder that already holds files.")
 @click.option("--resume", metavar="RUN_DIR|auto", help="Continue a run from its newest checkpoint ('auto': output.dir if it has one).")
 @click.option("--set", "assignments", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config key (repeatable).")
-def train(config_path, overwrite, resume, assignments, **flags):
+def train(config_path, overwrite, resume, assignments, coordinator, num_processes, process_id, **flags):
     """Fine-tune a Gemma preset with LoRA and write a run folder."""
+    import os
+
+    # Per-process settings, not part of the run's config: keras.distribution.initialize() reads them.
+    for name, value in (("JOB_ADDRESSES", coordinator), ("NUM_PROCESSES", num_processes), ("PROCESS_ID", process_id)):
+        if value is not None:
+            os.environ[f"KERAS_DISTRIBUTION_{name}"] = str(value)
     overrides = dict(config_lib.parse_set(a) for a in assignments)
     overrides.update({COMMON_FLAGS[k]: v for k, v in flags.items() if v is not None})
     # A step budget given here replaces the file's epochs and vice versa (both in one place is an error).
@@ -112,17 +123,35 @@ def _run_config(run_dir: str) -> str:
     return path
 
 
+def _model_and_sampling_options(max_new_tokens: int):
+    """The options `kft generate` and `kft chat` share: which model, and how to sample from it."""
+    options = [
+        click.option("--preset", help="Base preset (with --adapter, or to override the run's)."),
+        click.option("--adapter", "adapter_dir", type=click.Path(file_okay=False),
+                     help="An adapter folder (adapter.safetensors + adapter_config.json)."),
+        click.option("--max-new-tokens", type=click.IntRange(1), default=max_new_tokens, show_default=True),
+        click.option("--sampler", "strategy", type=click.Choice(["greedy", "random"]), default="greedy",
+                     show_default=True),
+        click.option("--temperature", type=click.FloatRange(0), default=1.0, show_default=True),
+        click.option("--top-k", type=click.IntRange(0), default=0,
+                     help="Sample among the k most likely tokens (random sampler)."),
+        click.option("--top-p", type=click.FloatRange(0, 1), default=0.0,
+                     help="Nucleus sampling threshold (random sampler)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @cli.command()
 @click.argument("prompts", nargs=-1, required=True)
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A kft run folder (base preset + adapter).")
-@click.option("--preset", help="Base preset (with --adapter, or to override the run's).")
-@click.option("--adapter", "adapter_dir", type=click.Path(file_okay=False), help="An adapter folder (adapter.safetensors + adapter_config.json).")
-@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--sampler", "strategy", type=click.Choice(["greedy", "random"]), default="greedy", show_default=True)
-@click.option("--temperature", type=click.FloatRange(0), default=1.0, show_default=True)
-@click.option("--top-k", type=click.IntRange(0), default=0, help="Sample among the k most likely tokens (random sampler).")
-@click.option("--top-p", type=click.FloatRange(0, 1), default=0.0, help="Nucleus sampling threshold (random sampler).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@_model_and_sampling_options(max_new_tokens=64)
 @click.option("--raw", is_flag=True, help="Send prompts as they are, without the run's template.")
 def generate(prompts, run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, top_k, top_p, seed, raw):
     """Generate from a fine-tuned model: base preset + LoRA adapter."""
@@ -137,6 +166,19 @@ def generate(prompts, run_dir, preset, adapter_dir, max_new_tokens, strategy, te
         click.echo(output)
 
 
+@cli.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@_model_and_sampling_options(max_new_tokens=128)
+def chat(run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, top_k, top_p, seed):
+    """Chat with a fine-tuned model, turn after turn (/reset, /exit)."""
+    import kft
+    from kft import chat as chat_lib, sampling
+
+    lm = kft.load(run_dir=run_dir, preset=preset, adapter_dir=adapter_dir)
+    lm.compile(sampler=sampling.make_sampler(strategy, temperature, top_k, top_p, seed))
+    chat_lib.run(lm, write=click.echo, max_new_tokens=max_new_tokens)
+
+
 @cli.command("export")
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False, exists=True))
 @click.option("--format", "fmt", type=click.Choice(["keras", "hf", "peft"]), required=True,
@@ -144,12 +186,14 @@ def generate(prompts, run_dir, preset, adapter_dir, max_new_tokens, strategy, te
 @click.option("--out", required=True, type=click.Path(), help="Folder to write (must be new or empty).")
 @click.option("--preset", help="Base preset, if not the one recorded in the run's adapter_config.json.")
 @click.option("--base", is_flag=True, help="Export the base model alone (the base for a PEFT adapter).")
+@click.option("--with-base", is_flag=True, help="With --format peft: also export the base model into OUT/base "
+              "and name it as the adapter's base (AutoPeftModelForCausalLM.from_pretrained(OUT) then works offline).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
-def export_cmd(run_dir, fmt, out, preset, base, overwrite):
+def export_cmd(run_dir, fmt, out, preset, base, with_base, overwrite):
     """Export a run: merged Keras preset, transformers checkpoint, or PEFT adapter."""
     from kft.export import export
 
-    click.echo(str(export(run_dir, fmt, out, preset=preset, base=base, overwrite=overwrite)))
+    click.echo(str(export(run_dir, fmt, out, preset=preset, base=base, overwrite=overwrite, with_base=with_base)))
 
 
 @cli.command()

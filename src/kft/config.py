@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -20,7 +21,7 @@ import yaml
 from kft.errors import ConfigError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
-TEMPLATES = ("dolly", "gemma-chat", "custom")
+TEMPLATES = ("dolly", "chat", "gemma-chat", "gemma4-chat", "custom")
 SCHEDULES = ("constant", "linear", "cosine")
 ALL_LINEAR = "all-linear"
 LORA_LAYER_NAMES = ("query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear")
@@ -37,7 +38,7 @@ class ModelConfig:
     preset: str = _key(
         "gemma2_2b_en",
         "KerasHub preset: a preset name or kaggle:// handle, a local Keras preset folder, a "
-        "Hugging Face-format folder, or a kft-prepared name (tiny_gemma, tiny_gemma2, tiny_gemma3).",
+        "Hugging Face-format folder, or a kft-prepared name (tiny_gemma, tiny_gemma2, tiny_gemma3, tiny_gemma4, tiny_gemma4_moe).",
     )
     precision: str = _key(
         "auto",
@@ -71,15 +72,16 @@ class DataConfig:
     split: str = _key("train", "Split to read from a hub dataset.")
     template: str = _key(
         "dolly",
-        "dolly (Instruction/Response), gemma-chat (Gemma turns from a messages column), or "
-        "custom (prompt_format + response_format).",
+        "dolly (Instruction/Response), chat (the model family's chat turns from a messages column: "
+        "gemma-chat <start_of_turn>...<end_of_turn> for Gemma 1-3, gemma4-chat <|turn>...<turn|> for Gemma 4), "
+        "or custom (prompt_format + response_format).",
     )
     prompt_format: str = _key("", "custom template: Python format string for the prompt, e.g. 'Q: {question}\\nA: '.")
     response_format: str = _key("", "custom template: format string for the trained response, e.g. '{answer}'.")
     columns: dict = _key(
         {},
         "Map template fields to dataset columns, e.g. {instruction: question, response: answer}. "
-        "Fields: dolly uses instruction/context/response, gemma-chat uses messages.",
+        "Fields: dolly uses instruction/context/response, chat uses messages.",
     )
     drop_with_context: bool = _key(False, "dolly: drop records with a non-empty context (as the Keras tutorial does).")
     seq_len: int = _key(256, "Tokens per training example (>= 8).")
@@ -114,6 +116,12 @@ class TrainConfig:
     checkpoint_keep: int = _key(2, "How many of the newest checkpoints to keep.")
     memory_check: bool = _key(True, "Before loading, estimate the peak memory per device (as `kft plan` prints) and "
                                     "stop with advice if it does not fit; false = try anyway.")
+    distribution: str = _key("auto", "Devices to train on: auto (one device: single; several: data parallel if the "
+                                     "model fits one device, else model parallel with the smallest model axis that "
+                                     "fits), single, data (model replicated, batch split) or model (weights sharded "
+                                     "by kft's layouts on the mesh).")
+    mesh: str = _key("", "Device mesh BATCHxMODEL, e.g. 1x8 or 2x4 (sizes multiply to the device count); empty = "
+                         "chosen by train.distribution. train.batch_size must divide by BATCH.")
 
 
 @dataclass
@@ -122,6 +130,8 @@ class OutputConfig:
     samples: int = _key(3, "Eval prompts to generate from before and after training (0 = none).")
     sample_max_new_tokens: int = _key(64, "New tokens per sample generation.")
     tensorboard: bool = _key(True, "Write TensorBoard logs to RUN/tensorboard.")
+    wandb: str = _key("", "Weights & Biases project to log config, metrics and the samples table to ('' = off; "
+                          "pip install 'kft[wandb]'; WANDB_MODE=offline keeps it local).")
     metric: str = _key("none", "Score the before/after samples: none, exact (string match) or json (parsed JSON equal).")
     overwrite: bool = _key(False, "Allow writing into a run folder that already holds files.")
 
@@ -282,8 +292,10 @@ def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Co
 
 
 # Keys a resumed run may change: they shape logs and outputs, not the trained weights.
-RESUMABLE_CHANGES = ("output.dir", "output.overwrite", "output.tensorboard", "train.log_every",
-                     "train.checkpoint_every", "train.checkpoint_keep", "train.memory_check")
+# train.distribution and train.mesh: any mesh gives the same result up to float reduction order.
+RESUMABLE_CHANGES = ("output.dir", "output.overwrite", "output.tensorboard", "output.wandb", "train.log_every",
+                     "train.checkpoint_every", "train.checkpoint_keep", "train.memory_check",
+                     "train.distribution", "train.mesh")
 
 
 def differences(old: Config, new: Config) -> list[str]:
@@ -365,6 +377,13 @@ def validate(c: Config) -> None:
         _fail("train.schedule", f"must be one of {', '.join(SCHEDULES)}, got '{t.schedule}'")
     if t.logits_on not in ("trained", "all"):
         _fail("train.logits_on", f"must be trained or all, got '{t.logits_on}'")
+    if t.distribution not in ("auto", "single", "data", "model"):
+        _fail("train.distribution", f"must be auto, single, data or model, got '{t.distribution}'")
+    if t.mesh and not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", t.mesh):
+        _fail("train.mesh", f"must be BATCHxMODEL such as 1x8 or 2x4 (or empty), got '{t.mesh}'")
+    if t.mesh and t.batch_size % int(t.mesh.split("x")[0]):
+        _fail("train.batch_size", f"{t.batch_size} does not divide by the mesh's batch axis {t.mesh.split('x')[0]} "
+                                  f"(train.mesh {t.mesh}); use a multiple of {t.mesh.split('x')[0]}")
     if t.clip_norm is not None and t.clip_norm <= 0:
         _fail("train.clip_norm", f"must be > 0 or null, got {t.clip_norm}")
     o = c.output

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kft import network, templates
+from kft import families, network, templates
 from kft.config import DataConfig
 from kft.errors import KftError
 
@@ -32,12 +32,17 @@ class Split:
     loss_weights: np.ndarray
     prompts: list[str] = field(default_factory=list)  # for generation: everything before the last response
     references: list[str] = field(default_factory=list)
+    with_position_ids: bool = False  # Gemma 4's backbone takes positions as an input (0..L-1: right padding)
 
     def __len__(self) -> int:
         return len(self.token_ids)
 
     def inputs(self, index=slice(None)) -> dict:
-        return {"token_ids": self.token_ids[index], "padding_mask": self.padding_mask[index]}
+        x = {"token_ids": self.token_ids[index], "padding_mask": self.padding_mask[index]}
+        if self.with_position_ids:
+            x["position_ids"] = np.broadcast_to(np.arange(self.token_ids.shape[1], dtype="int32"),
+                                                x["token_ids"].shape).copy()
+        return x
 
     def batch(self, index, trained_only: bool = False, pad_to_multiple: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
         """(inputs, targets, weights) for the examples at `index`. With `pad_to_multiple`, cut to
@@ -247,7 +252,7 @@ def build(records, tokenizer, config: DataConfig, seed: int, num_prompts: int = 
     The eval split is `eval_records` when given (a held-out file), else the first
     `data.eval_fraction` of the shuffled records.
     """
-    template = templates.from_config(config)
+    template = templates.for_tokenizer(templates.from_config(config), tokenizer)
     segment_lists, sequences, stats = _encode(_select(records, template, config, seed), template, tokenizer, config)
     n_eval = int(round(len(sequences) * config.eval_fraction))
     if config.eval_fraction > 0 and n_eval == 0:
@@ -262,6 +267,10 @@ def build(records, tokenizer, config: DataConfig, seed: int, num_prompts: int = 
         eval_segments, eval_sequences, eval_stats = _encode(held, template, tokenizer, config)
         eval_ = _split(eval_segments, eval_sequences, config, pad, num_prompts)
         stats["eval_overlong"] = eval_stats["overlong"]
+    if families.of_tokenizer(tokenizer) and families.get(families.of_tokenizer(tokenizer)).needs_position_ids:
+        for split in (train, eval_):
+            if split is not None:
+                split.with_position_ids = True
     stats.update(train_examples=len(train), eval_examples=len(eval_) if eval_ else 0,
                  train_tokens=int(train.padding_mask.sum()), trained_tokens=int(train.loss_weights.sum()))
     if stats["trained_tokens"] == 0:

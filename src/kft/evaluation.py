@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kft import data, sampling, scoring
+from kft import data, distribution, sampling, scoring
 
 
 def compile_task(task, optimizer=None, logits_on: str = "all"):
@@ -51,6 +51,7 @@ def eval_loss(model, split: data.Split, batch_size: int, pad_to_multiple: int = 
     for x, y, w in batches:
         batch_weight = float(w.sum())
         if batch_weight > 0:
+            x, y, w = distribution.local_batch(x, y, w)  # padded to the batch axis; this process's rows
             total += keras.Model.test_on_batch(model, x, y, sample_weight=w, return_dict=True)["loss"] * batch_weight
             weight += batch_weight
         progress.advance()

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from kft import adapter, backend, config as config_lib, data, evaluation, lora, model, optim, plan, quantize, report
+from kft import (adapter, backend, config as config_lib, data, distribution, evaluation, lora, model, optim, plan,
+                 quantize, report)
 from kft.config import Config
 from kft.errors import KftError
 
@@ -111,25 +112,29 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
         config = str(Path(resume) / "config.yaml") if (Path(resume) / "config.yaml").is_file() else None
     c = _resolve(config, overrides)
     backend.setup()
+    distribution.connect()  # multi-host: join the other processes before any JAX work
     import keras  # only after backend.setup() has chosen JAX
 
-    from kft import checkpoint
+    from kft import checkpoint, tracking
     from kft.progress import Progress
 
     c, run_dir, resume_from = _resume_point(c, resume)
+    run_dir, out = distribution.run_folder(run_dir)  # out: where this process writes (process 0: run_dir)
 
-    plan.check_before_training(c)
     keras.utils.set_random_seed(c.train.seed)
     records, eval_records = data.load_sources(c.data)
+    mesh_plan = distribution.setup(c.model.preset, c.model.precision, c.train)  # before the preset loads
+    plan.check_before_training(c, devices=mesh_plan.mesh[0] * mesh_plan.mesh[1], model_axis=mesh_plan.mesh[1])
     task, family, policy = model.load(c.model.preset, c.model.precision, c.model.quantize)
+    weights_per_device = distribution.verify(task, mesh_plan)
     model.check_seq_len(task.backbone, c.data.seq_len)
     tokenizer = task.preprocessor.tokenizer
     dataset = data.build(records, tokenizer, c.data, c.train.seed, num_prompts=c.output.samples,
                          eval_records=eval_records)
     per_epoch = data.steps_per_epoch(dataset.train, c.train.batch_size)
     # Only now, with data and model known good, does the run folder appear.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_lib.to_yaml(c), encoding="utf-8")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(config_lib.to_yaml(c), encoding="utf-8")
     print(f"kft: run folder {run_dir}", flush=True)
     s = dataset.stats
     print(f"kft: {s['train_examples']} training / {s['eval_examples']} eval examples; "
@@ -155,7 +160,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     start_micro, rows = 0, []
     if resume_from is None:
         before = measure(label="measuring before")
-        (run_dir / "before.json").write_text(json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8")
+        (out / "before.json").write_text(json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8")
     else:
         before = json.loads((run_dir / "before.json").read_text(encoding="utf-8"))
         optimizer.build(fit_model.trainable_variables)
@@ -163,18 +168,24 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
         start_micro, rows = state["micro_step"], state["metrics"]
         print(f"kft: resuming from {resume_from.name} (step {state['optimizer_step']} of {optimizer_steps})", flush=True)
     metrics = {"family": family, "dtype_policy": policy, "parameters": total, "trainable_parameters": trainable,
-               "optimizer_steps": optimizer_steps, "data": s, "metric": c.output.metric}
+               "optimizer_steps": optimizer_steps, "data": s, "metric": c.output.metric,
+               "distribution": mesh_plan.kind, "mesh": f"{mesh_plan.mesh[0]}x{mesh_plan.mesh[1]}",
+               "weight_bytes_per_device": weights_per_device}
 
-    batches = data.batches(dataset.train, c.train.batch_size, micro_steps, c.train.seed, start=start_micro,
-                           trained_only=c.train.logits_on == "trained", pad_to_multiple=c.train.pad_to_multiple,
-                           group_by_length=c.train.group_by_length)
+    batches = distribution.local_batches(data.batches(  # each process feeds its rows of every global batch
+        dataset.train, c.train.batch_size, micro_steps, c.train.seed, start=start_micro,
+        trained_only=c.train.logits_on == "trained", pad_to_multiple=c.train.pad_to_multiple,
+        group_by_length=c.train.group_by_length))
     progress_cb = Progress(batches, micro_steps, c.train.grad_accum, c.train.log_every, schedule,
-                           run_dir / "metrics.jsonl", start_micro=start_micro, records=rows)
-    checkpoint_cb = checkpoint.Checkpointer(run_dir, c.train.checkpoint_every, c.train.checkpoint_keep,
+                           out / "metrics.jsonl", start_micro=start_micro, records=rows)
+    checkpoint_cb = checkpoint.Checkpointer(out, c.train.checkpoint_every, c.train.checkpoint_keep,
                                             c.train.grad_accum, micro_steps, start_micro, progress_cb)
-    callbacks = [progress_cb, checkpoint_cb]  # a checkpoint includes the metrics row of its own step
+    tracker = tracking.start(c.output.wandb if out == run_dir else "", out, c.to_dict(),
+                             resuming=resume_from is not None)
+    # Progress first: a checkpoint, and W&B, get the metrics row of their own step.
+    callbacks = [progress_cb, checkpoint_cb, *tracking.callbacks(tracker, progress_cb)]
     if c.output.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq=c.train.log_every))
+        callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq=c.train.log_every))
     print(f"kft: training {optimizer_steps} steps (batch {c.train.batch_size} x accumulation {c.train.grad_accum})",
           flush=True)
     started = time.perf_counter()
@@ -191,19 +202,19 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
             metrics[f"eval_loss_{when}"] = result["loss"]
         if result["score"] is not None:
             metrics[f"{c.output.metric}_{when}"] = result["score"]
-    _write_jsonl(run_dir / "samples.jsonl", [
-        {"prompt": p, "reference": r, "before": b, "after": a}
-        for p, r, b, a in zip(prompt_split.prompts, prompt_split.references, before["generations"],
-                              after["generations"])
-    ])
-    adapter.save(run_dir, task.backbone, {
+    samples = [{"prompt": p, "reference": r, "before": b, "after": a}
+               for p, r, b, a in zip(prompt_split.prompts, prompt_split.references, before["generations"],
+                                     after["generations"])]
+    _write_jsonl(out / "samples.jsonl", samples)
+    adapter.save(out, task.backbone, {
         "base_preset": c.model.preset, "family": family, "rank": c.lora.rank, "alpha": c.lora.alpha or c.lora.rank,
         "targets": lora.target_names(c.lora.targets), "dtype": policy, "template": c.data.template,
         **quantize.settings(c.model.quantize),
     })
-    (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    report.plot_run(run_dir)
-    _report(metrics, run_dir)
+    (out / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    report.plot_run(out)
+    tracking.finish(tracker, metrics, samples)
+    _report(metrics, out)
     return TrainResult(task=task, run_dir=run_dir, metrics=metrics, fit_model=fit_model)
 
 

@@ -26,7 +26,7 @@ def load_tuned(run_dir=None, preset=None, adapter_dir=None, precision=None, quan
     quantize = quantize or meta.get("quantize", "none")
     task, _, _ = model.load(preset or meta["base_preset"], precision, quantize)
     adapter.apply(folder, task.backbone)
-    task.kft_template = _run_template(run_config, meta)
+    task.kft_template = templates.for_tokenizer(_run_template(run_config, meta), task.preprocessor.tokenizer)
     return task
 
 

@@ -1,14 +1,19 @@
 """LoRA on a KerasHub backbone, with alpha and target layers.
 
-KerasHub's `Backbone.enable_lora(rank)` passes no alpha and knows only query/value; we do the
-same walk over the layers but call Keras' own `enable_lora(rank, lora_alpha=...)`, so the update
+KerasHub's `Backbone.enable_lora(rank)` passes no alpha and knows only query/value; we walk the
+text decoder's blocks and call Keras' own `enable_lora(rank, lora_alpha=...)`, so the update
 is `kernel + (alpha / rank) * A @ B` and Keras merges it into the kernel whenever weights are saved.
+
+Only the text decoder is walked: Gemma 3/4 vision encoders name their layers query/key/value too.
+Gemma 4 layers that reuse another layer's K/V have no key/value layer to adapt; its per-layer
+embedding projections and MoE experts/router (families.Family.frozen_blocks) stay frozen.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from kft import families
 from kft.config import ALL_LINEAR, LORA_LAYER_NAMES
 
 
@@ -24,14 +29,26 @@ def enable(backbone, rank: int, alpha: float | None, targets: list[str]) -> list
     for layer in backbone._flatten_layers(include_self=False):
         layer.trainable = False
     adapted = []
-    for layer in backbone._flatten_layers(include_self=False):
-        if layer.name in names and hasattr(layer, "enable_lora") and layer.weights:
-            layer.trainable = True
-            layer.enable_lora(rank, lora_alpha=alpha if alpha is not None else rank)
-            adapted.append(layer)
+    for layer in target_layers(backbone, names):
+        layer.trainable = True
+        layer.enable_lora(rank, lora_alpha=alpha if alpha is not None else rank)
+        adapted.append(layer)
     if not adapted:
         raise ValueError(f"no layer named {sorted(names)} with LoRA support in {backbone.name}")
     return adapted
+
+
+def target_layers(backbone, names) -> list:
+    """The layers named `names` inside the text decoder's blocks, outside the family's frozen sub-blocks."""
+    frozen = set(families.get(families.of_backbone(backbone)).frozen_blocks)
+    found = []
+    for block in families.decoder_blocks(backbone):
+        skip = {id(sub) for name in frozen if getattr(block, name, None) is not None
+                for sub in getattr(block, name)._flatten_layers()}
+        found.extend(layer for layer in block._flatten_layers(include_self=False)
+                     if layer.name in names and id(layer) not in skip and hasattr(layer, "enable_lora")
+                     and layer.weights)
+    return found
 
 
 def lora_variables(backbone) -> dict:

@@ -8,11 +8,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from kft import backend, presets
+from kft import backend, families, presets
 from kft.errors import KftError
 
-FAMILIES = ("gemma", "gemma2", "gemma3")
-HF_MODEL_TYPES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3", "gemma3": "gemma3"}
+FAMILIES = families.NAMES
+HF_MODEL_TYPES = families.HF_MODEL_TYPES
 
 
 def resolve_precision(precision: str) -> str:
@@ -41,37 +41,28 @@ def family_of_config(folder: str) -> str | None:
     if "model_type" in config:  # Hugging Face format
         model_type = config["model_type"]
         if model_type not in HF_MODEL_TYPES:
-            raise KftError(f"preset '{folder}' is a '{model_type}' model; kft fine-tunes Gemma, Gemma 2 and Gemma 3 only")
+            raise KftError(f"preset '{folder}' is a '{model_type}' model; kft fine-tunes {families.SUPPORTED} only")
         return HF_MODEL_TYPES[model_type]
     name = config.get("class_name", "")
-    if name == "Gemma3Backbone":
-        return "gemma3"
-    if name == "GemmaBackbone":
-        return "gemma2" if config.get("config", {}).get("use_post_ffw_norm") else "gemma"
-    raise KftError(f"preset '{folder}' holds a {name or 'unknown'} model; kft fine-tunes Gemma, Gemma 2 and Gemma 3 only")
+    family = families.of_keras_config(name, config.get("config", {}))
+    if family is None:
+        raise KftError(f"preset '{folder}' holds a {name or 'unknown'} model; kft fine-tunes {families.SUPPORTED} only")
+    return family
 
 
 def family_of(backbone) -> str:
-    name = type(backbone).__name__
-    if name == "Gemma3Backbone":
-        return "gemma3"
-    if name == "GemmaBackbone":
-        return "gemma2" if backbone.use_post_ffw_norm else "gemma"
-    raise KftError(f"the preset holds a {name}; kft fine-tunes Gemma, Gemma 2 and Gemma 3 only")
+    return families.of_backbone(backbone)
 
 
 def context_length(backbone) -> int:
     """Tokens the model was trained to attend over (KerasHub backbones do not record it).
 
-    Gemma and Gemma 2: 8k. Gemma 3: 32k, stretched by the global RoPE scaling factor (8 on 4B and
-    larger: 128k). Gemma 4: 128k for the on-device E2B/E4B (those with per-layer embeddings), 256k for 31B
-    and 26B-A4B."""
-    family = family_of(backbone)
-    if family == "gemma3":
-        return int(32768 * getattr(backbone, "global_rope_scaling_factor", 1.0))
-    if family == "gemma4":
-        return 131072 if getattr(backbone, "hidden_size_per_layer_input", 0) else 262144
-    return 8192
+    The family's base context (families.py), which Gemma 3 stretches by its global RoPE scaling
+    factor (8 on 4B and larger: 128k); Gemma 4's 31B and 26B-A4B (no per-layer embeddings) have 256k."""
+    family = families.get(family_of(backbone))
+    if family.name == "gemma4" and not getattr(backbone, "hidden_size_per_layer_input", 0):
+        return 2 * family.max_position_embeddings
+    return int(family.max_position_embeddings * getattr(backbone, "global_rope_scaling_factor", 1.0))
 
 
 def check_seq_len(backbone, seq_len: int) -> None:
@@ -119,11 +110,64 @@ def initialise_unfilled(model) -> None:
             variable._initializer = None
 
 
+def text_only_build(loader) -> tuple[dict, list[str]]:
+    """(backbone kwargs, names of what they leave out): Gemma 4's vision and audio encoders are
+    not built for text fine-tuning (an E4B preset's encoders are dead weight on the accelerator)."""
+    if loader.check_backbone_class().__name__ != families.get("gemma4").backbone:
+        return {}, []
+    config = loader.config
+    if "model_type" in config:  # Hugging Face: a multimodal `gemma4` folder carries vision/audio configs
+        present = {"vision encoder": config.get("vision_config") is not None,
+                   "audio encoder": config.get("audio_config") is not None}
+    else:
+        inner = config.get("config", {})
+        present = {"vision encoder": inner.get("vision_encoder") is not None,
+                   "audio encoder": inner.get("audio_encoder") is not None}
+    return {"vision_encoder": None, "audio_encoder": None}, [name for name, there in present.items() if there]
+
+
+def _from_preset(path: str, policy: str):
+    """The causal LM at `path`, text decoder only where the family allows."""
+    import keras_hub
+    from keras_hub.src.utils.preset_utils import get_preset_loader
+
+    backbone_kwargs, left_out = text_only_build(get_preset_loader(path))
+    if not backbone_kwargs:
+        return keras_hub.models.CausalLM.from_preset(path, dtype=policy)
+    backbone = keras_hub.models.Backbone.from_preset(path, dtype=policy, **backbone_kwargs)
+    if left_out:
+        print(f"kft: text fine-tuning: left out the {' and '.join(left_out)} (not built, not loaded)",
+              file=sys.stderr, flush=True)
+    # The backbone's weights are loaded; the task only adds the preprocessor around it.
+    task_cls = getattr(keras_hub.models, families.get(families.of_backbone(backbone)).causal_lm)
+    return task_cls.from_preset(path, backbone=backbone, load_weights=False)
+
+
+@contextlib.contextmanager
+def preset_errors(preset: str, path: str):
+    """Failures reading `preset` (resolved to `path`) as one-line KftErrors.
+
+    Downloads fail in many ways (network, auth, consent, quota: kagglehub and huggingface_hub raise
+    their own types); for a remote handle every failure is the user's to fix, so it gets one line."""
+    remote = not presets.is_local(path)
+    try:
+        yield
+    except ValueError as e:
+        raise KftError(f"cannot load preset '{preset}': {str(e).splitlines()[0][:200]}") from None
+    except (Exception if remote else (OSError, ConnectionError)) as e:
+        if not remote:
+            raise KftError(f"cannot read preset folder '{preset}': {str(e).splitlines()[0][:200]}") from None
+        raise KftError(
+            f"cannot load preset '{preset}' ({type(e).__name__}): Kaggle presets need network "
+            "access and credentials (KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json); offline, use a "
+            "local preset folder or a kft-prepared name such as gemma3_270m_gguf"
+        ) from None
+
+
 def load(preset: str, precision: str = "auto", quantize: str = "none"):
     """(causal_lm, family, dtype_policy) for `preset`, its frozen base quantized as `quantize` says
     (see kft.quantize); remote failures become one-line errors."""
     backend.setup()
-    import keras_hub
 
     from kft import placement, quantize as quantize_lib
 
@@ -133,27 +177,13 @@ def load(preset: str, precision: str = "auto", quantize: str = "none"):
     quantize_lib.check(quantize, policy)
     quantized = "" if quantize == "none" else f", {quantize} base"
     print(f"kft: loading {preset} ({policy}{quantized})", file=sys.stderr, flush=True)
-    remote = not presets.is_local(path)
-    # Downloads fail in many ways (network, auth, consent, quota: kagglehub and huggingface_hub raise
-    # their own types); for a remote handle every failure is the user's to fix, so it gets one line.
-    remote_errors = Exception if remote else (OSError, ConnectionError)
-    try:
+    with preset_errors(preset, path):
         # A quantized base is built and quantized in host memory, then placed (kft.placement).
         with placement.on_host(quantize != "none") as on_host:
             with weights_from_preset_only(), backend.native_logs_filtered():
-                task = keras_hub.models.CausalLM.from_preset(path, dtype=policy)
+                task = _from_preset(path, policy)
             initialise_unfilled(task)
             quantize_lib.apply(task, quantize)
         if on_host:
             placement.to_accelerator(task)
-    except ValueError as e:
-        raise KftError(f"cannot load preset '{preset}': {str(e).splitlines()[0][:200]}") from None
-    except remote_errors as e:
-        if not remote:
-            raise KftError(f"cannot read preset folder '{preset}': {str(e).splitlines()[0][:200]}") from None
-        raise KftError(
-            f"cannot load preset '{preset}' ({type(e).__name__}): Kaggle presets need network "
-            "access and credentials (KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json); offline, use a "
-            "local preset folder or a kft-prepared name such as gemma3_270m_gguf"
-        ) from None
     return task, family_of(task.backbone), policy

@@ -345,12 +345,13 @@ def make(c, device_memory: str | float | None = None, devices: int = 1, model_ax
     return estimate(architecture(c.model.preset), c, memory, devices, model_axis, accelerator)
 
 
-def check_before_training(c) -> None:
-    """Stop a run that will not fit, with the plan's advice (`train.memory_check: false` skips)."""
+def check_before_training(c, devices: int = 1, model_axis: int = 1) -> None:
+    """Stop a run that will not fit, with the plan's advice (`train.memory_check: false` skips).
+    `devices` and `model_axis`: the mesh the run will use (the batch is split over devices/model_axis)."""
     if not c.train.memory_check:
         return
     try:
-        plan = make(c)
+        plan = make(c, devices=devices, model_axis=model_axis)
     except KftError as e:
         print(f"kft: memory check skipped ({e})", flush=True)
         return

@@ -39,6 +39,8 @@ PREPARED = {
     "tiny_gemma": _tiny_builder("gemma"),
     "tiny_gemma2": _tiny_builder("gemma2"),
     "tiny_gemma3": _tiny_builder("gemma3"),
+    "tiny_gemma4": _tiny_builder("gemma4"),
+    "tiny_gemma4_moe": _tiny_builder("gemma4_moe"),
 }
 
 
@@ -58,6 +60,42 @@ def prepare(name: str) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
     return folder
+
+
+# KerasHub Kaggle presets and the Hugging Face checkpoints of the same weights (PEFT adapters name
+# their base by these ids).
+HF_TWINS = {
+    "gemma_2b_en": "google/gemma-2b", "gemma_instruct_2b_en": "google/gemma-2b-it",
+    "gemma_7b_en": "google/gemma-7b", "gemma_instruct_7b_en": "google/gemma-7b-it",
+    "gemma_1.1_instruct_2b_en": "google/gemma-1.1-2b-it", "gemma_1.1_instruct_7b_en": "google/gemma-1.1-7b-it",
+    "gemma2_2b_en": "google/gemma-2-2b", "gemma2_instruct_2b_en": "google/gemma-2-2b-it",
+    "gemma2_9b_en": "google/gemma-2-9b", "gemma2_instruct_9b_en": "google/gemma-2-9b-it",
+    "gemma2_27b_en": "google/gemma-2-27b", "gemma2_instruct_27b_en": "google/gemma-2-27b-it",
+    "gemma3_270m": "google/gemma-3-270m", "gemma3_instruct_270m": "google/gemma-3-270m-it",
+    "gemma3_1b": "google/gemma-3-1b-pt", "gemma3_instruct_1b": "google/gemma-3-1b-it",
+    "gemma3_4b": "google/gemma-3-4b-pt", "gemma3_instruct_4b": "google/gemma-3-4b-it",
+    "gemma3_12b": "google/gemma-3-12b-pt", "gemma3_instruct_12b": "google/gemma-3-12b-it",
+    "gemma3_27b": "google/gemma-3-27b-pt", "gemma3_instruct_27b": "google/gemma-3-27b-it",
+    "gemma4_2b": "google/gemma-4-E2B", "gemma4_instruct_2b": "google/gemma-4-E2B-it",
+    "gemma4_4b": "google/gemma-4-E4B", "gemma4_instruct_4b": "google/gemma-4-E4B-it",
+    "gemma4_31b": "google/gemma-4-31B", "gemma4_instruct_31b": "google/gemma-4-31B-it",
+    "gemma4_26b_a4b": "google/gemma-4-26B-A4B", "gemma4_instruct_26b_a4b": "google/gemma-4-26B-A4B-it",
+}
+
+
+def hf_twin(preset: str) -> str | None:
+    """The Hugging Face id or folder holding `preset`'s weights in transformers' format, if known:
+    the twin of a Kaggle preset (by name or kaggle://OWNER/MODEL/keras/NAME/V handle), or an HF-format
+    preset folder itself."""
+    if preset.startswith("kaggle://"):
+        parts = preset.removeprefix("kaggle://").split("/")
+        preset = parts[3] if len(parts) > 3 else preset
+    if preset in HF_TWINS:
+        return HF_TWINS[preset]
+    folder = Path(preset).expanduser()
+    if is_local(preset) and (folder / "config.json").is_file() and '"model_type"' in (folder / "config.json").read_text():
+        return str(folder.absolute())
+    return None
 
 
 def is_local(preset: str) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kft.templates import END_OF_TURN
+from kft import families
 
 
 def make_sampler(strategy: str = "greedy", temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, seed: int = 0):
@@ -26,9 +26,10 @@ def make_sampler(strategy: str = "greedy", temperature: float = 1.0, top_k: int 
 
 
 def stop_token_ids(tokenizer) -> tuple[int, ...]:
+    """EOS and every family's end-of-turn marker the vocabulary holds (`<end_of_turn>`, `<turn|>`)."""
+    vocabulary = set(tokenizer.get_vocabulary())
     ids = [tokenizer.end_token_id]
-    if END_OF_TURN in tokenizer.get_vocabulary():
-        ids.append(tokenizer.token_to_id(END_OF_TURN))
+    ids += [tokenizer.token_to_id(marker) for marker in families.end_of_turn_markers() if marker in vocabulary]
     return tuple(ids)
 
 

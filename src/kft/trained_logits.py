@@ -43,16 +43,19 @@ def gather_trained(loss_weights: np.ndarray, targets: np.ndarray):
         loss_weights.shape)
 
 
-def _logits(hidden, embeddings, soft_cap):
-    """(logits, tanh term or None) in float32 for one chunk: hidden (c, d) @ embeddings (V, d).T."""
+def _logits(hidden, embeddings, soft_caps):
+    """(logits, d capped / d raw logits or None) in float32 for one chunk: hidden (c, d) @ embeddings (V, d).T,
+    through each tanh soft cap in turn (Gemma 2's and Gemma 4's final-logit capping)."""
     import jax
     import jax.numpy as jnp
 
     logits = jax.lax.dot_general(hidden, embeddings, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    if soft_cap is None:
-        return logits, None
-    capped = jnp.tanh(logits / soft_cap)
-    return capped * soft_cap, capped
+    slope = None
+    for cap in soft_caps:
+        capped = jnp.tanh(logits / cap)
+        logits = capped * cap
+        slope = (1.0 - capped * capped) if slope is None else slope * (1.0 - capped * capped)
+    return logits, slope
 
 
 def _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_cap, with_grad: bool):
@@ -71,15 +74,15 @@ def _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_cap, with_grad
 
     def body(i, carry):
         h, t = hidden[i], targets[i]
-        logits, capped = _logits(h, embeddings, soft_cap)
+        logits, slope = _logits(h, embeddings, soft_cap)
         lse = jax.nn.logsumexp(logits, axis=-1)
         nll = lse - jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]
         if not with_grad:
             return carry.at[i].set(nll)
-        # d nll / d logits = softmax - one_hot; through the soft cap, times 1 - tanh^2.
+        # d nll / d logits = softmax - one_hot; through each soft cap, times 1 - tanh^2.
         d_logits = jnp.exp(logits - lse[:, None]).at[jnp.arange(chunk), t].add(-1.0)
-        if capped is not None:
-            d_logits = d_logits * (1.0 - capped * capped)
+        if slope is not None:
+            d_logits = d_logits * slope
         d_hidden = jax.lax.dot_general(d_logits.astype(h.dtype), embeddings, (((1,), (0,)), ((), ())),
                                        preferred_element_type=jnp.float32)
         return carry[0].at[i].set(nll), carry[1].at[i].set(d_hidden.astype(h.dtype))
@@ -124,6 +127,9 @@ class TrainedPositionsLM(keras.Model):
             raise KftError("train.logits_on: trained reads the token embedding matrix and needs it float; "
                            "set train.logits_on: all")
         self._token_nll = _token_nll()
+        # The embedding's own cap, then the task's (Gemma4CausalLM's `final_logit_cap`), as the task applies them.
+        caps = (task.backbone.token_embedding.logit_soft_cap, getattr(task, "final_logit_cap", None))
+        self.soft_caps = tuple(float(c) for c in caps if c)
 
     @property
     def backbone(self):
@@ -132,13 +138,13 @@ class TrainedPositionsLM(keras.Model):
     def call(self, inputs):
         from keras import ops
 
-        hidden = self.task.backbone({"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]})
+        hidden = self.task.backbone({name: inputs[name] for name in self.task.backbone.input})
         hidden = ops.reshape(hidden, (-1, hidden.shape[-1]))
         positions = ops.reshape(inputs["positions"], (-1,))
         picked = ops.take(hidden, ops.maximum(positions, 0), axis=0)
         embedding = self.task.backbone.token_embedding
         nll = self._token_nll(picked, embedding.embeddings.value, ops.reshape(inputs["targets"], (-1,)),
-                              ops.sum(ops.cast(positions >= 0, "int32")), embedding.logit_soft_cap)
+                              ops.sum(ops.cast(positions >= 0, "int32")), self.soft_caps)
         return ops.reshape(nll, ops.shape(inputs["positions"]))
 
 

@@ -24,15 +24,21 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def export(run_dir: str | None, fmt: str, out: str, preset: str | None = None, base: bool = False,
-           overwrite: bool = False) -> Path:
-    """Write the export; return its folder. `base=True` exports the base preset without the adapter."""
-    from kft import adapter, loading, model, model_card
+           overwrite: bool = False, with_base: bool = False) -> Path:
+    """Write the export; return its folder. `base=True` exports the base preset without the adapter.
+
+    A PEFT adapter names its base (`base_model_name_or_path`): with `with_base`, the base model is
+    exported into OUT/base and named by that folder; otherwise the Hugging Face twin of the
+    preset (see presets.hf_twin), if it has one."""
+    from kft import adapter, loading, model, model_card, presets
     from kft.export import hf, merge, peft
 
     if fmt not in FORMATS:
         raise KftError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     if base and fmt == "peft":
         raise KftError("--base exports the base model alone; a PEFT export needs the run's adapter")
+    if with_base and fmt != "peft":
+        raise KftError("--with-base goes with --format peft (the adapter and its base model together)")
     out = Path(out).expanduser()
     _check_out(out, overwrite)
     meta = adapter.read_config(run_dir) if run_dir else {}
@@ -51,7 +57,16 @@ def export(run_dir: str | None, fmt: str, out: str, preset: str | None = None, b
     try:
         print(f"kft: writing {fmt} export of {'the base model' if base else run_dir}", file=sys.stderr, flush=True)
         if fmt == "peft":
-            peft.write(task.backbone, meta, None, partial)
+            base_preset = preset or meta["base_preset"]
+            base_ref = str((out / "base").absolute()) if with_base else presets.hf_twin(base_preset)
+            peft.write(task.backbone, meta, base_ref, partial)
+            if with_base:
+                base_task, base_family, _ = model.load(base_preset, "float32")
+                hf.write(base_task.backbone, base_task.preprocessor.tokenizer, base_family, partial / "base")
+            elif base_ref is None:
+                print(f"kft: '{base_preset}' has no known Hugging Face twin; adapter_config.json names no base "
+                      "(export it with --with-base, or load the adapter onto `kft export --base --format hf`)",
+                      file=sys.stderr, flush=True)
         else:
             merge.merge_lora(task.backbone)
             if fmt == "keras":

@@ -1,8 +1,8 @@
-"""Writing a Gemma, Gemma 2 or Gemma 3 (text) KerasHub model as a transformers checkpoint.
+"""Writing a Gemma, Gemma 2, Gemma 3 or Gemma 4 (text) KerasHub model as a transformers checkpoint.
 
 The weight layout is the inverse of KerasHub's own HF loaders (`convert_gemma.py`,
-`convert_gemma3.py`). We write Gemma 2 ourselves because KerasHub 0.32 exports it as
-`model_type: gemma`, without its extra norms and soft-capping.
+`convert_gemma3.py`; Gemma 4's in hf_gemma4.py). We write Gemma 2 ourselves because KerasHub 0.32
+exports it as `model_type: gemma`, without its extra norms and soft-capping.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-ARCHITECTURES = {"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
-MODEL_TYPES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}
+from kft import families
+from kft.export import hf_gemma4
+
+ARCHITECTURES = {name: f.hf_architecture for name, f in families.FAMILIES.items()}
+MODEL_TYPES = {name: f.hf_model_type for name, f in families.FAMILIES.items()}
 
 
 def _layer_types(backbone, family) -> list[str]:
@@ -28,6 +31,8 @@ def _layer_types(backbone, family) -> list[str]:
 
 def hf_config(backbone, family: str, tokenizer) -> dict:
     """transformers config.json for `backbone`."""
+    if family == "gemma4":
+        return hf_gemma4.hf_config(backbone, tokenizer, backbone.final_logit_soft_cap)
     config = {
         "architectures": [ARCHITECTURES[family]],
         "model_type": MODEL_TYPES[family],
@@ -41,7 +46,7 @@ def hf_config(backbone, family: str, tokenizer) -> dict:
         "head_dim": backbone.head_dim,
         "hidden_activation": "gelu_pytorch_tanh",
         "rms_norm_eps": backbone.layer_norm_epsilon if hasattr(backbone, "layer_norm_epsilon") else 1e-6,
-        "max_position_embeddings": 32768 if family == "gemma3" else 8192,
+        "max_position_embeddings": families.get(family).max_position_embeddings,
         "tie_word_embeddings": True,
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.start_token_id,
@@ -75,6 +80,9 @@ def hf_config(backbone, family: str, tokenizer) -> dict:
 
 def hf_weights(backbone, family: str) -> dict[str, np.ndarray]:
     """{transformers parameter name: float32 array} for `backbone` (LoRA must be merged first)."""
+    if family == "gemma4":
+        return hf_gemma4.hf_weights(backbone)
+
     def value(variable):
         return np.asarray(variable.numpy(), dtype="float32")
 
@@ -112,7 +120,9 @@ def write_tokenizer(tokenizer, folder: Path) -> None:
     proto = tokenizer.proto
     (folder / "tokenizer.model").write_bytes(proto if isinstance(proto, bytes) else Path(proto).read_bytes())
     specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
-    extra = [t for t in ("<start_of_turn>", "<end_of_turn>") if t in tokenizer.get_vocabulary()]
+    vocabulary = set(tokenizer.get_vocabulary())
+    extra = [t for f in families.FAMILIES.values() for t in (f.start_of_turn, f.end_of_turn) if t in vocabulary]
+    extra = list(dict.fromkeys(extra))
     config = {"tokenizer_class": "GemmaTokenizer", **specials, "add_bos_token": True, "add_eos_token": False,
               "clean_up_tokenization_spaces": False, "additional_special_tokens": extra,
               "model_max_length": 1_000_000}
@@ -131,9 +141,9 @@ def write(backbone, tokenizer, family: str, folder: str | os.PathLike) -> None:
     # safetensors writes an array's memory as it lies: transposed views must be made contiguous first.
     weights = {name: np.ascontiguousarray(array) for name, array in hf_weights(backbone, family).items()}
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    stops = [tokenizer.end_token_id]
-    if "<end_of_turn>" in tokenizer.get_vocabulary():
-        stops.append(tokenizer.token_to_id("<end_of_turn>"))
+    from kft.sampling import stop_token_ids
+
+    stops = list(stop_token_ids(tokenizer))
     generation = {"bos_token_id": tokenizer.start_token_id, "eos_token_id": stops,
                   "pad_token_id": tokenizer.pad_token_id}
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")

@@ -35,6 +35,18 @@ def _factors(layer_name: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray,
     return a.T, b.T  # MLP: a (in, r), b (r, out)
 
 
+def _patterns(ranks: dict, scale: float) -> tuple[dict, dict]:
+    """PEFT rank_pattern/alpha_pattern: one key per projection name, or one per layer where the
+    head count differs between layers (Gemma 4 26B-A4B's global layers have fewer K heads)."""
+    rank_pattern = {}
+    for hf_name, per_layer in ranks.items():
+        if len(set(per_layer.values())) == 1:
+            rank_pattern[hf_name] = next(iter(per_layer.values()))
+        else:
+            rank_pattern.update(per_layer)
+    return rank_pattern, {key: r * scale for key, r in rank_pattern.items()}
+
+
 def write(backbone, meta: dict, base_hf_dir: str | None, folder: str | Path) -> None:
     """adapter_config.json + adapter_model.safetensors for `backbone`'s LoRA layers."""
     from safetensors.numpy import save_file
@@ -58,9 +70,8 @@ def write(backbone, meta: dict, base_hf_dir: str | None, folder: str | Path) -> 
             tensors[f"{module}.lora_A.weight"] = np.ascontiguousarray(lora_a)
             tensors[f"{module}.lora_B.weight"] = np.ascontiguousarray(lora_b)
             if name in PER_HEAD:
-                peft_rank = lora_a.shape[0]
-                ranks[hf_name] = peft_rank
-                alphas[hf_name] = peft_rank * alpha / rank
+                ranks.setdefault(hf_name, {})[f"model.layers.{i}.{group}.{hf_name}"] = lora_a.shape[0]
+    ranks, alphas = _patterns(ranks, alpha / rank)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})

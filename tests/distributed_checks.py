@@ -1,0 +1,137 @@
+"""Checks that need several devices, run in a child process with 8 simulated CPU devices.
+
+The rest of the suite runs with one device in the pytest process, and JAX fixes its device count
+when it starts, so tests/test_distribution.py launches this file:
+
+    python tests/distributed_checks.py layouts|grid|train|train_grid  OUT.json  [PRESET_ROOT]
+
+and asserts on the JSON it writes. (Multi-process runs go through `kft train` itself.)
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("KFT_XLA_CACHE", "0")
+
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+HEADS = {"8/1": (8, 1), "4/1": (4, 1), "8/4": (8, 4), "16/8": (16, 8), "16/16": (16, 16)}
+MESHES = ("1x2", "2x4", "1x8", "8x1", "data")
+FAST_HEADS, FAST_MESHES = ("8/1", "16/8"), ("2x4", "1x8", "data")
+
+
+def preset(root: Path, heads: str, family: str = "gemma") -> str:
+    """A tiny preset with `heads` query/KV heads (built once into root)."""
+    from kft.tiny import build_tiny_preset
+
+    q, kv = HEADS[heads]
+    folder = root / f"{family}_{q}q{kv}kv"
+    if not (folder / "config.json").is_file():
+        build_tiny_preset(family, folder, num_query_heads=q, num_key_value_heads=kv)
+    return str(folder)
+
+
+def layout_case(path: str, mesh: str) -> dict:
+    """Build under the distribution; report layouts, LoRA and optimizer placement, bytes per device."""
+    import keras
+
+    from kft import distribution, evaluation, layouts, lora, model, optim
+    from kft.config import TrainConfig
+
+    kind, mesh_text = ("data", "") if mesh == "data" else ("model", mesh)
+    plan = distribution.setup(path, "float32", TrainConfig(distribution=kind, mesh=mesh_text, batch_size=8))
+    task, _, _ = model.load(path, "float32")
+    held = distribution.verify(task, plan)
+    current = keras.distribution.distribution()
+    patterns = list(current._layout_map) if plan.kind == "model" else []
+    base = {p: s for p, s in layouts.weight_shapes(task).items() if layouts.is_base_weight(p, s)}
+    lora.enable(task.backbone, 2, None, ["all-linear"])
+    optimizer, _ = optim.make_optimizer(TrainConfig(grad_accum=2), 4)
+    fit_model = evaluation.compile_task(task, optimizer, "trained")
+    optimizer.build(fit_model.trainable_variables)
+    factors = lora.lora_variables(task.backbone)
+    return {
+        "plan": plan.kind, "mesh": list(plan.mesh),
+        "base_match_counts": {p: len(layouts.matches(patterns, p)) for p in base} if patterns else {},
+        "lora_factors": len(factors),
+        "lora_replicated": all(v.value.sharding.is_fully_replicated and len(v.value.sharding.device_set) == 8
+                               for v in factors.values()),
+        "optimizer_variables": len(optimizer.variables),
+        "optimizer_replicated": all(v.value.sharding.is_fully_replicated and len(v.value.sharding.device_set) == 8
+                                    for v in optimizer.variables),
+        "sharded_base": sum(not v.value.sharding.is_fully_replicated for v in task.backbone.weights),
+        "bytes_per_device": held,
+    }
+
+
+def train_case(path: str, mesh: str, out: Path, **overrides) -> dict:
+    """A short LoRA run (float32, trained-positions loss, grad accumulation, a short eval batch)."""
+    import kft
+    from safetensors.numpy import load_file
+
+    kind, mesh_text = {"single": ("single", ""), "data": ("data", "")}.get(mesh, ("model", mesh))
+    settings = {
+        "model.preset": path, "model.precision": "float32", "data.source": "bundled:tiny_facts",
+        "data.template": "dolly", "data.seq_len": 64, "data.max_examples": 44, "data.eval_fraction": 0.25,
+        "lora.rank": 4, "lora.alpha": 8.0, "lora.targets": ["all-linear"],
+        "train.epochs": None, "train.max_steps": 3, "train.batch_size": 8, "train.grad_accum": 2,
+        "train.lr": 0.01, "train.log_every": 1, "train.distribution": kind, "train.mesh": mesh_text,
+        "output.samples": 1, "output.sample_max_new_tokens": 4, "output.tensorboard": False,
+        "output.dir": str(out / mesh), **overrides,
+    }
+    result = kft.train(**settings)
+    tensors = load_file(str(result.run_dir / "adapter.safetensors"))
+    return {"losses": [r["loss"] for r in json_rows(result.run_dir)],
+            "eval_loss_after": result.metrics.get("eval_loss_after"), "mesh": result.metrics["mesh"],
+            "adapter": {k: v.ravel().tolist() for k, v in tensors.items()}}
+
+
+def built_first(root: Path) -> str | None:
+    """The error a distribution set after the model was built gets (None if accepted)."""
+    from kft import distribution, model
+
+    path = preset(root, "8/1")
+    task, _, _ = model.load(path, "float32")  # built on one device, with no distribution
+    try:
+        from kft.config import TrainConfig
+
+        distribution.verify(task, distribution.setup(path, "float32", TrainConfig(distribution="model", mesh="1x8")))
+    except Exception as e:  # noqa: BLE001 - the test checks the type and message
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def json_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def main(check: str, out_file: str, root: str) -> None:
+    from kft import backend
+
+    backend.setup()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    results = {}
+    if check == "layouts":  # first, while no distribution is set
+        results["built_first"] = built_first(root)
+    if check in ("layouts", "grid"):
+        heads, meshes = (FAST_HEADS, FAST_MESHES) if check == "layouts" else (tuple(HEADS), MESHES)
+        for h in heads:
+            for mesh in meshes:
+                results[f"{h} {mesh}"] = layout_case(preset(root, h), mesh)
+        if check == "grid":  # every family's layout, Gemma 3 on the hardest ratio
+            results["gemma3 4/1 1x8"] = layout_case(preset(root, "4/1", "gemma3"), "1x8")
+            results["gemma2 16/8 2x4"] = layout_case(preset(root, "16/8", "gemma2"), "2x4")
+    if check in ("train", "train_grid"):
+        meshes = ("single", "2x4") if check == "train" else ("single", "1x2", "2x4", "1x8", "8x1", "data")
+        heads = "8/1"
+        for mesh in meshes:
+            results[mesh] = train_case(preset(root, heads), mesh, root / "runs" / check)
+    Path(out_file).write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else os.path.join(os.environ["KFT_CACHE"], "grid"))
