@@ -52,8 +52,9 @@ class Architecture:
 
 
 # KerasHub Kaggle presets (keras_hub/src/models/*/..._presets.py names), sizes of their text decoders.
-# Gemma 1/2/3 from the published configs; gemma4 E2B/E4B approximate (35/42 layers, 2.3B/4.5B
-# effective as the preset descriptions say) -- a local config.json is always exact.
+# Gemma 1/2/3 from the published configs; Gemma 4 E2B/E4B from their text configs (as in
+# scripts/gemma4_param_counts.py), approximate because the global layers' wider heads are not
+# counted -- a local config.json is always exact.
 _KNOWN = {
     "gemma_2b_en": ("gemma", 256000, 2048, 18, 8, 1, 256, 16384),
     "gemma_7b_en": ("gemma", 256000, 3072, 28, 16, 16, 256, 24576),
@@ -70,7 +71,7 @@ _GEMMA4 = {
     "gemma4_2b": dict(vocab=262144, hidden=1536, layers=35, query_heads=8, kv_heads=1, head_dim=256, ffw=6144,
                       per_layer_vocab=262144, per_layer_dim=256, double_wide_layers=20, global_head_dim=512),
     "gemma4_4b": dict(vocab=262144, hidden=2560, layers=42, query_heads=8, kv_heads=2, head_dim=256, ffw=10240,
-                      per_layer_vocab=262144, per_layer_dim=256, double_wide_layers=18, global_head_dim=512),
+                      per_layer_vocab=262144, per_layer_dim=256, double_wide_layers=0, global_head_dim=512),
 }
 ALIASES = {"gemma3_270m_gguf": "gemma3_270m", "gemma2_instruct_2b_en": "gemma2_2b_en",
            "gemma2_instruct_9b_en": "gemma2_9b_en", "gemma_instruct_2b_en": "gemma_2b_en",
