@@ -7,8 +7,8 @@ Kaggle presets, from `KNOWN_PRESETS` (their sizes, so the plan works offline). T
   0.5 byte plus per-group scale and zero point) + the rest (norms) at the storage dtype;
   encoders of multimodal Gemma 3/4 are left out (kft trains the text decoder);
 - LoRA factors, their gradients and AdamW's two moments (float32; one more copy with grad_accum);
-- activations kept for the backward pass per layer and token (calibrated on Gemma 3 270M on CPU:
-  ~60 MB per layer at 4 x 256 tokens, docs/benchmarks.md), attention scores, and the
+- activations kept for the backward pass per layer and token (fitted to Gemma 3 270M on CPU:
+  ~100 KB per token and layer at seq_len 256, scripts/calibrate_plan.py), attention scores, and the
   vocabulary logits: 32 positions at a time with the trained-positions loss, all of them without;
 - runtime: compiled programs, temporaries and (on CPU) the Python/TF/JAX process itself.
 
@@ -28,7 +28,9 @@ from kft.errors import KftError
 
 GB = 1e9
 INT4_GROUP = 128
-CPU_RUNTIME_GB = 1.6  # imports 0.72 + tokenizer 0.15 + compiled programs 0.3 + allocator slack (benchmarks.md)
+# Imports 0.72 + tokenizer 0.15 + compiled programs (train, eval, generate) + allocator slack: fitted to
+# Gemma 3 270M's measured peaks (scripts/calibrate_plan.py, docs/benchmarks.md).
+CPU_RUNTIME_GB = 2.1
 ACCELERATOR_RUNTIME_GB = 0.5  # CUDA/XLA context, compiled programs and workspace
 CHUNK = 32  # positions per vocabulary projection in kft.trained_logits
 
@@ -52,8 +54,9 @@ class Architecture:
 
 
 # KerasHub Kaggle presets (keras_hub/src/models/*/..._presets.py names), sizes of their text decoders.
-# Gemma 1/2/3 from the published configs; gemma4 E2B/E4B approximate (35/42 layers, 2.3B/4.5B
-# effective as the preset descriptions say) -- a local config.json is always exact.
+# Gemma 1/2/3 from the published configs; Gemma 4 E2B/E4B from their text configs (as in
+# scripts/gemma4_param_counts.py), approximate because the global layers' wider heads are not
+# counted -- a local config.json is always exact.
 _KNOWN = {
     "gemma_2b_en": ("gemma", 256000, 2048, 18, 8, 1, 256, 16384),
     "gemma_7b_en": ("gemma", 256000, 3072, 28, 16, 16, 256, 24576),
@@ -70,7 +73,7 @@ _GEMMA4 = {
     "gemma4_2b": dict(vocab=262144, hidden=1536, layers=35, query_heads=8, kv_heads=1, head_dim=256, ffw=6144,
                       per_layer_vocab=262144, per_layer_dim=256, double_wide_layers=20, global_head_dim=512),
     "gemma4_4b": dict(vocab=262144, hidden=2560, layers=42, query_heads=8, kv_heads=2, head_dim=256, ffw=10240,
-                      per_layer_vocab=262144, per_layer_dim=256, double_wide_layers=18, global_head_dim=512),
+                      per_layer_vocab=262144, per_layer_dim=256, double_wide_layers=0, global_head_dim=512),
 }
 ALIASES = {"gemma3_270m_gguf": "gemma3_270m", "gemma2_instruct_2b_en": "gemma2_2b_en",
            "gemma2_instruct_9b_en": "gemma2_9b_en", "gemma_instruct_2b_en": "gemma_2b_en",
@@ -231,10 +234,11 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     optimizer = lora * (3 + (1 if c.train.grad_accum > 1 else 0))  # gradients + AdamW moments (+ accumulator)
     batch = math.ceil(c.train.batch_size / batch_axis)
     tokens = batch * c.data.seq_len
-    # Kept for the backward pass, per token and layer (floats): ~8 hidden-wide and ~3 feed-forward-wide
-    # tensors, q/k/v after norms and rotary, and the attention scores + probabilities (float32).
-    per_token = (8 * a.hidden + 3 * a.ffw * (1 + a.double_wide_layers / a.layers) + 2 * a.query_heads * a.head_dim)
-    activations = a.layers * tokens * (per_token * compute + 2 * a.query_heads * c.data.seq_len * 4) / model_axis
+    # Kept for the backward pass, per token and layer (floats): ~12 hidden-wide and ~5 feed-forward-wide
+    # tensors, q/k/v after norms and rotary, and the attention scores, probabilities and their
+    # gradients (float32); the counts are fitted to measured peaks, not derived.
+    per_token = (12 * a.hidden + 5 * a.ffw * (1 + a.double_wide_layers / a.layers) + 2 * a.query_heads * a.head_dim)
+    activations = a.layers * tokens * (per_token * compute + 4 * a.query_heads * c.data.seq_len * 4) / model_axis
     trained_logits = CHUNK * a.vocab * 4 * 3
     all_logits = tokens * a.vocab * 4 * 3  # float32 logits, their softmax and gradient
     logits = trained_logits if c.train.logits_on == "trained" else all_logits
@@ -251,12 +255,13 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
          logits / GB),
         ("compile temporaries and runtime", (temporaries + runtime) / GB),
     ]
-    plan.peak = sum(gb for _, gb in plan.lines)
-    # A quantized base is first read in float on the host (kft.placement): on CPU that is the same memory.
+    # A quantized base is first read in float on the host (kft.placement). On a CPU that host is the
+    # device, and the allocator keeps the freed float pages: measured peaks are the float run's plus
+    # the quantized copy (docs/benchmarks.md).
     if accelerator == "cpu" and mode != "none":
-        load_peak = (sum(p.values()) * store / model_axis + runtime) / GB
-        plan.lines.append(("(loading: float base before quantizing)", load_peak))
-        plan.peak = max(plan.peak, load_peak)
+        float_base = sum(p.values()) * store / model_axis
+        plan.lines.append(("float base read before quantizing (kept by the allocator)", (float_base - base) / GB))
+    plan.peak = sum(gb for _, gb in plan.lines)
     plan.fits = plan.peak <= device_memory_gb
     count = sum(p.values())
     plan.header = (

@@ -1,0 +1,36 @@
+"""Which KerasHub presets fit a T4 and a v5e chip, by `kft plan` (sizes only, no weights): the README table.
+
+    python scripts/plan_devices.py [--presets gemma4_2b,gemma2_9b_en,gemma_7b_en]
+
+Defaults of `kft train` (LoRA r4 on query/value, batch 1 x 256). T4: 16 GB, no bfloat16 (float32).
+v5e: one chip, 16 GB HBM, bfloat16 compute (precision auto on a TPU).
+"""
+
+import argparse
+
+DEVICES = {"T4 (16 GB, float32)": ("gpu", {"model.precision": "float32"}),
+           "v5e chip (16 GB, bf16 compute)": ("tpu", {})}
+
+
+def main(argv=None):
+    from kft import config as config_lib, plan
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="gemma4_2b,gemma2_9b_en,gemma_7b_en")
+    args = parser.parse_args(argv)
+    print("| preset | " + " | ".join(f"{d} none / int8 / int4" for d in DEVICES) + " |")
+    print("|---|" + "---|" * len(DEVICES))
+    for preset in args.presets.split(","):
+        cells = []
+        for accelerator, sets in DEVICES.values():
+            parts = []
+            for mode in ("none", "int8", "int4"):
+                c = config_lib.load(None, {"model.preset": preset, "model.quantize": mode, **sets})
+                p = plan.make(c, "16GB", accelerator=accelerator)
+                parts.append(f"{p.peak:.1f} {'fits' if p.fits else 'no'}")
+            cells.append(" / ".join(parts))
+        print(f"| `{preset}` | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
