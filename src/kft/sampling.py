@@ -1,7 +1,9 @@
 """Text generation from a causal LM on token ids we build ourselves.
 
-We tokenize and right-pad prompts ourselves and run the task's compiled generate function, so prompts of any length share one compiled program per (batch, length) shape and the number of
-new tokens is exact.
+We tokenize and right-pad prompts ourselves and run the task's compiled generate function, so
+prompts of any length share one compiled program per (batch, length) shape and the number of
+new tokens is exact. Prompts are batched by token length: KerasHub's decode loop starts after
+the shortest prompt of a batch and walks token by token through the longer ones.
 """
 
 from __future__ import annotations
@@ -36,31 +38,116 @@ def _bucket(length: int, step: int = 32) -> int:
     return -(-length // step) * step
 
 
+class _RowLimit:
+    """Mixed into a keras_hub sampler: the decode loop ends once every row has a stop token or
+    `max_new_tokens` new tokens after its own prompt (KerasHub's loop runs to the end of the
+    padded shape unless every row has stopped)."""
+
+    max_new_tokens: int | None = None
+    _stops = None
+
+    def __call__(self, *args, stop_token_ids=None, **kwargs):
+        self._stops = stop_token_ids
+        return super().__call__(*args, stop_token_ids=stop_token_ids, **kwargs)
+
+    def run_loop(self, cond, body, model=None, loop_vars=None, maximum_iterations=None):
+        if self.max_new_tokens is None:
+            return super().run_loop(cond, body, model=model, loop_vars=loop_vars, maximum_iterations=maximum_iterations)
+        from keras import ops
+        from keras_hub.src.utils.tensor_utils import any_equal
+
+        def within_limit(prompt, cache, index, mask):
+            done = index >= ops.sum(ops.cast(mask, "int32"), axis=-1) + self.max_new_tokens
+            if self._stops is not None:
+                done = done | ops.any(any_equal(prompt, self._stops, ops.logical_not(mask)), axis=-1)
+            return ops.logical_not(ops.all(done))
+
+        return super().run_loop(within_limit, body, model=model, loop_vars=loop_vars,
+                                maximum_iterations=maximum_iterations)
+
+
+def limit_new_tokens(task, max_new_tokens: int) -> None:
+    """Make `task`'s compiled generate function stop each row after `max_new_tokens` new tokens.
+
+    The limit is part of the compiled program, so the function is rebuilt only when it changes
+    (a before and an after measurement share one program)."""
+    sampler = task.sampler
+    if not isinstance(sampler, _RowLimit):
+        # Swapping the class keeps the sampler's state (a random sampler's seed generator).
+        sampler.__class__ = type(f"RowLimited{type(sampler).__name__}", (_RowLimit, type(sampler)), {})
+    if sampler.max_new_tokens != max_new_tokens:
+        sampler.max_new_tokens = max_new_tokens
+        task.generate_function = None
+
+
+# Rough cost of generating, in decode row-steps, for choosing a batch size: a prompt token in the
+# prefill costs about half a decode row-step (no vocabulary projection); a decode step costs a
+# fixed overhead (reading every weight) plus one unit per row. On accelerators decoding is
+# memory-bound, so the overhead is worth many rows.
+_PREFILL_TOKEN_COST = 0.5
+
+
+def _step_overhead() -> int:
+    import jax
+
+    return 8 if jax.default_backend() == "cpu" else 256
+
+
+def plan_chunks(lengths: list[int], max_batch: int, length: int, max_new_tokens: int) -> tuple[int, list[list[int]]]:
+    """(batch size, chunks of prompt indices): every chunk holds prompts of one token length, so
+    decoding starts right after each prompt, and all chunks share one batch size (one compiled
+    program), the one with the least estimated work (see _PREFILL_TOKEN_COST)."""
+    groups: dict[int, list[int]] = {}
+    for index, n in enumerate(lengths):
+        groups.setdefault(n, []).append(index)
+    sizes = sorted({min(max_batch, 2 ** k) for k in range(max_batch.bit_length() + 1)})
+    overhead = _step_overhead()
+
+    def cost(batch: int) -> float:
+        calls = sum(-(-len(g) // batch) for g in groups.values())
+        return calls * (_PREFILL_TOKEN_COST * batch * length + max_new_tokens * (overhead + batch))
+
+    batch = min(sizes, key=cost)
+    chunks = [group[i:i + batch] for _, group in sorted(groups.items()) for i in range(0, len(group), batch)]
+    return batch, chunks
+
+
 def generate(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int | None = None,
              progress=None) -> list[str]:
-    """Completions (without the prompt) for `prompts`, with the task's compiled sampler.
+    """Completions (without the prompt) for `prompts` as text; see `generate_ids`."""
+    ids = generate_ids(task, tokenizer, prompts, max_new_tokens, batch_size, progress)
+    return [_detokenize(tokenizer, new) for new in ids]
 
-    With `batch_size`, prompts go through in chunks of that many (the last one padded with repeats),
-    all of one shape, so one compiled program serves every chunk; `progress.advance(n)` is called
-    after each."""
+
+def generate_ids(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int | None = None,
+                 progress=None) -> list[list[int]]:
+    """New token ids (up to a stop token, which is left out) for `prompts`, with the task's compiled sampler.
+
+    Prompts go through in chunks of equal token length (decoding starts after each prompt, not
+    after the shortest in a batch) of at most `batch_size` (default: all), every chunk of one
+    shape (the last rows repeated), so one compiled program serves them all; a row stops at a
+    stop token or after `max_new_tokens`, a chunk when all its rows have. `progress.advance(n)`
+    is called after each chunk."""
     if not prompts:
         return []
     encoded = [[tokenizer.start_token_id, *ids] for ids in tokenizer(list(prompts))]
     # Shapes are bucketed so nearby prompt lengths reuse one compiled generate function.
     length = _bucket(max(len(ids) for ids in encoded) + max_new_tokens)
-    size = min(batch_size or len(encoded), len(encoded))
+    size, chunks = plan_chunks([len(ids) for ids in encoded], batch_size or len(encoded), length, max_new_tokens)
+    limit_new_tokens(task, max_new_tokens)
     stops = stop_token_ids(tokenizer)
-    completions = []
-    for start in range(0, len(encoded), size):
-        chunk = encoded[start:start + size]
-        rows = chunk + [chunk[-1]] * (size - len(chunk))
-        completions += _generate_rows(task, tokenizer, rows, length, max_new_tokens, stops)[:len(chunk)]
+    completions: list[list[int]] = [[] for _ in encoded]
+    for chunk in chunks:
+        rows = [encoded[i] for i in chunk]
+        rows += [rows[-1]] * (size - len(rows))
+        for index, new in zip(chunk, _generate_rows(task, tokenizer, rows, length, max_new_tokens, stops)):
+            completions[index] = new
         if progress is not None:
             progress.advance(len(chunk))
     return completions
 
 
-def _generate_rows(task, tokenizer, encoded, length, max_new_tokens, stops) -> list[str]:
+def _generate_rows(task, tokenizer, encoded, length, max_new_tokens, stops) -> list[list[int]]:
     token_ids = np.full((len(encoded), length), tokenizer.pad_token_id, dtype="int32")
     padding_mask = np.zeros((len(encoded), length), dtype=bool)
     for row, ids in enumerate(encoded):
@@ -78,5 +165,10 @@ def _generate_rows(task, tokenizer, encoded, length, max_new_tokens, stops) -> l
             if t in stops:
                 new = new[:i]
                 break
-        completions.append(tokenizer.detokenize([new])[0] if new else "")
-    return [c if isinstance(c, str) else c.decode("utf-8") for c in completions]
+        completions.append(new)
+    return completions
+
+
+def _detokenize(tokenizer, ids: list[int]) -> str:
+    text = tokenizer.detokenize([ids])[0] if ids else ""
+    return text if isinstance(text, str) else text.decode("utf-8")
