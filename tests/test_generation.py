@@ -1,15 +1,16 @@
-"""Batched greedy generation: prompts grouped by token length, each row stopped at its own limit."""
+"""Batched greedy generation: prompts batched by token length, each row stopped at its own limit."""
 
 import numpy as np
 import pytest
 
+from conftest import CONFIGS, USER_KFT_CACHE
 from kft.tiny import FAMILIES
 
 PROMPTS = [
     "Instruction:\nWhere does Mina live?\n\nResponse:\n",
     "Hello",
     "Instruction:\nWhat is the capital of France? Answer in one word.\n\nResponse:\n",
-    "Hi",  # as many tokens as "Hello" or not: either way the plan must keep each chunk to one length
+    "Hi",
     "Instruction:\nWhere does Mina live?\n\nResponse:\n",
 ]
 MAX_NEW = 6
@@ -22,15 +23,16 @@ def old_generate_ids(task, tokenizer, prompts, max_new_tokens):
     starting after the shortest prompt and running to the end of the padded shape."""
     from kft import sampling
 
-    task.sampler.max_new_tokens = None  # KerasHub's own loop
-    task.generate_function = None
+    if task.sampler.max_new_tokens is not None:
+        task.sampler.max_new_tokens = None  # KerasHub's own loop
+        task.generate_function = None
     encoded = [[tokenizer.start_token_id, *ids] for ids in tokenizer(prompts)]
     length = sampling._bucket(max(len(ids) for ids in encoded) + max_new_tokens)
     return sampling._generate_rows(task, tokenizer, encoded, length, max_new_tokens, sampling.stop_token_ids(tokenizer))
 
 
 @pytest.mark.parametrize("family", [pytest.param(f, marks=[] if f == "gemma3" else [pytest.mark.slow]) for f in FAMILIES])
-def test_grouped_generation_gives_the_same_token_ids_as_one_right_padded_batch(family, tiny_presets):
+def test_length_sorted_generation_gives_the_same_token_ids_as_one_right_padded_batch(family, tiny_presets):
     import keras_hub
 
     from kft import sampling
@@ -41,8 +43,7 @@ def test_grouped_generation_gives_the_same_token_ids_as_one_right_padded_batch(f
     new = sampling.generate_ids(task, tokenizer, PROMPTS, MAX_NEW, batch_size=4)
     lengths = [len(ids) + 1 for ids in tokenizer(PROMPTS)]
     batch, chunks = sampling.plan_chunks(lengths, 4, sampling._bucket(max(lengths) + MAX_NEW), MAX_NEW)
-    assert all(len({lengths[i] for i in chunk}) == 1 for chunk in chunks)
-    assert sorted(i for chunk in chunks for i in chunk) == list(range(len(PROMPTS)))
+    assert len(chunks) > 1  # the comparison covers several chunks of one shape
     assert all(len(ids) == MAX_NEW for ids in new)  # random tiny models do not stop by themselves
 
     # The loop ends once every row has its new tokens: nothing is written past prompt + MAX_NEW.
@@ -59,14 +60,36 @@ def test_grouped_generation_gives_the_same_token_ids_as_one_right_padded_batch(f
     assert old_generate_ids(task, tokenizer, PROMPTS, MAX_NEW) == new
 
 
-def test_the_plan_batches_equal_lengths_together_in_one_batch_size():
+def test_the_plan_cuts_prompts_sorted_by_length_into_chunks_of_one_batch_size():
     from kft import sampling
 
-    lengths = [7, 9, 7, 7, 9, 12]
-    batch, chunks = sampling.plan_chunks(lengths, 32, 32, 8)
-    assert sorted(map(sorted, chunks)) == [[0, 2, 3], [1, 4], [5]] or all(len(c) <= batch for c in chunks)
-    assert all(len({lengths[i] for i in chunk}) == 1 and len(chunk) <= batch for chunk in chunks)
-    assert sorted(i for chunk in chunks for i in chunk) == list(range(6))
-    # Many prompts of one length go through in full batches.
-    batch, chunks = sampling.plan_chunks([20] * 64, 32, 64, 16)
-    assert batch == 32 and [len(c) for c in chunks] == [32, 32]
+    lengths = [35, 44, 36, 43, 35, 44, 40, 36] * 8  # 64 prompts
+    batch, chunks = sampling.plan_chunks(lengths, 32, 64, 16)
+    assert batch == 32 and sorted(i for chunk in chunks for i in chunk) == list(range(64))
+    assert all(len(chunk) <= 32 for chunk in chunks) and len(chunks) == 2
+    spans = [(min(lengths[i] for i in c), max(lengths[i] for i in c)) for c in chunks]
+    assert spans == [(35, 36), (40, 44)]  # the second chunk decodes from 40, not from 35
+    # Far-apart lengths go in separate chunks: walking 55 prompt tokens costs more than a prefill.
+    assert sampling.plan_chunks([5, 5, 5, 60, 60, 60], 32, 96, 8) == (6, [[0, 1, 2], [3, 4, 5]])
+
+
+@pytest.mark.slow
+def test_gemma3_270m_answers_the_60_held_out_prompts_with_the_same_token_ids_as_before(monkeypatch):
+    import os
+
+    from kft import config as config_lib, data, model, presets, sampling
+
+    if USER_KFT_CACHE:
+        monkeypatch.setenv("KFT_CACHE", USER_KFT_CACHE)
+    task, _, _ = model.load(str(presets.prepare("gemma3_270m_gguf")), "float32")
+    task.compile(sampler=sampling.make_sampler("greedy"))
+    tokenizer = task.preprocessor.tokenizer
+    c = config_lib.load(os.path.join(CONFIGS, "gemma3_270m_person_json.yaml"))
+    records, held_out = data.load_sources(c.data)
+    prompts = data.build(records, tokenizer, c.data, 0, num_prompts=60, eval_records=held_out).eval.prompts
+    new = sampling.generate_ids(task, tokenizer, prompts, 16, batch_size=32)
+    old = []
+    for start in range(0, len(prompts), 32):  # kft's previous path: chunks of 32 in the given order
+        chunk = prompts[start:start + 32]
+        old += old_generate_ids(task, tokenizer, chunk + [chunk[-1]] * (32 - len(chunk)), 16)[:len(chunk)]
+    assert len(new) == 60 and old == new

@@ -32,15 +32,26 @@ class Compiles:
         """Programs XLA actually compiled (not served from the persistent cache)."""
         return self.programs - self.cache_hits
 
-    def __enter__(self) -> "Compiles":
+    def start(self) -> "Compiles":
         _install()
         with _lock:
             _counters.append(self)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> "Compiles":
         with _lock:
-            _counters.remove(self)
+            if self in _counters:
+                _counters.remove(self)
+        return self
+
+    def __enter__(self) -> "Compiles":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def as_dict(self) -> dict:
+        return {"compiled": self.compiled, "compile_s": round(self.seconds, 1), "xla_cache_hits": self.cache_hits}
 
     def summary(self) -> str:
         return f"{self.compiled} compiled ({self.seconds:.1f} s), {self.cache_hits} from the XLA cache"

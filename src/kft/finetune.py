@@ -114,8 +114,10 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     import keras  # only after backend.setup() has chosen JAX
 
     from kft import checkpoint, tracking
+    from kft.compiles import Compiles
     from kft.progress import Progress
 
+    xla = Compiles().start()
     c, run_dir, resume_from = _resume_point(c, resume)
 
     keras.utils.set_random_seed(c.train.seed)
@@ -200,6 +202,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
         "base_preset": c.model.preset, "family": family, "rank": c.lora.rank, "alpha": c.lora.alpha or c.lora.rank,
         "targets": lora.target_names(c.lora.targets), "dtype": policy, "template": c.data.template,
     })
+    metrics["xla"] = {**xla.stop().as_dict(), "before": before.get("xla"), "after": after["xla"]}
     (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     report.plot_run(run_dir)
     tracking.finish(tracker, metrics, samples)
