@@ -206,7 +206,7 @@ def main():
     args.keras_preset = done.stdout.strip().splitlines()[-1]
     from kft.gguf_preset import hf_folder
 
-    args.hf_folder = str(hf_folder(args.keras_preset))
+    args.hf_folder = str(hf_folder(Path(args.keras_preset)))
     results = {}
     with tempfile.TemporaryDirectory(prefix="kft-bench-job-") as tmp:
         results["kft"] = run_kft(args, Path(tmp))
