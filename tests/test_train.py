@@ -46,6 +46,12 @@ def test_kft_train_on_tiny_yaml_memorises_the_bundled_facts(tiny_run):
     assert f"kft: measuring after: {prompts}/{prompts} prompts" in out
 
 
+def test_the_after_measurement_runs_the_programs_compiled_for_the_before_one(tiny_run):
+    xla = json.loads((tiny_run[0] / "summary.json").read_text())["xla"]
+    assert xla["before"]["compiled"] + xla["before"]["xla_cache_hits"] >= 1  # the generate program
+    assert xla["after"]["compiled"] == 0 and xla["after"]["xla_cache_hits"] == 0
+
+
 def test_run_folder_is_complete(tiny_run):
     run_dir, _ = tiny_run
     for name in ("config.yaml", "adapter.safetensors", "adapter_config.json", "metrics.jsonl", "samples.jsonl",

@@ -334,15 +334,32 @@ def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: i
 
 
 def eval_batches(split: Split, batch_size: int, trained_only: bool = False, pad_to_multiple: int = 0):
-    """A Keras PyDataset over every example of `split` in order, the last batch possibly smaller."""
+    """A Keras PyDataset over every example of `split` in order, in one shape (one compiled eval
+    program, the same before and after training): every batch cut to the split's longest example
+    (rounded up to `pad_to_multiple`), the last one filled with weightless repeats."""
     import keras
+
+    longest = int(split.padding_mask.sum(axis=1).max()) if len(split) else 0
+    length = split.token_ids.shape[1]
+    if pad_to_multiple:
+        length = min(-(-longest // pad_to_multiple) * pad_to_multiple, length)
+    size = min(batch_size, len(split))
 
     class Batches(keras.utils.PyDataset):
         def __len__(self):
-            return -(-len(split) // batch_size)
+            return -(-len(split) // size)
 
         def __getitem__(self, i):
-            return split.batch(np.arange(i * batch_size, min((i + 1) * batch_size, len(split))), trained_only,
-                               pad_to_multiple)
+            index = np.arange(i * size, (i + 1) * size)
+            real = index < len(split)
+            index = np.where(real, index, len(split) - 1)
+            x = {k: v[:, :length] for k, v in split.inputs(index).items()}
+            y, w = split.targets[index, :length], split.loss_weights[index, :length] * real[:, None]
+            if trained_only:
+                from kft.trained_logits import gather_trained
+
+                positions, y, w = gather_trained(w, y)
+                x = {**x, "positions": positions, "targets": y}
+            return x, y, w
 
     return Batches()

@@ -61,18 +61,21 @@ def eval_loss(model, split: data.Split, batch_size: int, pad_to_multiple: int = 
 
 def measure(task, model, split: data.Split, metric: str, batch_size: int, max_new_tokens: int,
             with_loss: bool, pad_to_multiple: int = 0, label: str = "measuring") -> dict:
-    """{'loss'?, 'generations', 'score'}: greedy answers of `task`, loss of `model` (see compile_task).
+    """{'loss'?, 'generations', 'score', 'xla'}: greedy answers of `task`, loss of `model` (see compile_task).
 
     Progress is reported as `kft: LABEL: 32/64 prompts` (one bar in a notebook)."""
+    from kft.compiles import Compiles
     from kft.progress import Counter
 
-    progress = Counter(label, len(split.prompts), "prompts")
-    generations = sampling.generate(task, task.preprocessor.tokenizer, split.prompts, max_new_tokens,
-                                    batch_size=GENERATE_BATCH, progress=progress)
-    progress.close()
-    result = {"generations": generations, "score": scoring.score(metric, generations, split.references)}
-    if with_loss:
-        result["loss"] = eval_loss(model, split, batch_size, pad_to_multiple, label)
+    with Compiles() as compiles:
+        progress = Counter(label, len(split.prompts), "prompts")
+        generations = sampling.generate(task, task.preprocessor.tokenizer, split.prompts, max_new_tokens,
+                                        batch_size=GENERATE_BATCH, progress=progress)
+        progress.close()
+        result = {"generations": generations, "score": scoring.score(metric, generations, split.references)}
+        if with_loss:
+            result["loss"] = eval_loss(model, split, batch_size, pad_to_multiple, label)
+    result["xla"] = compiles.as_dict()  # a second measurement with the same shapes compiles nothing
     return result
 
 

@@ -116,8 +116,10 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     import keras  # only after backend.setup() has chosen JAX
 
     from kft import checkpoint, tracking
+    from kft.compiles import Compiles
     from kft.progress import Progress
 
+    xla = Compiles().start()
     c, run_dir, resume_from = _resume_point(c, resume)
     run_dir, out = distribution.run_folder(run_dir)  # out: where this process writes (process 0: run_dir)
 
@@ -211,6 +213,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
         "targets": lora.target_names(c.lora.targets), "dtype": policy, "template": c.data.template,
         **quantize.settings(c.model.quantize),
     })
+    metrics["xla"] = {**xla.stop().as_dict(), "before": before.get("xla"), "after": after["xla"]}
     (out / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     report.plot_run(out)
     tracking.finish(tracker, metrics, samples)
