@@ -183,5 +183,5 @@ def test_export_merges_the_adapter_into_the_float_base_not_into_integer_kernels(
     # ... which is the fine-tune (not the bare base), and differs from the quantized model by 4-bit rounding only.
     base = model.load(adapter.read_config(result.run_dir)["base_preset"], "float32")[0]
     assert np.abs(_logits(base) - expected).max() > 1e-3
-    # int4 in groups of 128 on a 64-wide random model: measured 0.106 of the largest logit.
+    # 4-bit rounding of a random 64-wide model: measured 0.106 of the largest logit.
     assert np.abs(_logits(result.task) - expected).max() / np.abs(expected).max() < 0.25
