@@ -82,6 +82,7 @@ def test_gather_lists_a_batch_s_trained_positions_first_and_flat():
     assert picked_weights.reshape(-1).tolist() == [1, 1, 1, 1, 1, 0.5, 0, 0, 0, 0]
 
 
+@pytest.mark.slow  # ~70 s; the default suite keeps the loss-equality tests per family
 def test_length_buckets_cut_only_padding_and_keep_the_loss(tiny_presets):
     import keras
 
