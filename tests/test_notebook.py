@@ -1,4 +1,7 @@
-"""examples/kaggle_quickstart.ipynb runs top to bottom (tiny local preset, a few steps, no network)."""
+"""examples/kaggle_quickstart.ipynb runs top to bottom (tiny local preset, a few steps, no network).
+
+In the slow tier (about a minute: a kernel, a run, two exports, a publish dry run):
+`python -m pytest -m slow tests/test_notebook.py`."""
 
 import json
 import os
@@ -8,6 +11,7 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow
 NOTEBOOK = Path(REPO) / "examples" / "kaggle_quickstart.ipynb"
 
 

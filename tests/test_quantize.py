@@ -155,6 +155,7 @@ def _logits(task):
     return np.asarray(task({"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)}))
 
 
+@pytest.mark.slow  # trains a quantized run (~45 s); the default suite keeps the probes above
 def test_the_adapter_records_the_quantization_and_reloads_to_identical_logits(quantized_runs):
     import kft
     from kft import adapter
@@ -167,6 +168,7 @@ def test_the_adapter_records_the_quantization_and_reloads_to_identical_logits(qu
     np.testing.assert_array_equal(_logits(reloaded), _logits(result.task))
 
 
+@pytest.mark.slow
 def test_export_merges_the_adapter_into_the_float_base_not_into_integer_kernels(quantized_runs, tmp_path):
     import keras_hub
 
