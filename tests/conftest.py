@@ -74,6 +74,20 @@ def family_run(request, tiny_presets, tmp_path_factory):
     return result, preset
 
 
+def assert_base_weights_untouched(task, preset):
+    """Every non-LoRA weight of the trained `task` is bit-identical to a fresh load of `preset`."""
+    import numpy as np
+
+    from kft import lora, model
+
+    fresh = model.load(preset, "float32")[0]
+    lora_paths = set(lora.lora_variables(task.backbone))
+    trained = {v.path: v.numpy() for v in task.backbone.weights if v.path not in lora_paths}
+    original = {v.path: v.numpy() for v in fresh.backbone.weights}
+    assert {p: a.shape for p, a in trained.items()} == {p: a.shape for p, a in original.items()}
+    assert all(np.array_equal(trained[p], original[p]) for p in original)
+
+
 def run_cli(args, capsys):
     """Run `kft ARGS` in-process; return (exit code, stdout, stderr)."""
     from kft.cli import main

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import CONFIGS
+from conftest import assert_base_weights_untouched, CONFIGS
 
 TINY = os.path.join(CONFIGS, "tiny.yaml")
 OVERRIDES = {"data.source": "bundled:tiny_chat", "data.template": "chat", "train.epochs": None, "train.max_steps": 30,
@@ -102,15 +102,8 @@ def test_a_gemma4_adapter_on_another_gemma4_base_is_refused(gemma4_run, tiny_pre
 
 
 def test_gemma4_base_weights_are_bit_identical_after_training(gemma4_run):
-    from kft import lora, model
-
     result, preset, _, _ = gemma4_run
-    fresh = model.load(preset, "float32")[0]
-    lora_paths = set(lora.lora_variables(result.task.backbone))
-    trained = {v.path: v.numpy() for v in result.task.backbone.weights if v.path not in lora_paths}
-    original = {v.path: v.numpy() for v in fresh.backbone.weights}
-    assert {p: a.shape for p, a in trained.items()} == {p: a.shape for p, a in original.items()}
-    assert all(np.array_equal(trained[p], original[p]) for p in original)
+    assert_base_weights_untouched(result.task, preset)
 
 
 def test_lora_adapts_attention_and_dense_mlp_of_the_text_decoder_only(gemma4_run):

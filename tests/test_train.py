@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, run_cli
+from conftest import assert_base_weights_untouched, CONFIGS, run_cli
 
 TINY = str(Path(CONFIGS) / "tiny.yaml")
 
@@ -125,15 +125,8 @@ def test_adapter_reloads_onto_a_fresh_base_and_reproduces_the_logits(family_run)
 
 
 def test_base_weights_are_bit_identical_after_training(family_run):
-    from kft import lora, model
-
     result, preset = family_run
-    fresh = model.load(preset, "float32")[0]
-    lora_paths = set(lora.lora_variables(result.task.backbone))
-    trained = {v.path: v.numpy() for v in result.task.backbone.weights if v.path not in lora_paths}
-    original = {v.path: v.numpy() for v in fresh.backbone.weights}
-    assert {p: a.shape for p, a in trained.items()} == {p: a.shape for p, a in original.items()}
-    assert all(np.array_equal(trained[p], original[p]) for p in original)
+    assert_base_weights_untouched(result.task, preset)
 
 
 def test_parameter_counts_match_the_lora_shapes_exactly(family_run):
