@@ -2,6 +2,7 @@
 
     python scripts/bench_train.py --model gemma3_270m_gguf      # the offline real model (~6 min on 2 CPU cores)
     python scripts/bench_train.py --model tiny                  # a one-minute version
+    python scripts/bench_train.py --packing 1                   # kft with data.packing (transformers unchanged)
 
 Both sides train the same model (same weights: the HF form of the prepared preset), LoRA r=4 on
 q/v, float32, batch 4, on the same synthetic examples whose lengths follow Dolly-15k's
@@ -74,7 +75,8 @@ def run_kft(args) -> dict:
     task, _, _ = model.load(args.keras_preset, "float32")
     rows = examples(args.examples, args.seq_len, task.backbone.vocabulary_size)
     sequences = [(ids, [0.0] * prompt + [1.0] * (len(ids) - prompt)) for ids, prompt in rows]
-    split = data._to_split(sequences, args.seq_len, 0)
+    # data.packing: several examples per row, each attending only to itself (kft's packed split).
+    split = (data._packed_split if args.packing else data._to_split)(sequences, args.seq_len, 0)
     lora.enable(task.backbone, args.rank, None, ["query", "value"])
     steps = args.warmup + args.steps
     optimizer, _ = optim.make_optimizer(TrainConfig(lr=1e-4, batch_size=args.batch_size), steps)
@@ -198,6 +200,8 @@ def main():
                         help="kft's train.logits_on (all = KerasHub's plain full-vocabulary path)")
     parser.add_argument("--pad-to-multiple", type=int, default=64, help="kft's train.pad_to_multiple (0 = pad to seq-len)")
     parser.add_argument("--group-by-length", type=int, default=1, help="kft's train.group_by_length (1/0)")
+    parser.add_argument("--packing", type=int, default=0, help="kft's data.packing (1/0); transformers keeps "
+                                                               "its standard dynamic padding")
     parser.add_argument("--side", choices=["kft", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--keras-preset", help=argparse.SUPPRESS)
     parser.add_argument("--hf-folder", help=argparse.SUPPRESS)
@@ -215,14 +219,14 @@ def main():
         command = [sys.executable, __file__, "--side", side, "--keras-preset", keras_preset, "--hf-folder", hf_folder,
                    *[f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                      if k in ("model", "steps", "warmup", "batch_size", "seq_len", "rank", "examples", "new_tokens",
-                              "kft_logits", "pad_to_multiple", "group_by_length")]]
+                              "kft_logits", "pad_to_multiple", "group_by_length", "packing")]]
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
         if done.returncode != 0 or line is None:
             sys.exit(f"{side} side failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
         results[side] = json.loads(line[len("RESULT "):])
     k, h = results["kft"], results["hf"]
-    print(f"model {args.model}, kft logits_on={args.kft_logits} pad_to_multiple={args.pad_to_multiple} group_by_length={args.group_by_length}, LoRA r={args.rank} q/v, fp32, batch {args.batch_size}, Dolly-like lengths "
+    print(f"model {args.model}, kft logits_on={args.kft_logits} pad_to_multiple={args.pad_to_multiple} group_by_length={args.group_by_length} packing={args.packing}, LoRA r={args.rank} q/v, fp32, batch {args.batch_size}, Dolly-like lengths "
           f"(cap {args.seq_len}), {args.steps} timed steps after {args.warmup} warm-up")
     print("| | real tokens/s | s/step | padding (%) | peak RSS (GB) | first step (s) | later compiles (s) | "
           "generate (new tokens/s) |")

@@ -91,6 +91,9 @@ class DataConfig:
     eval_source: str = _key("", "A separate held-out dataset (same forms as source) to evaluate on; replaces eval_fraction.")
     loss_on: str = _key("response", "response (prompt tokens get loss weight 0) or all (full-sequence loss).")
     shuffle: bool = _key(True, "Shuffle examples (with train.seed) before max_examples and the eval split.")
+    packing: bool = _key(False, "Pack several training examples into each seq_len row; each attends only to itself "
+                                "(block-diagonal mask, positions restarting), so the loss is unchanged and little "
+                                "padding is computed. Needs train.logits_on: trained.")
 
 
 @dataclass
@@ -377,6 +380,9 @@ def validate(c: Config) -> None:
         _fail("train.schedule", f"must be one of {', '.join(SCHEDULES)}, got '{t.schedule}'")
     if t.logits_on not in ("trained", "all"):
         _fail("train.logits_on", f"must be trained or all, got '{t.logits_on}'")
+    if d.packing and t.logits_on != "trained":
+        _fail("data.packing", "needs train.logits_on: trained (the packed mask goes through kft's loss path); "
+                              "set train.logits_on: trained or data.packing: false")
     if t.distribution not in ("auto", "single", "data", "model"):
         _fail("train.distribution", f"must be auto, single, data or model, got '{t.distribution}'")
     if t.mesh and not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", t.mesh):

@@ -33,15 +33,21 @@ class Split:
     prompts: list[str] = field(default_factory=list)  # for generation: everything before the last response
     references: list[str] = field(default_factory=list)
     with_position_ids: bool = False  # Gemma 4's backbone takes positions as an input (0..L-1: right padding)
+    # Packed rows (data.packing): which example each position belongs to (0 = padding), and its
+    # position within that example (see packing.py).
+    segment_ids: np.ndarray | None = None
+    token_positions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
 
     def inputs(self, index=slice(None)) -> dict:
         x = {"token_ids": self.token_ids[index], "padding_mask": self.padding_mask[index]}
+        if self.segment_ids is not None:
+            x["segment_ids"], x["token_positions"] = self.segment_ids[index], self.token_positions[index]
         if self.with_position_ids:
-            x["position_ids"] = np.broadcast_to(np.arange(self.token_ids.shape[1], dtype="int32"),
-                                                x["token_ids"].shape).copy()
+            x["position_ids"] = (x["token_positions"] if self.segment_ids is not None else np.broadcast_to(
+                np.arange(self.token_ids.shape[1], dtype="int32"), x["token_ids"].shape).copy())
         return x
 
     def batch(self, index, trained_only: bool = False, pad_to_multiple: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -237,8 +243,17 @@ def _encode(records, template: templates.Template, tokenizer, config: DataConfig
     return kept_segments, kept, stats
 
 
-def _split(segment_lists, sequences, config: DataConfig, pad_id: int, num_prompts: int) -> Split:
-    split = _to_split(sequences, config.seq_len, pad_id)
+def _packed_split(sequences, seq_len: int, pad_id: int) -> Split:
+    from kft import packing
+
+    arrays = packing.packed_arrays(sequences, seq_len, pad_id)
+    return Split(token_ids=arrays["token_ids"], padding_mask=arrays["padding_mask"], targets=arrays["targets"],
+                 loss_weights=arrays["loss_weights"], segment_ids=arrays["segment_ids"],
+                 token_positions=arrays["token_positions"])
+
+
+def _split(segment_lists, sequences, config: DataConfig, pad_id: int, num_prompts: int, packed: bool = False) -> Split:
+    split = (_packed_split if packed else _to_split)(sequences, config.seq_len, pad_id)
     for segments in segment_lists[:num_prompts]:
         prompt, reference = templates.split_for_generation(segments)
         split.prompts.append(prompt)
@@ -260,7 +275,7 @@ def build(records, tokenizer, config: DataConfig, seed: int, num_prompts: int = 
     if n_eval >= len(sequences):
         raise KftError(f"data.eval_fraction={config.eval_fraction} leaves no training examples out of {len(sequences)}")
     pad = tokenizer.pad_token_id
-    train = _split(segment_lists[n_eval:], sequences[n_eval:], config, pad, num_prompts)
+    train = _split(segment_lists[n_eval:], sequences[n_eval:], config, pad, num_prompts, packed=config.packing)
     eval_ = _split(segment_lists[:n_eval], sequences[:n_eval], config, pad, num_prompts) if n_eval else None
     if eval_records is not None:
         held = _select(eval_records, template, config, seed)
@@ -271,8 +286,10 @@ def build(records, tokenizer, config: DataConfig, seed: int, num_prompts: int = 
         for split in (train, eval_):
             if split is not None:
                 split.with_position_ids = True
-    stats.update(train_examples=len(train), eval_examples=len(eval_) if eval_ else 0,
+    stats.update(train_examples=len(sequences) - n_eval, eval_examples=len(eval_) if eval_ else 0,
                  train_tokens=int(train.padding_mask.sum()), trained_tokens=int(train.loss_weights.sum()))
+    if config.packing:
+        stats["packed_rows"] = len(train)
     if stats["trained_tokens"] == 0:
         raise KftError("every loss weight is zero (nothing would be trained); check data.loss_on and the template")
     return Dataset(train=train, eval=eval_, stats=stats)
@@ -280,7 +297,8 @@ def build(records, tokenizer, config: DataConfig, seed: int, num_prompts: int = 
 
 def steps_per_epoch(split: Split, batch_size: int) -> int:
     if len(split) < batch_size:
-        raise KftError(f"train.batch_size={batch_size} is larger than the {len(split)} training examples; lower it")
+        what = "packed rows" if split.segment_ids is not None else "training examples"
+        raise KftError(f"train.batch_size={batch_size} is larger than the {len(split)} {what}; lower it")
     return len(split) // batch_size
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from kft import (adapter, backend, config as config_lib, data, distribution, evaluation, lora, model, optim, plan,
-                 quantize, report)
+from kft import (adapter, backend, config as config_lib, data, distribution, evaluation, lora, model, optim, packing,
+                 plan, quantize, report)
 from kft.config import Config
 from kft.errors import KftError
 
@@ -142,6 +142,9 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     print(f"kft: {s['train_examples']} training / {s['eval_examples']} eval examples; "
           f"{s['overlong']} longer than seq_len {c.data.seq_len} ({s['overlong_action']}); "
           f"{s['trained_tokens']} of {s['train_tokens']} tokens carry loss", flush=True)
+    if c.data.packing:
+        print(f"kft: packed {s['train_examples']} training examples into {s['packed_rows']} rows of {c.data.seq_len} "
+              f"({100 * packing.padding_share(dataset.train.padding_mask):.1f}% padding)", flush=True)
 
     keras.utils.set_random_seed(c.train.seed)  # LoRA A initialisation
     adapted = lora.enable(task.backbone, c.lora.rank, c.lora.alpha, c.lora.targets)

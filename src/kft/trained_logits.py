@@ -138,7 +138,11 @@ class TrainedPositionsLM(keras.Model):
     def call(self, inputs):
         from keras import ops
 
-        hidden = self.task.backbone({name: inputs[name] for name in self.task.backbone.input})
+        from kft import packing
+
+        backbone = self.task.backbone
+        with packing.segments(backbone, inputs.get("segment_ids"), inputs.get("token_positions")):
+            hidden = backbone({name: inputs[name] for name in backbone.input})
         hidden = ops.reshape(hidden, (-1, hidden.shape[-1]))
         positions = ops.reshape(inputs["positions"], (-1,))
         picked = ops.take(hidden, ops.maximum(positions, 0), axis=0)
