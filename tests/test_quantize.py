@@ -77,9 +77,10 @@ def test_lora_gradients_on_a_weight_only_int8_base_point_where_the_float_ones_do
     assert cosine(out["int8"][1], out["none"][1]) >= 0.99
 
 
-# Measured on these random tiny models: gemma 0.983, gemma2 0.968, gemma3 0.980, gemma4 0.76 (4-bit
-# noise in 64-wide random layers; Gemma 4's per-layer gate and q/k/v norms amplify it).
-INT4_COSINE = {"gemma": 0.95, "gemma2": 0.95, "gemma3": 0.95, "gemma4": 0.7}
+# Measured on these random tiny models: gemma 0.983, gemma2 0.968, gemma3 0.980, gemma4 0.717 (4-bit
+# noise in 64-wide random layers; Gemma 4's per-layer gate and q/k/v norms amplify it; 0.722 when its
+# feed-forward projections were left float).
+INT4_COSINE = {"gemma": 0.95, "gemma2": 0.95, "gemma3": 0.95, "gemma4": 0.65}
 
 
 def test_lora_gradients_on_an_int4_base_stay_close_to_the_float_ones(probes):
