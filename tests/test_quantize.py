@@ -68,8 +68,9 @@ def probes(request):
 def test_loss_at_init_is_the_float_loss(probes):
     family, out, _ = probes
     float_loss = out["none"][0]
-    assert abs(out["int8"][0] - float_loss) / float_loss < 1e-3
-    assert abs(out["int4"][0] - float_loss) / float_loss < 2e-2
+    # Worst measured: gemma4 (attention and feed-forward quantized) int8 1.1e-3, int4 1.5e-2.
+    assert abs(out["int8"][0] - float_loss) / float_loss < 2e-3
+    assert abs(out["int4"][0] - float_loss) / float_loss < 3e-2
 
 
 def test_lora_gradients_on_a_weight_only_int8_base_point_where_the_float_ones_do(probes):
@@ -77,9 +78,10 @@ def test_lora_gradients_on_a_weight_only_int8_base_point_where_the_float_ones_do
     assert cosine(out["int8"][1], out["none"][1]) >= 0.99
 
 
-# Measured on these random tiny models: gemma 0.983, gemma2 0.968, gemma3 0.980, gemma4 0.76 (4-bit
-# noise in 64-wide random layers; Gemma 4's per-layer gate and q/k/v norms amplify it).
-INT4_COSINE = {"gemma": 0.95, "gemma2": 0.95, "gemma3": 0.95, "gemma4": 0.7}
+# Measured on these random tiny models: gemma 0.983, gemma2 0.968, gemma3 0.980, gemma4 0.717 (4-bit
+# noise in 64-wide random layers; Gemma 4's per-layer gate and q/k/v norms amplify it; 0.722 when its
+# feed-forward projections were left float).
+INT4_COSINE = {"gemma": 0.95, "gemma2": 0.95, "gemma3": 0.95, "gemma4": 0.65}
 
 
 def test_lora_gradients_on_an_int4_base_stay_close_to_the_float_ones(probes):
@@ -116,6 +118,90 @@ def test_the_tied_token_embedding_stays_float(probes):
     quantize.apply(model, "int4")
     assert model.token_embedding.quantization_mode is None
     assert model.token_embedding.embeddings.dtype == "float32"
+
+
+# --- Gemma 4's feed-forward projections, which its decoder block reads via `.kernel` -------------------
+
+FFW = ("gating_ffw", "gating_ffw_2", "ffw_linear")
+
+
+def _logits_and_lora_grads(backbone, inputs, targets, weights):
+    """(logits, LoRA-B gradients) of `backbone`, in one jitted pass."""
+    import jax
+    import jax.numpy as jnp
+
+    inputs = dict(inputs, position_ids=np.broadcast_to(np.arange(targets.shape[1], dtype="int32"), targets.shape))
+    trainable = backbone.trainable_variables
+    frozen = [v.value for v in backbone.non_trainable_variables]
+
+    def loss_fn(values):
+        hidden, _ = backbone.stateless_call(values, frozen, inputs)
+        logits = backbone.token_embedding(hidden, reverse=True).astype("float32")
+        nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+        return jnp.sum(nll * weights) / jnp.sum(weights), logits
+
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))([v.value for v in trainable])
+    return np.asarray(logits), {v.path: np.asarray(g) for v, g in zip(trainable, grads)
+                                if v.path.endswith("lora_kernel_b")}
+
+
+@pytest.fixture(scope="module")
+def gemma4_ffw():
+    """{mode: (model, logits, LoRA-B grads)} for a tiny Gemma 4 with the same non-zero LoRA factors
+    (the int4 one, LoRA on the feed-forward layers only, is not run: 4-bit noise, and time)."""
+    from kft import lora, quantize
+
+    base = tiny_backbone("gemma4")
+    models = {"none": base, "int8": clone(base), "int4": clone(base)}
+    data = batch()
+    rng = np.random.default_rng(1)
+    factors, out = None, {}
+    for mode, model in models.items():
+        quantize.apply(model, mode)
+        lora.enable(model, 4, 8.0, ["all-linear"] if mode != "int4" else ["ffw_gating", "ffw_gating_2", "ffw_linear"])
+        if factors is None:  # B non-zero, so the forward pass carries the LoRA delta too
+            factors = {p: v.numpy() if p.endswith("lora_kernel_a") else rng.normal(0, 0.02, v.shape).astype("float32")
+                       for p, v in lora.lora_variables(model).items()}
+        for path, variable in lora.lora_variables(model).items():
+            variable.assign(factors[path])
+        out[mode] = (model, *(_logits_and_lora_grads(model, *data) if mode != "int4" else (None, None)))
+    return out
+
+
+def test_gemma4_feed_forward_projections_read_via_kernel_are_quantized_and_compute_correctly(gemma4_ffw):
+    # KerasHub 0.32's Gemma4TextDecoderBlock multiplies by `gating_ffw.kernel` etc. itself (kft.quantize).
+    import keras
+
+    float_model, float_logits, float_grads = gemma4_ffw["none"]
+    x = np.random.default_rng(2).normal(size=(2, 5, 64)).astype("float32")
+    for mode, byte_ratio in (("int8", 0.30), ("int4", 0.17)):
+        model = gemma4_ffw[mode][0]
+        blocks = [layer for layer in model._flatten_layers() if type(layer).__name__ == "Gemma4TextDecoderBlock"]
+        assert len(blocks) == 2
+        quantized_bytes = float_bytes = 0
+        for block in blocks:
+            for name in FFW:
+                layer = getattr(block, name)
+                # (a) quantized, stored as integers ...
+                assert layer.quantization_mode == mode and "int" in str(layer._kernel.dtype), (mode, layer.path)
+                # ... and `.kernel`, what the block multiplies by, gives Keras' own quantized forward, LoRA included.
+                h = x if name != "ffw_linear" else np.concatenate([x, x], -1)
+                expected = np.asarray(layer(h))
+                np.testing.assert_allclose(np.asarray(keras.ops.matmul(h, layer.kernel)), expected,
+                                           rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
+                quantized_bytes += sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+                                       for v in layer.weights if "lora" not in v.path)
+                float_bytes += int(np.prod(layer.original_kernel_shape if mode == "int4" else layer._kernel.shape)) * 4
+        # (d) a fraction of their float32 bytes (measured: int8 0.26, int4 0.15).
+        assert quantized_bytes / float_bytes <= byte_ratio, (mode, quantized_bytes / float_bytes)
+    # (b) int8 logits are the float model's up to rounding: max error / max |logit| measured 0.016 (attention
+    # alone quantized: 0.014; Gemma 4's per-layer gate and q/k norms amplify the rounding). Unscaled codes: > 1.
+    _, logits, grads = gemma4_ffw["int8"]
+    error = np.abs(logits - float_logits).max() / np.abs(float_logits).max()
+    assert error < 0.03, error
+    # (c) LoRA learns through the dequantized kernel as through the float one (measured cosine 0.998).
+    assert set(grads) == set(float_grads)
+    assert cosine(grads, float_grads) >= 0.99
 
 
 # --- one family's whole path: train, reload, export ---------------------------------------------------

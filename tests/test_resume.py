@@ -84,6 +84,28 @@ def test_sigterm_writes_a_checkpoint_exits_3_and_resumes_exactly(uninterrupted, 
     assert same_adapter(run, uninterrupted)
 
 
+@pytest.mark.slow  # two quantized runs of 40 steps (~1 min)
+def test_a_run_on_an_int8_base_stopped_at_a_checkpoint_resumes_to_the_same_adapter(tmp_path):
+    # The base is re-quantized on resume (deterministically) and only the LoRA factors and optimizer
+    # state come from the checkpoint.
+    from kft import adapter
+
+    quantized = ["--set", "model.quantize=int8", "--max-steps", "40"]
+    reference = tmp_path / "reference"
+    finish(*ARGS, *quantized, "--output-dir", str(reference))
+    run = tmp_path / "stopped"
+    proc = start(run, *quantized)
+    wait_for_checkpoint(proc, run, 10)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err[-2000:]
+    assert checkpoint_step(run) < 40
+    done = finish("--resume", str(run))
+    assert "resuming from step-" in done.stdout
+    assert adapter.read_config(run)["quantize"] == "int8"
+    assert same_adapter(run, reference)
+
+
 def test_a_failed_checkpoint_write_leaves_the_previous_one_loadable(family_run, tmp_path, monkeypatch):
     import safetensors.numpy
 

@@ -222,7 +222,7 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     store = _storage_bytes(precision)
     compute = _compute_bytes(precision, accelerator)
     p = parameters(a)
-    quantizable = p["attention"] + (p["feed-forward"] if a.family != "gemma4" else 0)  # kft.quantize.KERNEL_READERS
+    quantizable = p["attention"] + p["feed-forward"]
     floating = sum(p.values()) - quantizable - (p["per-layer embedding"] if mode != "none" else 0)
     base = floating * store
     if mode == "none":

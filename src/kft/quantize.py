@@ -12,10 +12,12 @@ What kft adds is the choice of what to quantize and how:
   gradient, and LoRA barely trains (tests/test_quantize.py shows the gradient collapse); kft's
   trained-positions loss also reads that matrix directly. Vision/audio encoders stay as they are.
   Gemma 4's per-layer token embedding (a plain lookup, no gradient through it) is quantized;
-- not the layers whose parent reads `layer.kernel` and multiplies by it itself: for a quantized
-  layer that property is the raw integer codes (plus the LoRA delta), unscaled. KerasHub 0.32's
-  Gemma4TextDecoderBlock does this for its feed-forward projections (a "HOTFIX" matmul), so on Gemma 4
-  only attention is quantized (`KERNEL_READERS`; tests/test_quantize.py shows the breakage).
+- layers whose parent reads `layer.kernel` and multiplies by it itself (KerasHub 0.32's
+  Gemma4TextDecoderBlock does so for its feed-forward projections, a "HOTFIX" matmul) are quantized
+  too, but Keras' `kernel` of a quantized layer is the raw integer codes (plus the LoRA delta),
+  unscaled. kft gives those layer instances a subclass whose `kernel` is the dequantized kernel
+  (Keras' own unpacking and scales) plus `(alpha/rank) * A @ B`: the stored weights stay integer and
+  a float kernel exists only inside the step (`KERNEL_READERS`, tests/test_quantize.py).
 
 Quantizing a float base is deterministic, so an adapter reloads bit for bit: float base -> the
 same quantization -> `enable_lora` with the same targets -> assign the factors (kft never saves
@@ -56,26 +58,78 @@ def keras_config(mode: str):
     return Int4QuantizationConfig(activation_quantizer=None, block_size=INT4_BLOCK_SIZE)
 
 
-# {decoder block class: sub-layers whose `.kernel` the block reads directly (KerasHub 0.32)}
-KERNEL_READERS = {"Gemma4TextDecoderBlock": ("ffw_gating", "ffw_gating_2", "ffw_linear")}
+# {decoder block class: attributes naming the sub-layers whose `.kernel` the block reads (KerasHub 0.32)}
+KERNEL_READERS = {"Gemma4TextDecoderBlock": ("gating_ffw", "gating_ffw_2", "ffw_linear")}
 
 
 def decoder_filter(model):
     """Keras `filters` for `model`: projections inside decoder blocks, and plain (lookup-only)
-    embeddings; not the tied token embedding (a ReversibleEmbedding) nor KERNEL_READERS' layers."""
+    embeddings; not the tied token embedding (a ReversibleEmbedding)."""
     import keras
-
-    read_directly = {f"{block.path}/{name}" for block in model._flatten_layers()
-                     for name in KERNEL_READERS.get(type(block).__name__, ())}
 
     def wanted(layer) -> bool:
         kind = type(layer)
         if kind is keras.layers.Embedding:
             return True
-        return (kind in (keras.layers.Dense, keras.layers.EinsumDense) and layer.path.startswith("decoder_block")
-                and layer.path not in read_directly)
+        return kind in (keras.layers.Dense, keras.layers.EinsumDense) and layer.path.startswith("decoder_block")
 
     return wanted
+
+
+def dequantized_kernel(layer):
+    """An int8/int4 EinsumDense's kernel as float32, dequantized as Keras' own forward pass does it
+    (`EinsumDense._int8_call`, `_int4_call`, `_get_kernel_with_merged_lora`)."""
+    from keras import ops, quantizers
+    from keras.src.quantizers.quantizers import dequantize_with_sz_map
+
+    if layer.quantization_mode == "int8":
+        return ops.divide(ops.cast(layer._kernel, "float32"), layer._adjust_scale_for_dequant(layer.kernel_scale))
+    # int4: codes packed two per byte along the last axis of the [rows, columns] kernel.
+    codes = quantizers.unpack_int4(layer._kernel, layer._int4_unpacked_column_size, axis=-1)
+    if getattr(layer, "_int4_block_size", None) not in (None, -1):  # groups of rows with zero points
+        kernel = dequantize_with_sz_map(codes, layer.kernel_scale, layer.kernel_zero, layer.g_idx, group_axis=0)
+    else:  # one scale per column
+        kernel = ops.divide(ops.cast(codes, "float32"), layer.kernel_scale)
+    return ops.reshape(ops.cast(kernel, "float32"), layer.original_kernel_shape)
+
+
+_DEQUANTIZING = {}
+
+
+def _dequantizing_class(cls):
+    """`cls` with a `kernel` that is the dequantized float kernel (+ the LoRA delta) once quantized."""
+    if cls not in _DEQUANTIZING:
+        from keras import ops
+
+        def kernel(self):
+            if self.quantization_mode not in ("int8", "int4"):
+                return cls.kernel.fget(self)
+            value = dequantized_kernel(self)
+            if self.lora_enabled:
+                value = value + (self.lora_alpha / self.lora_rank) * ops.matmul(self.lora_kernel_a, self.lora_kernel_b)
+            return ops.cast(value, self.compute_dtype)
+
+        # Same name and module: serialized, the layer is still a Keras `cls`.
+        _DEQUANTIZING[cls] = type(cls.__name__, (cls,), {"kernel": property(kernel), "__module__": cls.__module__,
+                                                          "__doc__": _dequantizing_class.__doc__})
+    return _DEQUANTIZING[cls]
+
+
+def dequantize_kernel_readers(model) -> int:
+    """Give the quantized layers in `KERNEL_READERS` a dequantizing `kernel`; return how many."""
+    import keras
+
+    swapped = 0
+    for block in model._flatten_layers():
+        for name in KERNEL_READERS.get(type(block).__name__, ()):
+            layer = getattr(block, name, None)
+            if getattr(layer, "quantization_mode", None) not in ("int8", "int4") or type(layer) in _DEQUANTIZING.values():
+                continue
+            if not isinstance(layer, keras.layers.EinsumDense):  # a KerasHub other than 0.32
+                raise KftError(f"model.quantize: {layer.path} is read by its block directly and is not an EinsumDense")
+            layer.__class__ = _dequantizing_class(type(layer))
+            swapped += 1
+    return swapped
 
 
 def apply(task, mode: str, filters="decoder") -> int:
@@ -87,6 +141,7 @@ def apply(task, mode: str, filters="decoder") -> int:
     if mode == "none":
         return 0
     task.quantize(mode, config=keras_config(mode), filters=decoder_filter(task) if filters == "decoder" else filters)
+    dequantize_kernel_readers(task)
     quantized = [layer for layer in task._flatten_layers() if getattr(layer, "quantization_mode", None) == mode]
     if not quantized:
         raise KftError(f"model.quantize {mode}: no layer of this model could be quantized")
