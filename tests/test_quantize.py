@@ -68,9 +68,11 @@ def probes(request):
 def test_loss_at_init_is_the_float_loss(probes):
     family, out, _ = probes
     float_loss = out["none"][0]
-    # Worst measured: gemma4 (attention and feed-forward quantized) int8 1.1e-3, int4 1.5e-2.
-    assert abs(out["int8"][0] - float_loss) / float_loss < 2e-3
-    assert abs(out["int4"][0] - float_loss) / float_loss < 3e-2
+    # The bounds (1e-3 int8, 2e-2 int4), except Gemma 4 with its feed-forward quantized too:
+    # measured int8 1.1e-3, int4 1.5e-2 (its per-layer gate and q/k/v norms amplify the rounding).
+    int8_bound, int4_bound = (2e-3, 3e-2) if family == "gemma4" else (1e-3, 2e-2)
+    assert abs(out["int8"][0] - float_loss) / float_loss < int8_bound
+    assert abs(out["int4"][0] - float_loss) / float_loss < int4_bound
 
 
 def test_lora_gradients_on_a_weight_only_int8_base_point_where_the_float_ones_do(probes):
