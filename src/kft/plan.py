@@ -236,9 +236,13 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     tokens = batch * c.data.seq_len
     # Kept for the backward pass, per token and layer (floats): ~12 hidden-wide and ~5 feed-forward-wide
     # tensors, q/k/v after norms and rotary, and the attention scores, probabilities and their
-    # gradients (float32); the counts are fitted to measured peaks, not derived.
-    per_token = (12 * a.hidden + 5 * a.ffw * (1 + a.double_wide_layers / a.layers) + 2 * a.query_heads * a.head_dim)
-    activations = a.layers * tokens * (per_token * compute + 4 * a.query_heads * c.data.seq_len * 4) / model_axis
+    # gradients (float32); the counts are fitted to measured peaks, not derived. On a model axis
+    # kft's layouts split the heads and the feed-forward width but not the residual stream: about
+    # half the hidden-wide tensors stay whole on every device (scripts/plan_vs_mesh.py).
+    whole = 6 * a.hidden
+    split = 6 * a.hidden + 5 * a.ffw * (1 + a.double_wide_layers / a.layers) + 2 * a.query_heads * a.head_dim
+    activations = a.layers * tokens * ((whole + split / model_axis) * compute
+                                       + 4 * a.query_heads * c.data.seq_len * 4 / model_axis)
     trained_logits = CHUNK * a.vocab * 4 * 3
     all_logits = tokens * a.vocab * 4 * 3  # float32 logits, their softmax and gradient
     logits = trained_logits if c.train.logits_on == "trained" else all_logits
