@@ -43,8 +43,9 @@ def batch(seed: int = 0, rows: int = 2, length: int = 24):
     return inputs, np.roll(tokens, -1, axis=1), weights
 
 
-def loss_and_lora_grads(backbone, inputs, targets, weights):
-    """(token-mean loss, {LoRA B path: gradient}) from the full-vocabulary logits."""
+def loss_and_lora_grads(backbone, inputs, targets, weights, with_logits: bool = False):
+    """(token-mean loss, {LoRA B path: gradient}) from the full-vocabulary logits, in one jitted
+    pass; with `with_logits`, the logits too as a third item."""
     import jax
     import jax.numpy as jnp
 
@@ -58,10 +59,11 @@ def loss_and_lora_grads(backbone, inputs, targets, weights):
         hidden, _ = backbone.stateless_call(values, frozen, inputs)
         logits = backbone.token_embedding(hidden, reverse=True).astype("float32")
         nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
-        return jnp.sum(nll * weights) / jnp.sum(weights)
+        return jnp.sum(nll * weights) / jnp.sum(weights), logits
 
-    loss, grads = jax.jit(jax.value_and_grad(loss_fn))([v.value for v in trainable])
-    return float(loss), {v.path: np.asarray(g) for v, g in zip(trainable, grads) if v.path.endswith("lora_kernel_b")}
+    (loss, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))([v.value for v in trainable])
+    lora_grads = {v.path: np.asarray(g) for v, g in zip(trainable, grads) if v.path.endswith("lora_kernel_b")}
+    return (float(loss), lora_grads, np.asarray(logits)) if with_logits else (float(loss), lora_grads)
 
 
 def cosine(a: dict, b: dict) -> float:

@@ -127,26 +127,6 @@ def test_the_tied_token_embedding_stays_float(probes):
 FFW = ("gating_ffw", "gating_ffw_2", "ffw_linear")
 
 
-def _logits_and_lora_grads(backbone, inputs, targets, weights):
-    """(logits, LoRA-B gradients) of `backbone`, in one jitted pass."""
-    import jax
-    import jax.numpy as jnp
-
-    inputs = dict(inputs, position_ids=np.broadcast_to(np.arange(targets.shape[1], dtype="int32"), targets.shape))
-    trainable = backbone.trainable_variables
-    frozen = [v.value for v in backbone.non_trainable_variables]
-
-    def loss_fn(values):
-        hidden, _ = backbone.stateless_call(values, frozen, inputs)
-        logits = backbone.token_embedding(hidden, reverse=True).astype("float32")
-        nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
-        return jnp.sum(nll * weights) / jnp.sum(weights), logits
-
-    (_, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))([v.value for v in trainable])
-    return np.asarray(logits), {v.path: np.asarray(g) for v, g in zip(trainable, grads)
-                                if v.path.endswith("lora_kernel_b")}
-
-
 @pytest.fixture(scope="module")
 def gemma4_ffw():
     """{mode: (model, logits, LoRA-B grads)} for a tiny Gemma 4 with the same non-zero LoRA factors
@@ -166,7 +146,11 @@ def gemma4_ffw():
                        for p, v in lora.lora_variables(model).items()}
         for path, variable in lora.lora_variables(model).items():
             variable.assign(factors[path])
-        out[mode] = (model, *(_logits_and_lora_grads(model, *data) if mode != "int4" else (None, None)))
+        if mode == "int4":
+            out[mode] = (model, None, None)
+        else:
+            _, grads, logits = loss_and_lora_grads(model, *data, with_logits=True)
+            out[mode] = (model, logits, grads)
     return out
 
 

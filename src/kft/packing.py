@@ -20,6 +20,8 @@ import inspect
 
 import numpy as np
 
+from kft import families
+
 
 def pack(lengths: list[int], capacity: int) -> list[list[int]]:
     """Rows of example indices whose lengths (positions each example needs) sum to <= `capacity`:
@@ -64,10 +66,6 @@ def packed_arrays(sequences, seq_len: int, pad_id: int) -> dict:
     return out
 
 
-def _decoder_blocks(backbone):
-    return [layer for layer in backbone.transformer_layers]
-
-
 @contextlib.contextmanager
 def segments(backbone, segment_ids, positions):
     """While inside, `backbone`'s decoder blocks attend within segments only and (without a
@@ -88,12 +86,11 @@ def segments(backbone, segment_ids, positions):
 
     def rotated(attention, original):
         if "positions" in inspect.signature(original).parameters:  # Gemma 1/2: the layer rotates given positions
-            return lambda x, start_index, positions=None: original(x, start_index, positions=positions_)
-        return lambda x, start_index: attention.rope_layer(x, positions=positions_)  # Gemma 3
+            return lambda x, start_index, **_: original(x, start_index, positions=positions)
+        return lambda x, start_index: attention.rope_layer(x, positions=positions)  # Gemma 3
 
-    positions_ = positions
     rope_needed = "position_ids" not in backbone.input
-    for block in _decoder_blocks(backbone):
+    for block in families.decoder_blocks(backbone):
         vars(block)["_compute_attention_mask"] = masked(block._compute_attention_mask)
         patched.append((block, "_compute_attention_mask"))
         if rope_needed:
