@@ -246,10 +246,7 @@ def _encode(records, template: templates.Template, tokenizer, config: DataConfig
 def _packed_split(sequences, seq_len: int, pad_id: int) -> Split:
     from kft import packing
 
-    arrays = packing.packed_arrays(sequences, seq_len, pad_id)
-    return Split(token_ids=arrays["token_ids"], padding_mask=arrays["padding_mask"], targets=arrays["targets"],
-                 loss_weights=arrays["loss_weights"], segment_ids=arrays["segment_ids"],
-                 token_positions=arrays["token_positions"])
+    return Split(**packing.packed_arrays(sequences, seq_len, pad_id))
 
 
 def _split(segment_lists, sequences, config: DataConfig, pad_id: int, num_prompts: int, packed: bool = False) -> Split:

@@ -158,10 +158,11 @@ def generate_ids(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, 
         return []
     encoded = [[tokenizer.start_token_id, *ids] for ids in tokenizer(list(prompts))]
     # Shapes are bucketed so nearby prompt lengths reuse one compiled generate function.
-    length = _bucket(max(len(ids) for ids in encoded) + max_new_tokens)
+    longest = max(len(ids) for ids in encoded)
+    length = _bucket(longest + max_new_tokens)
     size, chunks = plan_chunks([len(ids) for ids in encoded], batch_size or len(encoded), length, max_new_tokens)
     limit_new_tokens(task, max_new_tokens)
-    prefill_prompts_only(task, min(_bucket(max(len(ids) for ids in encoded), 16), length))
+    prefill_prompts_only(task, min(_bucket(longest, 16), length))
     stops = stop_token_ids(tokenizer)
     completions: list[list[int]] = [[] for _ in encoded]
     for chunk in chunks:
