@@ -112,21 +112,28 @@ def test_length_buckets_cut_only_padding_and_keep_the_loss(tiny_presets):
 
 
 def test_eval_loss_is_the_token_mean_over_all_batches_on_both_paths(tiny_presets):
+    import datasets
     import keras
 
     from kft import evaluation, model
 
     keras.utils.set_random_seed(3)
     task, _, _ = model.load(tiny_presets["gemma3"], "float32")
-    config = DataConfig(source="bundled:tiny_facts", seq_len=48, shuffle=False, max_examples=6)
-    split = data.build(data.load_records(config), task.preprocessor.tokenizer, config, seed=0).train
+    config = DataConfig(source="bundled:tiny_facts", seq_len=160, shuffle=False, max_examples=7)
+    # One long record and six facts (60-84 tokens): the trained-position path packs the facts two to a row.
+    facts = data.load_records(config)
+    records = facts.select([0]).map(lambda r: {**r, "instruction": " ".join(["tell me more"] * 12), "response": "yes"})
+    records = datasets.concatenate_datasets([records, facts])
+    split = data.build(records, task.preprocessor.tokenizer, config, seed=0).train
     logits = np.asarray(task(split.inputs()), dtype="float64")  # one batch, no aggregation to get wrong
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     nll = -np.take_along_axis(log_probs, split.targets[..., None], axis=-1)[..., 0]
     expected = (nll * split.loss_weights).sum() / split.loss_weights.sum()
-    for logits_on in ("trained", "all"):  # batches of 4 and a last one of 2, cut to multiples of 16
-        loss = evaluation.eval_loss(evaluation.compile_task(task, logits_on=logits_on), split, 4, pad_to_multiple=16)
+    packed = data.eval_batches(split, 4, trained_only=True)
+    assert sum(int((x["segment_ids"].max(axis=1) > 0).sum()) for x, _, w in packed if w.sum()) < len(split)
+    for logits_on in ("trained", "all"):  # packed rows (trained), batches of 4 and a last one of 3 (all)
+        loss = evaluation.eval_loss(evaluation.compile_task(task, logits_on=logits_on), split, 4)
         assert abs(loss - expected) <= 1e-5 * expected, logits_on
 
 

@@ -348,16 +348,34 @@ def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: i
     return Batches()
 
 
-def eval_batches(split: Split, batch_size: int, trained_only: bool = False, pad_to_multiple: int = 0):
+EVAL_ROUND = 8  # eval rows are cut to the split's longest example rounded up to this
+
+
+def packed_for_eval(split: Split, length: int) -> Split:
+    """`split`'s examples packed several to a row of `length` positions (see packing.py): the same
+    tokens, weights and per-example attention, in fewer rows. Generation prompts are not carried."""
+    from kft import packing
+
+    lengths = split.padding_mask.sum(axis=1)
+    sequences = [(np.append(split.token_ids[i, :n], split.targets[i, n - 1]), np.append(0.0, split.loss_weights[i, :n]))
+                 for i, n in enumerate(lengths)]
+    return Split(**packing.packed_arrays(sequences, length, pad_id=0), with_position_ids=split.with_position_ids)
+
+
+def eval_batches(split: Split, batch_size: int, trained_only: bool = False):
     """A Keras PyDataset over every example of `split` in order, in one shape (one compiled eval
-    program, the same before and after training): every batch cut to the split's longest example
-    (rounded up to `pad_to_multiple`), the last one filled with weightless repeats."""
+    program, the same before and after training): rows cut to the split's longest example (rounded
+    up to EVAL_ROUND), the last batch filled with weightless repeats. With `trained_only` (the
+    loss at trained positions, which reads packed rows), short examples are packed several to a
+    row when that saves rows: an eval set of mixed lengths computes little padding."""
     import keras
 
     longest = int(split.padding_mask.sum(axis=1).max()) if len(split) else 0
-    length = split.token_ids.shape[1]
-    if pad_to_multiple:
-        length = min(-(-longest // pad_to_multiple) * pad_to_multiple, length)
+    length = min(-(-longest // EVAL_ROUND) * EVAL_ROUND, split.token_ids.shape[1])
+    if trained_only and split.segment_ids is None and len(split) > 1:
+        packed = packed_for_eval(split, length)
+        if len(packed) < len(split):
+            split = packed
     size = min(batch_size, len(split))
 
     class Batches(keras.utils.PyDataset):

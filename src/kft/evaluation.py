@@ -39,13 +39,13 @@ def uses_trained_positions(model) -> bool:
 GENERATE_BATCH = 32  # prompts per generate call: progress every 32, one compiled shape for all
 
 
-def eval_loss(model, split: data.Split, batch_size: int, pad_to_multiple: int = 0, label: str = "measuring") -> float:
+def eval_loss(model, split: data.Split, batch_size: int, label: str = "measuring") -> float:
     """Mean loss per trained target token over `split`: sum of weighted token losses / sum of weights."""
     import keras
 
     from kft.progress import Counter
 
-    batches = data.eval_batches(split, batch_size, uses_trained_positions(model), pad_to_multiple)
+    batches = data.eval_batches(split, batch_size, uses_trained_positions(model))
     progress = Counter(f"{label}: eval loss", len(batches), "batches")
     total = weight = 0.0
     for x, y, w in batches:
@@ -60,7 +60,7 @@ def eval_loss(model, split: data.Split, batch_size: int, pad_to_multiple: int = 
 
 
 def measure(task, model, split: data.Split, metric: str, batch_size: int, max_new_tokens: int,
-            with_loss: bool, pad_to_multiple: int = 0, label: str = "measuring") -> dict:
+            with_loss: bool, label: str = "measuring") -> dict:
     """{'loss'?, 'generations', 'score', 'xla'}: greedy answers of `task`, loss of `model` (see compile_task).
 
     Progress is reported as `kft: LABEL: 32/64 prompts` (one bar in a notebook)."""
@@ -74,7 +74,7 @@ def measure(task, model, split: data.Split, metric: str, batch_size: int, max_ne
         progress.close()
         result = {"generations": generations, "score": scoring.score(metric, generations, split.references)}
         if with_loss:
-            result["loss"] = eval_loss(model, split, batch_size, pad_to_multiple, label)
+            result["loss"] = eval_loss(model, split, batch_size, label)
     result["xla"] = compiles.as_dict()  # a second measurement with the same shapes compiles nothing
     return result
 
@@ -94,5 +94,5 @@ def evaluate_run(run_dir, base: bool = False, metric: str | None = None) -> dict
     split = dataset.eval or dataset.train
     metric = metric or c.output.metric
     result = measure(task, model_for_loss, split, metric, c.train.batch_size, c.output.sample_max_new_tokens,
-                     with_loss=dataset.eval is not None, pad_to_multiple=c.train.pad_to_multiple)
+                     with_loss=dataset.eval is not None)
     return {"model": "base" if base else "tuned", "metric": metric, "examples": len(split.prompts), **result}

@@ -161,7 +161,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     prompt_split = dataset.eval or dataset.train
     measure = functools.partial(evaluation.measure, task, fit_model, prompt_split, c.output.metric,
                                 c.train.batch_size, c.output.sample_max_new_tokens,
-                                with_loss=dataset.eval is not None, pad_to_multiple=c.train.pad_to_multiple)
+                                with_loss=dataset.eval is not None)
     start_micro, rows = 0, []
     if resume_from is None:
         before = measure(label="measuring before")
