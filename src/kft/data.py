@@ -354,12 +354,12 @@ EVAL_ROUND = 8  # eval rows are cut to the split's longest example rounded up to
 def packed_for_eval(split: Split, length: int) -> Split:
     """`split`'s examples packed several to a row of `length` positions (see packing.py): the same
     tokens, weights and per-example attention, in fewer rows. Generation prompts are not carried."""
-    from kft import packing
-
     lengths = split.padding_mask.sum(axis=1)
     sequences = [(np.append(split.token_ids[i, :n], split.targets[i, n - 1]), np.append(0.0, split.loss_weights[i, :n]))
                  for i, n in enumerate(lengths)]
-    return Split(**packing.packed_arrays(sequences, length, pad_id=0), with_position_ids=split.with_position_ids)
+    packed = _packed_split(sequences, length, pad_id=0)  # padding is masked: its id is never read
+    packed.with_position_ids = split.with_position_ids
+    return packed
 
 
 def eval_batches(split: Split, batch_size: int, trained_only: bool = False):
