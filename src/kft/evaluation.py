@@ -18,6 +18,7 @@ def compile_task(task, optimizer=None, logits_on: str = "all"):
     from kft.trained_logits import PositionLoss, TrainedPositionsLM
 
     task.compile(sampler=sampling.make_sampler("greedy"))
+    _build_preprocessor(task)
     if logits_on == "trained" and optimizer is not None and task.backbone.token_embedding.trainable_weights:
         # The trained-position loss gives the token embeddings no gradient (kft's LoRA freezes them).
         raise KftError("train.logits_on: trained cannot train the token embeddings; set train.logits_on: all")
@@ -28,6 +29,20 @@ def compile_task(task, optimizer=None, logits_on: str = "all"):
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
     keras.Model.compile(model, optimizer=optimizer or "adam", loss=loss)
     return model
+
+
+def _build_preprocessor(task) -> None:
+    """Build the task's preprocessor and its tokenizer and packer (they hold no weights): Keras'
+    `test_on_batch` traces the whole model again (`_symbolic_build`, ~1 s per batch on the 270M)
+    while any sublayer is unbuilt, and kft feeds token ids, so they never build themselves."""
+    preprocessor = getattr(task, "preprocessor", None)
+    if preprocessor is None:
+        return
+    if not preprocessor.built:
+        preprocessor.build(None)  # makes the packer
+    for layer in preprocessor._flatten_layers():
+        if not layer.built:
+            layer.build(None)
 
 
 def uses_trained_positions(model) -> bool:
