@@ -44,6 +44,7 @@ def test_trained_position_loss_matches_the_plain_path(tiny_presets, family, loss
     from kft.trained_logits import PositionLoss, TrainedPositionsLM
 
     monkeypatch.setattr(trained_logits, "CHUNK", 16)  # several chunks, the last one padded
+    monkeypatch.setattr(trained_logits, "EVAL_CHUNK", 16)
     keras.utils.set_random_seed(1)
     task, _, _ = model.load(tiny_presets[family], "float32")
     lora.enable(task.backbone, 2, 4.0, ["all-linear"])
@@ -136,14 +137,14 @@ def test_eval_loss_is_the_token_mean_over_all_batches_on_both_paths(tiny_presets
     assert sum(int((x["segment_ids"].max(axis=1) > 0).sum()) for x, _, w in packed if w.sum()) < len(split)
     for logits_on in ("trained", "all"):  # packed rows (trained), batches of 4 and a last one of 3 (all)
         compiled = evaluation.compile_task(task, logits_on=logits_on)
-        loss = evaluation.eval_loss(compiled, split, 4)
+        loss = evaluation.eval_loss(compiled, split, 2)  # eval batches of 2 x 2
         assert abs(loss - expected) <= 1e-5 * expected, logits_on
         # Keras traces the whole model again on every test_on_batch while a sublayer is unbuilt (the
         # preprocessor's, never called on token ids): a measurement after the first traces nothing.
         traces = []
         trace = keras.src.backend.compute_output_spec
         with mock.patch("keras.src.backend.compute_output_spec", lambda *a, **k: traces.append(1) or trace(*a, **k)):
-            assert evaluation.eval_loss(compiled, split, 4) == loss
+            assert evaluation.eval_loss(compiled, split, 2) == loss
         assert not traces, logits_on
 
 

@@ -52,15 +52,20 @@ def uses_trained_positions(model) -> bool:
 
 
 GENERATE_BATCH = 32  # prompts per generate call: progress every 32, one compiled shape for all
+# Eval batches hold this many times the training batch: a forward pass keeps no activations for a
+# backward one, and bigger batches run faster (270M held-out pass on CPU: 10.5 s at 8 rows, 9.9 s at 16).
+EVAL_BATCH_SCALE = 2
 
 
 def eval_loss(model, split: data.Split, batch_size: int, label: str = "measuring") -> float:
-    """Mean loss per trained target token over `split`: sum of weighted token losses / sum of weights."""
+    """Mean loss per trained target token over `split`: sum of weighted token losses / sum of weights.
+
+    `batch_size` is the training batch; eval batches hold EVAL_BATCH_SCALE times as many rows."""
     import keras
 
     from kft.progress import Counter
 
-    batches = data.eval_batches(split, batch_size, uses_trained_positions(model))
+    batches = data.eval_batches(split, EVAL_BATCH_SCALE * batch_size, uses_trained_positions(model))
     progress = Counter(f"{label}: eval loss", len(batches), "batches")
     total = weight = 0.0
     for x, y, w in batches:

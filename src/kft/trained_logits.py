@@ -26,6 +26,9 @@ import numpy as np
 from kft.errors import KftError
 
 CHUNK = 32  # positions per vocabulary projection: 32 x 262144 float32 logits is 34 MB (the fastest on CPU)
+# Without the gradient (evaluation) a chunk holds only logits, and a bigger projection runs faster
+# (270M held-out pass on CPU: 11.7 s at 32, 10.5 s at 64, 9.9 s at 128 with twice the rows).
+EVAL_CHUNK = 128
 
 
 def gather_trained(loss_weights: np.ndarray, targets: np.ndarray):
@@ -60,13 +63,13 @@ def _logits(hidden, embeddings, soft_caps):
 
 def _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_cap, with_grad: bool):
     """Per-position nll (and d nll / d hidden) for the first `count` positions, in chunks of
-    CHUNK; the loop stops after the last chunk holding one of them (the rest stay 0), so the
+    CHUNK (EVAL_CHUNK without the gradient); the loop stops after the last chunk holding one of them (the rest stay 0), so the
     padding after them costs nothing whatever the batch's shape."""
     import jax
     import jax.numpy as jnp
 
     n, d = hidden.shape
-    chunk = min(CHUNK, n)
+    chunk = min(CHUNK if with_grad else EVAL_CHUNK, n)
     embeddings = embeddings.astype(hidden.dtype)  # once, not per chunk (bfloat16 compute on accelerators)
     pad = (-n) % chunk
     hidden = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(-1, chunk, d)
