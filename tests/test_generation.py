@@ -1,4 +1,4 @@
-"""Batched greedy generation: prompts batched by token length, each row stopped at its own limit."""
+"""Batched greedy generation from left-padded prompts: the token ids of KerasHub's right-padded path."""
 
 import numpy as np
 import pytest
@@ -18,59 +18,71 @@ MAX_NEW = 6
 # programs each (~20 s) and run in the slow tier.
 
 
-def old_generate_ids(task, tokenizer, prompts, max_new_tokens):
-    """kft's generation before grouping: every prompt right-padded into one batch, KerasHub's loop
-    starting after the shortest prompt and running to the end of the padded shape, and KerasHub's
-    prefill over the whole padded row."""
+def keras_hub_generate_ids(task, tokenizer, prompts, max_new_tokens):
+    """KerasHub's own generation, none of kft's changes: every prompt right-padded into one batch,
+    the loop starting after the shortest prompt and running to the end of the padded shape, the
+    prefill over the whole padded row. The first `max_new_tokens` new ids of each row."""
     from kft import sampling
 
-    sampling.prefill_prompts_only(task, None)
-    if task.sampler.max_new_tokens is not None:
-        task.sampler.max_new_tokens = None  # KerasHub's own loop
+    hooks = {name: vars(task).pop(name) for name in ("generate_step", "call_with_cache", "_kft_left_padding",
+                                                     "_kft_prefill_length") if name in vars(task)}
+    task.generate_function = None
+    try:
+        encoded = [[tokenizer.start_token_id, *ids] for ids in tokenizer(prompts)]
+        length = max(len(ids) for ids in encoded) + max_new_tokens
+        token_ids = np.zeros((len(encoded), length), "int32")
+        for row, ids in enumerate(encoded):
+            token_ids[row, :len(ids)] = ids
+        out = task.make_generate_function()({"token_ids": token_ids, "padding_mask": token_ids != 0},
+                                            stop_token_ids=None)
+        out = np.asarray(out["token_ids"])
+        stops = sampling.stop_token_ids(tokenizer)
+        new = []
+        for row, ids in enumerate(encoded):
+            tokens = [int(t) for t in out[row, len(ids):len(ids) + max_new_tokens]]
+            cut = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
+            new.append(tokens[:cut])
+        return new
+    finally:
+        vars(task).update(hooks)
         task.generate_function = None
-    encoded = [[tokenizer.start_token_id, *ids] for ids in tokenizer(prompts)]
-    length = sampling._bucket(max(len(ids) for ids in encoded) + max_new_tokens)
-    return sampling._generate_rows(task, tokenizer, encoded, length, max_new_tokens, sampling.stop_token_ids(tokenizer))
+
+
+class Chunks:
+    def __init__(self):
+        self.sizes = []
+
+    def advance(self, n):
+        self.sizes.append(n)
 
 
 @pytest.mark.parametrize("family", [pytest.param(f, marks=[] if f == "gemma3" else [pytest.mark.slow]) for f in FAMILIES])
-def test_length_sorted_generation_gives_the_same_token_ids_as_one_right_padded_batch(family, tiny_presets):
+def test_left_padded_generation_gives_the_token_ids_of_keras_hub_s_right_padded_batch(family, tiny_presets):
     from kft import model, sampling
 
     task = model.load(tiny_presets[family], "float32")[0]  # names the task class (Gemma 4: KerasHub's lookup is ambiguous)
     task.compile(sampler=sampling.make_sampler("greedy"))
     tokenizer = task.preprocessor.tokenizer
-    new = sampling.generate_ids(task, tokenizer, PROMPTS, MAX_NEW, batch_size=4)
     lengths = [len(ids) + 1 for ids in tokenizer(PROMPTS)]
-    batch, chunks = sampling.plan_chunks(lengths, 4, sampling._bucket(max(lengths) + MAX_NEW), MAX_NEW)
-    assert len(chunks) > 1  # the comparison covers several chunks of one shape
+    assert max(lengths) - min(lengths) > 10  # rows with much left padding
+    chunks = Chunks()
+    new = sampling.generate_ids(task, tokenizer, PROMPTS, MAX_NEW, batch_size=4, progress=chunks)
+    assert chunks.sizes == [3, 2]  # evened-out chunks of one shape
     assert all(len(ids) == MAX_NEW for ids in new)  # random tiny models do not stop by themselves
+    assert keras_hub_generate_ids(task, tokenizer, PROMPTS, MAX_NEW) == new
 
-    # The loop ends once every row has its new tokens: nothing is written past prompt + MAX_NEW.
-    row = tokenizer([PROMPTS[0]])[0]
-    length = sampling._bucket(max(lengths) + MAX_NEW)
-    token_ids = np.zeros((batch, length), "int32")
-    token_ids[:, : len(row) + 1] = [tokenizer.start_token_id, *row]
-    mask = token_ids != 0
-    out = np.asarray(task.make_generate_function()({"token_ids": token_ids, "padding_mask": mask},
-                                                   stop_token_ids=None)["token_ids"])
-    end = len(row) + 1 + MAX_NEW
-    assert (out[:, end - 1] != 0).all() and (out[:, end:] == 0).all()
-
-    assert old_generate_ids(task, tokenizer, PROMPTS, MAX_NEW) == new
-
-
-def test_the_plan_cuts_prompts_sorted_by_length_into_chunks_of_one_batch_size():
-    from kft import sampling
-
-    lengths = [35, 44, 36, 43, 35, 44, 40, 36] * 8  # 64 prompts
-    batch, chunks = sampling.plan_chunks(lengths, 32, 64, 16)
-    assert batch == 32 and sorted(i for chunk in chunks for i in chunk) == list(range(64))
-    assert all(len(chunk) <= 32 for chunk in chunks) and len(chunks) == 2
-    spans = [(min(lengths[i] for i in c), max(lengths[i] for i in c)) for c in chunks]
-    assert spans == [(35, 36), (40, 44)]  # the second chunk decodes from 40, not from 35
-    # Far-apart lengths go in separate chunks: walking 55 prompt tokens costs more than a prefill.
-    assert sampling.plan_chunks([5, 5, 5, 60, 60, 60], 32, 96, 8) == (6, [[0, 1, 2], [3, 4, 5]])
+    if family != "gemma3":
+        return
+    # The hiding has teeth: the same left-padded rows through KerasHub's plain program differ (on
+    # tiny Gemma 3; tiny Gemma 1 repeats one token per prompt whatever the context).
+    end = sampling._bucket(max(lengths))
+    hooks = {name: vars(task).pop(name) for name in ("generate_step", "_kft_left_padding")}
+    task.generate_function = None
+    plain = sampling._generate_rows(task, tokenizer, [[tokenizer.start_token_id, *ids] for ids in tokenizer(PROMPTS)],
+                                    end, MAX_NEW, sampling.stop_token_ids(tokenizer))
+    vars(task).update(hooks)
+    task.generate_function = None
+    assert plain != new
 
 
 @pytest.mark.slow
@@ -89,7 +101,23 @@ def test_gemma3_270m_answers_the_60_held_out_prompts_with_the_same_token_ids_as_
     prompts = data.build(records, tokenizer, c.data, 0, num_prompts=60, eval_records=held_out).eval.prompts
     new = sampling.generate_ids(task, tokenizer, prompts, 16, batch_size=32)
     old = []
-    for start in range(0, len(prompts), 32):  # kft's previous path: chunks of 32 in the given order
-        chunk = prompts[start:start + 32]
-        old += old_generate_ids(task, tokenizer, chunk + [chunk[-1]] * (32 - len(chunk)), 16)[:len(chunk)]
+    for start in range(0, len(prompts), 30):  # KerasHub's own right-padded path, in two batches
+        old += keras_hub_generate_ids(task, tokenizer, prompts[start:start + 30], 16)
     assert len(new) == 60 and old == new
+
+
+def test_a_chunk_holds_only_the_rows_whose_attention_cache_fits_the_budget():
+    from types import SimpleNamespace
+
+    from kft import sampling
+
+    # Gemma 2 9B in bfloat16: 42 layers x keys and values x 8 heads x 256 x 2 bytes = 344 KB per position.
+    gemma2_9b = SimpleNamespace(head_dim=256, num_layers=42, num_key_value_heads=8, compute_dtype="bfloat16")
+    assert sampling.cache_rows(gemma2_9b, 300) == 2 * 1024**3 // (42 * 2 * 300 * 8 * 256 * 2) == 20
+    # Gemma 3 270M in float32 at the person_json job's 64 positions: every one of 64 prompts at once.
+    gemma3_270m = SimpleNamespace(head_dim=256, num_layers=18, num_key_value_heads=1, compute_dtype="float32")
+    assert sampling.cache_rows(gemma3_270m, 64) >= 64
+    # Gemma 4 allocates every layer at its widest (global) head size.
+    gemma4 = SimpleNamespace(head_dim=256, global_head_dim=512, num_layers=35, num_key_value_heads=1,
+                             compute_dtype="bfloat16")
+    assert sampling.cache_rows(gemma4, 1000) == 2 * 1024**3 // (35 * 2 * 1000 * 512 * 2)
