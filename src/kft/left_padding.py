@@ -57,19 +57,43 @@ def _hiding(backbone, padding):
             vars(layer).pop(name, None)
 
 
-def install(task) -> None:
-    """Make `task`'s generate program take `left_padding` (B,) with its inputs (see the module doc).
-    Rows must be left-padded to one prompt end, with `padding_mask` True up to it for every row."""
-    if "_kft_left_padding" in vars(task):
+@contextlib.contextmanager
+def _prefill_until(task, end: int):
+    """While inside, `task`'s prefill (the one call with more than one position) computes the first
+    `end` positions only: KerasHub prefills the positions kept for the new tokens too, which the
+    decode loop then computes again one by one."""
+    original = type(task).call_with_cache
+
+    def call_with_cache(token_ids, cache, cache_update_index, *args, **kwargs):
+        if token_ids.shape[1] > end:  # static shapes: decoding feeds one position
+            token_ids = token_ids[:, :end]
+        return original(task, token_ids, cache, cache_update_index, *args, **kwargs)
+
+    vars(task)["call_with_cache"] = call_with_cache
+    try:
+        yield
+    finally:
+        vars(task).pop("call_with_cache", None)
+
+
+def install(task, end: int) -> None:
+    """Make `task`'s generate program take `left_padding` (B,) with its inputs: rows left-padded to
+    end at `end`, `padding_mask` True up to it for every row (see the module doc). The prefill
+    stops at `end`. Inputs without `left_padding` (a user's own `generate` on the same task) get
+    KerasHub's program unchanged. `end` is part of the compiled program: it is rebuilt only when
+    `end` changes (a before and an after measurement share one)."""
+    if vars(task).get("_kft_prompt_end") == end:
         return
     original = type(task).generate_step
 
     def generate_step(inputs, stop_token_ids=None, **kwargs):
+        if "left_padding" not in inputs:
+            return original(task, inputs, stop_token_ids, **kwargs)
         inputs = dict(inputs)
         padding = inputs.pop("left_padding")
-        with _hiding(task.backbone, padding):
+        with _hiding(task.backbone, padding), _prefill_until(task, end):
             return original(task, inputs, stop_token_ids, **kwargs)
 
     vars(task)["generate_step"] = generate_step
-    vars(task)["_kft_left_padding"] = True
+    vars(task)["_kft_prompt_end"] = end
     task.generate_function = None

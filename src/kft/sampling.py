@@ -55,33 +55,6 @@ def _bucket(length: int, step: int = 16) -> int:
     return -(-length // step) * step
 
 
-def prefill_prompts_only(task, length: int | None) -> None:
-    """Make `task`'s compiled generate function prefill the cache over the first `length` positions.
-
-    KerasHub's generate prefills the whole padded row, the positions kept for the new tokens
-    included, and the decode loop computes those again one by one. With the prefill cut to the
-    prompts' end, every position is computed once. The cut is part of the compiled program, so
-    it is rebuilt only when `length` changes (a before and an after measurement share one).
-    `length` None restores KerasHub's own prefill."""
-    if vars(task).get("_kft_prefill_length") == length:
-        return
-    if length is None:
-        vars(task).pop("call_with_cache", None)
-        vars(task).pop("_kft_prefill_length", None)
-        task.generate_function = None
-        return
-    original = type(task).call_with_cache
-
-    def call_with_cache(token_ids, cache, cache_update_index, *args, **kwargs):
-        if token_ids.shape[1] > length:  # the prefill (static shapes; decoding feeds one position)
-            token_ids = token_ids[:, :length]
-        return original(task, token_ids, cache, cache_update_index, *args, **kwargs)
-
-    vars(task)["call_with_cache"] = call_with_cache
-    vars(task)["_kft_prefill_length"] = length
-    task.generate_function = None
-
-
 def generate(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int | None = None,
              progress=None) -> list[str]:
     """Completions (without the prompt) for `prompts` as text; see `generate_ids`."""
@@ -104,8 +77,7 @@ def generate_ids(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, 
     most = min(batch_size or len(encoded), cache_rows(task.backbone, end + max_new_tokens))
     count = -(-len(encoded) // most)
     size = -(-len(encoded) // count)
-    prefill_prompts_only(task, end)
-    left_padding.install(task)
+    left_padding.install(task, end)
     stops = stop_token_ids(tokenizer)
     completions: list[list[int]] = []
     for start in range(0, len(encoded), size):
