@@ -2,8 +2,8 @@
 
 JAX records `/jax/core/compile/backend_compile_duration` for every program it hands to XLA and
 `/jax/compilation_cache/cache_hits` when the persistent cache ($KFT_CACHE/xla) served it instead.
-Programs that compile in under `jax_persistent_cache_min_compile_time_secs` (2 s in kft) are
-never written to the persistent cache, so a second run compiles those again.
+kft writes every program to the persistent cache (`jax_persistent_cache_min_compile_time_secs` 0),
+so a second identical run compiles nothing.
 """
 
 from __future__ import annotations
