@@ -116,3 +116,32 @@ def test_a_chunk_holds_only_the_rows_whose_attention_cache_fits_the_budget():
     gemma4 = SimpleNamespace(head_dim=256, global_head_dim=512, num_layers=35, num_key_value_heads=1,
                              compute_dtype="bfloat16")
     assert sampling.cache_rows(gemma4, 1000) == 2 * 1024**3 // (35 * 2 * 1000 * 512 * 2)
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=[] if f == "gemma3" else [pytest.mark.slow]) for f in FAMILIES])
+def test_answers_and_loss_from_one_prefill_equal_the_separate_passes(family, tiny_presets):
+    import keras
+
+    from kft import answers_and_loss, data, evaluation, lora, model, sampling
+    from kft.config import DataConfig
+
+    keras.utils.set_random_seed(4)
+    task = model.load(tiny_presets[family], "float32")[0]
+    lora.enable(task.backbone, 2, None, ["query", "value"])
+    for variable in lora.lora_variables(task.backbone).values():  # B off zero: LoRA changes the answers
+        variable.assign(np.random.RandomState(0).normal(0, 0.05, variable.shape).astype("float32"))
+    tokenizer = task.preprocessor.tokenizer
+    config = DataConfig(source="bundled:tiny_facts", seq_len=160, shuffle=False, max_examples=7)
+    split = data.build(data.load_records(config), tokenizer, config, seed=0, num_prompts=5).train
+    compiled = evaluation.compile_task(task, logits_on="trained")
+    assert answers_and_loss.rows_for(split, tokenizer) is not None  # the one-pass path applies
+    # 5 prompts in one pass, the 2 examples after them through the separate loss pass.
+    result = evaluation.measure(task, compiled, split, "exact", 2, MAX_NEW, with_loss=True)
+    separate_loss = evaluation.eval_loss(compiled, split, 2)
+    separate = sampling.generate(task, tokenizer, split.prompts, MAX_NEW)
+    assert abs(result["loss"] - separate_loss) <= 1e-5 * separate_loss
+    assert result["generations"] == separate
+    # In chunks of 3 (the last one filled with a repeated, weightless row): the same answers and loss.
+    answers, total, weight = answers_and_loss.measure(task, split, answers_and_loss.rows_for(split, tokenizer), MAX_NEW, 3)
+    assert abs(total / weight - evaluation.eval_loss(compiled, split.select(slice(0, 5)), 2)) <= 1e-5 * total / weight
+    assert [sampling.detokenize(tokenizer, ids) for ids in answers] == separate

@@ -41,6 +41,14 @@ class Split:
     def __len__(self) -> int:
         return len(self.token_ids)
 
+    def select(self, index) -> "Split":
+        """The examples at `index`, without sample prompts."""
+        def pick(a):
+            return None if a is None else a[index]
+        return Split(self.token_ids[index], self.padding_mask[index], self.targets[index], self.loss_weights[index],
+                     with_position_ids=self.with_position_ids, segment_ids=pick(self.segment_ids),
+                     token_positions=pick(self.token_positions))
+
     def inputs(self, index=slice(None)) -> dict:
         x = {"token_ids": self.token_ids[index], "padding_mask": self.padding_mask[index]}
         if self.segment_ids is not None:

@@ -63,6 +63,11 @@ def eval_loss(model, split: data.Split, batch_size: int, label: str = "measuring
     """Mean loss per trained target token over `split`: sum of weighted token losses / sum of weights.
 
     `batch_size` is the training batch; eval batches hold EVAL_BATCH_SCALE times as many rows."""
+    total, weight = _loss_sums(model, split, batch_size, label)
+    return total / weight if weight else float("nan")
+
+
+def _loss_sums(model, split: data.Split, batch_size: int, label: str) -> tuple[float, float]:
     import keras
 
     from kft.progress import Counter
@@ -78,7 +83,7 @@ def eval_loss(model, split: data.Split, batch_size: int, label: str = "measuring
             weight += batch_weight
         progress.advance()
     progress.close()
-    return total / weight if weight else float("nan")
+    return total, weight
 
 
 def measure(task, model, split: data.Split, metric: str, batch_size: int, max_new_tokens: int,
@@ -89,14 +94,32 @@ def measure(task, model, split: data.Split, metric: str, batch_size: int, max_ne
     from kft.compiles import Compiles
     from kft.progress import Counter
 
+    import jax
+
+    from kft import answers_and_loss
+
+    tokenizer = task.preprocessor.tokenizer
     with Compiles() as compiles:
         progress = Counter(label, len(split.prompts), "prompts")
-        generations = sampling.generate(task, task.preprocessor.tokenizer, split.prompts, max_new_tokens,
-                                        batch_size=GENERATE_BATCH, progress=progress)
+        # The sample prompts' examples: answers and loss from one prefill where it applies (see answers_and_loss).
+        one_pass = with_loss and uses_trained_positions(model) and jax.process_count() == 1
+        prompts = answers_and_loss.rows_for(split, tokenizer) if one_pass else None
+        total = weight = 0.0
+        if prompts is not None:
+            ids, total, weight = answers_and_loss.measure(task, split, prompts, max_new_tokens, GENERATE_BATCH,
+                                                          progress)
+            generations = [sampling.detokenize(tokenizer, new) for new in ids]
+        else:
+            generations = sampling.generate(task, tokenizer, split.prompts, max_new_tokens,
+                                            batch_size=GENERATE_BATCH, progress=progress)
         progress.close()
         result = {"generations": generations, "score": scoring.score(metric, generations, split.references)}
         if with_loss:
-            result["loss"] = eval_loss(model, split, batch_size, label)
+            rest = split if prompts is None else split.select(slice(len(prompts), None))
+            if len(rest):
+                rest_total, rest_weight = _loss_sums(model, rest, batch_size, label)
+                total, weight = total + rest_total, weight + rest_weight
+            result["loss"] = total / weight if weight else float("nan")
     result["xla"] = compiles.as_dict()  # a second measurement with the same shapes compiles nothing
     return result
 

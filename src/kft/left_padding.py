@@ -76,13 +76,89 @@ def _prefill_until(task, end: int):
         vars(task).pop("call_with_cache", None)
 
 
-def install(task, end: int) -> None:
+class _RowLimit:
+    """Mixed into a keras_hub sampler: while `max_new_tokens` is set, the decode loop ends once
+    every row has a stop token or `max_new_tokens` new tokens after the prompts' end (KerasHub's
+    loop runs to the end of the padded shape, which kft.answers_and_loss makes longer)."""
+
+    max_new_tokens: int | None = None
+    _stops = None
+
+    def __call__(self, *args, stop_token_ids=None, **kwargs):
+        self._stops = stop_token_ids
+        return super().__call__(*args, stop_token_ids=stop_token_ids, **kwargs)
+
+    def run_loop(self, cond, body, model=None, loop_vars=None, maximum_iterations=None):
+        if self.max_new_tokens is None:
+            return super().run_loop(cond, body, model=model, loop_vars=loop_vars, maximum_iterations=maximum_iterations)
+        from keras import ops
+        from keras_hub.src.utils.tensor_utils import any_equal
+
+        def within_limit(prompt, cache, index, mask):
+            done = index >= ops.sum(ops.cast(mask, "int32"), axis=-1) + self.max_new_tokens
+            if self._stops is not None:
+                done = done | ops.any(any_equal(prompt, self._stops, ops.logical_not(mask)), axis=-1)
+            return ops.logical_not(ops.all(done))
+
+        return super().run_loop(within_limit, body, model=model, loop_vars=loop_vars,
+                                maximum_iterations=maximum_iterations)
+
+
+@contextlib.contextmanager
+def _row_limit(sampler, max_new_tokens):
+    if not isinstance(sampler, _RowLimit):
+        # Swapping the class keeps the sampler's state (a random sampler's seed generator).
+        sampler.__class__ = type(f"RowLimited{type(sampler).__name__}", (_RowLimit, type(sampler)), {})
+    sampler.max_new_tokens = max_new_tokens
+    try:
+        yield
+    finally:
+        sampler.max_new_tokens = None
+
+
+@contextlib.contextmanager
+def _loss_from_prefill(task, positions, targets, out: list):
+    """While inside, `task`'s prefill also computes the negative log-likelihood of `targets` at
+    `positions` (flat indices into its batch x positions, -1 after the last; see
+    kft.trained_logits.gather_trained) from its hidden states, and appends it to `out`."""
+    from keras import ops
+
+    from kft.trained_logits import nll_no_grad, soft_caps
+
+    original = type(task)._build_cache
+    signature = inspect.signature(original)
+
+    def build_cache(*args, **kwargs):
+        bound = signature.bind(task, *args, **kwargs)
+        if bound.arguments.get("padding_mask") is not None:
+            # The generate program's mask ends at the prompts (the sampler writes after it); the
+            # answers attend to each other in the prefill (left padding stays hidden: _hiding).
+            bound.arguments["padding_mask"] = ops.ones_like(bound.arguments["padding_mask"])
+        hidden, cache = original(*bound.args, **bound.kwargs)
+        flat = ops.reshape(positions, (-1,))
+        picked = ops.take(ops.reshape(hidden, (-1, hidden.shape[-1])), ops.maximum(flat, 0), axis=0)
+        nll = nll_no_grad(picked, task.backbone.token_embedding.embeddings.value, ops.reshape(targets, (-1,)),
+                          ops.sum(ops.cast(flat >= 0, "int32")), soft_caps(task))
+        out.append(ops.reshape(nll, ops.shape(positions)))
+        return hidden, cache
+
+    vars(task)["_build_cache"] = build_cache
+    try:
+        yield
+    finally:
+        vars(task).pop("_build_cache", None)
+
+
+def install(task, end: int, max_new_tokens: int) -> None:
     """Make `task`'s generate program take `left_padding` (B,) with its inputs: rows left-padded to
-    end at `end`, `padding_mask` True up to it for every row (see the module doc). The prefill
-    stops at `end`. Inputs without `left_padding` (a user's own `generate` on the same task) get
-    KerasHub's program unchanged. `end` is part of the compiled program: it is rebuilt only when
-    `end` changes (a before and an after measurement share one)."""
-    if vars(task).get("_kft_prompt_end") == end:
+    end at `end`, `padding_mask` True up to it for every row (see the module doc); the prefill
+    stops at `end` and every row after `max_new_tokens` new tokens. With `loss_positions` and
+    `loss_targets` (B, E) too, the prefill runs over the first E positions (the rows' answers
+    after `end` included) and the program also returns `loss_nll` (B, E): the answers' loss from
+    the same prefill (kft.answers_and_loss). Inputs without `left_padding` (a user's own
+    `generate` on the same task) get KerasHub's program unchanged. `end` and `max_new_tokens`
+    are part of the compiled program: it is rebuilt only when they change."""
+    if vars(task).get("_kft_prompt_end") == (end, max_new_tokens):
         return
     original = type(task).generate_step
 
@@ -91,9 +167,17 @@ def install(task, end: int) -> None:
             return original(task, inputs, stop_token_ids, **kwargs)
         inputs = dict(inputs)
         padding = inputs.pop("left_padding")
-        with _hiding(task.backbone, padding), _prefill_until(task, end):
-            return original(task, inputs, stop_token_ids, **kwargs)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_hiding(task.backbone, padding))
+            stack.enter_context(_row_limit(task.sampler, max_new_tokens))
+            if "loss_positions" not in inputs:
+                stack.enter_context(_prefill_until(task, end))
+                return original(task, inputs, stop_token_ids, **kwargs)
+            positions, targets, nll = inputs.pop("loss_positions"), inputs.pop("loss_targets"), []
+            stack.enter_context(_prefill_until(task, positions.shape[1]))
+            stack.enter_context(_loss_from_prefill(task, positions, targets, nll))
+            return {**original(task, inputs, stop_token_ids, **kwargs), "loss_nll": nll[0]}
 
     vars(task)["generate_step"] = generate_step
-    vars(task)["_kft_prompt_end"] = end
+    vars(task)["_kft_prompt_end"] = (end, max_new_tokens)
     task.generate_function = None

@@ -59,7 +59,7 @@ def generate(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, batc
              progress=None) -> list[str]:
     """Completions (without the prompt) for `prompts` as text; see `generate_ids`."""
     ids = generate_ids(task, tokenizer, prompts, max_new_tokens, batch_size, progress)
-    return [_detokenize(tokenizer, new) for new in ids]
+    return [detokenize(tokenizer, new) for new in ids]
 
 
 def generate_ids(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int | None = None,
@@ -77,7 +77,7 @@ def generate_ids(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, 
     most = min(batch_size or len(encoded), cache_rows(task.backbone, end + max_new_tokens))
     count = -(-len(encoded) // most)
     size = -(-len(encoded) // count)
-    left_padding.install(task, end)
+    left_padding.install(task, end, max_new_tokens)
     stops = stop_token_ids(tokenizer)
     completions: list[list[int]] = []
     for start in range(0, len(encoded), size):
@@ -114,6 +114,6 @@ def _generate_rows(task, tokenizer, encoded, end, max_new_tokens, stops) -> list
     return completions
 
 
-def _detokenize(tokenizer, ids: list[int]) -> str:
+def detokenize(tokenizer, ids: list[int]) -> str:
     text = tokenizer.detokenize([ids])[0] if ids else ""
     return text if isinstance(text, str) else text.decode("utf-8")

@@ -98,6 +98,17 @@ def _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_cap, with_grad
     return nll.reshape(-1)[:n], d_hidden.reshape(-1, d)[:n]
 
 
+def nll_no_grad(hidden, embeddings, targets, count, soft_caps):
+    """Per-position nll of `targets` for the first `count` rows of `hidden` (n, d); 0 after."""
+    return _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_caps, with_grad=False)
+
+
+def soft_caps(task) -> tuple[float, ...]:
+    """The embedding's own logit cap, then the task's (Gemma4CausalLM's `final_logit_cap`), as the task applies them."""
+    caps = (task.backbone.token_embedding.logit_soft_cap, getattr(task, "final_logit_cap", None))
+    return tuple(float(c) for c in caps if c)
+
+
 def _token_nll():
     import jax
 
@@ -130,9 +141,7 @@ class TrainedPositionsLM(keras.Model):
             raise KftError("train.logits_on: trained reads the token embedding matrix and needs it float; "
                            "set train.logits_on: all")
         self._token_nll = _token_nll()
-        # The embedding's own cap, then the task's (Gemma4CausalLM's `final_logit_cap`), as the task applies them.
-        caps = (task.backbone.token_embedding.logit_soft_cap, getattr(task, "final_logit_cap", None))
-        self.soft_caps = tuple(float(c) for c in caps if c)
+        self.soft_caps = soft_caps(task)
 
     @property
     def backbone(self):

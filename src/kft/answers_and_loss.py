@@ -1,0 +1,81 @@
+"""A measurement's greedy answers and held-out loss from one prefill.
+
+The sample prompts are the first examples of the eval split, and the held-out loss needs a
+forward pass over those same examples, prompt and answer. So each such example goes into kft's
+left-padded generate program whole: its prompt ends at the shared prompt end, its answer follows,
+and the prefill runs over prompt and answer at once. The answer's loss is read from the
+prefill's hidden states (at the trained positions, like kft.trained_logits), and decoding starts
+after the prompt as usual: each step overwrites the answer's cache entry at its position, and no
+step attends past its own position. One pass instead of a generate prefill plus an eval pass.
+
+Used when every sample prompt's token ids begin its example's ids (the template renders the
+prompt as the example's beginning) and the loss is the trained-position loss; otherwise, and for
+the eval examples after the prompts, evaluation runs its separate loss pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kft import data, left_padding, sampling
+from kft.trained_logits import gather_trained
+
+
+def rows_for(split: data.Split, tokenizer) -> list[list[int]] | None:
+    """The prompt ids (start token first) of every sample prompt of `split`, or None when one of
+    them is not the beginning of its example's ids (then the passes stay separate)."""
+    if not split.prompts or split.segment_ids is not None:
+        return None
+    prompts = [[tokenizer.start_token_id, *ids] for ids in tokenizer(list(split.prompts))]
+    for row, ids in enumerate(prompts):
+        length = int(split.padding_mask[row].sum())
+        if len(ids) > length or split.token_ids[row, :len(ids)].tolist() != ids:
+            return None
+    return prompts
+
+
+def measure(task, split: data.Split, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
+            progress=None) -> tuple[list[list[int]], float, float]:
+    """(new ids per prompt, sum of weighted nll, sum of weights) over the first len(prompts) examples."""
+    tokenizer = task.preprocessor.tokenizer
+    count = len(prompts)
+    lengths = split.padding_mask[:count].sum(axis=1).astype(int)
+    end = sampling._bucket(max(len(ids) for ids in prompts))
+    pads = np.array([end - len(ids) for ids in prompts], dtype="int32")
+    # The prefill's positions: the prompts' end plus the longest answer, rounded up to 8.
+    span = end + -(-max(int(lengths[r]) - len(prompts[r]) for r in range(count)) // 8) * 8
+    width = max(span, end + max_new_tokens)
+    most = min(batch_size, sampling.cache_rows(task.backbone, width))
+    size = -(-count // -(-count // most))
+    left_padding.install(task, end, max_new_tokens)
+    stops = sampling.stop_token_ids(tokenizer)
+    answers, total, weight = [], 0.0, 0.0
+    for start in range(0, count, size):
+        rows = list(range(start, min(start + size, count)))
+        real = np.array([True] * len(rows) + [False] * (size - len(rows)))
+        rows += [rows[-1]] * (size - len(rows))
+        token_ids = np.full((size, width), tokenizer.pad_token_id, dtype="int32")
+        targets = np.zeros((size, span), dtype="int32")
+        weights = np.zeros((size, span), dtype="float32")
+        for i, r in enumerate(rows):
+            at = pads[r]
+            token_ids[i, at:at + lengths[r]] = split.token_ids[r, :lengths[r]]
+            targets[i, at:at + lengths[r]] = split.targets[r, :lengths[r]]
+            weights[i, at:at + lengths[r]] = split.loss_weights[r, :lengths[r]] * real[i]
+        padding_mask = np.zeros(token_ids.shape, dtype=bool)
+        padding_mask[:, :end] = True
+        positions, picked, picked_weights = gather_trained(weights, targets)
+        out = task.make_generate_function()(
+            {"token_ids": token_ids, "padding_mask": padding_mask, "left_padding": pads[rows],
+             "loss_positions": positions, "loss_targets": picked}, stop_token_ids=stops)
+        total += float((np.asarray(out["loss_nll"], dtype="float64") * picked_weights).sum())
+        weight += float(picked_weights.sum())
+        generated = np.asarray(out["token_ids"])
+        for i in range(len(rows)):
+            if real[i]:
+                new = [int(t) for t in generated[i, end:end + max_new_tokens]]
+                cut = next((k for k, t in enumerate(new) if t in stops), len(new))
+                answers.append(new[:cut])
+        if progress is not None:
+            progress.advance(int(real.sum()))
+    return answers, total, weight
