@@ -9,12 +9,14 @@ and before and after training the held-out loss and greedy answers (max 16 new t
 held-out prompts, scored as JSON. Each side runs in its own process, started the way a user
 starts it: kft as `kft train --config JOB.yaml`, transformers+PEFT as a plain script (a
 training loop, `generate` on the left-padded batch of all prompts). Phases are timed from the
-process start: start-up + load, before-measure, train, after-measure (its generation part is
-"generate", warm on both sides). The last line:
-`kft/hf: job wall X.XXx, generate Y.YYx, train tokens/s Z.ZZx`: job wall is kft's wall time over
-transformers' (below 1 = kft faster); generate and train tokens/s are speeds (above 1 = kft
-faster): generate is transformers' time for the after-training answers over kft's, train tokens/s
-counts real tokens over the steps after the first.
+process start: start-up + load, before-measure, train, after-measure (its answers part: kft
+computes the answers' examples' held-out loss in the same pass, kft.answers_and_loss). Then
+generation alone, warm, on the base model, each side in its own process (the second of two
+identical calls). The last line:
+`kft/hf: job wall X.XXx, after-measure Y.YYx, generate Z.ZZx, train tokens/s W.WWx`: job wall is
+kft's wall time over transformers' (below 1 = kft faster); the others are speeds (above 1 = kft
+faster): after-measure and generate are transformers' times over kft's, train tokens/s counts
+real tokens over the steps after the first.
 """
 
 from __future__ import annotations
@@ -184,6 +186,50 @@ def run_hf(args) -> dict:
     }
 
 
+def generate_only(args) -> dict:
+    """Warm greedy generation alone (the issue's "generate, warm, batch of 60"): the job's held-out
+    prompts, base model, the second of two identical calls timed. In kft's job the after-training
+    answers share one pass with their examples' loss, so the job's phases cannot show it."""
+    import time
+
+    from kft import templates
+    from kft.config import DataConfig
+
+    template = templates.from_config(DataConfig(template="dolly"))
+    path = REPO / "src" / "kft" / "bundled" / "person_json_heldout.jsonl"
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    prompts = [templates.split_for_generation(template.render(r))[0] for r in records[: args.prompts]]
+    if args.side == "kft-generate":
+        from kft import backend
+
+        backend.setup()
+        from kft import evaluation, model, sampling
+
+        task = model.load(args.keras_preset, "float32")[0]
+        task.compile(sampler=sampling.make_sampler("greedy"))
+
+        def run():
+            return sampling.generate(task, task.preprocessor.tokenizer, prompts, args.new_tokens,
+                                     batch_size=evaluation.GENERATE_BATCH)
+    else:
+        import torch
+        import transformers
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(args.hf_folder, padding_side="left")
+        hf = transformers.AutoModelForCausalLM.from_pretrained(args.hf_folder, dtype=torch.float32,
+                                                               attn_implementation="sdpa").eval()
+
+        def run():
+            with torch.no_grad():
+                batch = tokenizer(prompts, return_tensors="pt", padding=True)
+                out = hf.generate(**batch, max_new_tokens=args.new_tokens, do_sample=False)
+                return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    run()
+    started = time.perf_counter()
+    answers = run()
+    return {"generate_s": time.perf_counter() - started, "answers": answers}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
@@ -192,12 +238,15 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=80)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--side", choices=["hf"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=["hf", "kft-generate", "hf-generate"], help=argparse.SUPPRESS)
     parser.add_argument("--keras-preset", help=argparse.SUPPRESS)
     parser.add_argument("--hf-folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side == "hf":
         print("RESULT " + json.dumps(run_hf(args)))
+        return
+    if args.side:
+        print("RESULT " + json.dumps(generate_only(args)))
         return
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run([sys.executable, "-m", "kft.cli", "prepare", PRESET], capture_output=True, text=True, env=env)
@@ -219,10 +268,18 @@ def main():
         if done.returncode != 0 or line is None:
             sys.exit(f"hf side failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
         results["hf"] = {**json.loads(line[len("RESULT "):]), "wall_s": time.perf_counter() - started}
+    for side in ("kft-generate", "hf-generate"):
+        command = [sys.executable, __file__, "--side", side, "--keras-preset", args.keras_preset,
+                   "--hf-folder", args.hf_folder, f"--prompts={args.prompts}", f"--new-tokens={args.new_tokens}"]
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if done.returncode != 0 or line is None:
+            sys.exit(f"{side} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+        results[side] = json.loads(line[len("RESULT "):])
     k, h = results["kft"], results["hf"]
     print(f"Gemma 3 270M, person_json ({args.prompts} held-out prompts, {args.new_tokens} new tokens), LoRA r4 q/v, "
           f"{args.steps} steps of batch {args.batch_size}, fp32")
-    print("| | start-up + load (s) | before-measure (s) | train (s) | after-measure (s) | of it generate (s) | "
+    print("| | start-up + load (s) | before-measure (s) | train (s) | after-measure (s) | of it answers (s) | "
           "job wall (s) | train tokens/s | held-out loss | JSON match (%) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in (("kft", k), ("transformers+PEFT", h)):
@@ -231,7 +288,13 @@ def main():
               f"{r['loss_before']:.3f} -> {r['loss_after']:.3f} | {r['score_before']:.1f} -> {r['score_after']:.1f} |")
     if k.get("compiles"):
         print(f"kft XLA compiles: {k['compiles']}")
-    print(f"kft/hf: job wall {k['wall_s'] / h['wall_s']:.2f}x, generate {h['generate_s'] / k['generate_s']:.2f}x, "
+    # kft's "answers" also computes those 60 examples' held-out loss (one pass, kft.answers_and_loss).
+    kg, hg = results["kft-generate"], results["hf-generate"]
+    same = sum(a == b for a, b in zip(kg["answers"], hg["answers"]))
+    print(f"generate alone (warm, {args.prompts} prompts, base model): kft {kg['generate_s']:.1f} s, "
+          f"transformers {hg['generate_s']:.1f} s; identical answers {same}/{len(hg['answers'])}")
+    print(f"kft/hf: job wall {k['wall_s'] / h['wall_s']:.2f}x, after-measure {h['after_s'] / k['after_s']:.2f}x, "
+          f"generate {hg['generate_s'] / kg['generate_s']:.2f}x, "
           f"train tokens/s {k['train_tokens_per_s'] / h['train_tokens_per_s']:.2f}x")
 
 
