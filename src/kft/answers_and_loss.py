@@ -40,7 +40,7 @@ def measure(task, split: data.Split, prompts: list[list[int]], max_new_tokens: i
     tokenizer = task.preprocessor.tokenizer
     count = len(prompts)
     lengths = split.padding_mask[:count].sum(axis=1).astype(int)
-    end = sampling._bucket(max(len(ids) for ids in prompts))
+    end = sampling.round_up(max(len(ids) for ids in prompts))
     pads = np.array([end - len(ids) for ids in prompts], dtype="int32")
     # The prefill's positions: the prompts' end plus the longest answer, rounded up to 8.
     span = end + -(-max(int(lengths[r]) - len(prompts[r]) for r in range(count)) // 8) * 8

@@ -7,6 +7,8 @@ LoRA adapts. Adding a family is one `Family` entry plus its tiny preset (tiny.py
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from dataclasses import dataclass
 
 from kft.errors import KftError
@@ -105,6 +107,35 @@ def of_tokenizer(tokenizer) -> str | None:
 def decoder_blocks(backbone) -> list:
     """The text decoder's blocks: the only place LoRA goes (a vision encoder has layers of the same names)."""
     return [backbone.get_layer(f"decoder_block_{i}") for i in range(backbone.num_layers)]
+
+
+@contextlib.contextmanager
+def attention_hooks(backbone, mask=None, positions=None):
+    """While inside, every decoder block of `backbone` passes its attention mask (B, queries, keys)
+    through `mask(m)`, and (with `positions`) rotates queries and keys at `positions(x, start_index)`
+    (B, T) instead of start_index + 0..T-1. KerasHub's blocks take a padding mask only: this is how
+    kft gives them packed rows (kft.packing) and left-padded prompts (kft.left_padding)."""
+    def masked(original):
+        return lambda *args, **kwargs: mask(original(*args, **kwargs))
+
+    def rotated(attention, original):
+        if "positions" in inspect.signature(original).parameters:  # Gemma 1/2/4: the layer rotates given positions
+            return lambda x, start_index, **_: original(x, start_index, positions=positions(x, start_index))
+        return lambda x, start_index: attention.rope_layer(x, positions=positions(x, start_index))  # Gemma 3
+
+    patched = []
+    for block in decoder_blocks(backbone):
+        if mask is not None:
+            vars(block)["_compute_attention_mask"] = masked(block._compute_attention_mask)
+            patched.append((block, "_compute_attention_mask"))
+        if positions is not None:
+            vars(block.attention)["_apply_rope"] = rotated(block.attention, block.attention._apply_rope)
+            patched.append((block.attention, "_apply_rope"))
+    try:
+        yield
+    finally:
+        for layer, name in patched:
+            vars(layer).pop(name, None)
 
 
 def end_of_turn_markers() -> tuple[str, ...]:

@@ -19,7 +19,6 @@ import inspect
 from kft import families
 
 
-@contextlib.contextmanager
 def _hiding(backbone, padding):
     """While inside, `backbone`'s decoder blocks hide keys at positions < `padding` (B,) of each row
     and rotate at position - `padding`."""
@@ -27,34 +26,18 @@ def _hiding(backbone, padding):
 
     padding = ops.cast(padding, "int32")
 
-    def masked(original):
-        def compute(*args, **kwargs):
-            mask = ops.cast(original(*args, **kwargs), "bool")  # (B, queries, keys)
-            keys = ops.arange(ops.shape(mask)[-1], dtype="int32")
-            hidden = ops.logical_and(mask, keys[None, None, :] >= padding[:, None, None])
-            # A padding query sees no real key: keep its own (causal) mask so its values stay finite.
-            return ops.where(ops.any(hidden, axis=-1, keepdims=True), hidden, mask)
-        return compute
+    def mask(original):
+        original = ops.cast(original, "bool")  # (B, queries, keys)
+        keys = ops.arange(ops.shape(original)[-1], dtype="int32")
+        hidden = ops.logical_and(original, keys[None, None, :] >= padding[:, None, None])
+        # A padding query sees no real key: keep its own (causal) mask so its values stay finite.
+        return ops.where(ops.any(hidden, axis=-1, keepdims=True), hidden, original)
 
-    def positions_of(x, start_index):
+    def positions(x, start_index):
         at = ops.cast(start_index, "int32") + ops.arange(ops.shape(x)[1], dtype="int32")
         return at[None, :] - padding[:, None]  # (B, T)
 
-    def rotated(attention, original):
-        if "positions" in inspect.signature(original).parameters:  # Gemma 1/2/4: the layer rotates given positions
-            return lambda x, start_index, **_: original(x, start_index, positions=positions_of(x, start_index))
-        return lambda x, start_index: attention.rope_layer(x, positions=positions_of(x, start_index))  # Gemma 3
-
-    patched = []
-    for block in families.decoder_blocks(backbone):
-        vars(block)["_compute_attention_mask"] = masked(block._compute_attention_mask)
-        vars(block.attention)["_apply_rope"] = rotated(block.attention, block.attention._apply_rope)
-        patched += [(block, "_compute_attention_mask"), (block.attention, "_apply_rope")]
-    try:
-        yield
-    finally:
-        for layer, name in patched:
-            vars(layer).pop(name, None)
+    return families.attention_hooks(backbone, mask=mask, positions=positions)
 
 
 @contextlib.contextmanager

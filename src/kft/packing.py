@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import inspect
 
 import numpy as np
 
@@ -66,41 +65,17 @@ def packed_arrays(sequences, seq_len: int, pad_id: int) -> dict:
     return out
 
 
-@contextlib.contextmanager
 def segments(backbone, segment_ids, positions):
     """While inside, `backbone`'s decoder blocks attend within segments only and (without a
     `position_ids` input) rotate at `positions`. No-op when `segment_ids` is None."""
     if segment_ids is None:
-        yield
-        return
+        return contextlib.nullcontext()
     from keras import ops
 
     same = ops.equal(ops.expand_dims(segment_ids, 2), ops.expand_dims(segment_ids, 1))  # (B, L, L)
-    patched = []
-
-    def masked(original):
-        def compute(*args, **kwargs):
-            mask = original(*args, **kwargs)
-            return ops.logical_and(ops.cast(mask, "bool"), same)
-        return compute
-
-    def rotated(attention, original):
-        if "positions" in inspect.signature(original).parameters:  # Gemma 1/2: the layer rotates given positions
-            return lambda x, start_index, **_: original(x, start_index, positions=positions)
-        return lambda x, start_index: attention.rope_layer(x, positions=positions)  # Gemma 3
-
-    rope_needed = "position_ids" not in backbone.input
-    for block in families.decoder_blocks(backbone):
-        vars(block)["_compute_attention_mask"] = masked(block._compute_attention_mask)
-        patched.append((block, "_compute_attention_mask"))
-        if rope_needed:
-            vars(block.attention)["_apply_rope"] = rotated(block.attention, block.attention._apply_rope)
-            patched.append((block.attention, "_apply_rope"))
-    try:
-        yield
-    finally:
-        for layer, name in patched:
-            vars(layer).pop(name, None)
+    rope_needed = "position_ids" not in backbone.input  # Gemma 4's backbone takes the positions itself
+    return families.attention_hooks(backbone, mask=lambda m: ops.logical_and(ops.cast(m, "bool"), same),
+                                    positions=(lambda x, start_index: positions) if rope_needed else None)
 
 
 def padding_share(padding_mask: np.ndarray) -> float:

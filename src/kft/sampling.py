@@ -51,7 +51,7 @@ def cache_rows(backbone, length: int) -> int:
     return max(1, CACHE_BUDGET // per_row)
 
 
-def _bucket(length: int, step: int = 16) -> int:
+def round_up(length: int, step: int = 16) -> int:
     return -(-length // step) * step
 
 
@@ -73,7 +73,7 @@ def generate_ids(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, 
     if not prompts:
         return []
     encoded = [[tokenizer.start_token_id, *ids] for ids in tokenizer(list(prompts))]
-    end = _bucket(max(len(ids) for ids in encoded))  # every prompt ends here; nearby lengths share a program
+    end = round_up(max(len(ids) for ids in encoded))  # every prompt ends here; nearby lengths share a program
     most = min(batch_size or len(encoded), cache_rows(task.backbone, end + max_new_tokens))
     count = -(-len(encoded) // most)
     size = -(-len(encoded) // count)
