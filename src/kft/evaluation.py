@@ -90,18 +90,18 @@ def measure(task, model, split: data.Split, metric: str, batch_size: int, max_ne
             with_loss: bool, label: str = "measuring") -> dict:
     """{'loss'?, 'generations', 'score', 'xla'}: greedy answers of `task`, loss of `model` (see compile_task).
 
-    Progress is reported as `kft: LABEL: 32/64 prompts` (one bar in a notebook)."""
-    from kft.compiles import Compiles
-    from kft.progress import Counter
-
+    The sample prompts' examples get their answers and loss from one prefill where that applies
+    (see answers_and_loss); the other examples go through the loss pass. Progress is reported as
+    `kft: LABEL: 32/64 prompts` (one bar in a notebook)."""
     import jax
 
     from kft import answers_and_loss
+    from kft.compiles import Compiles
+    from kft.progress import Counter
 
     tokenizer = task.preprocessor.tokenizer
     with Compiles() as compiles:
         progress = Counter(label, len(split.prompts), "prompts")
-        # The sample prompts' examples: answers and loss from one prefill where it applies (see answers_and_loss).
         one_pass = with_loss and uses_trained_positions(model) and jax.process_count() == 1
         prompts = answers_and_loss.rows_for(split, tokenizer) if one_pass else None
         total = weight = 0.0
