@@ -372,3 +372,22 @@ def test_two_processes_of_4_devices_train_as_one_process_and_resume_after_sigter
         assert code == 0, err[-3000:]
     c = adapter(stopped)
     assert set(c) == set(b) and all(np.array_equal(c[k], b[k]) for k in b)
+
+
+def test_a_short_eval_batch_is_padded_to_the_batch_axis_with_weightless_rows(monkeypatch):
+    from types import SimpleNamespace
+
+    import keras
+
+    from kft import distribution
+
+    mesh = SimpleNamespace(device_mesh=SimpleNamespace(axis_names=("batch", "model"), shape=(8, 1)),
+                           batch_dim_name="batch")
+    monkeypatch.setattr(keras.distribution, "distribution", lambda: mesh)
+    rows = 3  # fewer rows than are missing (5): every array must still reach 8
+    x = {"token_ids": np.ones((rows, 16), "int32"), "positions": np.arange(rows * 16).reshape(rows, 16),
+         "targets": np.ones((rows, 16), "int32")}
+    y, w = np.ones((rows, 16), "int32"), np.ones((rows, 16), "float32")
+    x, y, w = distribution.local_batch(x, y, w)
+    assert all(len(v) == 8 for v in (*x.values(), y, w))
+    assert (x["positions"][rows:] == -1).all() and (w[rows:] == 0).all() and (x["targets"][rows:] == 0).all()

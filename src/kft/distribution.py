@@ -336,9 +336,9 @@ def local_batch(x: dict, y, w):
     short = -len(w) % multiple
     if short:  # copies of row 0 that weigh nothing: no trained position (-1), no loss weight
         fill = {"positions": -1, "targets": 0}
-        x = {k: np.concatenate([v, np.full_like(v[:short], fill[k]) if k in fill else np.repeat(v[:1], short, 0)])
-             for k, v in x.items()}
-        y, w = np.concatenate([y, np.repeat(y[:1], short, 0)]), np.concatenate([w, np.zeros_like(w[:short])])
+        x = {k: np.concatenate([v, np.full((short, *v.shape[1:]), fill[k], v.dtype) if k in fill
+                                else np.repeat(v[:1], short, 0)]) for k, v in x.items()}
+        y, w = np.concatenate([y, np.repeat(y[:1], short, 0)]), np.concatenate([w, np.zeros((short, *w.shape[1:]), w.dtype)])
     if jax.process_count() == 1:
         return x, y, w
     # The rows this process's devices hold; make_array_from_process_local_data joins them.
