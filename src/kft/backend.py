@@ -49,7 +49,10 @@ def _import_stack() -> None:
             f"keras was imported with the {keras.config.backend()} backend before kft; "
             "set KERAS_BACKEND=jax at the top of the notebook and restart it"
         )
-    jax.devices()  # platform probing (and its C++ log lines) happens here, inside the filter
+    from kft.distribution import ENV
+
+    if not any(os.environ.get(name) for name in ENV):  # multi-host: jax.distributed must start the backend
+        jax.devices()  # platform probing (and its C++ log lines) happens here, inside the filter
 
 
 # C++ start-up chatter of TensorFlow, XLA, absl and SentencePiece that says nothing to a kft user.
