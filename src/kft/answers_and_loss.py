@@ -26,7 +26,7 @@ def rows_for(split: data.Split, tokenizer) -> list[list[int]] | None:
     them is not the beginning of its example's ids (then the passes stay separate)."""
     if not split.prompts or split.segment_ids is not None:
         return None
-    prompts = [[tokenizer.start_token_id, *ids] for ids in tokenizer(list(split.prompts))]
+    prompts = sampling.encode(tokenizer, split.prompts)
     for row, ids in enumerate(prompts):
         length = int(split.padding_mask[row].sum())
         if len(ids) > length or split.token_ids[row, :len(ids)].tolist() != ids:
@@ -45,8 +45,7 @@ def measure(task, split: data.Split, prompts: list[list[int]], max_new_tokens: i
     # The prefill's positions: the prompts' end plus the longest answer, rounded up to 8.
     span = end + -(-max(int(lengths[r]) - len(prompts[r]) for r in range(count)) // 8) * 8
     width = max(span, end + max_new_tokens)
-    most = min(batch_size, sampling.cache_rows(task.backbone, width))
-    size = -(-count // -(-count // most))
+    size = sampling.chunk_size(count, min(batch_size, sampling.cache_rows(task.backbone, width)))
     left_padding.install(task, end, max_new_tokens)
     stops = sampling.stop_token_ids(tokenizer)
     answers, total, weight = [], 0.0, 0.0
@@ -71,11 +70,7 @@ def measure(task, split: data.Split, prompts: list[list[int]], max_new_tokens: i
         total += float((np.asarray(out["loss_nll"], dtype="float64") * picked_weights).sum())
         weight += float(picked_weights.sum())
         generated = np.asarray(out["token_ids"])
-        for i in range(len(rows)):
-            if real[i]:
-                new = [int(t) for t in generated[i, end:end + max_new_tokens]]
-                cut = next((k for k, t in enumerate(new) if t in stops), len(new))
-                answers.append(new[:cut])
+        answers += [sampling.until_stop(generated[i, end:end + max_new_tokens], stops) for i in range(size) if real[i]]
         if progress is not None:
             progress.advance(int(real.sum()))
     return answers, total, weight

@@ -55,6 +55,22 @@ def round_up(length: int, step: int = 16) -> int:
     return -(-length // step) * step
 
 
+def encode(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Each prompt's token ids, start token first."""
+    return [[tokenizer.start_token_id, *ids] for ids in tokenizer(list(prompts))]
+
+
+def chunk_size(count: int, most: int) -> int:
+    """Rows per chunk for `count` rows in chunks of at most `most`, evened out (60 by 32: 30)."""
+    return -(-count // -(-count // most))
+
+
+def until_stop(tokens, stops) -> list[int]:
+    """`tokens` as ints up to the first stop token (left out)."""
+    tokens = [int(t) for t in tokens]
+    return tokens[:next((i for i, t in enumerate(tokens) if t in stops), len(tokens))]
+
+
 def generate(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int | None = None,
              progress=None) -> list[str]:
     """Completions (without the prompt) for `prompts` as text; see `generate_ids`."""
@@ -67,16 +83,15 @@ def generate_ids(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, 
     """New token ids (up to a stop token, which is left out) for `prompts`, with the task's compiled sampler.
 
     Prompts go through in chunks of at most `batch_size` (default: all) and of at most the rows
-    whose attention cache fits CACHE_BUDGET, evened out and of one shape (the last rows repeated), so one compiled program serves them all; every row stops at
-    a stop token or after `max_new_tokens`, a chunk when all its rows have.
+    whose attention cache fits CACHE_BUDGET, evened out and of one shape (the last rows repeated),
+    so one compiled program serves them all; every row stops at a stop token or after
+    `max_new_tokens`, a chunk when all its rows have.
     `progress.advance(n)` is called after each chunk."""
     if not prompts:
         return []
-    encoded = [[tokenizer.start_token_id, *ids] for ids in tokenizer(list(prompts))]
+    encoded = encode(tokenizer, prompts)
     end = round_up(max(len(ids) for ids in encoded))  # every prompt ends here; nearby lengths share a program
-    most = min(batch_size or len(encoded), cache_rows(task.backbone, end + max_new_tokens))
-    count = -(-len(encoded) // most)
-    size = -(-len(encoded) // count)
+    size = chunk_size(len(encoded), min(batch_size or len(encoded), cache_rows(task.backbone, end + max_new_tokens)))
     left_padding.install(task, end, max_new_tokens)
     stops = stop_token_ids(tokenizer)
     completions: list[list[int]] = []
@@ -102,16 +117,7 @@ def _generate_rows(task, tokenizer, encoded, end, max_new_tokens, stops) -> list
     # `generate` fails concatenating its `images: None` output.
     out = task.make_generate_function()({"token_ids": token_ids, "padding_mask": padding_mask,
                                          "left_padding": padding}, stop_token_ids=stops)
-    out_ids = np.asarray(out["token_ids"])
-    completions = []
-    for row in range(len(encoded)):
-        new = [int(t) for t in out_ids[row, end:]]
-        for i, t in enumerate(new):
-            if t in stops:
-                new = new[:i]
-                break
-        completions.append(new)
-    return completions
+    return [until_stop(row[end:], stops) for row in np.asarray(out["token_ids"])]
 
 
 def detokenize(tokenizer, ids: list[int]) -> str:
