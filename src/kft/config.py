@@ -50,6 +50,11 @@ class ModelConfig:
         "Quantize the frozen base (QLoRA): none, int8 or int4 (weights only; the decoder's projections, "
         "the token embedding stays float). LoRA factors stay float; exports merge into the float base.",
     )
+    int4_block_size: int = _key(
+        64,
+        "int4 only: rows per group sharing a scale and zero point. 32 keeps closer to the float model, "
+        "128 takes less memory (scales: 5 bytes per group and column).",
+    )
 
 
 @dataclass
@@ -323,6 +328,8 @@ def validate(c: Config) -> None:
     from kft import quantize  # light: no keras until a model is quantized
 
     quantize.check(c.model.quantize, c.model.precision)
+    if not isinstance(c.model.int4_block_size, int) or c.model.int4_block_size < 8:
+        _fail("model.int4_block_size", f"must be a whole number >= 8, got {c.model.int4_block_size!r}; try 64")
     if not c.model.preset:
         _fail("model.preset", "is empty; name a preset or a local preset folder")
     if c.lora.rank <= 0:

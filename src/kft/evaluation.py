@@ -128,11 +128,12 @@ def evaluate_run(run_dir, base: bool = False, metric: str | None = None) -> dict
     """Re-measure a run's eval split (or its sample prompts) with its adapter, or with the bare base model."""
     from pathlib import Path
 
-    from kft import config as config_lib, loading, model
+    from kft import config as config_lib, loading, model, quantize
 
     c = config_lib.load(str(Path(run_dir) / "config.yaml"))
     records, eval_records = data.load_sources(c.data)
-    task = model.load(c.model.preset, c.model.precision, c.model.quantize)[0] if base else loading.load_tuned(run_dir)
+    task = (model.load(c.model.preset, c.model.precision, c.model.quantize, **quantize.options(c))[0] if base
+            else loading.load_tuned(run_dir))
     dataset = data.build(records, task.preprocessor.tokenizer, c.data, c.train.seed, num_prompts=c.output.samples,
                          eval_records=eval_records)
     model_for_loss = compile_task(task, logits_on=c.train.logits_on)

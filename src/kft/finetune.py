@@ -127,7 +127,8 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     records, eval_records = data.load_sources(c.data)
     mesh_plan = distribution.setup(c.model.preset, c.model.precision, c.train)  # before the preset loads
     plan.check_before_training(c, devices=mesh_plan.mesh[0] * mesh_plan.mesh[1], model_axis=mesh_plan.mesh[1])
-    task, family, policy = model.load(c.model.preset, c.model.precision, c.model.quantize)
+    task, family, policy = model.load(c.model.preset, c.model.precision, c.model.quantize,
+                                      **quantize.options(c))
     weights_per_device = distribution.verify(task, mesh_plan)
     model.check_seq_len(task.backbone, c.data.seq_len)
     tokenizer = task.preprocessor.tokenizer
@@ -214,7 +215,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     adapter.save(out, task.backbone, {
         "base_preset": c.model.preset, "family": family, "rank": c.lora.rank, "alpha": c.lora.alpha or c.lora.rank,
         "targets": lora.target_names(c.lora.targets), "dtype": policy, "template": c.data.template,
-        **quantize.settings(c.model.quantize),
+        **quantize.settings(c.model.quantize, c.model.int4_block_size),
     })
     metrics["xla"] = {**xla.stop().as_dict(), "before": before.get("xla"), "after": after["xla"]}
     (out / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

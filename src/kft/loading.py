@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from kft import adapter, model, sampling, templates
+from kft import quantize as quantize_lib
 from kft.errors import KftError
 
 
@@ -23,8 +24,9 @@ def load_tuned(run_dir=None, preset=None, adapter_dir=None, precision=None, quan
     meta = adapter.read_config(folder)
     run_config = _run_config(folder)
     precision = precision or run_config.get("model", {}).get("precision") or "auto"
+    options = quantize_lib.rebuild_options(meta) if quantize is None else {}
     quantize = quantize or meta.get("quantize", "none")
-    task, _, _ = model.load(preset or meta["base_preset"], precision, quantize)
+    task, _, _ = model.load(preset or meta["base_preset"], precision, quantize, **options)
     adapter.apply(folder, task.backbone)
     task.kft_template = templates.for_tokenizer(_run_template(run_config, meta), task.preprocessor.tokenizer)
     return task

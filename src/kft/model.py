@@ -151,9 +151,10 @@ def preset_errors(preset: str, path: str):
         ) from None
 
 
-def load(preset: str, precision: str = "auto", quantize: str = "none"):
+def load(preset: str, precision: str = "auto", quantize: str = "none", **quantize_options):
     """(causal_lm, family, dtype_policy) for `preset`, its frozen base quantized as `quantize` says
-    (see kft.quantize); remote failures become one-line errors."""
+    (see kft.quantize; `quantize_options` go to `kft.quantize.apply`); remote failures become
+    one-line errors."""
     backend.setup()
 
     from kft import placement, quantize as quantize_lib
@@ -170,7 +171,7 @@ def load(preset: str, precision: str = "auto", quantize: str = "none"):
             with weights_from_preset_only(), backend.native_logs_filtered():
                 task = _from_preset(path, policy)
             initialise_unfilled(task)
-            quantize_lib.apply(task, quantize)
+            quantize_lib.apply(task, quantize, **quantize_options)
         if on_host:
             placement.to_accelerator(task)
     return task, family_of(task.backbone), policy

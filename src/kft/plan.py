@@ -27,7 +27,6 @@ from kft import families
 from kft.errors import KftError
 
 GB = 1e9
-INT4_GROUP = 128
 # Imports 0.72 + tokenizer 0.15 + compiled programs (train, eval, generate) + allocator slack: fitted to
 # Gemma 3 270M's measured peaks (scripts/calibrate_plan.py, docs/benchmarks.md).
 CPU_RUNTIME_GB = 2.1
@@ -171,8 +170,8 @@ def parameters(a: Architecture) -> dict:
     }
 
 
-def quantized_bytes_per_param(mode: str) -> float:
-    return {"int8": 1.0, "int4": 0.5 + 8.0 / INT4_GROUP}[mode]  # int4: float32 scale + zero per group of 128
+def quantized_bytes_per_param(mode: str, int4_block_size: int = 64) -> float:
+    return {"int8": 1.0, "int4": 0.5 + 5.0 / int4_block_size}[mode]  # int4: float32 scale + int8 zero per group
 
 
 def lora_parameters(a: Architecture, rank: int, targets: list[str]) -> int:
@@ -228,7 +227,7 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     if mode == "none":
         base += quantizable * store
     else:
-        base += (quantizable + p["per-layer embedding"]) * quantized_bytes_per_param(mode)
+        base += (quantizable + p["per-layer embedding"]) * quantized_bytes_per_param(mode, c.model.int4_block_size)
     base /= model_axis
     lora = lora_parameters(a, c.lora.rank, c.lora.targets) * 4
     optimizer = lora * (3 + (1 if c.train.grad_accum > 1 else 0))  # gradients + AdamW moments (+ accumulator)

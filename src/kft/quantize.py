@@ -35,7 +35,10 @@ REFUSED = {
     "gptq": "Keras' GPTQ layers refuse enable_lora",
     "awq": "Keras' AWQ layers silently ignore the LoRA factors",
 }
-INT4_BLOCK_SIZE = 128
+INT4_BLOCK_SIZE = 64  # rows per int4 group (QLoRA's NF4 block); config key model.int4_block_size
+# How the int4 groups' scales and zero points are chosen: "least-squares" (kft.int4_groups) or
+# "full" (Keras' own full range; what adapters saved before kft chose them record by saying nothing).
+INT4_RANGES = ("least-squares", "full")
 
 
 def check(mode: str, policy: str | None = None) -> None:
@@ -49,13 +52,13 @@ def check(mode: str, policy: str | None = None) -> None:
                        "float16 overflow); use model.precision float32 or mixed_bfloat16, or model.quantize int4")
 
 
-def keras_config(mode: str):
+def keras_config(mode: str, int4_block_size: int = INT4_BLOCK_SIZE):
     """The Keras QuantizationConfig for `mode`: weights only, activations left in float."""
     from keras.quantizers import Int4QuantizationConfig, Int8QuantizationConfig
 
     if mode == "int8":
         return Int8QuantizationConfig(weight_quantizer=None, activation_quantizer=None)
-    return Int4QuantizationConfig(activation_quantizer=None, block_size=INT4_BLOCK_SIZE)
+    return Int4QuantizationConfig(activation_quantizer=None, block_size=int4_block_size)
 
 
 # {decoder block class: attributes naming the sub-layers whose `.kernel` the block reads (KerasHub 0.32)}
@@ -132,15 +135,20 @@ def dequantize_kernel_readers(model) -> int:
     return swapped
 
 
-def apply(task, mode: str, filters="decoder") -> int:
+def apply(task, mode: str, filters="decoder", int4_block_size: int = INT4_BLOCK_SIZE,
+          int4_ranges: str = "least-squares") -> int:
     """Quantize `task`'s frozen base in place (before LoRA is enabled); return how many layers.
 
-    `filters` is Keras' own argument ("decoder": `decoder_filter`); tests pass others to show
-    why the default is what it is."""
+    `filters` is Keras' own argument ("decoder": `decoder_filter`). int4 comes in groups of
+    `int4_block_size` rows whose ranges are chosen as `int4_ranges` says (`INT4_RANGES`)."""
     check(mode, task.dtype_policy.name)
     if mode == "none":
         return 0
-    task.quantize(mode, config=keras_config(mode), filters=decoder_filter(task) if filters == "decoder" else filters)
+    wanted = decoder_filter(task) if filters == "decoder" else filters
+    if mode == "int4":
+        _quantize_int4(task, wanted, int4_block_size, int4_ranges)
+    else:
+        task.quantize(mode, config=keras_config(mode), filters=wanted)
     dequantize_kernel_readers(task)
     quantized = [layer for layer in task._flatten_layers() if getattr(layer, "quantization_mode", None) == mode]
     if not quantized:
@@ -148,12 +156,52 @@ def apply(task, mode: str, filters="decoder") -> int:
     return len(quantized)
 
 
-def settings(mode: str) -> dict:
-    """What an adapter records so the same base can be rebuilt on reload."""
+def _quantize_int4(model, wanted, block_size: int, ranges: str) -> None:
+    """`Model.quantize("int4", ...)` one layer at a time, each layer's groups refitted from its float
+    kernel (`kft.int4_groups`) while that one kernel is still at hand."""
+    import numpy as np
+    from keras.src.quantizers.utils import should_quantize_layer
+
+    from kft import int4_groups
+
+    if ranges not in INT4_RANGES:
+        raise KftError(f"int4 ranges must be one of {', '.join(INT4_RANGES)}, got '{ranges}'")
+    config = keras_config("int4", block_size)
+    for layer in list(model._flatten_layers()):
+        if not should_quantize_layer(layer, wanted) or len(list(layer._flatten_layers())) != 1:
+            continue
+        if not hasattr(layer, "quantize"):
+            continue
+        float_kernel = np.asarray(layer.kernel) if hasattr(layer, "kernel") else None
+        try:
+            layer.quantize("int4", config=config)
+        except NotImplementedError:  # as Model.quantize: layers without int4 stay float
+            continue
+        if ranges == "least-squares" and float_kernel is not None and \
+                getattr(layer, "_int4_block_size", None) not in (None, -1):
+            int4_groups.refit(layer, float_kernel)
+    model.train_function = model.test_function = model.predict_function = None
+
+
+def settings(mode: str, int4_block_size: int = INT4_BLOCK_SIZE) -> dict:
+    """What an adapter records so the same base can be rebuilt on reload (`rebuild_options`)."""
     if mode == "none":
         return {"quantize": "none"}
-    extra = {"int4_block_size": INT4_BLOCK_SIZE} if mode == "int4" else {}
+    extra = {"int4_block_size": int4_block_size, "int4_ranges": "least-squares"} if mode == "int4" else {}
     return {"quantize": mode, "quantize_weights_only": True, "quantize_layers": "decoder", **extra}
+
+
+def options(c) -> dict:
+    """`apply`'s int4 options from a kft Config."""
+    return {"int4_block_size": c.model.int4_block_size} if c.model.quantize == "int4" else {}
+
+
+def rebuild_options(meta: dict) -> dict:
+    """`apply`'s int4 options from an adapter's settings. Adapters from before kft chose the groups'
+    ranges recorded groups of 128 and no ranges: their base is rebuilt as it was then."""
+    if meta.get("quantize") != "int4":
+        return {}
+    return {"int4_block_size": int(meta.get("int4_block_size", 128)), "int4_ranges": meta.get("int4_ranges", "full")}
 
 
 def base_bytes(model) -> dict:
