@@ -50,6 +50,9 @@ def test_plan_for_a_kaggle_preset_works_offline_and_ends_with_the_verdict_line(c
     code, out, _ = run_cli(["plan", "--preset", "gemma2_9b_en", "--device-memory", "16GB",
                             "--set", "model.quantize=int4"], capsys)
     assert LAST_LINE.match(out.strip().splitlines()[-1]) and "fits in 16.00 GB" in out
+    code, out, _ = run_cli(["plan", "--preset", "gemma2_9b_en", "--device-memory", "16GB",
+                            "--set", "model.quantize=int4", "--set", "model.int4_block_size=32"], capsys)
+    assert "does not fit: try model.int4_block_size 128" in out  # 5 bytes per group and column more
 
 
 def test_quantization_shrinks_the_planned_base_by_the_kernel_ratios():

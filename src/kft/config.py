@@ -52,8 +52,8 @@ class ModelConfig:
     )
     int4_block_size: int = _key(
         64,
-        "int4 only: rows per group sharing a scale and zero point. 32 keeps closer to the float model, "
-        "128 takes less memory (scales: 5 bytes per group and column).",
+        "int4 only: rows per group sharing a scale and zero point (5 bytes per group and column): "
+        "32 stays closer to the float model, 128 takes less memory.",
     )
 
 

@@ -278,6 +278,8 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
         tries = []
         if mode != "int4":
             tries.append("model.quantize int4")
+        elif c.model.int4_block_size < 128:
+            tries.append("model.int4_block_size 128")
         if c.train.batch_size > 1:
             tries.append("batch 1")
         if c.data.seq_len > 512:

@@ -6,7 +6,9 @@ What kft adds is the choice of what to quantize and how:
 
 - weights only: Keras' int8 default also quantizes the activations, whose rounding the LoRA
   gradients then see; `Int8QuantizationConfig(activation_quantizer=None)` keeps them float
-  (int4 is weight-only by default, in asymmetric groups of 128);
+  (int4 is weight-only by default, in asymmetric groups of rows);
+- int4's group ranges: Keras takes each group's full range; kft chooses the scale and zero point
+  by least squares (`kft.int4_groups`), in groups of 64 rows by default;
 - the decoder blocks' projections only: the tied token embedding (`ReversibleEmbedding`) stays
   float. Quantized, its reverse (logits) path casts the hidden states to int8 with no useful
   gradient, and LoRA barely trains (tests/test_quantize.py shows the gradient collapse); kft's
@@ -35,7 +37,7 @@ REFUSED = {
     "gptq": "Keras' GPTQ layers refuse enable_lora",
     "awq": "Keras' AWQ layers silently ignore the LoRA factors",
 }
-INT4_BLOCK_SIZE = 64  # rows per int4 group (QLoRA's NF4 block); config key model.int4_block_size
+INT4_BLOCK_SIZE = 64  # rows per int4 group (QLoRA's block size); config key model.int4_block_size
 # How the int4 groups' scales and zero points are chosen: "least-squares" (kft.int4_groups) or
 # "full" (Keras' own full range; what adapters saved before kft chose them record by saying nothing).
 INT4_RANGES = ("least-squares", "full")
