@@ -88,3 +88,8 @@ def test_malformed_yaml_is_reported_with_its_line(tmp_path, capsys):
 def test_errors_are_config_errors_not_crashes():
     with pytest.raises(ConfigError, match="lora.rank"):
         config_lib.from_dict({"lora": {"rank": True}})
+
+
+def test_an_int4_group_size_below_8_is_refused_with_the_key_and_a_fix(capsys):
+    code, _, err = run_cli(["plan", "--set", "model.quantize=int4", "--set", "model.int4_block_size=4"], capsys)
+    assert code == 2 and "model.int4_block_size" in err and "try 64" in err and "Traceback" not in err
