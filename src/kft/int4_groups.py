@@ -14,38 +14,53 @@ Deterministic, so a quantized base still rebuilds bit for bit when an adapter re
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-SHRINKS = np.linspace(1.0, 0.5, 11)  # fractions of each group's [min, max] range tried
+# Fractions of each group's [min, max] range tried. Adapters record the choice as "least-squares"
+# (kft.quantize.INT4_RANGES): changing these changes every int4 base rebuilt on reload, so a new
+# choice needs a new name there.
+SHRINKS = np.linspace(1.0, 0.5, 11)  # 6 (steps of 0.1) left the real 270M's loss +35% from float, not +21%
 LEVELS = (-8, 7)  # Keras' int4 codes
 
 
 def fit(flat: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(codes int8 [rows, cols], scale [groups, cols], zero int8 [groups, cols]) for `flat`
-    [rows, cols] in groups of `block` rows: Keras' layout, least-squares choice of range."""
-    qmin, qmax = LEVELS
-    rows, cols = flat.shape
-    groups = -(-rows // block)
-    x = np.zeros((groups * block, cols), np.float32)
-    x[:rows] = flat
-    x = x.reshape(groups, block, cols)
-    valid = (np.arange(groups * block) < rows).reshape(groups, block, 1)
-    low = np.where(valid, x, np.inf).min(axis=1, keepdims=True)
-    high = np.where(valid, x, -np.inf).max(axis=1, keepdims=True)
-    best_err = np.full((groups, 1, cols), np.inf, np.float32)
-    best_scale = np.zeros((groups, 1, cols), np.float32)
-    best_zero = np.zeros((groups, 1, cols), np.float32)
-    for shrink in SHRINKS:
-        scale = ((high - low) * shrink + 1e-7) / (qmax - qmin)
-        zero = np.clip(np.round(-low * shrink / scale) + qmin, qmin, qmax)
-        codes = np.clip(np.round(x / scale) + zero, qmin, qmax)
-        err = np.sum(np.square((codes - zero) * scale - x) * valid, axis=1, keepdims=True)
-        better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best_scale = np.where(better, scale, best_scale)
-        best_zero = np.where(better, zero, best_zero)
-    codes = np.clip(np.round(x / best_scale) + best_zero, qmin, qmax).reshape(groups * block, cols)[:rows]
-    return codes.astype(np.int8), best_scale[:, 0], best_zero[:, 0].astype(np.int8)
+    [rows, cols] in groups of `block` rows: Keras' layout, least-squares choice of range.
+    Jitted on the default device (the host while kft quantizes, kft.placement) so it uses every
+    core: ~2.3 s for a 3584 x 14336 kernel on 2 cores, where Keras' own int4 takes ~1.4 s."""
+    codes, scale, zero = _fit_jitted()(np.asarray(flat, np.float32), block, tuple(float(s) for s in SHRINKS))
+    return np.asarray(codes), np.asarray(scale), np.asarray(zero)
+
+
+@functools.cache
+def _fit_jitted():
+    import jax
+    import jax.numpy as jnp
+
+    def fit_groups(flat, block, shrinks):
+        qmin, qmax = LEVELS
+        rows, cols = flat.shape
+        groups = -(-rows // block)
+        x = jnp.zeros((groups * block, cols), jnp.float32).at[:rows].set(flat).reshape(groups, block, cols)
+        valid = (jnp.arange(groups * block) < rows).reshape(groups, block, 1)
+        low = jnp.where(valid, x, jnp.inf).min(axis=1, keepdims=True)
+        high = jnp.where(valid, x, -jnp.inf).max(axis=1, keepdims=True)
+        best = (jnp.full((groups, 1, cols), jnp.inf, jnp.float32), jnp.zeros((groups, 1, cols), jnp.float32),
+                jnp.zeros((groups, 1, cols), jnp.float32))
+        for shrink in shrinks:
+            scale = ((high - low) * shrink + 1e-7) / (qmax - qmin)
+            zero = jnp.clip(jnp.round(-low * shrink / scale) + qmin, qmin, qmax)
+            codes = jnp.clip(jnp.round(x * (1 / scale)) + zero, qmin, qmax)  # a multiply: the search's cost
+            err = jnp.sum(jnp.square((codes - zero) * scale - x) * valid, axis=1, keepdims=True)
+            better = err < best[0]
+            best = tuple(jnp.where(better, new, old) for new, old in zip((err, scale, zero), best))
+        _, scale, zero = best
+        codes = jnp.clip(jnp.round(x / scale) + zero, qmin, qmax).reshape(groups * block, cols)[:rows]
+        return codes.astype(jnp.int8), scale[:, 0], zero[:, 0].astype(jnp.int8)
+
+    return jax.jit(fit_groups, static_argnums=(1, 2))
 
 
 def refit(layer, float_kernel: np.ndarray) -> None:
