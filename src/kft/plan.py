@@ -170,7 +170,7 @@ def parameters(a: Architecture) -> dict:
     }
 
 
-def quantized_bytes_per_param(mode: str, int4_block_size: int = 64) -> float:
+def quantized_bytes_per_param(mode: str, int4_block_size: int) -> float:
     return {"int8": 1.0, "int4": 0.5 + 5.0 / int4_block_size}[mode]  # int4: float32 scale + int8 zero per group
 
 

@@ -172,15 +172,13 @@ def _quantize_int4(model, wanted, block_size: int, ranges: str) -> None:
     for layer in list(model._flatten_layers()):
         if not should_quantize_layer(layer, wanted) or len(list(layer._flatten_layers())) != 1:
             continue
-        if not hasattr(layer, "quantize"):
-            continue
-        float_kernel = np.asarray(layer.kernel) if hasattr(layer, "kernel") else None
+        refitting = ranges == "least-squares" and hasattr(layer, "kernel")  # Embedding: no groups to refit
+        float_kernel = np.asarray(layer.kernel) if refitting else None
         try:
             layer.quantize("int4", config=config)
         except NotImplementedError:  # as Model.quantize: layers without int4 stay float
             continue
-        if ranges == "least-squares" and float_kernel is not None and \
-                getattr(layer, "_int4_block_size", None) not in (None, -1):
+        if refitting and getattr(layer, "_int4_block_size", None) not in (None, -1):
             int4_groups.refit(layer, float_kernel)
     model.train_function = model.test_function = model.predict_function = None
 
