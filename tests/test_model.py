@@ -1,6 +1,8 @@
 """Model loading: Keras presets, Hugging Face folders, families, precision, and clear failures."""
 
 import json
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -121,3 +123,20 @@ def test_a_variable_the_preset_does_not_fill_is_initialised_after_loading():
     outside = keras.layers.Dense(1)
     outside.build((None, 1))
     assert outside.kernel._value is not None  # outside the context, Keras initialises as usual
+
+
+def test_two_processes_preparing_the_same_preset_build_it_once(tmp_path):
+    # Two notebooks, two `kft` commands or two test workers asking for a kft-prepared preset at once:
+    # one builds it while the other waits on the lock, then finds it ready (no half-written folder).
+    import subprocess
+
+    env = {**os.environ, "KFT_CACHE": str(tmp_path)}
+    code = "from kft import presets; print(presets.prepare('tiny_gemma3'))"
+    runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert sum("preparing preset 'tiny_gemma3'" in err for _, err in outputs) == 1
+    folder = tmp_path / "presets" / "tiny_gemma3"
+    assert {out.strip() for out, _ in outputs} == {str(folder)} and (folder / "config.json").is_file()
+    assert not (tmp_path / "presets" / "tiny_gemma3.partial").exists()

@@ -7,6 +7,7 @@ an interrupted build never leaves a half preset behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -49,17 +50,37 @@ def prepare(name: str) -> Path:
     folder = cache_dir() / "presets" / name
     if (folder / "config.json").is_file():
         return folder
-    print(f"kft: preparing preset '{name}' into {folder} (first use only)", file=sys.stderr, flush=True)
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    from kft.backend import native_logs_filtered
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(folder.with_name(folder.name + ".lock")):  # another process may be preparing it
+        if (folder / "config.json").is_file():
+            return folder
+        print(f"kft: preparing preset '{name}' into {folder} (first use only)", file=sys.stderr, flush=True)
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        from kft.backend import native_logs_filtered
 
-    with native_logs_filtered():
-        PREPARED[name](partial)
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+        with native_logs_filtered():
+            PREPARED[name](partial)
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
     return folder
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive lock on `lock_path` (waiting for it): two commands, notebooks or test workers
+    asked for the same preset at once build it once. No-op where fcntl is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # KerasHub Kaggle presets and the Hugging Face checkpoints of the same weights (PEFT adapters name
