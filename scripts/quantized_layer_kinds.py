@@ -29,6 +29,7 @@ def main():
     import numpy as np
 
     from kft import lora, quantize
+    from kft.errors import KftError
     from quantize_helpers import batch, clone, cosine, loss_and_lora_grads, tiny_backbone
 
     base = tiny_backbone(args.family)
@@ -63,7 +64,7 @@ def main():
         for name, wanted in variants.items():
             try:
                 loss, grads, _ = probe(mode, wanted, source)
-            except Exception as error:  # e.g. a kind this family does not have
+            except KftError as error:  # no layer of that kind in this family
                 print(f"{mode} {name}: {type(error).__name__}: {str(error)[:80]}")
                 continue
             print(f"{mode} {name}: loss {abs(loss - float_loss) / float_loss:.2e} from float, "

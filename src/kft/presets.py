@@ -2,7 +2,8 @@
 
 kft-prepared presets are built on first use into the cache (`$KFT_CACHE`, default
 `~/.cache/kft`) and reused afterwards; they are written to a temporary folder and renamed, so
-an interrupted build never leaves a half preset behind.
+an interrupted build never leaves a half preset behind, and under a file lock, so two processes
+asking at once build it once.
 """
 
 from __future__ import annotations
