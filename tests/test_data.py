@@ -136,6 +136,27 @@ def test_a_held_out_eval_file_becomes_the_eval_split(tmp_path, tokenizers):
     assert (len(ds.train), len(ds.eval)) == (3, 1) and ds.eval.references == ["서울"]
 
 
+def test_a_batch_shape_that_saves_less_than_its_program_costs_runs_at_the_next_longer_one():
+    ten_steps = np.array([80] * 4 + [64] + [80] * 5)
+    assert data.run_lengths(ten_steps, 3).tolist() == [80] * 10  # one train program, not two
+    long_run = np.array([64, 128] * 250)
+    assert np.array_equal(data.run_lengths(long_run, 3), long_run)  # each shape pays for itself
+    cascade = np.array([64, 128] + [192] * 100)  # 64 joins 128, then both are too few for a program
+    assert data.run_lengths(cascade, 3).tolist() == [192] * 102
+
+
+def test_batches_of_a_short_run_share_one_shape_that_still_holds_every_example(tmp_path, tokenizers):
+    rows = [{"instruction": "q" * (1 + i % 7) * 3, "response": "a " * (1 + (i * 5) % 23)} for i in range(64)]
+    split = build(tmp_path, tokenizers["gemma"], rows, seq_len=96).train
+    each = data.batches(split, 4, 6, seed=3, pad_to_multiple=8, group_by_length=True)
+    planned = data.batches(split, 4, 6, seed=3, pad_to_multiple=8, group_by_length=True, program_cost_steps=3)
+    assert len({each[i][0]["token_ids"].shape[1] for i in range(6)}) > 1
+    widths = {planned[i][0]["token_ids"].shape[1] for i in range(6)}
+    assert widths == {max(each[i][0]["token_ids"].shape[1] for i in range(6))}
+    resumed = data.batches(split, 4, 6, seed=3, pad_to_multiple=8, group_by_length=True, program_cost_steps=3, start=4)
+    assert resumed[0][0]["token_ids"].shape[1] in widths and np.array_equal(resumed[0][1], planned[4][1])
+
+
 def test_group_by_length_keeps_every_example_once_per_epoch_and_reduces_padding(tmp_path, tokenizers):
     rows = [{"instruction": "q" * (1 + i % 7) * 3, "response": "a " * (1 + (i * 5) % 23)} for i in range(64)]
     split = build(tmp_path, tokenizers["gemma"], rows, seq_len=96).train

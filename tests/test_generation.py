@@ -119,7 +119,7 @@ def test_a_chunk_holds_only_the_rows_whose_attention_cache_fits_the_budget():
 
 
 @pytest.mark.parametrize("family", [pytest.param(f, marks=[] if f == "gemma3" else [pytest.mark.slow]) for f in FAMILIES])
-def test_answers_and_loss_from_one_prefill_equal_the_separate_passes(family, tiny_presets):
+def test_answers_and_loss_from_one_prefill_equal_the_separate_passes(family, tiny_presets, monkeypatch):
     import keras
 
     from kft import answers_and_loss, data, evaluation, lora, model, sampling
@@ -135,13 +135,19 @@ def test_answers_and_loss_from_one_prefill_equal_the_separate_passes(family, tin
     split = data.build(data.load_records(config), tokenizer, config, seed=0, num_prompts=5).train
     compiled = evaluation.compile_task(task, logits_on="trained")
     assert answers_and_loss.rows_for(split, tokenizer) is not None  # the one-pass path applies
-    # 5 prompts in one pass, the 2 examples after them through the separate loss pass.
+    # 5 prompts in one pass, the 2 examples after them riding in the chunk's free rows.
     result = evaluation.measure(task, compiled, split, "exact", 2, MAX_NEW, with_loss=True)
     separate_loss = evaluation.eval_loss(compiled, split, 2)
     separate = sampling.generate(task, tokenizer, split.prompts, MAX_NEW)
     assert abs(result["loss"] - separate_loss) <= 1e-5 * separate_loss
     assert result["generations"] == separate
-    # In chunks of 3 (the last one filled with a repeated, weightless row): the same answers and loss.
-    answers, total, weight = answers_and_loss.measure(task, split, answers_and_loss.rows_for(split, tokenizer), MAX_NEW, 3)
-    assert abs(total / weight - evaluation.eval_loss(compiled, split.select(slice(0, 5)), 2)) <= 1e-5 * total / weight
+    # In chunks of 3: one example rides in the second chunk's free row, the last one goes through
+    # the separate loss pass; the same answers and loss.
+    prompts = answers_and_loss.rows_for(split, tokenizer)
+    answers, total, weight, covered = answers_and_loss.measure(task, split, prompts, MAX_NEW, 3)
+    assert covered == 6
+    assert abs(total / weight - evaluation.eval_loss(compiled, split.select(slice(0, 6)), 2)) <= 1e-5 * total / weight
     assert [sampling.detokenize(tokenizer, ids) for ids in answers] == separate
+    monkeypatch.setattr(evaluation, "GENERATE_BATCH", 3)
+    chunked = evaluation.measure(task, compiled, split, "exact", 2, MAX_NEW, with_loss=True)
+    assert abs(chunked["loss"] - separate_loss) <= 1e-5 * separate_loss and chunked["generations"] == separate

@@ -9,8 +9,10 @@ after the prompt as usual: each step overwrites the answer's cache entry at its 
 step attends past its own position. One pass instead of a generate prefill plus an eval pass.
 
 Used when every sample prompt's token ids begin its example's ids (the template renders the
-prompt as the example's beginning) and the loss is the trained-position loss; otherwise, and for
-the eval examples after the prompts, evaluation runs its separate loss pass.
+prompt as the example's beginning) and the loss is the trained-position loss. The eval examples
+after the prompts ride in the rows the prompts' chunks leave free, as far as those go (60 prompts
+of a 64-example split: one chunk of 64, no loss program of its own); evaluation runs its separate
+loss pass for the rest.
 """
 
 from __future__ import annotations
@@ -35,22 +37,31 @@ def rows_for(split: data.Split, tokenizer) -> list[list[int]] | None:
 
 
 def measure(task, split: data.Split, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-            progress=None) -> tuple[list[list[int]], float, float]:
-    """(new ids per prompt, sum of weighted nll, sum of weights) over the first len(prompts) examples."""
+            progress=None) -> tuple[list[list[int]], float, float, int]:
+    """(new ids per prompt, sum of weighted nll, sum of weights, examples covered): the loss covers
+    the len(prompts) first examples and the examples after them that fit the chunks' free rows."""
     tokenizer = task.preprocessor.tokenizer
     count = len(prompts)
-    lengths = split.padding_mask[:count].sum(axis=1).astype(int)
+    lengths = split.padding_mask.sum(axis=1).astype(int)
     end = sampling.round_up(max(len(ids) for ids in prompts))
-    pads = np.array([end - len(ids) for ids in prompts], dtype="int32")
     # The prefill's positions: the prompts' end plus the longest answer, rounded up to 8.
     span = end + -(-max(int(lengths[r]) - len(prompts[r]) for r in range(count)) // 8) * 8
     width = max(span, end + max_new_tokens)
-    size = sampling.chunk_size(count, min(batch_size, sampling.cache_rows(task.backbone, width)))
+    most = min(batch_size, sampling.cache_rows(task.backbone, width))
+    free = -(-count // most) * most - count
+    covered = count + next((k for k, r in enumerate(range(count, min(count + free, len(split))))
+                            if lengths[r] > span), min(free, len(split) - count))
+    # A riding example's prompt (its tokens before the first trained one) ends at `end` where it fits.
+    first_trained = [int(np.argmax(split.loss_weights[r] > 0)) + 1 for r in range(count, covered)]
+    pads = np.array([end - len(ids) for ids in prompts]
+                    + [min(max(end - p, 0), span - int(lengths[r])) for p, r in zip(first_trained, range(count, covered))],
+                    dtype="int32")
+    size = sampling.chunk_size(covered, most)
     left_padding.install(task, end, max_new_tokens)
     stops = sampling.stop_token_ids(tokenizer)
     answers, total, weight = [], 0.0, 0.0
-    for start in range(0, count, size):
-        rows = list(range(start, min(start + size, count)))
+    for start in range(0, covered, size):
+        rows = list(range(start, min(start + size, covered)))
         real = np.array([True] * len(rows) + [False] * (size - len(rows)))
         rows += [rows[-1]] * (size - len(rows))
         token_ids = np.full((size, width), tokenizer.pad_token_id, dtype="int32")
@@ -70,7 +81,8 @@ def measure(task, split: data.Split, prompts: list[list[int]], max_new_tokens: i
         total += float((np.asarray(out["loss_nll"], dtype="float64") * picked_weights).sum())
         weight += float(picked_weights.sum())
         generated = np.asarray(out["token_ids"])
-        answers += [sampling.until_stop(generated[i, end:end + max_new_tokens], stops) for i in range(size) if real[i]]
+        answers += [sampling.until_stop(generated[i, end:end + max_new_tokens], stops)
+                    for i, r in enumerate(rows) if real[i] and r < count]
         if progress is not None:
-            progress.advance(int(real.sum()))
-    return answers, total, weight
+            progress.advance(sum(1 for i, r in enumerate(rows) if real[i] and r < count))
+    return answers, total, weight, covered

@@ -58,15 +58,18 @@ class Split:
                 np.arange(self.token_ids.shape[1], dtype="int32"), x["token_ids"].shape).copy())
         return x
 
-    def batch(self, index, trained_only: bool = False, pad_to_multiple: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
+    def batch(self, index, trained_only: bool = False, pad_to_multiple: int = 0,
+              length: int | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
         """(inputs, targets, weights) for the examples at `index`. With `pad_to_multiple`, cut to
         the longest example rounded up to that multiple (padding is on the right, so the cut
-        removes only padding). With `trained_only`, targets and weights are the batch's trained
-        positions, which the inputs name (see trained_logits)."""
+        removes only padding); `length` cuts to that length instead (at least the longest example).
+        With `trained_only`, targets and weights are the batch's trained positions, which the
+        inputs name (see trained_logits)."""
         x, y, w = self.inputs(index), self.targets[index], self.loss_weights[index]
-        if pad_to_multiple:
+        if pad_to_multiple and length is None:
             longest = int(x["padding_mask"].sum(axis=1).max())
             length = min(-(-longest // pad_to_multiple) * pad_to_multiple, self.token_ids.shape[1])
+        if length is not None:
             x = {k: v[:, :length] for k, v in x.items()}
             y, w = y[:, :length], w[:, :length]
         if trained_only:
@@ -307,14 +310,21 @@ def steps_per_epoch(split: Split, batch_size: int) -> int:
     return len(split) // batch_size
 
 
+# A batch shape costs a trace and a compile (or a persistent-cache load) of the train step: ~10 s
+# on the 270M on CPU, about 3 of its steps (on accelerators, with faster steps, many more).
+PROGRAM_COST_STEPS = 3
+
+
 def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: int = 0, trained_only: bool = False,
-            pad_to_multiple: int = 0, group_by_length: bool = False):
+            pad_to_multiple: int = 0, group_by_length: bool = False, program_cost_steps: float = 0):
     """A Keras PyDataset of micro-batches `start..num_batches-1`; epoch e uses permutation seed+e.
 
     Indexing is a pure function of (seed, batch index), so a resumed run picks up its data
     position without replaying the batches before it. With `pad_to_multiple`, each batch is cut
     to its longest example rounded up to that multiple (padding is on the right, so the cut
     removes only padding): a few shapes, a few XLA programs, far less work on padding.
+    With `program_cost_steps`, a shape is kept only where it saves the run more positions than
+    that many full-length batches hold (see `run_lengths`); its batches run at the next longer one.
     With `group_by_length`, each epoch's shuffled order is cut into windows of 16 batches, each
     window is sorted by length and the resulting batches are shuffled: batches hold examples of
     similar length, so the cut removes most padding (HF Trainer's group_by_length, seeded).
@@ -348,12 +358,42 @@ def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: i
             return np.sort(self.epoch_order(epoch)[b * batch_size : (b + 1) * batch_size])
 
         def __getitem__(self, i):
-            return split.batch(self.indices(i), trained_only, pad_to_multiple)
+            length = self.lengths[start + i] if self.lengths is not None else None
+            return split.batch(self.indices(i), trained_only, pad_to_multiple, length=length)
 
         def tokens(self, i) -> int:
             return int(split.padding_mask[self.indices(i)].sum())
 
+        @functools.cached_property
+        def lengths(self) -> np.ndarray | None:
+            """The cut of every batch of the run (from batch 0: a resumed run keeps its shapes)."""
+            if not (pad_to_multiple and program_cost_steps):
+                return None
+            longest = split.padding_mask.sum(axis=1)
+            epochs = -(-num_batches // per_epoch)
+            per_batch = np.concatenate([longest[self.epoch_order(e)[: per_epoch * batch_size]]
+                                        .reshape(per_epoch, batch_size).max(axis=1) for e in range(epochs)])
+            cuts = np.minimum(-(-per_batch[:num_batches] // pad_to_multiple) * pad_to_multiple, split.token_ids.shape[1])
+            return run_lengths(cuts, program_cost_steps)
+
     return Batches()
+
+
+def run_lengths(cuts: np.ndarray, program_cost_steps: float) -> np.ndarray:
+    """Each batch's length once shapes not worth their own program are merged into the next longer.
+
+    From the shortest shape up: its batches move to the next longer shape when the positions they
+    would save (length difference x batches) are fewer than `program_cost_steps` batches of the
+    longest shape hold. A 10-step run with one short batch then compiles one train step, not two;
+    a long run keeps every shape that pays for itself."""
+    lengths = cuts.copy()
+    shapes = sorted(set(lengths.tolist()))
+    budget = program_cost_steps * shapes[-1]
+    for shape, longer in zip(shapes, shapes[1:]):
+        at = lengths == shape
+        if (longer - shape) * at.sum() < budget:
+            lengths[at] = longer
+    return lengths
 
 
 EVAL_ROUND = 8  # eval rows are cut to the split's longest example rounded up to this

@@ -105,9 +105,10 @@ def measure(task, model, split: data.Split, metric: str, batch_size: int, max_ne
         one_pass = with_loss and uses_trained_positions(model) and jax.process_count() == 1
         prompts = answers_and_loss.rows_for(split, tokenizer) if one_pass else None
         total = weight = 0.0
+        covered = 0
         if prompts is not None:
-            ids, total, weight = answers_and_loss.measure(task, split, prompts, max_new_tokens, GENERATE_BATCH,
-                                                          progress)
+            ids, total, weight, covered = answers_and_loss.measure(task, split, prompts, max_new_tokens,
+                                                                   GENERATE_BATCH, progress)
             generations = [sampling.detokenize(tokenizer, new) for new in ids]
         else:
             generations = sampling.generate(task, tokenizer, split.prompts, max_new_tokens,
@@ -115,7 +116,7 @@ def measure(task, model, split: data.Split, metric: str, batch_size: int, max_ne
         progress.close()
         result = {"generations": generations, "score": scoring.score(metric, generations, split.references)}
         if with_loss:
-            rest = split if prompts is None else split.select(slice(len(prompts), None))
+            rest = split.select(slice(covered, None))
             if len(rest):
                 rest_total, rest_weight = _loss_sums(model, rest, batch_size, label)
                 total, weight = total + rest_total, weight + rest_weight

@@ -181,7 +181,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     batches = distribution.local_batches(data.batches(  # each process feeds its rows of every global batch
         dataset.train, c.train.batch_size, micro_steps, c.train.seed, start=start_micro,
         trained_only=c.train.logits_on == "trained", pad_to_multiple=c.train.pad_to_multiple,
-        group_by_length=c.train.group_by_length))
+        group_by_length=c.train.group_by_length, program_cost_steps=data.PROGRAM_COST_STEPS))
     progress_cb = Progress(batches, micro_steps, c.train.grad_accum, c.train.log_every, schedule,
                            out / "metrics.jsonl", start_micro=start_micro, records=rows)
     checkpoint_cb = checkpoint.Checkpointer(out, c.train.checkpoint_every, c.train.checkpoint_keep,
