@@ -118,7 +118,8 @@ class TrainConfig:
                                      "time (trained: same loss, less compute and memory) or from full logits at "
                                      "every position (all: KerasHub's plain path).")
     pad_to_multiple: int = _key(64, "Cut each batch to its longest example rounded up to this multiple "
-                                   "(a few compiled shapes, little padding); 0 = always pad to data.seq_len.")
+                                   "(a few compiled shapes, little padding; a shape that saves the run less than "
+                                   "3 batches' work runs at the next longer one); 0 = always pad to data.seq_len.")
     group_by_length: bool = _key(True, "Batch examples of similar length together (seeded), so little padding is computed.")
     checkpoint_every: int = _key(50, "Write a resumable checkpoint every N optimizer steps (and at the end).")
     checkpoint_keep: int = _key(2, "How many of the newest checkpoints to keep.")
