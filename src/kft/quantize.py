@@ -28,6 +28,9 @@ Keras' merged-and-requantized kernels).
 
 from __future__ import annotations
 
+import contextlib
+import gc
+
 from kft.errors import KftError
 
 MODES = ("none", "int8", "int4")
@@ -147,15 +150,31 @@ def apply(task, mode: str, filters="decoder", int4_block_size: int = INT4_BLOCK_
     if mode == "none":
         return 0
     wanted = decoder_filter(task) if filters == "decoder" else filters
-    if mode == "int4":
-        _quantize_int4(task, wanted, int4_block_size, int4_ranges)
-    else:
-        task.quantize(mode, config=keras_config(mode), filters=wanted)
+    with _one_garbage_collection():
+        if mode == "int4":
+            _quantize_int4(task, wanted, int4_block_size, int4_ranges)
+        else:
+            task.quantize(mode, config=keras_config(mode), filters=wanted)
     dequantize_kernel_readers(task)
     quantized = [layer for layer in task._flatten_layers() if getattr(layer, "quantization_mode", None) == mode]
     if not quantized:
         raise KftError(f"model.quantize {mode}: no layer of this model could be quantized")
     return len(quantized)
+
+
+@contextlib.contextmanager
+def _one_garbage_collection():
+    """Keras' `Layer.__delattr__` runs a full `gc.collect()` for every variable it drops, i.e. for
+    every kernel it quantizes: ~0.25 s each in a process holding TensorFlow, JAX and a model (126
+    kernels in Gemma 3 270M, 294 in Gemma 2 9B). The dropped kernels hold no reference cycles, so
+    reference counting frees them at once; one collection afterwards does the rest."""
+    collect = gc.collect
+    gc.collect = lambda generation=2: 0
+    try:
+        yield
+    finally:
+        gc.collect = collect
+        gc.collect()
 
 
 def _quantize_int4(model, wanted, block_size: int, ranges: str) -> None:
