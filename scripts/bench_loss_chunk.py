@@ -38,7 +38,7 @@ def main():
     for chunk in args.chunks:
         trained_logits.CHUNK = chunk
         token_nll = trained_logits._token_nll()
-        step = jax.jit(jax.value_and_grad(lambda h: token_nll(h, embeddings, targets, count, None).sum()))
+        step = jax.jit(jax.value_and_grad(lambda h: token_nll(h, embeddings, targets, count, ()).sum()))
         jax.block_until_ready(step(hidden))
         times = []
         for _ in range(3):
