@@ -55,10 +55,11 @@ def uninterrupted(tmp_path_factory):
     return run
 
 
-def test_sigkill_at_several_steps_then_resume_gives_a_bit_identical_adapter(uninterrupted, tmp_path):
+@pytest.mark.parametrize("kill_at", [(20,), pytest.param((20, 70), marks=pytest.mark.slow)])  # slow: resume twice
+def test_sigkill_at_several_steps_then_resume_gives_a_bit_identical_adapter(uninterrupted, tmp_path, kill_at):
     run = tmp_path / "killed"
     kills = []
-    for at_least in (20, 70):
+    for at_least in kill_at:
         proc = start(run, *(["--resume", "auto"] if kills else []))
         wait_for_checkpoint(proc, run, at_least)
         proc.send_signal(signal.SIGKILL)
