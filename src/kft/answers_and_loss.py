@@ -48,9 +48,9 @@ def measure(task, split: data.Split, prompts: list[list[int]], max_new_tokens: i
     span = end + -(-max(int(lengths[r]) - len(prompts[r]) for r in range(count)) // 8) * 8
     width = max(span, end + max_new_tokens)
     most = min(batch_size, sampling.cache_rows(task.backbone, width))
-    free = -(-count // most) * most - count
-    covered = count + next((k for k, r in enumerate(range(count, min(count + free, len(split))))
-                            if lengths[r] > span), min(free, len(split) - count))
+    covered = count  # then the examples after the prompts, while they fit the chunks' free rows and the span
+    while covered < min(-(-count // most) * most, len(split)) and lengths[covered] <= span:
+        covered += 1
     # A riding example's prompt (its tokens before the first trained one) ends at `end` where it fits.
     first_trained = [int(np.argmax(split.loss_weights[r] > 0)) + 1 for r in range(count, covered)]
     pads = np.array([end - len(ids) for ids in prompts]
