@@ -81,8 +81,8 @@ def measure(task, split: data.Split, prompts: list[list[int]], max_new_tokens: i
         total += float((np.asarray(out["loss_nll"], dtype="float64") * picked_weights).sum())
         weight += float(picked_weights.sum())
         generated = np.asarray(out["token_ids"])
-        answers += [sampling.until_stop(generated[i, end:end + max_new_tokens], stops)
-                    for i, r in enumerate(rows) if real[i] and r < count]
+        asked = [i for i, r in enumerate(rows) if real[i] and r < count]  # sample prompts, not riding rows
+        answers += [sampling.until_stop(generated[i, end:end + max_new_tokens], stops) for i in asked]
         if progress is not None:
-            progress.advance(sum(1 for i, r in enumerate(rows) if real[i] and r < count))
+            progress.advance(len(asked))
     return answers, total, weight, covered
