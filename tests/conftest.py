@@ -16,6 +16,15 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 USER_KFT_CACHE = os.environ.get("KFT_CACHE")  # slow tests reuse the user's prepared real model
 os.environ["KFT_CACHE"] = tempfile.mkdtemp(prefix="kft-test-cache-")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The default tier's tiny models take longer to compile than to run: LLVM at optimisation level 0
+# cut the suite from 10 min 32 s to 7 min 52 s on 2 cores. The slow tier (the real 270M) keeps XLA's default.
+FAST_COMPILES = "--xla_backend_optimization_level=0"
+
+
+def pytest_configure(config):
+    # Before any test initialises JAX's backend (fixtures do, lazily); kft subprocesses inherit it.
+    if (config.option.markexpr or "").strip() == "not slow" and FAST_COMPILES not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILES}".strip()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")

@@ -298,7 +298,7 @@ def free_port() -> int:
 
 def start_processes(config: Path, run_dir: Path, devices: int, processes: int, *extra):
     env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src"), "KFT_XLA_CACHE": "0",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()}
     port = free_port()
     joined = [] if processes == 1 else ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes)]
     return [subprocess.Popen([sys.executable, "-m", "kft.cli", "train", "--config", str(config), "--output-dir",

@@ -296,7 +296,8 @@ def test_gemma4_loads_from_hf_folders_text_and_multimodal_using_the_text_part(ge
     tuned = np.asarray(gemma4_run[0].task(_inputs(IDS)))
     text = _hf_folder(gemma4_exports["hf"], tmp_path / "text")
     task, family, _ = model.load(str(text), "float32")
-    assert family == "gemma4" and rel(np.asarray(task(_inputs(IDS))), tuned) <= 1e-6
+    # 1e-5: the tuned model adds its LoRA update factorized, the export merged it into the kernels.
+    assert family == "gemma4" and rel(np.asarray(task(_inputs(IDS))), tuned) <= 1e-5
     # The multimodal layout: text weights under model.language_model, a vision tower beside it.
     multimodal = _hf_folder(gemma4_exports["hf"], tmp_path / "multimodal")
     text_config = json.loads((text / "config.json").read_text())
@@ -314,4 +315,4 @@ def test_gemma4_loads_from_hf_folders_text_and_multimodal_using_the_text_part(ge
     task, family, _ = model.load(str(multimodal), "float32")
     assert "left out the vision encoder" in capsys.readouterr().err
     assert family == "gemma4" and task.backbone.vision_encoder is None
-    assert rel(np.asarray(task(_inputs(IDS))), tuned) <= 1e-6
+    assert rel(np.asarray(task(_inputs(IDS))), tuned) <= 1e-5

@@ -140,3 +140,47 @@ def test_two_processes_preparing_the_same_preset_build_it_once(tmp_path):
     folder = tmp_path / "presets" / "tiny_gemma3"
     assert {out.strip() for out, _ in outputs} == {str(folder)} and (folder / "config.json").is_file()
     assert not (tmp_path / "presets" / "tiny_gemma3.partial").exists()
+
+
+def test_lora_layers_add_their_update_factorized_with_the_same_values(tiny_presets):
+    """Keras merges A @ B into the kernel, so its backward pass forms a kernel-sized gradient; kft's
+    adapted layers compute (x @ A) @ B: the same output, and no kernel-sized product in the gradient."""
+    import jax
+    import keras
+
+    from kft import lora
+
+    task, _, _ = model.load(tiny_presets["gemma3"], "float32")
+    layers = lora.enable(task.backbone, 2, 4.0, ["query", "value"])
+    assert all(type(layer).__mro__[1] is keras.layers.EinsumDense for layer in layers)
+    assert keras.saving.serialize_keras_object(layers[0])["class_name"] == "EinsumDense"
+    layer = layers[0]
+    rng = np.random.default_rng(0)
+    layer.lora_kernel_b.assign(rng.normal(0, 0.1, layer.lora_kernel_b.shape).astype("float32"))
+    x = rng.normal(0, 1, (2, 5, task.backbone.hidden_dim)).astype("float32")
+    merged = np.einsum(layer.equation, x, np.asarray(layer.kernel))
+    np.testing.assert_allclose(np.asarray(layer(x)), merged, rtol=1e-5, atol=1e-5)
+
+    def kernel_sized_products(cls):
+        layer.__class__ = cls
+        frozen = [v.value for v in layer.non_trainable_variables]
+
+        def loss(trainable):
+            return layer.stateless_call(trainable, frozen, x)[0].sum()
+
+        jaxpr = jax.make_jaxpr(jax.grad(loss))([v.value for v in layer.trainable_variables])
+        return [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"
+                and tuple(e.outvars[0].aval.shape) == tuple(layer.kernel.shape)]
+
+    factorized = type(layer)
+    assert kernel_sized_products(keras.layers.EinsumDense)  # Keras' merged forward: x.T @ dy, kernel-sized
+    assert not kernel_sized_products(factorized)
+
+
+def _equations(jaxpr):
+    for equation in jaxpr.eqns:
+        yield equation
+        for value in equation.params.values():
+            inner = getattr(value, "jaxpr", value)
+            if hasattr(inner, "eqns"):
+                yield from _equations(inner)

@@ -28,7 +28,22 @@ def compile_task(task, optimizer=None, logits_on: str = "all"):
         model = task
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
     keras.Model.compile(model, optimizer=optimizer or "adam", loss=loss)
+    _build_compiled_loss(model)
     return model
+
+
+def _build_compiled_loss(model) -> None:
+    """Build Keras' compiled loss and metrics from placeholders. Keras builds them on the first train
+    or test call with a symbolic pass over the whole model (`Trainer._symbolic_build`: ~2 s on the
+    270M, every command); kft's losses and the task's metric need no more than these."""
+    import keras
+
+    targets = keras.KerasTensor((None, None), "int32")
+    vocabulary = () if uses_trained_positions(model) else (model.backbone.vocabulary_size,)
+    predictions = keras.KerasTensor((None, None, *vocabulary), "float32")
+    for compiled in (model._compile_loss, model._compile_metrics):
+        if compiled is not None and not compiled.built:
+            compiled.build(targets, predictions)
 
 
 def _build_preprocessor(task) -> None:

@@ -4,6 +4,11 @@ KerasHub's `Backbone.enable_lora(rank)` passes no alpha and knows only query/val
 text decoder's blocks and call Keras' own `enable_lora(rank, lora_alpha=...)`, so the update
 is `kernel + (alpha / rank) * A @ B` and Keras merges it into the kernel whenever weights are saved.
 
+In the forward pass Keras merges it too: a float EinsumDense computes `x @ (W + s * A @ B)`, so
+the backward pass forms the full kernel-sized gradient `x.T @ dy` and reduces it to A's and B's.
+kft's adapted float layers compute `x @ W + s * (x @ A) @ B` instead, as Keras' own int8/int4 layers
+do (`factorized`): the same values, a train step ~5% faster on the 270M, no kernel-sized temporaries.
+
 Only the text decoder is walked: Gemma 3/4 vision encoders name their layers query/key/value too.
 Gemma 4 layers that reuse another layer's K/V have no key/value layer to adapt; its per-layer
 embedding projections and MoE experts/router (families.Family.frozen_blocks) stay frozen.
@@ -32,10 +37,52 @@ def enable(backbone, rank: int, alpha: float | None, targets: list[str]) -> list
     for layer in target_layers(backbone, names):
         layer.trainable = True
         layer.enable_lora(rank, lora_alpha=alpha if alpha is not None else rank)
+        factorize(layer)
         adapted.append(layer)
     if not adapted:
         raise ValueError(f"no layer named {sorted(names)} with LoRA support in {backbone.name}")
     return adapted
+
+
+_FACTORIZED = {}
+
+
+def factorize(layer) -> bool:
+    """Give a float LoRA EinsumDense the factorized forward pass; False where it keeps Keras' own
+    (quantized layers, which factorize already; an equation whose kernel's last axis is not the
+    output's last, where `(x @ A) @ B` would not line up)."""
+    import keras
+
+    if (type(layer) is not keras.layers.EinsumDense or not layer.lora_enabled or layer.quantization_mode is not None):
+        return False
+    inputs, output = layer.equation.split("->")
+    if inputs.split(",")[1][-1] != output[-1]:
+        return False
+    if keras.layers.EinsumDense not in _FACTORIZED:
+        _FACTORIZED[keras.layers.EinsumDense] = _factorized_class(keras.layers.EinsumDense)
+    layer.__class__ = _FACTORIZED[keras.layers.EinsumDense]
+    return True
+
+
+def _factorized_class(cls):
+    from keras import ops
+
+    def call(self, inputs, training=None):
+        if not self.lora_enabled or self.quantization_mode is not None:
+            return cls.call(self, inputs, training)
+        x = ops.einsum(self.equation, inputs, ops.cast(self._kernel, self.compute_dtype))
+        update = ops.matmul(ops.einsum(self.equation, inputs, ops.cast(self.lora_kernel_a, self.compute_dtype)),
+                            ops.cast(self.lora_kernel_b, self.compute_dtype))
+        x = ops.add(x, (self.lora_alpha / self.lora_rank) * update)
+        if self.bias is not None:
+            x = ops.add(x, self.bias)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+    # Same name and module: saved and serialized, the layer is still a Keras EinsumDense.
+    return type(cls.__name__, (cls,), {"call": call, "__module__": cls.__module__,
+                                       "__doc__": "EinsumDense adding its LoRA update as (x @ A) @ B (kft.lora)."})
 
 
 def target_layers(backbone, names) -> list:
