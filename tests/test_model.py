@@ -142,22 +142,24 @@ def test_two_processes_preparing_the_same_preset_build_it_once(tmp_path):
     assert not (tmp_path / "presets" / "tiny_gemma3.partial").exists()
 
 
-def test_lora_layers_add_their_update_factorized_with_the_same_values(tiny_presets):
+@pytest.mark.parametrize("family", ["gemma3", "gemma4"])
+def test_lora_layers_add_their_update_factorized_with_the_same_values(family):
     """Keras merges A @ B into the kernel, so its backward pass forms a kernel-sized gradient; kft's
     adapted layers compute (x @ A) @ B: the same output, and no kernel-sized product in the gradient."""
     import jax
     import keras
 
     from kft import lora
+    from quantize_helpers import tiny_backbone
 
-    task, _, _ = model.load(tiny_presets["gemma3"], "float32")
-    layers = lora.enable(task.backbone, 2, 4.0, ["query", "value"])
+    backbone = tiny_backbone(family)
+    layers = lora.enable(backbone, 2, 4.0, ["query", "value"])
     assert all(type(layer).__mro__[1] is keras.layers.EinsumDense for layer in layers)
     assert keras.saving.serialize_keras_object(layers[0])["class_name"] == "EinsumDense"
     layer = layers[0]
     rng = np.random.default_rng(0)
     layer.lora_kernel_b.assign(rng.normal(0, 0.1, layer.lora_kernel_b.shape).astype("float32"))
-    x = rng.normal(0, 1, (2, 5, task.backbone.hidden_dim)).astype("float32")
+    x = rng.normal(0, 1, (2, 5, backbone.hidden_dim)).astype("float32")
     merged = np.einsum(layer.equation, x, np.asarray(layer.kernel))
     np.testing.assert_allclose(np.asarray(layer(x)), merged, rtol=1e-5, atol=1e-5)
 

@@ -16,6 +16,8 @@ embedding projections and MoE experts/router (families.Family.frozen_blocks) sta
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from kft import families
@@ -44,26 +46,22 @@ def enable(backbone, rank: int, alpha: float | None, targets: list[str]) -> list
     return adapted
 
 
-_FACTORIZED = {}
-
-
 def factorize(layer) -> bool:
     """Give a float LoRA EinsumDense the factorized forward pass; False where it keeps Keras' own
     (quantized layers, which factorize already; an equation whose kernel's last axis is not the
     output's last, where `(x @ A) @ B` would not line up)."""
     import keras
 
-    if (type(layer) is not keras.layers.EinsumDense or not layer.lora_enabled or layer.quantization_mode is not None):
+    if type(layer) is not keras.layers.EinsumDense or not layer.lora_enabled or layer.quantization_mode is not None:
         return False
     inputs, output = layer.equation.split("->")
     if inputs.split(",")[1][-1] != output[-1]:
         return False
-    if keras.layers.EinsumDense not in _FACTORIZED:
-        _FACTORIZED[keras.layers.EinsumDense] = _factorized_class(keras.layers.EinsumDense)
-    layer.__class__ = _FACTORIZED[keras.layers.EinsumDense]
+    layer.__class__ = _factorized_class(keras.layers.EinsumDense)
     return True
 
 
+@functools.cache
 def _factorized_class(cls):
     from keras import ops
 
