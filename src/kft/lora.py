@@ -7,7 +7,7 @@ is `kernel + (alpha / rank) * A @ B` and Keras merges it into the kernel wheneve
 In the forward pass Keras merges it too: a float EinsumDense computes `x @ (W + s * A @ B)`, so
 the backward pass forms the full kernel-sized gradient `x.T @ dy` and reduces it to A's and B's.
 kft's adapted float layers compute `x @ W + s * (x @ A) @ B` instead, as Keras' own int8/int4 layers
-do (`factorized`): the same values, a train step ~5% faster on the 270M, no kernel-sized temporaries.
+do (`factorize`): the same values, a train step 3-5% faster on the 270M, no kernel-sized temporaries.
 
 Only the text decoder is walked: Gemma 3/4 vision encoders name their layers query/key/value too.
 Gemma 4 layers that reuse another layer's K/V have no key/value layer to adapt; its per-layer
