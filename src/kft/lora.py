@@ -65,9 +65,7 @@ def factorize(layer) -> bool:
 def _factorized_class(cls):
     from keras import ops
 
-    def call(self, inputs, training=None):
-        if not self.lora_enabled or self.quantization_mode is not None:
-            return cls.call(self, inputs, training)
+    def call(self, inputs, training=None):  # quantized layers never get here: Keras calls `quantized_call`
         x = ops.einsum(self.equation, inputs, ops.cast(self._kernel, self.compute_dtype))
         update = ops.matmul(ops.einsum(self.equation, inputs, ops.cast(self.lora_kernel_a, self.compute_dtype)),
                             ops.cast(self.lora_kernel_b, self.compute_dtype))
