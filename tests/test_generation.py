@@ -62,8 +62,14 @@ def test_left_padded_generation_gives_the_token_ids_of_keras_hub_s_right_padded_
     new = sampling.generate_ids(task, tokenizer, PROMPTS, MAX_NEW, batch_size=4, progress=chunks)
     assert chunks.sizes == [3, 2]  # evened-out chunks of one shape
     assert all(len(ids) == MAX_NEW for ids in new)  # random tiny models do not stop by themselves
-    # Called after kft's generation, the task's program without `left_padding` is KerasHub's own.
+    # Called after kft's generation, the task's program without `left_padding` is KerasHub's own;
+    # with KerasHub's own greedy sampler too (kft's takes no softmax before the argmax).
+    import keras_hub
+
+    assert type(task.sampler) is not keras_hub.samplers.GreedySampler
+    task.compile(sampler=keras_hub.samplers.GreedySampler())
     assert keras_hub_generate_ids(task, tokenizer, PROMPTS, MAX_NEW) == new
+    task.compile(sampler=sampling.make_sampler("greedy"))
 
     if family != "gemma3":  # tiny Gemma 1 repeats one token per prompt whatever the context
         return
@@ -95,6 +101,9 @@ def test_gemma3_270m_answers_the_60_held_out_prompts_with_the_same_token_ids_as_
     records, held_out = data.load_sources(c.data)
     prompts = data.build(records, tokenizer, c.data, 0, num_prompts=60, eval_records=held_out).eval.prompts
     new = sampling.generate_ids(task, tokenizer, prompts, 16, batch_size=32)
+    import keras_hub
+
+    task.compile(sampler=keras_hub.samplers.GreedySampler())  # and KerasHub's own sampler
     old = []
     for start in range(0, len(prompts), 30):  # KerasHub's own right-padded path, in two batches
         old += keras_hub_generate_ids(task, tokenizer, prompts[start:start + 30], 16)
