@@ -214,17 +214,18 @@ STEPS = 12
 
 @pytest.fixture(scope="module")
 def quantized_runs(tiny_presets, tmp_path_factory):
-    """{(family, mode): TrainResult}, each short run made on first use."""
+    """{(family, mode[, precision]): TrainResult}, each short run made on first use."""
     import kft
 
     class Runs(dict):
         def __missing__(self, key):
-            family, mode = key
+            family, mode, precision = (*key, "float32")[:3]
             self[key] = kft.train(os.path.join(CONFIGS, "tiny.yaml"), **{
-                "model.preset": tiny_presets[family], "model.quantize": mode, "train.epochs": None,
+                "model.preset": tiny_presets[family], "model.quantize": mode, "model.precision": precision,
+                "train.epochs": None,
                 "train.max_steps": STEPS, "train.lr": 0.01, "lora.rank": 4, "train.log_every": STEPS,
                 "output.samples": 0, "output.tensorboard": False,
-                "output.dir": str(tmp_path_factory.mktemp("qruns") / f"{family}-{mode}"),
+                "output.dir": str(tmp_path_factory.mktemp("qruns") / f"{family}-{mode}-{precision}"),
             })
             return self[key]
 
@@ -244,6 +245,20 @@ def test_a_short_run_on_a_quantized_base_learns_as_much_as_on_the_float_base(qua
     for mode, tolerance in (("int8", 0.05), ("int4", 0.10)):
         final = quantized_runs[family, mode].metrics["final_loss"]
         assert abs(final - float_run["final_loss"]) / float_run["final_loss"] <= tolerance, (mode, final)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", WHOLE_PATH_FAMILIES)
+def test_an_int4_base_under_mixed_bfloat16_trains_and_reloads_to_identical_logits(quantized_runs, family):
+    # QLoRA on a TPU: `model.precision: auto` is mixed_bfloat16 there.
+    import kft
+
+    float_run = quantized_runs[family, "none"].metrics
+    result = quantized_runs[family, "int4", "mixed_bfloat16"]
+    assert abs(result.metrics["final_loss"] - float_run["final_loss"]) / float_run["final_loss"] <= 0.10
+    reloaded = kft.load(result.run_dir)
+    assert reloaded.backbone.dtype_policy.name == "mixed_bfloat16"
+    np.testing.assert_array_equal(_logits(reloaded), _logits(result.task))
 
 
 def _logits(task):
