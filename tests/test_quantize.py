@@ -139,6 +139,19 @@ def test_quantizing_collects_garbage_once_not_once_per_kernel(monkeypatch):
     assert len(calls) == 1 and gc.collect is counting  # once, and the function is put back
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantizing_reports_progress_on_stderr_layer_by_layer(mode, capsys):
+    # A 9B base's 294 kernels take minutes on a host CPU; stdout stays for results (`kft generate`).
+    from kft import quantize
+
+    count = quantize.apply(tiny_backbone("gemma3"), mode)
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.startswith(f"kft: quantizing to {mode}: ")]
+    assert 2 <= len(lines) <= 5  # about four lines, not one per layer
+    assert lines[-1].startswith(f"kft: quantizing to {mode}: {count}/{count} layers (")
+    assert "left" in lines[0] and "quantizing" not in out
+
+
 # --- Gemma 4's feed-forward projections, which its decoder block reads via `.kernel` -------------------
 
 FFW = ("gating_ffw", "gating_ffw_2", "ffw_linear")

@@ -17,10 +17,12 @@ def in_notebook() -> bool:
 
 class Counter:
     """Progress through a counted piece of work: `kft: LABEL: 32/64 UNIT` lines on a terminal, one
-    updating tqdm bar in a notebook."""
+    updating tqdm bar in a notebook. `timed` adds the elapsed time and an estimate of what is left
+    to each line; `stream` is where the lines go (stdout, or stderr where stdout carries results)."""
 
-    def __init__(self, label: str, total: int, unit: str):
+    def __init__(self, label: str, total: int, unit: str, timed: bool = False, stream=None):
         self.label, self.total, self.unit, self.done = label, total, unit, 0
+        self.timed, self.stream, self.start = timed, stream, time.perf_counter()
         self.bar = None
         if in_notebook():
             from tqdm.auto import tqdm
@@ -33,7 +35,12 @@ class Counter:
         if self.bar is not None:
             self.bar.update(n)
         elif self.done == self.total or self.done // every > before // every:
-            print(f"kft: {self.label}: {self.done}/{self.total} {self.unit}", flush=True)
+            line = f"kft: {self.label}: {self.done}/{self.total} {self.unit}"
+            if self.timed:
+                elapsed = time.perf_counter() - self.start
+                left = "" if self.done == self.total else f", ~{_duration(elapsed * (self.total / self.done - 1))} left"
+                line += f" ({_duration(elapsed)}{left})"
+            print(line, file=self.stream or sys.stdout, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
