@@ -8,7 +8,8 @@ KerasHub's cached attention knows no left padding, so while kft's generate progr
 `generate_step` (installed by `install`) gives every decoder block a mask that hides each row's
 padding keys, and rotates queries and keys at the row's own positions (position minus its
 padding): each prompt is computed as if it started at position 0, as in the right-padded layout.
-The program takes one more input, `left_padding` (padding positions per row).
+The program takes one more input, `left_padding` (padding positions per row). On a CPU the decode
+loop contracts against kernels laid out for few rows (kft.transposed_kernels).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 
-from kft import families
+from kft import families, transposed_kernels
 
 
 def _hiding(backbone, padding):
@@ -151,6 +152,8 @@ def install(task, end: int, max_new_tokens: int) -> None:
         inputs = dict(inputs)
         padding = inputs.pop("left_padding")
         with contextlib.ExitStack() as stack:
+            if transposed_kernels.applies(task.backbone):
+                stack.enter_context(transposed_kernels.stored_transposed(task.backbone))
             stack.enter_context(_hiding(task.backbone, padding))
             stack.enter_context(_row_limit(task.sampler, max_new_tokens))
             if "loss_positions" not in inputs:
