@@ -50,8 +50,9 @@ class Chunks:
 
 
 @pytest.mark.parametrize("family", [pytest.param(f, marks=[] if f == "gemma3" else [pytest.mark.slow]) for f in FAMILIES])
-def test_left_padded_generation_gives_the_token_ids_of_keras_hub_s_right_padded_batch(family, tiny_presets):
-    from kft import model, sampling
+def test_left_padded_generation_gives_the_token_ids_of_keras_hub_s_right_padded_batch(family, tiny_presets,
+                                                                                     monkeypatch):
+    from kft import left_padding, model, sampling
 
     task = model.load(tiny_presets[family], "float32")[0]  # names the task class (Gemma 4: KerasHub's lookup is ambiguous)
     task.compile(sampler=sampling.make_sampler("greedy"))
@@ -70,6 +71,11 @@ def test_left_padded_generation_gives_the_token_ids_of_keras_hub_s_right_padded_
     task.compile(sampler=keras_hub.samplers.GreedySampler())
     assert keras_hub_generate_ids(task, tokenizer, PROMPTS, MAX_NEW) == new
     task.compile(sampler=sampling.make_sampler("greedy"))
+    # In one chunk (a measurement's prompts), the prefill skips the padding in two groups of rows.
+    monkeypatch.setattr(left_padding, "GROUP_MIN_ROWS", 1)
+    assert sampling.generate_ids(task, tokenizer, PROMPTS, MAX_NEW) == new
+    groups = vars(task)["_kft_prompt_end"][2]
+    assert len(groups) == 2 and sorted(r for rows, _ in groups for r in rows) == list(range(len(PROMPTS)))
 
     if family != "gemma3":  # tiny Gemma 1 repeats one token per prompt whatever the context
         return
@@ -100,7 +106,8 @@ def test_gemma3_270m_answers_the_60_held_out_prompts_with_the_same_token_ids_as_
     c = config_lib.load(os.path.join(CONFIGS, "gemma3_270m_person_json.yaml"))
     records, held_out = data.load_sources(c.data)
     prompts = data.build(records, tokenizer, c.data, 0, num_prompts=60, eval_records=held_out).eval.prompts
-    new = sampling.generate_ids(task, tokenizer, prompts, 16, batch_size=32)
+    new = sampling.generate_ids(task, tokenizer, prompts, 16, batch_size=64)  # one chunk: the prefill in groups
+    assert len(vars(task)["_kft_prompt_end"][2]) == 2
     import keras_hub
 
     task.compile(sampler=keras_hub.samplers.GreedySampler())  # and KerasHub's own sampler
@@ -131,10 +138,11 @@ def test_a_chunk_holds_only_the_rows_whose_attention_cache_fits_the_budget():
 def test_answers_and_loss_from_one_prefill_equal_the_separate_passes(family, tiny_presets, monkeypatch):
     import keras
 
-    from kft import answers_and_loss, data, evaluation, lora, model, sampling
+    from kft import answers_and_loss, data, evaluation, left_padding, lora, model, sampling
     from kft.config import DataConfig
 
     keras.utils.set_random_seed(4)
+    monkeypatch.setattr(left_padding, "GROUP_MIN_ROWS", 1)  # one chunk: the prefill in groups (kft.left_padding)
     task = model.load(tiny_presets[family], "float32")[0]
     lora.enable(task.backbone, 2, None, ["query", "value"])
     for variable in lora.lora_variables(task.backbone).values():  # B off zero: LoRA changes the answers
@@ -146,6 +154,7 @@ def test_answers_and_loss_from_one_prefill_equal_the_separate_passes(family, tin
     assert answers_and_loss.rows_for(split, tokenizer) is not None  # the one-pass path applies
     # 5 prompts in one pass, the 2 examples after them riding in the chunk's free rows.
     result = evaluation.measure(task, compiled, split, "exact", 2, MAX_NEW, with_loss=True)
+    assert vars(task)["_kft_prompt_end"][2] is not None
     separate_loss = evaluation.eval_loss(compiled, split, 2)
     separate = sampling.generate(task, tokenizer, split.prompts, MAX_NEW)
     assert abs(result["loss"] - separate_loss) <= 1e-5 * separate_loss
@@ -160,3 +169,17 @@ def test_answers_and_loss_from_one_prefill_equal_the_separate_passes(family, tin
     monkeypatch.setattr(evaluation, "GENERATE_BATCH", 3)
     chunked = evaluation.measure(task, compiled, split, "exact", 2, MAX_NEW, with_loss=True)
     assert abs(chunked["loss"] - separate_loss) <= 1e-5 * separate_loss and chunked["generations"] == separate
+
+
+def test_prefill_groups_skip_the_padding_of_a_measurement_s_prompts_only():
+    from kft import left_padding
+
+    # The 270M job's 60 held-out prompts (35-44 tokens), left-padded to end at 48.
+    lengths = [35] * 5 + [36] * 11 + [38] * 9 + [39] * 8 + [40] * 6 + [41] * 5 + [42] * 8 + [43] * 7 + [44]
+    groups = left_padding.prefill_groups([48 - n for n in lengths], 48)
+    assert sorted(r for rows, _ in groups for r in rows) == list(range(60))
+    assert [(len(rows), start) for rows, start in groups] == [(33, 9), (27, 4)]
+    assert sum(len(rows) * (48 - start) for rows, start in groups) == 2475  # of 60 x 48 = 2880
+    assert left_padding.prefill_groups([48 - n for n in lengths[:8]], 48) is None  # a few prompts: one program per bucket
+    assert left_padding.prefill_groups([0] * 20, 48) is None  # nothing to skip
+    assert left_padding.prefill_groups([4] * 20, 48) == ((tuple(range(20)), 4),)  # one group, from 4

@@ -57,7 +57,8 @@ def measure(task, split: data.Split, prompts: list[list[int]], max_new_tokens: i
                     + [min(max(end - p, 0), span - int(lengths[r])) for p, r in zip(first_trained, range(count, covered))],
                     dtype="int32")
     size = sampling.chunk_size(covered, most)
-    left_padding.install(task, end, max_new_tokens)
+    groups = left_padding.prefill_groups(pads, span) if size == covered else None  # one chunk: see kft.sampling
+    left_padding.install(task, end, max_new_tokens, groups)
     stops = sampling.stop_token_ids(tokenizer)
     answers, total, weight = [], 0.0, 0.0
     for start in range(0, covered, size):

@@ -113,7 +113,9 @@ def generate_ids(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, 
     encoded = encode(tokenizer, prompts)
     end = round_up(max(len(ids) for ids in encoded))  # every prompt ends here; nearby lengths share a program
     size = chunk_size(len(encoded), min(batch_size or len(encoded), cache_rows(task.backbone, end + max_new_tokens)))
-    left_padding.install(task, end, max_new_tokens)
+    # One chunk (a measurement's prompts): its prefill skips the rows' padding, in groups.
+    groups = left_padding.prefill_groups([end - len(ids) for ids in encoded], end) if size == len(encoded) else None
+    left_padding.install(task, end, max_new_tokens, groups)
     stops = stop_token_ids(tokenizer)
     completions: list[list[int]] = []
     for start in range(0, len(encoded), size):
