@@ -106,8 +106,8 @@ def test_gemma3_270m_answers_the_60_held_out_prompts_with_the_same_token_ids_as_
     c = config_lib.load(os.path.join(CONFIGS, "gemma3_270m_person_json.yaml"))
     records, held_out = data.load_sources(c.data)
     prompts = data.build(records, tokenizer, c.data, 0, num_prompts=60, eval_records=held_out).eval.prompts
-    new = sampling.generate_ids(task, tokenizer, prompts, 16, batch_size=64)  # one chunk: the prefill in groups
-    assert len(vars(task)["_kft_prompt_end"][2]) == 2
+    new = sampling.generate_ids(task, tokenizer, prompts, 16, batch_size=64)  # one chunk: the prefill skips the padding
+    assert vars(task)["_kft_prompt_end"][2] is not None
     import keras_hub
 
     task.compile(sampler=keras_hub.samplers.GreedySampler())  # and KerasHub's own sampler
@@ -171,15 +171,22 @@ def test_answers_and_loss_from_one_prefill_equal_the_separate_passes(family, tin
     assert abs(chunked["loss"] - separate_loss) <= 1e-5 * separate_loss and chunked["generations"] == separate
 
 
-def test_prefill_groups_skip_the_padding_of_a_measurement_s_prompts_only():
+def test_prefill_groups_skip_the_padding_of_a_measurement_s_prompts_only(monkeypatch):
     from kft import left_padding
 
     # The 270M job's 60 held-out prompts (35-44 tokens), left-padded to end at 48.
     lengths = [35] * 5 + [36] * 11 + [38] * 9 + [39] * 8 + [40] * 6 + [41] * 5 + [42] * 8 + [43] * 7 + [44]
+    assert left_padding.prefill_groups([48 - n for n in lengths], 48) == ((tuple(range(60)), 4),)  # 2640 of 2880
+    # Two groups where they save 15% of the positions more than one: 2475 of 2880 here, but 2640 with one.
+    monkeypatch.setattr(left_padding, "GROUP_SAVING", 0.05)
     groups = left_padding.prefill_groups([48 - n for n in lengths], 48)
     assert sorted(r for rows, _ in groups for r in rows) == list(range(60))
     assert [(len(rows), start) for rows, start in groups] == [(33, 9), (27, 4)]
-    assert sum(len(rows) * (48 - start) for rows, start in groups) == 2475  # of 60 x 48 = 2880
+    assert sum(len(rows) * (48 - start) for rows, start in groups) == 2475
+    monkeypatch.undo()
+    spread = [8] * 30 + [44] * 30  # short and long prompts: 30 x 8 + 30 x 44 positions, not 60 x 44
+    assert [(len(rows), start) for rows, start in left_padding.prefill_groups([48 - n for n in spread], 48)] == [
+        (30, 40), (30, 4)]
     assert left_padding.prefill_groups([48 - n for n in lengths[:8]], 48) is None  # a few prompts: one program per bucket
     assert left_padding.prefill_groups([0] * 20, 48) is None  # nothing to skip
     assert left_padding.prefill_groups([4] * 20, 48) == ((tuple(range(20)), 4),)  # one group, from 4
