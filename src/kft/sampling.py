@@ -3,7 +3,9 @@
 We tokenize prompts ourselves, left-pad them to end at one position (rounded up to 16) and run
 the task's compiled generate function: decoding starts after every prompt at once (see
 kft.left_padding) and runs exactly the new tokens asked for, or until every row has stopped;
-prompts of any length share one compiled program per (batch, length) shape.
+prompts of any length share one compiled program per (batch, length) shape, except that a
+measurement's prompts (one chunk of 16 or more) are prefilled from their least padding on
+(`left_padding.prefill_groups`), a program of their own.
 """
 
 from __future__ import annotations
