@@ -66,19 +66,27 @@ def _factorized_class(cls):
     from keras import ops
 
     def call(self, inputs, training=None):  # quantized layers never get here: Keras calls `quantized_call`
-        x = ops.einsum(self.equation, inputs, ops.cast(self._kernel, self.compute_dtype))
-        update = ops.matmul(ops.einsum(self.equation, inputs, ops.cast(self.lora_kernel_a, self.compute_dtype)),
-                            ops.cast(self.lora_kernel_b, self.compute_dtype))
-        x = ops.add(x, (self.lora_alpha / self.lora_rank) * update)
-        if self.bias is not None:
-            x = ops.add(x, self.bias)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+        return finish(self, inputs, ops.einsum(self.equation, inputs, ops.cast(self._kernel, self.compute_dtype)))
 
     # Same name and module: saved and serialized, the layer is still a Keras EinsumDense.
     return type(cls.__name__, (cls,), {"call": call, "__module__": cls.__module__,
                                        "__doc__": "EinsumDense adding its LoRA update as (x @ A) @ B (kft.lora)."})
+
+
+def finish(layer, inputs, x, with_lora: bool = True):
+    """An EinsumDense's output from `x`, its inputs' product with the frozen kernel: plus the LoRA
+    update `(inputs @ A) @ B` (with `with_lora`), the bias and the activation."""
+    from keras import ops
+
+    if with_lora:
+        update = ops.matmul(ops.einsum(layer.equation, inputs, ops.cast(layer.lora_kernel_a, layer.compute_dtype)),
+                            ops.cast(layer.lora_kernel_b, layer.compute_dtype))
+        x = ops.add(x, (layer.lora_alpha / layer.lora_rank) * update)
+    if layer.bias is not None:
+        x = ops.add(x, layer.bias)
+    if layer.activation is not None:
+        x = layer.activation(x)
+    return x
 
 
 def target_layers(backbone, names) -> list:

@@ -103,18 +103,13 @@ def _keras_einsum_call():
 def _transposed_class(cls):
     from keras import ops
 
+    from kft import lora
+
     def call(self, inputs, training=None):
         operands, output = self.equation.split("->")
         x = ops.einsum(f"{operands.split(',')[0]},{DECODE_ORDER[self.equation]}->{output}", inputs, self._kft_kernel_t)
-        if self.lora_enabled and _factorized_base(cls):
-            update = ops.matmul(ops.einsum(self.equation, inputs, ops.cast(self.lora_kernel_a, self.compute_dtype)),
-                                ops.cast(self.lora_kernel_b, self.compute_dtype))
-            x = ops.add(x, (self.lora_alpha / self.lora_rank) * update)
-        if self.bias is not None:
-            x = ops.add(x, self.bias)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+        # A factorized LoRA layer adds its update; Keras' own has it merged into the copied kernel.
+        return lora.finish(self, inputs, x, with_lora=self.lora_enabled and _factorized_base(cls))
 
     return type(cls.__name__, (cls,), {"call": call, "__module__": cls.__module__})
 
