@@ -3,6 +3,7 @@
 import json
 import os
 import struct
+import time
 
 import pytest
 
@@ -41,7 +42,13 @@ def test_wandb_run_gets_config_metrics_and_samples_offline(tiny_presets, tmp_pat
         "model.preset": tiny_presets["gemma3"], "train.epochs": None, "train.max_steps": 4, "train.log_every": 2,
         "output.samples": 2, "output.tensorboard": False, "output.wandb": "kft-test", "output.dir": str(run_dir)})
     [log] = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
-    records = list(wandb_records(log))
+    # wandb's service process may still be writing the file when `finish` returns (seen once with the
+    # suite's two workers busy: no run record yet); the run's last record is its exit.
+    for _ in range(60):
+        records = list(wandb_records(log))
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        time.sleep(0.5)
     config = next(items(r.run.config.update) for r in records if r.WhichOneof("record_type") == "run")
     assert config["lora"]["rank"] == 8 and config["output"]["wandb"] == "kft-test"
     history = [items(r.history.item) for r in records if r.WhichOneof("record_type") == "history"]
