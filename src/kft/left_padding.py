@@ -64,7 +64,7 @@ def prefill_groups(pads, length: int) -> tuple | None:
     left-padded to 48: one group from position 4, 2,880 positions -> 2,640 (two groups: 2,475)."""
     pads = [int(p) for p in pads]
     count = len(pads)
-    if count < GROUP_MIN_ROWS or min(pads) == 0 and max(pads) == 0:
+    if count < GROUP_MIN_ROWS or max(pads) == 0:
         return None
     order = sorted(range(count), key=lambda r: -pads[r])  # most padding (shortest prompt) first
     one = count * (length - min(pads))
