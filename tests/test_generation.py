@@ -59,6 +59,7 @@ def test_left_padded_generation_gives_the_token_ids_of_keras_hub_s_right_padded_
     tokenizer = task.preprocessor.tokenizer
     lengths = [len(ids) + 1 for ids in tokenizer(PROMPTS)]
     assert max(lengths) - min(lengths) > 10  # rows with much left padding
+    real_chunks = left_padding.prefill_chunks
     chunks = Chunks()
     new = sampling.generate_ids(task, tokenizer, PROMPTS, MAX_NEW, batch_size=4, progress=chunks)
     assert chunks.sizes == [3, 2]  # evened-out chunks of one shape
@@ -76,6 +77,13 @@ def test_left_padded_generation_gives_the_token_ids_of_keras_hub_s_right_padded_
     assert sampling.generate_ids(task, tokenizer, PROMPTS, MAX_NEW) == new
     groups = vars(task)["_kft_prompt_end"][2]
     assert len(groups) == 2 and sorted(r for rows, _ in groups for r in rows) == list(range(len(PROMPTS)))
+    # A long prefill runs in position chunks (here each group's, of a few rows).
+    chunks = []
+    monkeypatch.setattr(left_padding, "CHUNK_ROWS", 6)
+    monkeypatch.setattr(left_padding, "prefill_chunks", lambda *a: chunks.append(real_chunks(*a)) or chunks[-1])
+    vars(task).pop("_kft_prompt_end")  # the same program key: rebuild it
+    assert sampling.generate_ids(task, tokenizer, PROMPTS, MAX_NEW, batch_size=64) == new
+    assert max(chunks) > 2
 
     if family != "gemma3":  # tiny Gemma 1 repeats one token per prompt whatever the context
         return
@@ -143,6 +151,7 @@ def test_answers_and_loss_from_one_prefill_equal_the_separate_passes(family, tin
 
     keras.utils.set_random_seed(4)
     monkeypatch.setattr(left_padding, "GROUP_MIN_ROWS", 1)  # one chunk: the prefill in groups (kft.left_padding)
+    monkeypatch.setattr(left_padding, "CHUNK_ROWS", 8)  # and in position chunks: the loss reads their hidden states
     task = model.load(tiny_presets[family], "float32")[0]
     lora.enable(task.backbone, 2, None, ["query", "value"])
     for variable in lora.lora_variables(task.backbone).values():  # B off zero: LoRA changes the answers
@@ -169,6 +178,14 @@ def test_answers_and_loss_from_one_prefill_equal_the_separate_passes(family, tin
     monkeypatch.setattr(evaluation, "GENERATE_BATCH", 3)
     chunked = evaluation.measure(task, compiled, split, "exact", 2, MAX_NEW, with_loss=True)
     assert abs(chunked["loss"] - separate_loss) <= 1e-5 * separate_loss and chunked["generations"] == separate
+
+
+def test_a_long_prefill_runs_in_position_chunks_of_about_chunk_rows():
+    from kft import left_padding
+
+    assert left_padding.prefill_chunks(60, 43) == 4  # the 270M job's prompts: chunks of 11 positions
+    assert left_padding.prefill_chunks(1, 1000) == 1  # one prompt: every position in one call
+    assert left_padding.prefill_chunks(8, 80) == 1
 
 
 def test_prefill_groups_skip_the_padding_of_a_measurement_s_prompts_only(monkeypatch):

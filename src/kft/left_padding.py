@@ -75,33 +75,77 @@ def prefill_groups(pads, length: int) -> tuple | None:
     return ((tuple(range(count)), min(pads)),) if min(pads) > 0 else None
 
 
+# Chunked prefill: a prefill of many rows x positions runs position chunks of about CHUNK_ROWS
+# rows in all (rows x positions) in a loop, one compiled body. On the 270M's 60 prompts x 44
+# positions (2-core Zen 3): 5.9 -> 5.5 s a prefill, its compile unchanged (the chunk's activations
+# stay in the caches; one call of 2,640 rows did not).
+CHUNK_ROWS = 700
+
+
+def prefill_chunks(rows: int, positions: int) -> int:
+    """How many position chunks a prefill of `rows` x `positions` runs in (1: one call)."""
+    return min(positions, round(rows * positions / CHUNK_ROWS)) if rows * positions >= 2 * CHUNK_ROWS else 1
+
+
+def _prefill(task, original, token_ids, cache, start: int, stop: int, args, kwargs):
+    """`original` (call_with_cache) over positions [start, stop) of `token_ids`, in position chunks
+    (prefill_chunks) scanned in order; the hidden states of positions [0, stop), zero before start.
+    A chunk grid that starts before `start` computes padding positions (hidden by _hiding); one
+    that would start before 0 ends after `stop` instead (the decode loop rewrites those cache
+    entries before it reads them)."""
+    import jax
+    from keras import ops
+
+    rows = token_ids.shape[0]
+    if stop <= start:
+        return ops.zeros((rows, stop, task.backbone.hidden_dim), dtype=task.compute_dtype), cache
+    count = prefill_chunks(rows, stop - start)
+    size = -(-(stop - start) // count)
+    first = max(0, stop - count * size)
+    if count == 1 or first + count * size > token_ids.shape[1]:
+        _, states, cache = original(task, token_ids[:, start:stop], cache, start, *args, **kwargs)
+        return ops.pad(states, [[0, 0], [start, 0], [0, 0]]), cache
+
+    def chunk(cache, at):
+        _, states, cache = original(task, jax.lax.dynamic_slice_in_dim(token_ids, at, size, axis=1), cache, at,
+                                    *args, **kwargs)
+        return cache, states
+
+    cache, states = jax.lax.scan(chunk, cache, first + size * jax.numpy.arange(count, dtype="int32"))
+    states = ops.reshape(ops.moveaxis(states, 0, 1), (rows, count * size, -1))[:, : stop - first]
+    return ops.pad(states, [[0, 0], [first, 0], [0, 0]]), cache
+
+
 @contextlib.contextmanager
 def _prefill_until(task, end: int, groups, rows: dict):
     """While inside, `task`'s prefill (the one call with more than one position) computes the first
     `end` positions only: KerasHub prefills the positions kept for the new tokens too, which the
     decode loop then computes again one by one. With `groups` (`prefill_groups`), each group's rows
     are prefilled from the group's start (`rows["now"]` names them for _hiding), and their hidden
-    states (zero before the start) and caches put back in row order."""
+    states (zero before the start) and caches put back in row order. Long prefills run in position
+    chunks (_prefill)."""
     from keras import ops, tree
 
     original = type(task).call_with_cache
 
     def call_with_cache(token_ids, cache, cache_update_index, *args, **kwargs):
-        if token_ids.shape[1] > end:  # static shapes: decoding feeds one position
-            token_ids = token_ids[:, :end]
-        if groups is None or token_ids.shape[1] == 1:
+        if token_ids.shape[1] == 1:  # static shapes: decoding feeds one position
             return original(task, token_ids, cache, cache_update_index, *args, **kwargs)
+        stop = min(end, token_ids.shape[1])
+        if groups is None:
+            hidden, cache = _prefill(task, original, token_ids, cache, 0, stop, args, kwargs)
+            return None, hidden, cache
         hidden, caches, order = [], [], []
         for group, start in groups:
             take = (lambda x: x) if group == tuple(range(token_ids.shape[0])) else (
                 lambda x, at=np.array(group): None if x is None else ops.take(x, at, axis=0))
             rows["now"] = np.array(group)
             try:
-                _, states, part = original(task, take(token_ids)[:, start:], tree.map_structure(take, cache),
-                                           start, *map(take, args), **{k: take(v) for k, v in kwargs.items()})
+                states, part = _prefill(task, original, take(token_ids), tree.map_structure(take, cache), start, stop,
+                                        tuple(map(take, args)), {k: take(v) for k, v in kwargs.items()})
             finally:
                 rows["now"] = None
-            hidden.append(ops.pad(states, [[0, 0], [start, 0], [0, 0]]))
+            hidden.append(states)
             caches.append(part)
             order += group
         if len(groups) == 1:
@@ -216,6 +260,7 @@ def install(task, end: int, max_new_tokens: int, groups: tuple | None = None) ->
             stack.enter_context(_hiding(task.backbone, padding, rows))
             stack.enter_context(_row_limit(task.sampler, max_new_tokens))
             if "loss_positions" not in inputs:
+                # The decode loop's first step computes the prompts' last position (end - 1) again.
                 stack.enter_context(_prefill_until(task, end, groups, rows))
                 return original(task, inputs, stop_token_ids, **kwargs)
             positions, targets, nll = inputs.pop("loss_positions"), inputs.pop("loss_targets"), []
