@@ -11,8 +11,8 @@ starts it: kft as `kft train --config JOB.yaml`, transformers+PEFT as a plain sc
 training loop, `generate` on the left-padded batch of all prompts). Phases are timed from the
 process start: start-up + load, before-measure, train, after-measure (its answers part: kft
 computes the answers' examples' held-out loss in the same pass, kft.answers_and_loss). Then
-generation alone, warm, on the base model, each side in its own process (the second of two
-identical calls). The last line:
+generation alone, warm, on the base model, each side in its own process (after one untimed call,
+the median of three identical calls). The last line:
 `kft/hf: job wall X.XXx, after-measure Y.YYx, generate Z.ZZx, train tokens/s W.WWx`: job wall is
 kft's wall time over transformers' (below 1 = kft faster); the others are speeds (above 1 = kft
 faster): after-measure and generate are transformers' times over kft's, train tokens/s counts
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -188,8 +189,9 @@ def run_hf(args) -> dict:
 
 def generate_only(args) -> dict:
     """Warm greedy generation alone (the issue's "generate, warm, batch of 60"): the job's held-out
-    prompts, base model, the second of two identical calls timed. In kft's job the after-training
-    answers share one pass with their examples' loss, so the job's phases cannot show it."""
+    prompts, base model, after one untimed call the median of `--generate-repeats` identical calls.
+    In kft's job the after-training answers share one pass with their examples' loss, so the job's
+    phases cannot show it."""
     import time
 
     from kft import templates
@@ -225,9 +227,12 @@ def generate_only(args) -> dict:
                 out = hf.generate(**batch, max_new_tokens=args.new_tokens, do_sample=False)
                 return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     run()
-    started = time.perf_counter()
-    answers = run()
-    return {"generate_s": time.perf_counter() - started, "answers": answers}
+    times = []
+    for _ in range(args.generate_repeats):
+        started = time.perf_counter()
+        answers = run()
+        times.append(time.perf_counter() - started)
+    return {"generate_s": statistics.median(times), "generate_all_s": times, "answers": answers}
 
 
 def main():
@@ -237,6 +242,7 @@ def main():
     parser.add_argument("--prompts", type=int, default=60)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=80)
+    parser.add_argument("--generate-repeats", type=int, default=3, help="timed warm calls of generation alone (median)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--side", choices=["hf", "kft-generate", "hf-generate"], help=argparse.SUPPRESS)
     parser.add_argument("--keras-preset", help=argparse.SUPPRESS)
@@ -270,7 +276,8 @@ def main():
         results["hf"] = {**json.loads(line[len("RESULT "):]), "wall_s": time.perf_counter() - started}
     for side in ("kft-generate", "hf-generate"):
         command = [sys.executable, __file__, "--side", side, "--keras-preset", args.keras_preset,
-                   "--hf-folder", args.hf_folder, f"--prompts={args.prompts}", f"--new-tokens={args.new_tokens}"]
+                   "--hf-folder", args.hf_folder, f"--prompts={args.prompts}", f"--new-tokens={args.new_tokens}",
+                   f"--generate-repeats={args.generate_repeats}"]
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
         if done.returncode != 0 or line is None:
@@ -292,7 +299,9 @@ def main():
     kg, hg = results["kft-generate"], results["hf-generate"]
     same = sum(a == b for a, b in zip(kg["answers"], hg["answers"]))
     print(f"generate alone (warm, {args.prompts} prompts, base model): kft {kg['generate_s']:.1f} s, "
-          f"transformers {hg['generate_s']:.1f} s; identical answers {same}/{len(hg['answers'])}")
+          f"transformers {hg['generate_s']:.1f} s (medians of {args.generate_repeats}: kft "
+          f"{', '.join(f'{t:.1f}' for t in kg['generate_all_s'])}, transformers "
+          f"{', '.join(f'{t:.1f}' for t in hg['generate_all_s'])}); identical answers {same}/{len(hg['answers'])}")
     print(f"kft/hf: job wall {k['wall_s'] / h['wall_s']:.2f}x, after-measure {h['after_s'] / k['after_s']:.2f}x, "
           f"generate {hg['generate_s'] / kg['generate_s']:.2f}x, "
           f"train tokens/s {k['train_tokens_per_s'] / h['train_tokens_per_s']:.2f}x")

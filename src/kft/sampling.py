@@ -47,6 +47,16 @@ def _argmax_sampler():
         def compute_probabilities(self, logits):
             return logits
 
+        def get_next_token(self, probabilities):
+            # Keras' argmax on a CPU first turns every -0.0 into -tiny (a flush-to-zero fix), three
+            # more passes over [rows, vocabulary] at every step: 63 -> 19 ms on the 270M's 60 rows.
+            # Only a largest logit of exactly 0.0 tied with a -0.0 before it could pick otherwise.
+            if keras.backend.backend() == "jax":
+                import jax.numpy as jnp
+
+                return jnp.argmax(probabilities, axis=-1)
+            return super().get_next_token(probabilities)
+
     return ArgmaxSampler
 
 
