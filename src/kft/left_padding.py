@@ -260,7 +260,6 @@ def install(task, end: int, max_new_tokens: int, groups: tuple | None = None) ->
             stack.enter_context(_hiding(task.backbone, padding, rows))
             stack.enter_context(_row_limit(task.sampler, max_new_tokens))
             if "loss_positions" not in inputs:
-                # The decode loop's first step computes the prompts' last position (end - 1) again.
                 stack.enter_context(_prefill_until(task, end, groups, rows))
                 return original(task, inputs, stop_token_ids, **kwargs)
             positions, targets, nll = inputs.pop("loss_positions"), inputs.pop("loss_targets"), []
