@@ -35,3 +35,35 @@ def test_the_decoder_computes_the_same_logits_against_its_kernels_laid_out_for_d
     assert [type(layer) for layer in layers] == classes and not any("_kft_kernel_t" in vars(l) for l in layers)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert np.abs(expected).max() > 0.1
+
+
+def test_copies_made_outside_the_program_are_kept_until_a_kernel_changes(tiny_presets):
+    import keras
+
+    from kft import lora, model, transposed_kernels
+
+    task = model.load(tiny_presets["gemma3"], "float32")[0]
+    backbone = task.backbone
+    lora.enable(backbone, 2, 4.0, ["query", "value"])  # factorized: the frozen kernels are the copies' sources
+    kept = transposed_kernels.kept_copies(backbone)
+    assert kept is not None and transposed_kernels.kept_copies(backbone) is kept  # kept, not made again
+    layers = transposed_kernels.float_layers(backbone)
+    gate = backbone.get_layer("decoder_block_1").gating_ffw
+    np.testing.assert_array_equal(np.asarray(kept[layers.index(gate)]), np.asarray(gate._kernel.value).T)
+
+    rng = np.random.default_rng(0)
+    inputs = {"token_ids": rng.integers(1, 100, (3, 12)).astype("int32"), "padding_mask": np.ones((3, 12), bool)}
+    expected = keras.ops.convert_to_numpy(backbone(inputs))
+    with transposed_kernels.stored_transposed(backbone, kept):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(backbone(inputs)), expected, rtol=1e-5, atol=1e-5)
+
+    gate._kernel.assign(gate._kernel.value * 2)  # a changed kernel: new copies, of its new value
+    fresh = transposed_kernels.kept_copies(backbone)
+    assert fresh is not kept
+    np.testing.assert_array_equal(np.asarray(fresh[layers.index(gate)]), np.asarray(gate._kernel.value).T)
+    transposed_kernels.release(backbone)
+    assert "_kft_kernels_t" not in vars(backbone)
+
+    # Keras' own LoRA layer contracts against its merged kernel, which changes as it trains: no kept copies.
+    backbone.get_layer("decoder_block_0").ffw_linear.enable_lora(2, lora_alpha=4.0)
+    assert transposed_kernels.kept_copies(backbone) is None

@@ -78,7 +78,8 @@ def measure(task, split: data.Split, prompts: list[list[int]], max_new_tokens: i
         positions, picked, picked_weights = gather_trained(weights, targets)
         out = task.make_generate_function()(
             {"token_ids": token_ids, "padding_mask": padding_mask, "left_padding": pads[rows],
-             "loss_positions": positions, "loss_targets": picked}, stop_token_ids=stops)
+             "loss_positions": positions, "loss_targets": picked, **left_padding.kept_inputs(task)},
+            stop_token_ids=stops)
         total += float((np.asarray(out["loss_nll"], dtype="float64") * picked_weights).sum())
         weight += float(picked_weights.sum())
         generated = np.asarray(out["token_ids"])

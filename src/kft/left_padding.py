@@ -234,13 +234,21 @@ def _loss_from_prefill(task, positions, targets, out: list):
         vars(task).pop("_build_cache", None)
 
 
+def kept_inputs(task) -> dict:
+    """The generate program's inputs kept between calls: the decoder's kernels laid out for
+    decoding (kft.transposed_kernels.kept_copies), where they can be kept."""
+    kernels = transposed_kernels.kept_copies(task.backbone)
+    return {} if kernels is None else {"decode_kernels": kernels}
+
+
 def install(task, end: int, max_new_tokens: int, groups: tuple | None = None) -> None:
     """Make `task`'s generate program take `left_padding` (B,) with its inputs: rows left-padded to
     end at `end`, `padding_mask` True up to it for every row (see the module doc); the prefill
     stops at `end` and every row after `max_new_tokens` new tokens. With `loss_positions` and
     `loss_targets` (B, E) too, the prefill runs over the first E positions (the rows' answers
     after `end` included) and the program also returns `loss_nll` (B, E): the answers' loss from
-    the same prefill (kft.answers_and_loss). Inputs without `left_padding` (a user's own
+    the same prefill (kft.answers_and_loss). With `decode_kernels` (`kept_inputs`), the decode
+    loop contracts against those copies of the kernels. Inputs without `left_padding` (a user's own
     `generate` on the same task) get KerasHub's program unchanged. `groups` (`prefill_groups`)
     prefills rows in groups from their least padding. `end`, `max_new_tokens` and `groups` are
     part of the compiled program: it is rebuilt only when they change."""
@@ -253,9 +261,10 @@ def install(task, end: int, max_new_tokens: int, groups: tuple | None = None) ->
             return original(task, inputs, stop_token_ids, **kwargs)
         inputs = dict(inputs)
         padding = inputs.pop("left_padding")
+        kernels = inputs.pop("decode_kernels", None)
         with contextlib.ExitStack() as stack:
-            if transposed_kernels.applies(task.backbone):
-                stack.enter_context(transposed_kernels.stored_transposed(task.backbone))
+            if kernels is not None or transposed_kernels.applies(task.backbone):
+                stack.enter_context(transposed_kernels.stored_transposed(task.backbone, kernels))
             rows = {}
             stack.enter_context(_hiding(task.backbone, padding, rows))
             stack.enter_context(_row_limit(task.sampler, max_new_tokens))

@@ -151,7 +151,8 @@ def _generate_rows(task, tokenizer, encoded, end, max_new_tokens, stops) -> list
     # The compiled function, not `task.generate`: with token ids as input, KerasHub 0.32's Gemma 3
     # `generate` fails concatenating its `images: None` output.
     out = task.make_generate_function()({"token_ids": token_ids, "padding_mask": padding_mask,
-                                         "left_padding": padding}, stop_token_ids=stops)
+                                         "left_padding": padding, **left_padding.kept_inputs(task)},
+                                        stop_token_ids=stops)
     return [until_stop(row[end:], stops) for row in np.asarray(out["token_ids"])]
 
 
