@@ -12,8 +12,7 @@ and the layer's einsum contracts against it: same values, summed in another orde
 
 Making the copies inside the program cost every call ~0.95 s of op time on the 270M, so
 `kept_copies` makes them once, outside it, and keeps them on the backbone until a kernel's value
-changes (LoRA training leaves the frozen kernels as they are); the generate program takes them
-as an input.
+changes; the generate program takes them as an input (60 prompts: median 14.94 -> 14.45 s a call).
 
 Only on the CPU backend, and only while the copies fit in TRANSPOSED_BUDGET: they double the
 decoder's float weights while kept (`release` drops them: kft does before training).
