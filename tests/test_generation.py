@@ -72,11 +72,13 @@ def test_left_padded_generation_gives_the_token_ids_of_keras_hub_s_right_padded_
     task.compile(sampler=keras_hub.samplers.GreedySampler())
     assert keras_hub_generate_ids(task, tokenizer, PROMPTS, MAX_NEW) == new
     task.compile(sampler=sampling.make_sampler("greedy"))
-    # In one chunk (a measurement's prompts), the prefill skips the padding in two groups of rows.
+    # In one chunk (a measurement's prompts), the prefill computes the prompts' shared prefix once
+    # and skips the padding in two groups of rows.
     monkeypatch.setattr(left_padding, "GROUP_MIN_ROWS", 1)
     assert sampling.generate_ids(task, tokenizer, PROMPTS, MAX_NEW) == new
-    groups = vars(task)["_kft_prompt_end"][2]
+    groups, prefixes = vars(task)["_kft_prompt_end"][2:]
     assert len(groups) == 2 and sorted(r for rows, _ in groups for r in rows) == list(range(len(PROMPTS)))
+    assert prefixes is not None and {0, 4} <= set(prefixes[0][0])  # "Instruction:\n..."
     # A long prefill runs in position chunks (here each group's, of a few rows).
     chunks = []
     monkeypatch.setattr(left_padding, "CHUNK_ROWS", 6)
@@ -98,6 +100,74 @@ def test_left_padded_generation_gives_the_token_ids_of_keras_hub_s_right_padded_
                                                    stop_token_ids=None)["token_ids"])
     plain = [[int(t) for t in row[end:]] for row in out]
     assert plain != new
+
+
+HEADS = ["Instruction:\nSay where the person in the text lives, in one word, and nothing else.\n\nInput:\n",
+         "Instruction:\nTranslate the text into French, keeping its names as they are.\n\nInput:\n"]
+TEXTS = ["Mina lives in Paris.", "Tom, who is forty, moved to Oslo last year with his two cats.", "Ann is in Rome.",
+         "Our neighbour Julia lives in Lisbon now."]
+
+
+# Tiny Gemma 4 in the default suite here: its answers change with a wrong prefix (tiny Gemma 3's did not).
+@pytest.mark.parametrize("family", [pytest.param(f, marks=[] if f == "gemma4" else [pytest.mark.slow]) for f in FAMILIES])
+def test_prompts_with_shared_heads_computed_once_give_the_same_token_ids(family, tiny_presets, monkeypatch):
+    import keras_hub
+
+    from kft import left_padding, model, sampling
+
+    task = model.load(tiny_presets[family], "float32")[0]
+    tokenizer = task.preprocessor.tokenizer
+    prompts = [head + text + "\n\nResponse:\n" for head in HEADS for text in TEXTS] + ["Hello", "Hi"]
+    task.compile(sampler=keras_hub.samplers.GreedySampler())
+    expected = keras_hub_generate_ids(task, tokenizer, prompts, MAX_NEW)
+    task.compile(sampler=sampling.make_sampler("greedy"))
+    monkeypatch.setattr(left_padding, "GROUP_MIN_ROWS", 1)  # one chunk of 10: a measurement's prompts
+    assert sampling.generate_ids(task, tokenizer, prompts, MAX_NEW) == expected
+    prefixes = vars(task)["_kft_prompt_end"][3]
+    # Each head's rows share it (and the "Input:" line); "Hello" and "Hi" their first tokens, a short
+    # prefix whose first row ends near the row's end (its tokens are read past a longer prefix's width).
+    assert sorted(rows for rows, _ in prefixes) == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9)]
+    assert all(length >= len(sampling.encode(tokenizer, [HEADS[rows[0] // 4]])[0]) for rows, length in prefixes[:2])
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=[] if f == "gemma3" else [pytest.mark.slow]) for f in FAMILIES])
+def test_shared_prefixes_are_the_keys_and_values_of_a_full_prefill_where_each_row_begins(family, tiny_presets,
+                                                                                        monkeypatch):
+    import inspect
+
+    from keras import ops, tree
+
+    from kft import left_padding, model, sampling
+
+    task = model.load(tiny_presets[family], "float32")[0]
+    tokenizer = task.preprocessor.tokenizer
+    prompts = [head + text + "\n\nResponse:\n" for head in HEADS for text in TEXTS[:2]] + ["Hello", "Hi"]
+    encoded = sampling.encode(tokenizer, prompts)
+    monkeypatch.setattr(left_padding, "GROUP_MIN_ROWS", 1)
+    prefixes = left_padding.shared_prefixes(encoded)
+    assert len(prefixes) == 3
+    end = sampling.round_up(max(len(ids) for ids in encoded))
+    token_ids = np.zeros((len(prompts), end + 4), "int32")
+    for row, ids in enumerate(encoded):
+        token_ids[row, end - len(ids):end] = ids
+    padding = np.array([end - len(ids) for ids in encoded], "int32")
+    build = inspect.signature(type(task)._build_cache).parameters
+    rows = {}
+    with left_padding._hiding(task.backbone, padding, rows):
+        # The reference: every row prefilled whole, as the program does without prefixes.
+        _, full = task._build_cache(token_ids, **{name: None for name in list(build)[2:]})
+        empty = tree.map_structure(ops.zeros_like, full)
+        filled = left_padding._fill_prefixes(task, type(task).call_with_cache, token_ids, empty, prefixes,
+                                             ops.convert_to_tensor(padding), rows, (), {})
+    for ours, theirs in zip(tree.flatten(filled), tree.flatten(full)):
+        ours, theirs = np.asarray(ours), np.asarray(theirs)
+        axis = ours.ndim - 4  # positions, in a row
+        for group, length in prefixes:
+            for row in group:
+                span = slice(padding[row], padding[row] + length)
+                np.testing.assert_allclose(np.take(ours[row], range(end)[span], axis=axis),
+                                           np.take(theirs[row], range(end)[span], axis=axis), atol=2e-5, rtol=1e-4)
+                assert not np.take(ours[row], range(end)[span.stop:], axis=axis).any()  # nothing else written
 
 
 @pytest.mark.slow
@@ -152,6 +222,7 @@ def test_answers_and_loss_from_one_prefill_equal_the_separate_passes(family, tin
     keras.utils.set_random_seed(4)
     monkeypatch.setattr(left_padding, "GROUP_MIN_ROWS", 1)  # one chunk: the prefill in groups (kft.left_padding)
     monkeypatch.setattr(left_padding, "CHUNK_ROWS", 8)  # and in position chunks: the loss reads their hidden states
+    monkeypatch.setattr(left_padding, "GROUP_SAVING", 0.0)  # and the template's head, computed once
     task = model.load(tiny_presets[family], "float32")[0]
     lora.enable(task.backbone, 2, None, ["query", "value"])
     for variable in lora.lora_variables(task.backbone).values():  # B off zero: LoRA changes the answers
@@ -164,6 +235,7 @@ def test_answers_and_loss_from_one_prefill_equal_the_separate_passes(family, tin
     # 5 prompts in one pass, the 2 examples after them riding in the chunk's free rows.
     result = evaluation.measure(task, compiled, split, "exact", 2, MAX_NEW, with_loss=True)
     assert vars(task)["_kft_prompt_end"][2] is not None
+    assert vars(task)["_kft_prompt_end"][3] is not None
     separate_loss = evaluation.eval_loss(compiled, split, 2)
     separate = sampling.generate(task, tokenizer, split.prompts, MAX_NEW)
     assert abs(result["loss"] - separate_loss) <= 1e-5 * separate_loss

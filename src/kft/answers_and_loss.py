@@ -57,8 +57,13 @@ def measure(task, split: data.Split, prompts: list[list[int]], max_new_tokens: i
                     + [min(max(end - p, 0), span - int(lengths[r])) for p, r in zip(first_trained, range(count, covered))],
                     dtype="int32")
     size = sampling.chunk_size(covered, most)
-    groups = left_padding.prefill_groups(pads, span) if size == covered else None  # one chunk: see kft.sampling
-    left_padding.install(task, end, max_new_tokens, groups)
+    prefixes = groups = None
+    if size == covered:  # one chunk: see kft.sampling
+        # The loss reads hidden states from each row's first trained position on: no prefix past it.
+        prefixes = left_padding.shared_prefixes([split.token_ids[r, :lengths[r]].tolist() for r in range(covered)],
+                                                [int(np.argmax(split.loss_weights[r] > 0)) for r in range(covered)])
+        groups = left_padding.prefill_groups(pads + left_padding.prefix_lengths(prefixes, covered), span)
+    left_padding.install(task, end, max_new_tokens, groups, prefixes)
     stops = sampling.stop_token_ids(tokenizer)
     answers, total, weight = [], 0.0, 0.0
     for start in range(0, covered, size):

@@ -125,9 +125,14 @@ def generate_ids(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, 
     encoded = encode(tokenizer, prompts)
     end = round_up(max(len(ids) for ids in encoded))  # every prompt ends here; nearby lengths share a program
     size = chunk_size(len(encoded), min(batch_size or len(encoded), cache_rows(task.backbone, end + max_new_tokens)))
-    # One chunk (a measurement's prompts): its prefill skips the rows' padding, in groups.
-    groups = left_padding.prefill_groups([end - len(ids) for ids in encoded], end) if size == len(encoded) else None
-    left_padding.install(task, end, max_new_tokens, groups)
+    # One chunk (a measurement's prompts): its prefill computes shared prefixes once and skips the
+    # rows' padding, in groups.
+    prefixes = groups = None
+    if size == len(encoded):
+        prefixes = left_padding.shared_prefixes(encoded)
+        shared = left_padding.prefix_lengths(prefixes, len(encoded))
+        groups = left_padding.prefill_groups([end - len(ids) + p for ids, p in zip(encoded, shared)], end)
+    left_padding.install(task, end, max_new_tokens, groups, prefixes)
     stops = stop_token_ids(tokenizer)
     completions: list[list[int]] = []
     for start in range(0, len(encoded), size):
