@@ -186,6 +186,7 @@ def test_gemma3_270m_answers_the_60_held_out_prompts_with_the_same_token_ids_as_
     prompts = data.build(records, tokenizer, c.data, 0, num_prompts=60, eval_records=held_out).eval.prompts
     new = sampling.generate_ids(task, tokenizer, prompts, 16, batch_size=64)  # one chunk: the prefill skips the padding
     assert vars(task)["_kft_prompt_end"][2] is not None
+    assert [len(rows) for rows, _ in vars(task)["_kft_prompt_end"][3]] == [39, 21]  # and computes two instructions once
     import keras_hub
 
     task.compile(sampler=keras_hub.samplers.GreedySampler())  # and KerasHub's own sampler
