@@ -4,8 +4,9 @@ We tokenize prompts ourselves, left-pad them to end at one position (rounded up 
 the task's compiled generate function: decoding starts after every prompt at once (see
 kft.left_padding) and runs exactly the new tokens asked for, or until every row has stopped;
 prompts of any length share one compiled program per (batch, length) shape, except that a
-measurement's prompts (one chunk of 16 or more) are prefilled from their least padding on
-(`left_padding.prefill_groups`), a program of their own.
+measurement's prompts (one chunk of 16 or more) get a program of their own: the prefixes they
+share are computed once (`left_padding.shared_prefixes`) and the rest is prefilled from the rows'
+least padding on (`left_padding.prefill_groups`).
 """
 
 from __future__ import annotations
