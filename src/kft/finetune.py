@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from kft import (adapter, backend, config as config_lib, data, distribution, evaluation, lora, model, optim, packing,
-                 plan, quantize, report, transposed_kernels)
+                 plan, quantize, report, screened_argmax, transposed_kernels)
 from kft.config import Config
 from kft.errors import KftError
 
@@ -195,7 +195,9 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     print(f"kft: training {optimizer_steps} steps (batch {c.train.batch_size} x accumulation {c.train.grad_accum})",
           flush=True)
     started = time.perf_counter()
-    transposed_kernels.release(task.backbone)  # the decode layout's copies of the kernels: not while training
+    # The decode programs' kept copies (kernels, bfloat16 vocabulary): not while training.
+    transposed_kernels.release(task.backbone)
+    screened_argmax.release(task.backbone)
     if start_micro < micro_steps:
         # shuffle=False: Keras would reorder a PyDataset's batches, and our order is part of what resumes.
         keras.Model.fit(fit_model, batches, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)

@@ -20,7 +20,7 @@ import itertools
 
 import numpy as np
 
-from kft import families, transposed_kernels
+from kft import families, screened_argmax, transposed_kernels
 
 
 def _hiding(backbone, padding, rows: dict):
@@ -335,10 +335,12 @@ def _loss_from_prefill(task, positions, targets, out: list):
 
 
 def kept_inputs(task) -> dict:
-    """The generate program's inputs kept between calls: the decoder's kernels laid out for
-    decoding (kft.transposed_kernels.kept_copies), where they can be kept."""
-    kernels = transposed_kernels.kept_copies(task.backbone)
-    return {} if kernels is None else {"decode_kernels": kernels}
+    """The generate program's inputs kept between calls, where they can be kept: the decoder's
+    kernels laid out for decoding (kft.transposed_kernels.kept_copies) and the vocabulary for
+    greedy decoding's screened argmax (kft.screened_argmax.kept_copy)."""
+    kept = {"decode_kernels": transposed_kernels.kept_copies(task.backbone),
+            "decode_vocabulary": screened_argmax.kept_copy(task)}
+    return {name: value for name, value in kept.items() if value is not None}
 
 
 def install(task, end: int, max_new_tokens: int, groups: tuple | None = None, prefixes: tuple | None = None) -> None:
@@ -348,7 +350,8 @@ def install(task, end: int, max_new_tokens: int, groups: tuple | None = None, pr
     `loss_targets` (B, E) too, the prefill runs over the first E positions (the rows' answers
     after `end` included) and the program also returns `loss_nll` (B, E): the answers' loss from
     the same prefill (kft.answers_and_loss). With `decode_kernels` (`kept_inputs`), the decode
-    loop contracts against those copies of the kernels. Inputs without `left_padding` (a user's own
+    loop contracts against those copies of the kernels; with `decode_vocabulary`, greedy decoding
+    takes its argmax screened in bfloat16 (kft.screened_argmax). Inputs without `left_padding` (a user's own
     `generate` on the same task) get KerasHub's program unchanged. `groups` (`prefill_groups`)
     prefills rows in groups from their least padding; `prefixes` (`shared_prefixes`) computes the
     rows' shared prefixes once per group (then `groups` counts them as padding: they start after).
@@ -364,9 +367,12 @@ def install(task, end: int, max_new_tokens: int, groups: tuple | None = None, pr
         inputs = dict(inputs)
         padding = inputs.pop("left_padding")
         kernels = inputs.pop("decode_kernels", None)
+        vocabulary = inputs.pop("decode_vocabulary", None)
         with contextlib.ExitStack() as stack:
             if kernels is not None or transposed_kernels.applies(task.backbone):
                 stack.enter_context(transposed_kernels.stored_transposed(task.backbone, kernels))
+            if vocabulary is not None:
+                stack.enter_context(screened_argmax.screening(task, vocabulary))
             rows = {"padding": padding}
             stack.enter_context(_hiding(task.backbone, padding, rows))
             stack.enter_context(_row_limit(task.sampler, max_new_tokens))

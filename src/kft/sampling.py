@@ -61,6 +61,11 @@ def _argmax_sampler():
     return ArgmaxSampler
 
 
+def argmax_sampler_class():
+    """The class of make_sampler("greedy")'s sampler: it takes the argmax of the logits."""
+    return _argmax_sampler()
+
+
 def stop_token_ids(tokenizer) -> tuple[int, ...]:
     """EOS and every family's end-of-turn marker the vocabulary holds (`<end_of_turn>`, `<turn|>`)."""
     vocabulary = set(tokenizer.get_vocabulary())
