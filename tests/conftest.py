@@ -22,6 +22,9 @@ FAST_COMPILES = "--xla_backend_optimization_level=0"
 
 
 def pytest_configure(config):
+    # Greedy decoding's screened argmax runs on every machine the tests run on, not only where it
+    # is faster (kft.screened_argmax): every family's same-ids tests check its tokens.
+    os.environ.setdefault("KFT_SCREENED_ARGMAX", "1")
     # Before any test initialises JAX's backend (fixtures do, lazily); kft subprocesses inherit it.
     if (config.option.markexpr or "").strip() == "not slow" and FAST_COMPILES not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILES}".strip()
