@@ -71,7 +71,7 @@ def kept_copy(task) -> tuple | None:
     if kept is not None and kept[0] is source:
         return kept[1]
     release(backbone)
-    made = _copy(source)
+    made = bfloat16_copy(source)
     vars(backbone)["_kft_vocabulary_bf16"] = (source, made)
     return made
 
@@ -80,16 +80,17 @@ def release(backbone) -> None:
     vars(backbone).pop("_kft_vocabulary_bf16", None)
 
 
+def bfloat16_copy(embeddings):
+    """(`embeddings` (V, D) in bfloat16, the largest of its float32 rows' norms): `argmax`'s inputs."""
+    return _bfloat16_copy()(embeddings)
+
+
 @functools.cache
-def _copy_function():
+def _bfloat16_copy():
     import jax
     import jax.numpy as jnp
 
     return jax.jit(lambda e: (e.astype(jnp.bfloat16), jnp.max(jnp.sqrt(jnp.sum(e * e, axis=-1)))))
-
-
-def _copy(source):
-    return _copy_function()(source)
 
 
 def error_bound(depth: int) -> float:
