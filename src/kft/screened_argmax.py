@@ -53,7 +53,10 @@ def applies(task) -> bool:
     from kft import sampling
 
     embedding = task.backbone.token_embedding
-    return (jax.default_backend() == "cpu" and isinstance(task.sampler, sampling.argmax_sampler_class())
+    # One device only: under a distribution XLA:CPU aborts compiling the TopK (TopkDecomposer).
+    return (jax.default_backend() == "cpu" and keras.distribution.distribution() is None
+            and len(embedding.embeddings.value.sharding.device_set) == 1
+            and isinstance(task.sampler, sampling.argmax_sampler_class())
             and getattr(embedding, "tie_weights", False) and embedding.quantization_mode is None
             and keras.backend.standardize_dtype(embedding.compute_dtype) == "float32"
             and getattr(embedding, "reverse_dtype", None) in (None, "float32")
