@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from kft import (adapter, backend, config as config_lib, data, distribution, evaluation, lora, model, optim, packing,
-                 plan, quantize, report, screened_argmax, transposed_kernels)
+                 plan, quantize, report, screened_argmax, train_step_ahead, transposed_kernels)
 from kft.config import Config
 from kft.errors import KftError
 
@@ -163,8 +163,10 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     measure = functools.partial(evaluation.measure, task, fit_model, prompt_split, c.output.metric,
                                 c.train.batch_size, c.output.sample_max_new_tokens,
                                 with_loss=dataset.eval is not None)
-    start_micro, rows = 0, []
+    start_micro, rows, compiling = 0, [], None
     if resume_from is None:
+        # The first train step compiles on another core while the measurement's programs compile and run.
+        compiling = train_step_ahead.start(fit_model, _batches(c, dataset, micro_steps, start_micro))
         before = measure(label="measuring before")
         (out / "before.json").write_text(json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8")
     else:
@@ -173,15 +175,12 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
         state = checkpoint.restore(resume_from, fit_model)
         start_micro, rows = state["micro_step"], state["metrics"]
         print(f"kft: resuming from {resume_from.name} (step {state['optimizer_step']} of {optimizer_steps})", flush=True)
+    batches = _batches(c, dataset, micro_steps, start_micro)
     metrics = {"family": family, "dtype_policy": policy, "parameters": total, "trainable_parameters": trainable,
                "optimizer_steps": optimizer_steps, "data": s, "metric": c.output.metric,
                "distribution": mesh_plan.kind, "mesh": f"{mesh_plan.mesh[0]}x{mesh_plan.mesh[1]}",
                "weight_bytes_per_device": weights_per_device}
 
-    batches = distribution.local_batches(data.batches(  # each process feeds its rows of every global batch
-        dataset.train, c.train.batch_size, micro_steps, c.train.seed, start=start_micro,
-        trained_only=c.train.logits_on == "trained", pad_to_multiple=c.train.pad_to_multiple,
-        group_by_length=c.train.group_by_length, program_cost_steps=data.PROGRAM_COST_STEPS))
     progress_cb = Progress(batches, micro_steps, c.train.grad_accum, c.train.log_every, schedule,
                            out / "metrics.jsonl", start_micro=start_micro, records=rows)
     checkpoint_cb = checkpoint.Checkpointer(out, c.train.checkpoint_every, c.train.checkpoint_keep,
@@ -198,6 +197,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     # The decode programs' kept copies (kernels, bfloat16 vocabulary): not while training.
     transposed_kernels.release(task.backbone)
     screened_argmax.release(task.backbone)
+    train_step_ahead.finish(compiling)
     if start_micro < micro_steps:
         # shuffle=False: Keras would reorder a PyDataset's batches, and our order is part of what resumes.
         keras.Model.fit(fit_model, batches, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)
@@ -226,6 +226,14 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     tracking.finish(tracker, metrics, samples)
     _report(metrics, out)
     return TrainResult(task=task, run_dir=run_dir, metrics=metrics, fit_model=fit_model)
+
+
+def _batches(c: Config, dataset, micro_steps: int, start_micro: int):
+    """The training micro-batches from `start_micro` on, as this process feeds them (its rows of every global batch)."""
+    return distribution.local_batches(data.batches(
+        dataset.train, c.train.batch_size, micro_steps, c.train.seed, start=start_micro,
+        trained_only=c.train.logits_on == "trained", pad_to_multiple=c.train.pad_to_multiple,
+        group_by_length=c.train.group_by_length, program_cost_steps=data.PROGRAM_COST_STEPS))
 
 
 def _stop_if_interrupted(checkpoint_cb, run_dir: Path) -> None:
