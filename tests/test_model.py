@@ -111,6 +111,25 @@ def test_loading_skips_random_init_but_every_weight_is_the_preset_s(tiny_presets
         np.testing.assert_array_equal(np.asarray(ours.value), np.asarray(theirs.value), err_msg=ours.path)
 
 
+def test_the_tokenizer_s_vocabulary_is_stored_untracked_and_tokenizes_as_keras_hub_s(tiny_presets):
+    import keras_hub
+    from keras.src.utils.tracking import TrackedDict, TrackedList
+
+    from kft.model import _vocabulary_untracked
+
+    ours = model.load(tiny_presets["gemma3"], "float32")[0].preprocessor.tokenizer
+    theirs = keras_hub.models.CausalLM.from_preset(tiny_presets["gemma3"]).preprocessor.tokenizer
+    assert type(ours._vocabulary) is list and type(ours._token_to_id_map) is dict
+    assert isinstance(theirs._vocabulary, TrackedList) and isinstance(theirs._token_to_id_map, TrackedDict)
+    text = ["The capital of France is Paris.", "Gemma <start_of_turn>user\nhi<end_of_turn>"]
+    assert ours.tokenize(text) == theirs.tokenize(text)
+    assert ours._vocabulary == list(theirs._vocabulary) and ours.id_to_token(7) == theirs.id_to_token(7)
+    before = keras_hub.tokenizers.SentencePieceTokenizer.set_proto
+    with _vocabulary_untracked():
+        pass
+    assert keras_hub.tokenizers.SentencePieceTokenizer.set_proto is before  # the class is left as it was
+
+
 def test_a_variable_the_preset_does_not_fill_is_initialised_after_loading():
     import keras
 
