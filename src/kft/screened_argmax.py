@@ -14,7 +14,8 @@ argmax's either way, up to float32 rounding (the candidates' logits are summed i
 
 Only for kft's greedy sampler (it takes the argmax of the logits, `sampling.ArgmaxSampler`), a
 float32 tied embedding, and on the CPU backend of a CPU with bfloat16 dot products (AVX-512 BF16
-or AMX; elsewhere XLA:CPU widens bfloat16 to float32 and the screening would only add work).
+or AMX; elsewhere XLA:CPU widens bfloat16 to float32 and the screening would only add work), on
+one device: under a keras.distribution (simulated CPU devices) XLA aborted compiling the TopK.
 `KFT_SCREENED_ARGMAX=1` turns it on on any CPU (the tests do, so that every machine checks its
 tokens), `=0` off. The bfloat16 copy of the embedding is made once
 outside the generate program and kept while the embedding keeps its value (`kept_copy`).
