@@ -163,10 +163,11 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     measure = functools.partial(evaluation.measure, task, fit_model, prompt_split, c.output.metric,
                                 c.train.batch_size, c.output.sample_max_new_tokens,
                                 with_loss=dataset.eval is not None)
-    start_micro, rows, compiling = 0, [], None
+    start_micro, rows, compiling, batches = 0, [], None, None
     if resume_from is None:
-        # The first train step compiles on another core while the measurement's programs compile and run.
-        compiling = train_step_ahead.start(fit_model, _batches(c, dataset, micro_steps, start_micro))
+        # The first train step compiles on a second thread while the before-measurement runs.
+        batches = _batches(c, dataset, micro_steps, start_micro)
+        compiling = train_step_ahead.start(fit_model, batches)
         before = measure(label="measuring before")
         (out / "before.json").write_text(json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8")
     else:
@@ -175,7 +176,8 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
         state = checkpoint.restore(resume_from, fit_model)
         start_micro, rows = state["micro_step"], state["metrics"]
         print(f"kft: resuming from {resume_from.name} (step {state['optimizer_step']} of {optimizer_steps})", flush=True)
-    batches = _batches(c, dataset, micro_steps, start_micro)
+    if batches is None:
+        batches = _batches(c, dataset, micro_steps, start_micro)
     metrics = {"family": family, "dtype_policy": policy, "parameters": total, "trainable_parameters": trainable,
                "optimizer_steps": optimizer_steps, "data": s, "metric": c.output.metric,
                "distribution": mesh_plan.kind, "mesh": f"{mesh_plan.mesh[0]}x{mesh_plan.mesh[1]}",
