@@ -56,12 +56,12 @@ def applies(task) -> bool:
     embedding = task.backbone.token_embedding
     # One device only: under a distribution XLA:CPU aborts compiling the TopK (TopkDecomposer).
     return (jax.default_backend() == "cpu" and keras.distribution.distribution() is None
-            and len(embedding.embeddings.value.sharding.device_set) == 1
             and isinstance(task.sampler, sampling.argmax_sampler_class())
             and getattr(embedding, "tie_weights", False) and embedding.quantization_mode is None
             and keras.backend.standardize_dtype(embedding.compute_dtype) == "float32"
             and getattr(embedding, "reverse_dtype", None) in (None, "float32")
-            and embedding.input_dim > CANDIDATES + 1 and embedding.input_dim * embedding.output_dim * 2 <= COPY_BUDGET)
+            and embedding.input_dim > CANDIDATES + 1 and embedding.input_dim * embedding.output_dim * 2 <= COPY_BUDGET
+            and len(embedding.embeddings.value.sharding.device_set) == 1)
 
 
 def kept_copy(task) -> tuple | None:
