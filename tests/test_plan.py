@@ -98,3 +98,41 @@ def test_train_stops_before_loading_when_the_plan_does_not_fit(tiny_presets, tmp
                             "--output-dir", str(tmp_path / "run")], capsys)
     assert code == 2 and "does not fit: try" in err and "train.memory_check: false" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_measuring_before_and_after_is_planned_and_can_be_the_peak(monkeypatch):
+    """The main job's measured peaks (docs/benchmarks.md, scripts/calibrate_plan.py --new-tokens): 4.16 GB
+    with 32 new tokens per sample and 5.55 GB with 256, while training alone plans 3.81 GB."""
+    from kft import config as config_lib, plan, screened_argmax
+
+    monkeypatch.setattr(screened_argmax, "cpu_has_bfloat16_dots", lambda: True)
+    a = plan.from_config_json(GEMMA3_270M_HF)
+
+    def planned(**sets):
+        c = config_lib.load("configs/gemma3_270m_person_json.yaml", sets)
+        return plan.estimate(a, c, 24.0, accelerator="cpu")
+
+    silent = planned(**{"output.samples": 0})
+    assert silent.measuring_lines == [] and silent.peak == pytest.approx(silent.training)
+    short, long = planned(), planned(**{"output.sample_max_new_tokens": 256})
+    assert short.training == pytest.approx(silent.training) and long.training == pytest.approx(silent.training)
+    assert silent.peak < short.peak < long.peak
+    assert abs(short.peak / 4.16 - 1) < 0.25 and abs(long.peak / 5.55 - 1) < 0.25
+    # 224 positions more of Gemma 3 270M's cache (18 layers, keys and values, 1 x 256 float32) for 64 rows.
+    assert long.peak - short.peak == pytest.approx(plan.CACHE_COPIES * 64 * 18 * 2 * 224 * 256 * 4 / 1e9)
+    # The decode copies: the decoder's float kernels and a bfloat16 vocabulary, on a CPU only.
+    copies = dict(short.measuring_lines)["measuring: decode copies (CPU)"]
+    assert copies == pytest.approx(((29e6 + 71e6) * 4 + 262144 * 640 * 2) / 1e9, rel=0.02)
+    gpu = plan.estimate(a, config_lib.load("configs/gemma3_270m_person_json.yaml"), 16.0, accelerator="gpu")
+    assert "measuring: decode copies (CPU)" not in dict(gpu.measuring_lines)
+
+
+def test_a_run_that_trains_in_memory_but_cannot_measure_is_told_so(capsys):
+    # Gemma 2B in float32 on a 14 GB device: training plans 13.1 GB; 2,048 new tokens per sample
+    # make the generate chunk's cache (25 prompts x 2,304 positions) the peak.
+    sets = ["--preset", "gemma_2b_en", "--device-memory", "14GB", "--set", "model.precision=float32"]
+    code, out, _ = run_cli(["plan", *sets, "--set", "output.samples=0"], capsys)
+    assert code == 0 and "fits in 14.00 GB" in out.strip().splitlines()[-1]
+    code, out, _ = run_cli(["plan", *sets, "--set", "output.sample_max_new_tokens=2048"], capsys)
+    assert "does not fit in 14.00 GB" in out.strip().splitlines()[-1]
+    assert "measuring: key/value cache (25 prompts x 2304 positions)" in out

@@ -10,7 +10,10 @@ Kaggle presets, from `KNOWN_PRESETS` (their sizes, so the plan works offline). T
 - activations kept for the backward pass per layer and token (fitted to Gemma 3 270M on CPU:
   ~100 KB per token and layer at seq_len 256, scripts/calibrate_plan.py), attention scores, and the
   vocabulary logits: 32 positions at a time with the trained-positions loss, all of them without;
-- runtime: compiled programs, temporaries and (on CPU) the Python/TF/JAX process itself.
+- runtime: compiled programs, temporaries and (on CPU) the Python/TF/JAX process itself;
+- measuring before and after training (`output.samples` > 0): the generate program's key/value
+  cache for one chunk of prompts, its logits, and on a CPU the decode copies kft keeps while it
+  measures (kft.transposed_kernels, kft.screened_argmax); the peak is the larger of the two phases.
 
 On a mesh of `devices` with a `model_axis`, the base is divided by the model axis and the batch
 by the batch axis (devices / model_axis); LoRA and optimizer state are replicated.
@@ -199,6 +202,9 @@ class Plan:
     fits: bool = True
     advice: str = ""
     header: str = ""
+    training: float = 0.0  # GB per device while training (the sum of `lines`)
+    measuring_lines: list = field(default_factory=list)  # (label, GB): what measuring adds
+    measuring: float = 0.0  # GB per device while measuring before/after (0: no samples)
 
 
 def _storage_bytes(precision: str) -> int:
@@ -261,10 +267,16 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     # A quantized base is first read in float on the host (kft.placement). On a CPU that host is the
     # device, and the allocator keeps the freed float pages: measured peaks are the float run's plus
     # the quantized copy (docs/benchmarks.md).
+    float_base = sum(p.values()) * store / model_axis
     if accelerator == "cpu" and mode != "none":
-        float_base = sum(p.values()) * store / model_axis
         plan.lines.append(("float base read before quantizing (kept by the allocator)", (float_base - base) / GB))
-    plan.peak = sum(gb for _, gb in plan.lines)
+    plan.training = sum(gb for _, gb in plan.lines)
+    shared = base + lora + optimizer + temporaries + runtime
+    if accelerator == "cpu" and mode != "none":
+        shared += float_base - base
+    plan.measuring_lines = measuring(a, c, devices, model_axis, accelerator)
+    plan.measuring = (shared / GB + sum(gb for _, gb in plan.measuring_lines)) if plan.measuring_lines else 0.0
+    plan.peak = max(plan.training, plan.measuring)
     plan.fits = plan.peak <= device_memory_gb
     count = sum(p.values())
     plan.header = (
@@ -291,11 +303,58 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     return plan
 
 
+# Prompts per generate chunk (kft.evaluation.GENERATE_BATCH) and the most a chunk's key/value cache
+# may take (kft.sampling.CACHE_BUDGET): fewer rows where it would not fit.
+GENERATE_ROWS = 64
+CACHE_BUDGET = 2 * 1024**3
+# The cache counts 1.5 times: the prefill's cache and the decode loop's copy overlap for a while.
+# Fitted to Gemma 3 270M on CPU (the main job with 32 and 256 new tokens, docs/benchmarks.md).
+CACHE_COPIES = 1.5
+EVAL_CHUNK = 128  # positions per vocabulary projection of the answers' loss (kft.trained_logits)
+DECODE_COPY_BUDGET = 2 * 1024**3  # kft.transposed_kernels.TRANSPOSED_BUDGET, screened_argmax.COPY_BUDGET
+
+
+def measuring(a: Architecture, c, devices: int = 1, model_axis: int = 1, accelerator: str = "cpu") -> list:
+    """[(label, GB)]: what measuring before and after training adds per device to the base, LoRA,
+    optimizer state and runtime ([] without samples): the generate chunk's key/value cache, its
+    logits (decoding and the answers' loss), and on a CPU the decode copies."""
+    if not c.output.samples:
+        return []
+    compute = _compute_bytes(c.model.precision, accelerator)
+    # Prompts end at most at seq_len (rounded up to 16); the answers' loss pass spans the same.
+    width = -(-c.data.seq_len // 16) * 16 + c.output.sample_max_new_tokens
+    per_row = a.layers * 2 * width * a.kv_heads * max(a.head_dim, a.global_head_dim) * compute
+    rows = max(1, min(GENERATE_ROWS, CACHE_BUDGET // per_row))
+    cache = CACHE_COPIES * rows * per_row / model_axis
+    logits = (2 * rows + 2 * EVAL_CHUNK) * a.vocab * 4
+    lines = [(f"measuring: key/value cache ({rows} prompts x {width} positions)", cache / GB),
+             ("measuring: logits (decoding, answers' loss)", logits / GB)]
+    if accelerator == "cpu":
+        p = parameters(a)
+        copies = 0
+        decoder = (p["attention"] + p["feed-forward"]) * 4
+        if c.model.quantize == "none" and decoder <= DECODE_COPY_BUDGET:
+            copies += decoder  # kernels laid out for decoding
+        vocabulary = a.vocab * a.hidden * 2
+        from kft.screened_argmax import cpu_has_bfloat16_dots
+
+        if devices == 1 and compute == 4 and vocabulary <= DECODE_COPY_BUDGET and cpu_has_bfloat16_dots():
+            copies += vocabulary  # the bfloat16 vocabulary of the screened argmax
+        if copies:
+            lines.append(("measuring: decode copies (CPU)", copies / GB))
+    return lines
+
+
 def render(plan: Plan, devices: int = 1, model_axis: int = 1) -> str:
-    width = max(len(label) for label, _ in plan.lines)
+    width = max(len(label) for label, _ in plan.lines + plan.measuring_lines)
     lines = [plan.header, f"per device ({devices} device(s), model axis {model_axis}):"]
     lines += [f"  {label:<{width}}  {gb:8.3f} GB" for label, gb in plan.lines]
-    lines.append(f"  {'total':<{width}}  {plan.peak:8.3f} GB  -> {plan.advice}")
+    if plan.measuring_lines:
+        lines.append(f"  {'training':<{width}}  {plan.training:8.3f} GB")
+        lines += [f"  {label:<{width}}  {gb:8.3f} GB" for label, gb in plan.measuring_lines]
+        lines.append(f"  {'measuring (base, LoRA, runtime and the above)':<{width}}  {plan.measuring:8.3f} GB")
+    lines.append(f"  {'total' if not plan.measuring_lines else 'peak (the larger)':<{width}}  {plan.peak:8.3f} GB"
+                 f"  -> {plan.advice}")
     lines.append(f"kft plan: peak {plan.peak:.2f} GB per device, {'fits' if plan.fits else 'does not fit'} "
                  f"in {plan.memory:.2f} GB")
     return "\n".join(lines)
