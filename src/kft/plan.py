@@ -274,7 +274,7 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     shared = base + lora + optimizer + temporaries + runtime
     if accelerator == "cpu" and mode != "none":
         shared += float_base - base
-    plan.measuring_lines = measuring(a, c, devices, model_axis, accelerator)
+    plan.measuring_lines = measuring(a, c, devices, accelerator)
     plan.measuring = (shared / GB + sum(gb for _, gb in plan.measuring_lines)) if plan.measuring_lines else 0.0
     plan.peak = max(plan.training, plan.measuring)
     plan.fits = plan.peak <= device_memory_gb
@@ -303,29 +303,31 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     return plan
 
 
-# Prompts per generate chunk (kft.evaluation.GENERATE_BATCH) and the most a chunk's key/value cache
-# may take (kft.sampling.CACHE_BUDGET): fewer rows where it would not fit.
-GENERATE_ROWS = 64
-CACHE_BUDGET = 2 * 1024**3
-# The cache counts 1.5 times: the prefill's cache and the decode loop's copy overlap for a while.
-# Fitted to Gemma 3 270M on CPU (the main job with 32 and 256 new tokens, docs/benchmarks.md).
+# The cache counts 1.5 times: fitted to Gemma 3 270M on CPU, where the peak rose 1.4 times the
+# cache's bytes from 32 to 256 new tokens per sample (scripts/calibrate_plan.py --new-tokens).
 CACHE_COPIES = 1.5
-EVAL_CHUNK = 128  # positions per vocabulary projection of the answers' loss (kft.trained_logits)
-DECODE_COPY_BUDGET = 2 * 1024**3  # kft.transposed_kernels.TRANSPOSED_BUDGET, screened_argmax.COPY_BUDGET
+EVAL_CHUNK = 128  # kft.trained_logits.EVAL_CHUNK (that module imports Keras): the answers' loss, per projection
 
 
-def measuring(a: Architecture, c, devices: int = 1, model_axis: int = 1, accelerator: str = "cpu") -> list:
+def measuring(a: Architecture, c, devices: int = 1, accelerator: str = "cpu") -> list:
     """[(label, GB)]: what measuring before and after training adds per device to the base, LoRA,
     optimizer state and runtime ([] without samples): the generate chunk's key/value cache, its
     logits (decoding and the answers' loss), and on a CPU the decode copies."""
     if not c.output.samples:
         return []
+    from kft.evaluation import GENERATE_BATCH
+    from kft.sampling import CACHE_BUDGET
+    from kft.screened_argmax import COPY_BUDGET, cpu_has_bfloat16_dots
+    from kft.transposed_kernels import TRANSPOSED_BUDGET
+
     compute = _compute_bytes(c.model.precision, accelerator)
     # Prompts end at most at seq_len (rounded up to 16); the answers' loss pass spans the same.
     width = -(-c.data.seq_len // 16) * 16 + c.output.sample_max_new_tokens
     per_row = a.layers * 2 * width * a.kv_heads * max(a.head_dim, a.global_head_dim) * compute
-    rows = max(1, min(GENERATE_ROWS, CACHE_BUDGET // per_row))
-    cache = CACHE_COPIES * rows * per_row / model_axis
+    # Up to GENERATE_BATCH rows, fewer where the chunk's cache would pass CACHE_BUDGET (kft.sampling).
+    # Not divided over a mesh: how a distribution places the cache is not measured.
+    rows = max(1, min(GENERATE_BATCH, CACHE_BUDGET // per_row))
+    cache = CACHE_COPIES * rows * per_row
     logits = (2 * rows + 2 * EVAL_CHUNK) * a.vocab * 4
     lines = [(f"measuring: key/value cache ({rows} prompts x {width} positions)", cache / GB),
              ("measuring: logits (decoding, answers' loss)", logits / GB)]
@@ -333,12 +335,10 @@ def measuring(a: Architecture, c, devices: int = 1, model_axis: int = 1, acceler
         p = parameters(a)
         copies = 0
         decoder = (p["attention"] + p["feed-forward"]) * 4
-        if c.model.quantize == "none" and decoder <= DECODE_COPY_BUDGET:
+        if c.model.quantize == "none" and decoder <= TRANSPOSED_BUDGET:
             copies += decoder  # kernels laid out for decoding
         vocabulary = a.vocab * a.hidden * 2
-        from kft.screened_argmax import cpu_has_bfloat16_dots
-
-        if devices == 1 and compute == 4 and vocabulary <= DECODE_COPY_BUDGET and cpu_has_bfloat16_dots():
+        if devices == 1 and compute == 4 and vocabulary <= COPY_BUDGET and cpu_has_bfloat16_dots():
             copies += vocabulary  # the bfloat16 vocabulary of the screened argmax
         if copies:
             lines.append(("measuring: decode copies (CPU)", copies / GB))
