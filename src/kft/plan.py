@@ -267,13 +267,11 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     # A quantized base is first read in float on the host (kft.placement). On a CPU that host is the
     # device, and the allocator keeps the freed float pages: measured peaks are the float run's plus
     # the quantized copy (docs/benchmarks.md).
-    float_base = sum(p.values()) * store / model_axis
-    if accelerator == "cpu" and mode != "none":
-        plan.lines.append(("float base read before quantizing (kept by the allocator)", (float_base - base) / GB))
+    kept_float = sum(p.values()) * store / model_axis - base if accelerator == "cpu" and mode != "none" else 0
+    if kept_float:
+        plan.lines.append(("float base read before quantizing (kept by the allocator)", kept_float / GB))
     plan.training = sum(gb for _, gb in plan.lines)
-    shared = base + lora + optimizer + temporaries + runtime
-    if accelerator == "cpu" and mode != "none":
-        shared += float_base - base
+    shared = base + lora + optimizer + temporaries + runtime + kept_float  # what both phases hold
     plan.measuring_lines = measuring(a, c, devices, accelerator)
     plan.measuring = (shared / GB + sum(gb for _, gb in plan.measuring_lines)) if plan.measuring_lines else 0.0
     plan.peak = max(plan.training, plan.measuring)
