@@ -82,3 +82,20 @@ def test_adapters_rebuild_the_int4_base_they_were_trained_on():
               if a.path.endswith("kernel_scale")]
     assert scales and any(not np.array_equal(a, c) for a, c in scales)  # kft's ranges are others
     assert isinstance(rebuilt, keras.Model)
+
+
+def test_wider_codes_halve_the_error_per_bit_and_stay_in_their_levels():
+    # scripts/gradient_bits.py rounds kernels to 5-8 bits with the same groups and ranges as int4.
+    from kft import int4_groups
+
+    w = _trained_like()
+    errors = []
+    for bits in (4, 5, 6, 8):
+        top = 2 ** (bits - 1)
+        codes, scale, zero = int4_groups.fit(w, 64, (-top, top - 1))
+        assert codes.min() >= -top and codes.max() <= top - 1
+        group = np.arange(w.shape[0]) // 64
+        dequantized = (codes.astype("float32") - zero[group]) * scale[group]
+        errors.append(np.sqrt(np.mean((dequantized - w) ** 2)))
+    assert 1.7 < errors[0] / errors[1] < 2.3 and 1.7 < errors[1] / errors[2] < 2.3, errors
+    assert errors[3] < errors[2] / 3

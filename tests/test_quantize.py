@@ -84,7 +84,8 @@ def test_lora_gradients_on_a_weight_only_int8_base_point_where_the_float_ones_do
 # Measured on these random tiny models (groups of 64, kft's ranges): gemma 0.985, gemma2 0.970, gemma3
 # 0.982, gemma4 0.777; bitsandbytes' NF4 in blocks of 64 would give 0.970 / 0.947 / 0.957 / 0.820. The
 # weights are uniform random, for which no 4-bit code does much better; Gemma 4's per-layer gate and
-# q/k/v norms amplify the noise (its cosine swings 0.65-0.78 across group sizes).
+# q/k/v norms amplify the noise (its cosine swings 0.65-0.78 across group sizes). The issue's 0.99
+# takes 5 bits on Gemma 1-3 and 8 on Gemma 4 (scripts/gradient_bits.py, docs/benchmarks.md).
 INT4_COSINE = {"gemma": 0.95, "gemma2": 0.95, "gemma3": 0.95, "gemma4": 0.65}
 
 

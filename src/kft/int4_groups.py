@@ -25,12 +25,14 @@ SHRINKS = np.linspace(1.0, 0.5, 11)  # 6 (steps of 0.1) left the real 270M's los
 LEVELS = (-8, 7)  # Keras' int4 codes
 
 
-def fit(flat: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fit(flat: np.ndarray, block: int, levels: tuple[int, int] = LEVELS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(codes int8 [rows, cols], scale [groups, cols], zero int8 [groups, cols]) for `flat`
-    [rows, cols] in groups of `block` rows: Keras' layout, least-squares choice of range.
+    [rows, cols] in groups of `block` rows: Keras' layout, least-squares choice of range; codes in
+    `levels` (Keras' int4 by default; other widths serve scripts/gradient_bits.py).
     Jitted on the default device (the host while kft quantizes, kft.placement) so it uses every
     core: ~2.3 s for a 3584 x 14336 kernel on 2 cores, where Keras' own int4 takes ~1.4 s."""
-    codes, scale, zero = _fit_jitted()(np.asarray(flat, np.float32), block, tuple(float(s) for s in SHRINKS))
+    codes, scale, zero = _fit_jitted()(np.asarray(flat, np.float32), block, tuple(float(s) for s in SHRINKS),
+                                       tuple(levels))
     return np.asarray(codes), np.asarray(scale), np.asarray(zero)
 
 
@@ -39,8 +41,8 @@ def _fit_jitted():
     import jax
     import jax.numpy as jnp
 
-    def fit_groups(flat, block, shrinks):
-        qmin, qmax = LEVELS
+    def fit_groups(flat, block, shrinks, levels):
+        qmin, qmax = levels
         rows, cols = flat.shape
         groups = -(-rows // block)
         x = jnp.zeros((groups * block, cols), jnp.float32).at[:rows].set(flat).reshape(groups, block, cols)
@@ -58,9 +60,10 @@ def _fit_jitted():
             best = tuple(jnp.where(better, new, old) for new, old in zip((err, scale, zero), best))
         _, scale, zero = best
         codes = jnp.clip(jnp.round(x / scale) + zero, qmin, qmax).reshape(groups * block, cols)[:rows]
-        return codes.astype(jnp.int8), scale[:, 0], zero[:, 0].astype(jnp.int8)
+        small = jnp.int8 if qmax < 128 else jnp.int16
+        return codes.astype(small), scale[:, 0], zero[:, 0].astype(small)
 
-    return jax.jit(fit_groups, static_argnums=(1, 2))
+    return jax.jit(fit_groups, static_argnums=(1, 2, 3))
 
 
 def refit(layer, float_kernel: np.ndarray) -> None:
