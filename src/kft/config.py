@@ -55,6 +55,14 @@ class ModelConfig:
         "int4 only: rows per group sharing a scale and zero point (5 bytes per group and column): "
         "32 stays closer to the float model, 128 takes less memory.",
     )
+    int4_rounding: str = _key(
+        "least-squares",
+        "int4 only: how codes are chosen on each group's grid: least-squares (the nearest code) or gptq "
+        "(GPTQ's error feedback through each layer's inputs on model.calibration_examples training "
+        "examples: closer to the float model's outputs, one extra forward pass of the float model at load).",
+    )
+    calibration_examples: int = _key(
+        64, "int4_rounding gptq only: how many of the first training examples calibrate it (saved with the adapter).")
 
 
 @dataclass
@@ -331,6 +339,12 @@ def validate(c: Config) -> None:
     quantize.check(c.model.quantize, c.model.precision)
     if not isinstance(c.model.int4_block_size, int) or c.model.int4_block_size < 8:
         _fail("model.int4_block_size", f"must be a whole number >= 8, got {c.model.int4_block_size!r}; try 64")
+    if c.model.int4_rounding not in quantize.INT4_ROUNDINGS:
+        _fail("model.int4_rounding", f"must be one of {', '.join(quantize.INT4_ROUNDINGS)}, got '{c.model.int4_rounding}'")
+    if c.model.int4_rounding == "gptq" and c.model.quantize != "int4":
+        _fail("model.int4_rounding", f"gptq applies to model.quantize int4, not '{c.model.quantize}'")
+    if not isinstance(c.model.calibration_examples, int) or c.model.calibration_examples < 1:
+        _fail("model.calibration_examples", f"must be a whole number >= 1, got {c.model.calibration_examples!r}; try 64")
     if not c.model.preset:
         _fail("model.preset", "is empty; name a preset or a local preset folder")
     if c.lora.rank <= 0:

@@ -128,7 +128,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     mesh_plan = distribution.setup(c.model.preset, c.model.precision, c.train)  # before the preset loads
     plan.check_before_training(c, devices=mesh_plan.mesh[0] * mesh_plan.mesh[1], model_axis=mesh_plan.mesh[1])
     task, family, policy = model.load(c.model.preset, c.model.precision, c.model.quantize,
-                                      **quantize.options(c))
+                                      **quantize.options(c, functools.partial(_calibration, c, records)))
     weights_per_device = distribution.verify(task, mesh_plan)
     model.check_seq_len(task.backbone, c.data.seq_len)
     tokenizer = task.preprocessor.tokenizer
@@ -220,14 +220,25 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     adapter.save(out, task.backbone, {
         "base_preset": c.model.preset, "family": family, "rank": c.lora.rank, "alpha": c.lora.alpha or c.lora.rank,
         "targets": lora.target_names(c.lora.targets), "dtype": policy, "template": c.data.template,
-        **quantize.settings(c.model.quantize, c.model.int4_block_size),
+        **quantize.settings(c.model.quantize, c.model.int4_block_size, c.model.int4_rounding),
     })
+    quantize.save_calibration(out, task)
     metrics["xla"] = {**xla.stop().as_dict(), "before": before.get("xla"), "after": after["xla"]}
     (out / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     report.plot_run(out)
     tracking.finish(tracker, metrics, samples)
     _report(metrics, out)
     return TrainResult(task=task, run_dir=run_dir, metrics=metrics, fit_model=fit_model)
+
+
+def _calibration(c: Config, records, task) -> dict:
+    """GPTQ's calibration inputs (`model.int4_rounding: gptq`): the first training examples, as the
+    training split orders them."""
+    from kft import gptq
+
+    dataset = data.build(records, task.preprocessor.tokenizer, replace(c.data, packing=False),
+                         c.train.seed)
+    return gptq.calibration_inputs(dataset.train, c.model.calibration_examples)
 
 
 def _batches(c: Config, dataset, micro_steps: int, start_micro: int):

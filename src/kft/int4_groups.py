@@ -66,15 +66,26 @@ def _fit_jitted():
     return jax.jit(fit_groups, static_argnums=(1, 2, 3))
 
 
-def refit(layer, float_kernel: np.ndarray) -> None:
+def refit(layer, float_kernel: np.ndarray, hessian: np.ndarray | None = None) -> None:
     """Give `layer` (a Keras Dense/EinsumDense just quantized to grouped int4 from `float_kernel`)
-    least-squares group parameters in place of Keras' full-range ones."""
+    least-squares group parameters in place of Keras' full-range ones; with its inputs' `hessian`,
+    the codes on that grid are GPTQ's (`kft.gptq`) instead of the nearest ones."""
     from keras import quantizers
 
     block = layer._int4_block_size
-    reduced = getattr(layer, "_kernel_reduced_axes", None) or [0]  # Dense: [in, out]
+    reduced = list(getattr(layer, "_kernel_reduced_axes", None) or [0])  # Dense: [in, out]
     rows = int(np.prod([float_kernel.shape[a] for a in reduced]))
-    codes, scale, zero = fit(np.asarray(float_kernel, np.float32).reshape(rows, -1), block)  # Keras' flattening
+    flat = np.asarray(float_kernel, np.float32).reshape(rows, -1)  # Keras' flattening: memory order
+    codes, scale, zero = fit(flat, block)
+    if hessian is not None:
+        from kft import gptq
+
+        group = np.arange(rows) // block
+        per_weight = [np.asarray(a)[group].reshape(float_kernel.shape) for a in (scale, zero.astype(np.float32))]
+        weights, moved_shape, order = gptq.out_in_view(np.asarray(float_kernel, np.float32), reduced)
+        grid = [gptq.out_in_view(a, reduced)[0] for a in per_weight]
+        chosen = gptq.codes_on_grid(weights, *grid, hessian)
+        codes = gptq.from_out_in(chosen, moved_shape, order).reshape(rows, -1)
     packed, _, _ = quantizers.pack_int4(codes, axis=-1)
     for variable, value in ((layer._kernel, packed), (layer.kernel_scale, scale), (layer.kernel_zero, zero)):
         if tuple(variable.shape) != tuple(value.shape):

@@ -24,7 +24,7 @@ def load_tuned(run_dir=None, preset=None, adapter_dir=None, precision=None, quan
     meta = adapter.read_config(folder)
     run_config = _run_config(folder)
     precision = precision or run_config.get("model", {}).get("precision") or "auto"
-    options = quantize_lib.rebuild_options(meta) if quantize is None else {}
+    options = quantize_lib.rebuild_options(meta, folder) if quantize is None else {}
     quantize = quantize or meta.get("quantize", "none")
     task, _, _ = model.load(preset or meta["base_preset"], precision, quantize, **options)
     adapter.apply(folder, task.backbone)

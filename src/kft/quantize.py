@@ -37,13 +37,17 @@ MODES = ("none", "int8", "int4")
 # Keras has these too; none of them trains LoRA correctly (see `check`).
 REFUSED = {
     "float8": "Keras' float8 layers raise in the forward pass once LoRA is enabled",
-    "gptq": "Keras' GPTQ layers refuse enable_lora",
+    "gptq": "Keras' GPTQ layers refuse enable_lora (kft's int4 can round by GPTQ: model.int4_rounding gptq)",
     "awq": "Keras' AWQ layers silently ignore the LoRA factors",
 }
 INT4_BLOCK_SIZE = 64  # rows per int4 group (QLoRA's block size); config key model.int4_block_size
 # How the int4 groups' scales and zero points are chosen: "least-squares" (kft.int4_groups) or
 # "full" (Keras' own full range; what adapters saved before kft chose them record by saying nothing).
 INT4_RANGES = ("least-squares", "full")
+# How int4 codes are chosen on that grid: the nearest code, or GPTQ's (kft.gptq), which needs
+# calibration examples (config keys model.int4_rounding, model.calibration_examples).
+INT4_ROUNDINGS = ("least-squares", "gptq")
+CALIBRATION_FILE = "calibration.npz"  # beside an adapter whose base was rounded by GPTQ
 
 
 def check(mode: str, policy: str | None = None) -> None:
@@ -141,25 +145,43 @@ def dequantize_kernel_readers(model) -> int:
 
 
 def apply(task, mode: str, filters="decoder", int4_block_size: int = INT4_BLOCK_SIZE,
-          int4_ranges: str = "least-squares") -> int:
+          int4_ranges: str = "least-squares", int4_rounding: str = "least-squares", calibration=None) -> int:
     """Quantize `task`'s frozen base in place (before LoRA is enabled); return how many layers.
 
     `filters` is Keras' own argument ("decoder": `decoder_filter`). int4 comes in groups of
-    `int4_block_size` rows whose ranges are chosen as `int4_ranges` says (`INT4_RANGES`)."""
+    `int4_block_size` rows whose ranges are chosen as `int4_ranges` says (`INT4_RANGES`), and codes
+    chosen as `int4_rounding` says (`INT4_ROUNDINGS`); GPTQ takes `calibration`: backbone inputs,
+    or a function of the task that returns them."""
     check(mode, task.dtype_policy.name)
     if mode == "none":
         return 0
     wanted = decoder_filter(task) if filters == "decoder" else filters
     if int4_ranges not in INT4_RANGES:
         raise KftError(f"int4 ranges must be one of {', '.join(INT4_RANGES)}, got '{int4_ranges}'")
+    check_rounding(mode, int4_rounding)
+    gptq = mode == "int4" and int4_rounding == "gptq"
+    if gptq and calibration is None:
+        raise KftError("model.int4_rounding gptq needs calibration examples, and none were given")
+    if gptq and int4_ranges != "least-squares":
+        raise KftError("model.int4_rounding gptq works on kft's least-squares int4 ranges only")
+    calibration = (calibration(task) if callable(calibration) else calibration) if gptq else None
     with _one_garbage_collection():
         _quantize_layers(task, mode, wanted, keras_config(mode, int4_block_size),
-                         refit=mode == "int4" and int4_ranges == "least-squares")
+                         refit=mode == "int4" and int4_ranges == "least-squares", calibration=calibration)
+    if gptq:
+        task.kft_calibration = calibration
     dequantize_kernel_readers(task)
     quantized = [layer for layer in task._flatten_layers() if getattr(layer, "quantization_mode", None) == mode]
     if not quantized:
         raise KftError(f"model.quantize {mode}: no layer of this model could be quantized")
     return len(quantized)
+
+
+def check_rounding(mode: str, int4_rounding: str) -> None:
+    if int4_rounding not in INT4_ROUNDINGS:
+        raise KftError(f"model.int4_rounding must be one of {', '.join(INT4_ROUNDINGS)}, got '{int4_rounding}'")
+    if int4_rounding == "gptq" and mode != "int4":
+        raise KftError(f"model.int4_rounding gptq applies to model.quantize int4, not {mode}")
 
 
 @contextlib.contextmanager
@@ -177,22 +199,28 @@ def _one_garbage_collection():
         gc.collect()
 
 
-def _quantize_layers(model, mode: str, wanted, config, refit: bool) -> None:
+def _quantize_layers(model, mode: str, wanted, config, refit: bool, calibration=None) -> None:
     """`Model.quantize(mode, config=config, filters=wanted)` one layer at a time, with progress on
     stderr (a 9B model's 294 kernels take minutes on a host CPU); with `refit`, each int4 layer's
-    groups are refitted from its float kernel (`kft.int4_groups`) while that kernel is at hand."""
+    groups are refitted from its float kernel (`kft.int4_groups`) while that kernel is at hand.
+    With `calibration` (backbone inputs), the calibration tokens first run through the float
+    backbone once, and each layer is quantized, with GPTQ's codes, as soon as it has been called."""
     import sys
 
+    import keras
     import numpy as np
     from keras.src.quantizers.utils import should_quantize_layer
 
-    from kft import int4_groups
+    from kft import gptq, int4_groups
     from kft.progress import Counter
 
     layers = [layer for layer in model._flatten_layers()
               if should_quantize_layer(layer, wanted) and len(list(layer._flatten_layers())) == 1]
-    counter = Counter(f"quantizing to {mode}", len(layers), "layers", timed=True, stream=sys.stderr)
-    for layer in layers:
+    how = " (GPTQ)" if calibration is not None else ""
+    counter = Counter(f"quantizing to {mode}{how}", len(layers), "layers", timed=True, stream=sys.stderr)
+    done = set()
+
+    def quantize_one(layer, hessian=None):
         float_kernel = np.asarray(layer.kernel) if refit and hasattr(layer, "kernel") else None  # Embedding: no groups
         try:
             layer.quantize(mode, config=config)
@@ -200,31 +228,74 @@ def _quantize_layers(model, mode: str, wanted, config, refit: bool) -> None:
             pass
         else:
             if float_kernel is not None and getattr(layer, "_int4_block_size", None) not in (None, -1):
-                int4_groups.refit(layer, float_kernel)
+                int4_groups.refit(layer, float_kernel, hessian)
+        done.add(id(layer))
         counter.advance()
+
+    if calibration is not None:
+        called = [layer for layer in layers if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))]
+        backbone = getattr(model, "backbone", model)
+        with gptq.Hessians(called, calibration["padding_mask"], quantize_one):
+            backbone(dict(calibration))
+    for layer in layers:
+        if id(layer) not in done:
+            quantize_one(layer)
     counter.close()
     model.train_function = model.test_function = model.predict_function = None
 
 
-def settings(mode: str, int4_block_size: int = INT4_BLOCK_SIZE) -> dict:
-    """What an adapter records so the same base can be rebuilt on reload (`rebuild_options`)."""
+def settings(mode: str, int4_block_size: int = INT4_BLOCK_SIZE, int4_rounding: str = "least-squares") -> dict:
+    """What an adapter records so the same base can be rebuilt on reload (`rebuild_options`); a GPTQ
+    base also needs its calibration tokens, saved beside the adapter (`save_calibration`)."""
     if mode == "none":
         return {"quantize": "none"}
     extra = {"int4_block_size": int4_block_size, "int4_ranges": "least-squares"} if mode == "int4" else {}
+    if mode == "int4" and int4_rounding == "gptq":
+        extra.update(int4_rounding="gptq", calibration=CALIBRATION_FILE)
     return {"quantize": mode, "quantize_weights_only": True, "quantize_layers": "decoder", **extra}
 
 
-def options(c) -> dict:
-    """`apply`'s int4 options from a kft Config."""
-    return {"int4_block_size": c.model.int4_block_size} if c.model.quantize == "int4" else {}
+def options(c, calibration=None) -> dict:
+    """`apply`'s int4 options from a kft Config; `calibration` (a function of the task returning
+    backbone inputs) serves `model.int4_rounding: gptq`."""
+    if c.model.quantize != "int4":
+        return {}
+    if c.model.int4_rounding == "gptq":
+        return {"int4_block_size": c.model.int4_block_size, "int4_rounding": "gptq", "calibration": calibration}
+    return {"int4_block_size": c.model.int4_block_size}
 
 
-def rebuild_options(meta: dict) -> dict:
-    """`apply`'s int4 options from an adapter's settings. Adapters from before kft chose the groups'
-    ranges recorded groups of 128 and no ranges: their base is rebuilt as it was then."""
+def rebuild_options(meta: dict, folder=None) -> dict:
+    """`apply`'s int4 options from an adapter's settings (and, for GPTQ, the calibration tokens in
+    its `folder`). Adapters from before kft chose the groups' ranges recorded groups of 128 and no
+    ranges: their base is rebuilt as it was then."""
     if meta.get("quantize") != "int4":
         return {}
-    return {"int4_block_size": int(meta.get("int4_block_size", 128)), "int4_ranges": meta.get("int4_ranges", "full")}
+    options = {"int4_block_size": int(meta.get("int4_block_size", 128)), "int4_ranges": meta.get("int4_ranges", "full")}
+    if meta.get("int4_rounding") == "gptq":
+        options.update(int4_rounding="gptq", calibration=load_calibration(folder, meta))
+    return options
+
+
+def save_calibration(folder, task) -> None:
+    """Write the calibration tokens a GPTQ base was rounded on, if it was, beside the adapter."""
+    import numpy as np
+    from pathlib import Path
+
+    if getattr(task, "kft_calibration", None) is not None:
+        np.savez(Path(folder) / CALIBRATION_FILE, **{k: np.asarray(v) for k, v in task.kft_calibration.items()})
+
+
+def load_calibration(folder, meta: dict) -> dict:
+    import numpy as np
+    from pathlib import Path
+
+    path = Path(folder or ".") / meta.get("calibration", CALIBRATION_FILE)
+    if not path.is_file():
+        raise KftError(f"this adapter's int4 base was rounded by GPTQ on calibration tokens saved as {path.name}, "
+                       f"which is missing from '{folder}'; copy it back beside adapter_config.json")
+    with np.load(path) as saved:
+        return {name: saved[name] for name in saved.files}
 
 
 def base_bytes(model) -> dict:
