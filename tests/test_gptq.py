@@ -52,6 +52,47 @@ def test_gptq_codes_are_the_papers_and_cut_the_output_error_on_correlated_inputs
     np.testing.assert_array_equal(gptq.codes_on_grid(weights, scale, zero, np.eye(200)), nearest)
 
 
+def _reference_regrouped_gptq(weights, hessian, group, damp=0.01):
+    """The same loop, with each group's least-squares grid fitted when the loop reaches the group."""
+    from kft import int4_groups
+
+    weights, n = weights.astype(np.float64), weights.shape[1]
+    hessian = hessian + damp * np.mean(np.diag(hessian)) * np.eye(n)
+    upper = np.linalg.cholesky(np.linalg.inv(hessian)).T
+    codes, scales, zeros = np.zeros_like(weights), [], []
+    for i in range(n):
+        if i % group == 0:
+            _, scale, zero = int4_groups.fit(weights[:, i:i + group].T, group)
+            scale, zero = scale[0], zero[0].astype(np.float64)
+            scales.append(scale), zeros.append(zero)
+        codes[:, i] = np.clip(np.round(weights[:, i] / scale) + zero, -8, 7)
+        error = (weights[:, i] - (codes[:, i] - zero) * scale) / upper[i, i]
+        weights[:, i + 1:] -= np.outer(error, upper[i, i + 1:])
+    return codes, np.stack(scales), np.stack(zeros)
+
+
+def test_gptq_fits_each_groups_grid_when_it_reaches_it_where_groups_run_along_the_inputs():
+    from kft import gptq
+
+    rng = np.random.default_rng(1)
+    weights = rng.normal(size=(32, 256)).astype(np.float32)
+    inputs = rng.normal(size=(3000, 24)) @ rng.normal(size=(24, 256)) + 0.1 * rng.normal(size=(3000, 256))
+    hessian = inputs.T @ inputs / len(inputs)
+    codes, scale, zero = gptq.codes_and_grid(weights, hessian, 64)
+    ref_codes, ref_scale, ref_zero = _reference_regrouped_gptq(weights, hessian, 64)
+    assert scale.shape == zero.shape == (4, 32) and zero.dtype == np.int8
+    # float32 against float64 feedback: a rare tie may round the other way
+    assert np.mean(codes != ref_codes) < 0.01
+    np.testing.assert_allclose(scale, ref_scale, rtol=1e-3)
+
+    def output_error(codes, scale, zero):
+        group = np.arange(256) // 64
+        return float(np.sum(((weights - (codes - zero.T[:, group]) * scale.T[:, group]) @ inputs.T) ** 2))
+
+    nearest, near_scale, near_zero = _grid(weights)  # the grid on the float weights, nearest codes
+    assert output_error(codes, scale, zero) < 0.2 * output_error(nearest, near_scale[:, ::64].T, near_zero[:, ::64].T)
+
+
 def _quantized_loss(base, rounding, calibration):
     from kft import quantize
     from quantize_helpers import loss_and_lora_grads

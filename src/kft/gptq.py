@@ -7,11 +7,13 @@ layer's input Hessian H = X^T X taken over calibration tokens: it minimises the 
 layer's output on those inputs instead of the error of its weights. On the main job it keeps the
 held-out loss before training near the float base's (docs/benchmarks.md).
 
-Keras has GPTQ too, but its GPTQ layers refuse LoRA, and its groups run along each output's input
-features, while Keras' int4 layers (which take LoRA) group rows of the kernel flattened in memory
-order: a query kernel's [heads, input, head size] groups straddle heads. So kft keeps Keras' int4
-layout and kft's least-squares grid (scale and zero point per group, chosen on the float kernel)
-and lets GPTQ choose only the codes on that fixed grid.
+Keras has GPTQ too, but its GPTQ layers refuse LoRA. So kft writes GPTQ's codes into Keras' int4
+layers (which take LoRA), in their layout: a kernel flattened in memory order, in groups of rows.
+Where those rows are the input features (every Dense, and EinsumDense kernels whose inputs come
+first: attention output, feed-forward), a group's grid (kft's least-squares scale and zero point) is
+fitted when GPTQ reaches it, on the weights as the errors fed forward have left them, as GPTQ does. Where
+they are not (query/key/value kernels, [heads, input, head size]: a group straddles heads), the grid
+is fitted on the float kernel first and GPTQ chooses only the codes on it.
 
 The calibration tokens go through the float model once, in one batch; a layer is rounded as soon
 as it has been called, so one Hessian is held at a time. Layers never called (embeddings, Gemma 4's
@@ -54,11 +56,7 @@ def codes_on_grid(weights: np.ndarray, scale: np.ndarray, zero: np.ndarray, hess
     """GPTQ's int4 codes for `weights` [outputs, inputs] on the fixed grid (scale, zero), both
     [outputs, inputs], given the inputs' Hessian [inputs, inputs]."""
     n = weights.shape[1]
-    h = np.array(hessian, np.float64)
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    h[np.diag_indices(n)] += DAMP * np.mean(np.diag(h))
-    upper = _inverse_cholesky(h)
+    upper = _inverse_cholesky(_damped(hessian))
     pad = -n % BLOCK
     if pad:  # padded inputs: weight 0 on a grid that rounds it exactly, no coupling
         weights, scale, zero = (np.pad(a, ((0, 0), (0, pad)), constant_values=v)
@@ -84,26 +82,14 @@ def _gptq_jitted():
 
     def run(weights, scale, zero, upper):
         outputs, n = weights.shape
-        qmin, qmax = LEVELS
 
         def block(b, state):
             weights, codes = state
             start = b * BLOCK
-            w = jax.lax.dynamic_slice(weights, (0, start), (outputs, BLOCK))
-            s = jax.lax.dynamic_slice(scale, (0, start), (outputs, BLOCK))
-            z = jax.lax.dynamic_slice(zero, (0, start), (outputs, BLOCK))
+            w, s, z = (jax.lax.dynamic_slice(a, (0, start), (outputs, BLOCK)) for a in (weights, scale, zero))
             u = jax.lax.dynamic_slice(upper, (start, start), (BLOCK, BLOCK))
-
-            def column(j, inner):
-                w, q, err = inner
-                code = jnp.clip(jnp.round(w[:, j] / s[:, j]) + z[:, j], qmin, qmax)
-                e = (w[:, j] - (code - z[:, j]) * s[:, j]) / u[j, j]
-                later = (jnp.arange(BLOCK) > j).astype(w.dtype)
-                w = w - e[:, None] * (u[j] * later)[None, :]
-                return w, q.at[:, j].set(code), err.at[:, j].set(e)
-
             zeros = jnp.zeros((outputs, BLOCK), weights.dtype)
-            _, q, err = jax.lax.fori_loop(0, BLOCK, column, (w, zeros, zeros))
+            _, q, err = _round_columns(w, zeros, zeros, u, s, z, 0, BLOCK)
             rows = jax.lax.dynamic_slice(upper, (start, 0), (BLOCK, n))
             rows = rows * (jnp.arange(n) >= start + BLOCK).astype(rows.dtype)[None, :]
             weights = weights - err @ rows  # the lazy update of every input feature after this block
@@ -111,6 +97,86 @@ def _gptq_jitted():
 
         _, codes = jax.lax.fori_loop(0, n // BLOCK, block, (weights, jnp.zeros_like(weights)))
         return codes.astype(jnp.int8)
+
+    return jax.jit(run)
+
+
+def codes_and_grid(weights: np.ndarray, hessian: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes [outputs, inputs], scale and zero [inputs / group, outputs]) for `weights` whose groups
+    run along each output's inputs: each group's grid is fitted when GPTQ reaches it, on the weights
+    as the errors fed forward so far have left them (GPTQ's own order)."""
+    n = weights.shape[1]
+    if n % BLOCK or BLOCK % group:
+        raise ValueError(f"{n} inputs in groups of {group}: GPTQ's regrouping needs multiples of {BLOCK}")
+    upper = _inverse_cholesky(_damped(hessian))
+    from kft import int4_groups
+
+    shrinks = tuple(float(x) for x in int4_groups.SHRINKS)
+    codes, scale, zero = _gptq_regrouped_jitted(group, shrinks)(np.asarray(weights, np.float32),
+                                                                np.asarray(upper, np.float32))
+    return np.asarray(codes), np.asarray(scale), np.asarray(zero)
+
+
+def _damped(hessian: np.ndarray) -> np.ndarray:
+    h = np.array(hessian, np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices(len(h))] += DAMP * np.mean(np.diag(h))
+    return h
+
+
+def _round_columns(w, q, err, u, scale, zero, start, stop):
+    """GPTQ's inner loop over columns start..stop-1 of a block (jax.numpy)."""
+    import jax
+    import jax.numpy as jnp
+
+    qmin, qmax = LEVELS
+
+    def column(j, inner):
+        w, q, err = inner
+        s, z = (scale, zero) if scale.ndim == 1 else (scale[:, j], zero[:, j])
+        code = jnp.clip(jnp.round(w[:, j] / s) + z, qmin, qmax)
+        e = (w[:, j] - (code - z) * s) / u[j, j]
+        later = (jnp.arange(w.shape[1]) > j).astype(w.dtype)
+        w = w - e[:, None] * (u[j] * later)[None, :]
+        return w, q.at[:, j].set(code), err.at[:, j].set(e)
+
+    return jax.lax.fori_loop(start, stop, column, (w, q, err))
+
+
+@functools.cache
+def _gptq_regrouped_jitted(group: int, shrinks: tuple):
+    import jax
+    import jax.numpy as jnp
+
+    from kft import int4_groups
+
+    def run(weights, upper):
+        outputs, n = weights.shape
+        per_block = BLOCK // group
+
+        def block(b, state):
+            weights, codes, scales, zeros = state
+            start = b * BLOCK
+            w = jax.lax.dynamic_slice(weights, (0, start), (outputs, BLOCK))
+            u = jax.lax.dynamic_slice(upper, (start, start), (BLOCK, BLOCK))
+            q = err = jnp.zeros((outputs, BLOCK), weights.dtype)
+            for g in range(per_block):
+                lo = g * group
+                _, scale, zero = int4_groups.fit_groups(w[:, lo:lo + group].T, group, shrinks, LEVELS)
+                scale, zero = scale[0], zero[0].astype(weights.dtype)
+                w, q, err = _round_columns(w, q, err, u, scale, zero, lo, lo + group)
+                index = b * per_block + g
+                scales = jax.lax.dynamic_update_slice(scales, scale[None], (index, 0))
+                zeros = jax.lax.dynamic_update_slice(zeros, zero[None], (index, 0))
+            rows = jax.lax.dynamic_slice(upper, (start, 0), (BLOCK, n))
+            rows = rows * (jnp.arange(n) >= start + BLOCK).astype(rows.dtype)[None, :]
+            return weights - err @ rows, jax.lax.dynamic_update_slice(codes, q, (0, start)), scales, zeros
+
+        empty = jnp.zeros((n // group, outputs), weights.dtype)
+        _, codes, scales, zeros = jax.lax.fori_loop(0, n // BLOCK, block,
+                                                    (weights, jnp.zeros_like(weights), empty, empty))
+        return codes.astype(jnp.int8), scales, zeros.astype(jnp.int8)
 
     return jax.jit(run)
 

@@ -36,32 +36,35 @@ def fit(flat: np.ndarray, block: int, levels: tuple[int, int] = LEVELS) -> tuple
     return np.asarray(codes), np.asarray(scale), np.asarray(zero)
 
 
+def fit_groups(flat, block: int, shrinks: tuple, levels: tuple):
+    """`fit`'s search in jax.numpy (traceable: GPTQ runs it inside its own jitted loop)."""
+    import jax.numpy as jnp
+
+    qmin, qmax = levels
+    rows, cols = flat.shape
+    groups = -(-rows // block)
+    x = jnp.zeros((groups * block, cols), jnp.float32).at[:rows].set(flat).reshape(groups, block, cols)
+    valid = (jnp.arange(groups * block) < rows).reshape(groups, block, 1)
+    low = jnp.where(valid, x, jnp.inf).min(axis=1, keepdims=True)
+    high = jnp.where(valid, x, -jnp.inf).max(axis=1, keepdims=True)
+    best = (jnp.full((groups, 1, cols), jnp.inf, jnp.float32), jnp.zeros((groups, 1, cols), jnp.float32),
+            jnp.zeros((groups, 1, cols), jnp.float32))
+    for shrink in shrinks:
+        scale = ((high - low) * shrink + 1e-7) / (qmax - qmin)
+        zero = jnp.clip(jnp.round(-low * shrink / scale) + qmin, qmin, qmax)
+        codes = jnp.clip(jnp.round(x * (1 / scale)) + zero, qmin, qmax)  # a multiply: the search's cost
+        err = jnp.sum(jnp.square((codes - zero) * scale - x) * valid, axis=1, keepdims=True)
+        better = err < best[0]
+        best = tuple(jnp.where(better, new, old) for new, old in zip((err, scale, zero), best))
+    _, scale, zero = best
+    codes = jnp.clip(jnp.round(x / scale) + zero, qmin, qmax).reshape(groups * block, cols)[:rows]
+    small = jnp.int8 if qmax < 128 else jnp.int16
+    return codes.astype(small), scale[:, 0], zero[:, 0].astype(small)
+
+
 @functools.cache
 def _fit_jitted():
     import jax
-    import jax.numpy as jnp
-
-    def fit_groups(flat, block, shrinks, levels):
-        qmin, qmax = levels
-        rows, cols = flat.shape
-        groups = -(-rows // block)
-        x = jnp.zeros((groups * block, cols), jnp.float32).at[:rows].set(flat).reshape(groups, block, cols)
-        valid = (jnp.arange(groups * block) < rows).reshape(groups, block, 1)
-        low = jnp.where(valid, x, jnp.inf).min(axis=1, keepdims=True)
-        high = jnp.where(valid, x, -jnp.inf).max(axis=1, keepdims=True)
-        best = (jnp.full((groups, 1, cols), jnp.inf, jnp.float32), jnp.zeros((groups, 1, cols), jnp.float32),
-                jnp.zeros((groups, 1, cols), jnp.float32))
-        for shrink in shrinks:
-            scale = ((high - low) * shrink + 1e-7) / (qmax - qmin)
-            zero = jnp.clip(jnp.round(-low * shrink / scale) + qmin, qmin, qmax)
-            codes = jnp.clip(jnp.round(x * (1 / scale)) + zero, qmin, qmax)  # a multiply: the search's cost
-            err = jnp.sum(jnp.square((codes - zero) * scale - x) * valid, axis=1, keepdims=True)
-            better = err < best[0]
-            best = tuple(jnp.where(better, new, old) for new, old in zip((err, scale, zero), best))
-        _, scale, zero = best
-        codes = jnp.clip(jnp.round(x / scale) + zero, qmin, qmax).reshape(groups * block, cols)[:rows]
-        small = jnp.int8 if qmax < 128 else jnp.int16
-        return codes.astype(small), scale[:, 0], zero[:, 0].astype(small)
 
     return jax.jit(fit_groups, static_argnums=(1, 2, 3))
 
@@ -76,16 +79,23 @@ def refit(layer, float_kernel: np.ndarray, hessian: np.ndarray | None = None) ->
     reduced = list(getattr(layer, "_kernel_reduced_axes", None) or [0])  # Dense: [in, out]
     rows = int(np.prod([float_kernel.shape[a] for a in reduced]))
     flat = np.asarray(float_kernel, np.float32).reshape(rows, -1)  # Keras' flattening: memory order
-    codes, scale, zero = fit(flat, block)
-    if hessian is not None:
+    if hessian is None:
+        codes, scale, zero = fit(flat, block)
+    else:
         from kft import gptq
 
-        group = np.arange(rows) // block
-        per_weight = [np.asarray(a)[group].reshape(float_kernel.shape) for a in (scale, zero.astype(np.float32))]
-        weights, moved_shape, order = gptq.out_in_view(np.asarray(float_kernel, np.float32), reduced)
-        grid = [gptq.out_in_view(a, reduced)[0] for a in per_weight]
-        chosen = gptq.codes_on_grid(weights, *grid, hessian)
-        codes = gptq.from_out_in(chosen, moved_shape, order).reshape(rows, -1)
+        if reduced == list(range(len(reduced))) and rows % gptq.BLOCK == 0 and gptq.BLOCK % block == 0:
+            # Groups run along each output's inputs: GPTQ fits each group's grid when it reaches it.
+            codes, scale, zero = gptq.codes_and_grid(flat.T, hessian, block)
+            codes = codes.T
+        else:  # Keras' memory-order groups straddle outputs (q/k/v): GPTQ's codes on the least-squares grid
+            codes, scale, zero = fit(flat, block)
+            group = np.arange(rows) // block
+            per_weight = [np.asarray(a)[group].reshape(float_kernel.shape) for a in (scale, zero.astype(np.float32))]
+            weights, moved_shape, order = gptq.out_in_view(np.asarray(float_kernel, np.float32), reduced)
+            grid = [gptq.out_in_view(a, reduced)[0] for a in per_weight]
+            chosen = gptq.codes_on_grid(weights, *grid, hessian)
+            codes = gptq.from_out_in(chosen, moved_shape, order).reshape(rows, -1)
     packed, _, _ = quantizers.pack_int4(codes, axis=-1)
     for variable, value in ((layer._kernel, packed), (layer.kernel_scale, scale), (layer.kernel_zero, zero)):
         if tuple(variable.shape) != tuple(value.shape):
