@@ -10,16 +10,21 @@ import pytest
 from conftest import REPO, USER_KFT_CACHE
 
 
-@pytest.mark.slow
-def test_lora_teaches_gemma3_270m_to_answer_in_json_and_the_adapter_reloads_exactly(tmp_path):
+def _script_results(script, tmp_path, *args):
+    """Run scripts/`script` with the user's kft cache (the real preset is built once there); its --json."""
     env = dict(os.environ)
     env.pop("KFT_CACHE")
     if USER_KFT_CACHE:
         env["KFT_CACHE"] = USER_KFT_CACHE
     out = tmp_path / "results.json"
-    subprocess.run([sys.executable, os.path.join(REPO, "scripts", "prove_learning.py"), "--run-dir", str(tmp_path),
-                    "--json", str(out)], env=env, check=True)
-    r = json.loads(out.read_text())
+    subprocess.run([sys.executable, os.path.join(REPO, "scripts", script), *args, "--json", str(out)], env=env,
+                   check=True)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_lora_teaches_gemma3_270m_to_answer_in_json_and_the_adapter_reloads_exactly(tmp_path):
+    r = _script_results("prove_learning.py", tmp_path, "--run-dir", str(tmp_path))
     assert r["heldout_examples"] == 64
     assert r["tuned_loss"] <= 0.7 * r["base_loss"]
     assert r["tuned_metric"] >= r["base_metric"] + 40
@@ -32,13 +37,6 @@ def test_lora_teaches_gemma3_270m_to_answer_in_json_and_the_adapter_reloads_exac
 @pytest.mark.slow
 def test_gptq_rounding_brings_the_int4_base_of_gemma3_270m_back_toward_the_float_one(tmp_path):
     # docs/benchmarks.md: held-out loss before training, float 0.8534, int4 1.0368, int4 + GPTQ 0.8914 (~5 min)
-    env = dict(os.environ)
-    env.pop("KFT_CACHE")
-    if USER_KFT_CACHE:
-        env["KFT_CACHE"] = USER_KFT_CACHE
-    out = tmp_path / "losses.json"
-    subprocess.run([sys.executable, os.path.join(REPO, "scripts", "int4_heldout.py"), "--json", str(out)],
-                   env=env, check=True)
-    loss = json.loads(out.read_text())
+    loss = _script_results("int4_heldout.py", tmp_path)
     assert loss["least-squares"] > 1.15 * loss["float"]  # what the default int4 costs this model
     assert loss["gptq"] < 1.08 * loss["float"]
