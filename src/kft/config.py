@@ -339,10 +339,7 @@ def validate(c: Config) -> None:
     quantize.check(c.model.quantize, c.model.precision)
     if not isinstance(c.model.int4_block_size, int) or c.model.int4_block_size < 8:
         _fail("model.int4_block_size", f"must be a whole number >= 8, got {c.model.int4_block_size!r}; try 64")
-    if c.model.int4_rounding not in quantize.INT4_ROUNDINGS:
-        _fail("model.int4_rounding", f"must be one of {', '.join(quantize.INT4_ROUNDINGS)}, got '{c.model.int4_rounding}'")
-    if c.model.int4_rounding == "gptq" and c.model.quantize != "int4":
-        _fail("model.int4_rounding", f"gptq applies to model.quantize int4, not '{c.model.quantize}'")
+    quantize.check_rounding(c.model.quantize, c.model.int4_rounding)
     if not isinstance(c.model.calibration_examples, int) or c.model.calibration_examples < 1:
         _fail("model.calibration_examples", f"must be a whole number >= 1, got {c.model.calibration_examples!r}; try 64")
     if not c.model.preset:

@@ -90,10 +90,7 @@ def _gptq_jitted():
             u = jax.lax.dynamic_slice(upper, (start, start), (BLOCK, BLOCK))
             zeros = jnp.zeros((outputs, BLOCK), weights.dtype)
             _, q, err = _round_columns(w, zeros, zeros, u, s, z, 0, BLOCK)
-            rows = jax.lax.dynamic_slice(upper, (start, 0), (BLOCK, n))
-            rows = rows * (jnp.arange(n) >= start + BLOCK).astype(rows.dtype)[None, :]
-            weights = weights - err @ rows  # the lazy update of every input feature after this block
-            return weights, jax.lax.dynamic_update_slice(codes, q, (0, start))
+            return _lazy_update(weights, err, upper, start), jax.lax.dynamic_update_slice(codes, q, (0, start))
 
         _, codes = jax.lax.fori_loop(0, n // BLOCK, block, (weights, jnp.zeros_like(weights)))
         return codes.astype(jnp.int8)
@@ -108,9 +105,9 @@ def codes_and_grid(weights: np.ndarray, hessian: np.ndarray, group: int) -> tupl
     n = weights.shape[1]
     if n % BLOCK or BLOCK % group:
         raise ValueError(f"{n} inputs in groups of {group}: GPTQ's regrouping needs multiples of {BLOCK}")
-    upper = _inverse_cholesky(_damped(hessian))
     from kft import int4_groups
 
+    upper = _inverse_cholesky(_damped(hessian))
     shrinks = tuple(float(x) for x in int4_groups.SHRINKS)
     codes, scale, zero = _gptq_regrouped_jitted(group, shrinks)(np.asarray(weights, np.float32),
                                                                 np.asarray(upper, np.float32))
@@ -144,6 +141,16 @@ def _round_columns(w, q, err, u, scale, zero, start, stop):
     return jax.lax.fori_loop(start, stop, column, (w, q, err))
 
 
+def _lazy_update(weights, err, upper, start):
+    """GPTQ's lazy update: the errors fed by a block's columns into every input feature after it."""
+    import jax
+    import jax.numpy as jnp
+
+    n = weights.shape[1]
+    rows = jax.lax.dynamic_slice(upper, (start, 0), (BLOCK, n))
+    return weights - err @ (rows * (jnp.arange(n) >= start + BLOCK).astype(rows.dtype)[None, :])
+
+
 @functools.cache
 def _gptq_regrouped_jitted(group: int, shrinks: tuple):
     import jax
@@ -169,9 +176,8 @@ def _gptq_regrouped_jitted(group: int, shrinks: tuple):
                 index = b * per_block + g
                 scales = jax.lax.dynamic_update_slice(scales, scale[None], (index, 0))
                 zeros = jax.lax.dynamic_update_slice(zeros, zero[None], (index, 0))
-            rows = jax.lax.dynamic_slice(upper, (start, 0), (BLOCK, n))
-            rows = rows * (jnp.arange(n) >= start + BLOCK).astype(rows.dtype)[None, :]
-            return weights - err @ rows, jax.lax.dynamic_update_slice(codes, q, (0, start)), scales, zeros
+            return (_lazy_update(weights, err, upper, start), jax.lax.dynamic_update_slice(codes, q, (0, start)),
+                    scales, zeros)
 
         empty = jnp.zeros((n // group, outputs), weights.dtype)
         _, codes, scales, zeros = jax.lax.fori_loop(0, n // BLOCK, block,

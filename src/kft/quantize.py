@@ -260,9 +260,10 @@ def options(c, calibration=None) -> dict:
     backbone inputs) serves `model.int4_rounding: gptq`."""
     if c.model.quantize != "int4":
         return {}
+    options = {"int4_block_size": c.model.int4_block_size}
     if c.model.int4_rounding == "gptq":
-        return {"int4_block_size": c.model.int4_block_size, "int4_rounding": "gptq", "calibration": calibration}
-    return {"int4_block_size": c.model.int4_block_size}
+        options.update(int4_rounding="gptq", calibration=calibration)
+    return options
 
 
 def rebuild_options(meta: dict, folder=None) -> dict:
