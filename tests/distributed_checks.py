@@ -107,6 +107,58 @@ def built_first(root: Path) -> str | None:
     return None
 
 
+def placement_case(root: Path) -> dict:
+    """A GPTQ int4 base loaded as on a GPU/TPU machine, device 0 playing the host and device 1 the
+    accelerator (kft.placement): where the quantization ran, what the 'accelerator' held at most
+    while it did, where the variables ended, and whether the logits equal a one-device load's."""
+    import jax
+    import numpy as np
+
+    from kft import int4_groups, model, placement
+
+    from kft.tiny import build_tiny_preset
+
+    path = root / "gemma3_12_layers"  # enough blocks that one block's float weights are a small part
+    if not (path / "config.json").is_file():
+        build_tiny_preset("gemma3", path, num_layers=12, hidden_dim=128, intermediate_dim=512, head_dim=32)
+    path = str(path)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, 250, size=(12, 16)).astype("int32")
+    mask = np.arange(16)[None, :] < rng.integers(6, 17, size=(12, 1))
+    calibration = {"token_ids": ids * mask, "padding_mask": mask}
+    probe = {"token_ids": ids[:2], "padding_mask": np.ones((2, 16), bool)}
+
+    def load():
+        task, _, _ = model.load(path, "float32", "int4", int4_rounding="gptq", calibration=calibration)
+        return task
+
+    expected = np.asarray(load()(probe))
+    float_decoder = sum(v.value.nbytes for v in model.load(path, "float32")[0].backbone.weights
+                        if v.path.startswith("decoder_block"))
+    host, accelerator = jax.devices()[:2]
+    seen = {"hessians": set(), "codes": set(), "peak": 0}
+    refit, devices = int4_groups.refit, placement._devices
+
+    def watched(layer, float_kernel, hessian=None):
+        seen["hessians"].add(str(getattr(hessian, "device", None)))
+        seen["codes"].add(str(layer._kernel.value.device))
+        held = sum(a.nbytes for a in jax.live_arrays() if accelerator in a.devices())
+        seen["peak"] = max(seen["peak"], held)
+        return refit(layer, float_kernel, hessian)
+
+    placement._devices, int4_groups.refit = (lambda: (host, accelerator)), watched
+    try:
+        task = load()
+    finally:
+        placement._devices, int4_groups.refit = devices, refit
+    quantized_decoder = sum(v.value.nbytes for v in task.backbone.weights if v.path.startswith("decoder_block"))
+    return {"hessians": sorted(seen["hessians"]), "codes": sorted(seen["codes"]),
+            # what the accelerator held beyond the quantized decoder it ends with
+            "peak_beyond_quantized": (seen["peak"] - quantized_decoder) / float_decoder, "accelerator": str(accelerator),
+            "variables": sorted({str(v.value.device) for v in task.variables}),
+            "logits_equal": bool(np.array_equal(np.asarray(task(probe)), expected))}
+
+
 def json_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -119,7 +171,8 @@ def main(check: str, out_file: str, root: str) -> None:
     root.mkdir(parents=True, exist_ok=True)
     results = {}
     if check == "fast":  # first, while no distribution is set
-        results["built_first"] = built_first(root)
+        results["placement"] = placement_case(root)
+        results["built_first"] = built_first(root)  # leaves a distribution set
     if check in ("fast", "grid"):
         heads, meshes = (FAST_HEADS, FAST_MESHES) if check == "fast" else (tuple(HEADS), MESHES)
         for h in heads:

@@ -228,12 +228,23 @@ def fast_checks(tmp_path_factory):
 
 
 def layout_cases(results: dict) -> dict:
-    return {k: v for k, v in results.items() if k != "built_first" and not k.startswith("train ")}
+    return {k: v for k, v in results.items() if k not in ("built_first", "placement") and not k.startswith("train ")}
 
 
 def test_tiny_presets_build_on_several_meshes_with_every_base_kernel_matching_one_layout(fast_checks):
     assert set(layout_cases(fast_checks)) == {f"{h} {m}" for h in ("8/1", "16/8") for m in ("2x4", "1x8", "data")}
     assert_laid_out(layout_cases(fast_checks))
+
+
+def test_a_gptq_int4_base_is_quantized_on_the_accelerator_one_block_at_a_time(fast_checks):
+    """Device 0 plays the host and device 1 the accelerator (kft.placement), as on a GPU/TPU machine."""
+    placed = fast_checks["placement"]
+    accelerator = placed["accelerator"]
+    assert placed["hessians"] == placed["codes"] == placed["variables"] == [accelerator], placed
+    # Beyond the quantized decoder it ends with, the accelerator held about one float block of twelve
+    # (plus Hessians and activations), never the float decoder.
+    assert placed["peak_beyond_quantized"] < 0.25, placed
+    assert placed["logits_equal"], placed
 
 
 def test_weights_per_device_shrink_with_the_mesh(fast_checks):

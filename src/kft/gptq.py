@@ -29,6 +29,8 @@ import numpy as np
 DAMP = 0.01  # added to H's diagonal, as a fraction of its mean (GPTQ's percdamp)
 BLOCK = 128  # input features rounded per lazy update (GPTQ's blocksize)
 LEVELS = (-8, 7)  # Keras' int4 codes
+CHUNK = 8  # calibration examples per pass through a decoder block
+HIGHEST = "highest"  # matmul precision: TPUs otherwise multiply float32 in bfloat16 passes
 
 
 def calibration_inputs(split, examples: int) -> dict:
@@ -52,36 +54,41 @@ def from_out_in(matrix: np.ndarray, moved_shape: tuple, order: list) -> np.ndarr
     return np.transpose(matrix.reshape(moved_shape), np.argsort(order))
 
 
-def codes_on_grid(weights: np.ndarray, scale: np.ndarray, zero: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+def codes_on_grid(weights, scale, zero, hessian) -> np.ndarray:
     """GPTQ's int4 codes for `weights` [outputs, inputs] on the fixed grid (scale, zero), both
-    [outputs, inputs], given the inputs' Hessian [inputs, inputs]."""
+    [outputs, inputs], given the inputs' Hessian [inputs, inputs] (which may be on the accelerator;
+    the work runs where the default device is)."""
+    import jax.numpy as jnp
+
     n = weights.shape[1]
-    upper = _inverse_cholesky(_damped(hessian))
-    pad = -n % BLOCK
-    if pad:  # padded inputs: weight 0 on a grid that rounds it exactly, no coupling
-        weights, scale, zero = (np.pad(a, ((0, 0), (0, pad)), constant_values=v)
-                                for a, v in ((weights, 0.0), (scale, 1.0), (zero, 0.0)))
-        upper = np.pad(upper, ((0, pad), (0, pad)))
-        upper[np.arange(n, n + pad), np.arange(n, n + pad)] = 1.0
-    codes = _gptq_jitted()(*(np.asarray(a, np.float32) for a in (weights, scale, zero, upper)))
+    pad = -n % BLOCK  # padded inputs: weight 0 on a grid that rounds it exactly, no coupling
+    weights, scale, zero = (np.pad(np.asarray(a, np.float32), ((0, 0), (0, pad)), constant_values=v)
+                            for a, v in ((weights, 0.0), (scale, 1.0), (zero, 0.0)))
+    codes = _gptq_jitted(pad)(weights, scale, zero, jnp.asarray(hessian, jnp.float32))
     return np.asarray(codes)[:, :n]
 
 
-def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
-    """The upper Cholesky factor of H^-1 (what GPTQ's updates use), in float64 on the host."""
-    lower = np.linalg.cholesky(h)
-    identity = np.eye(len(h))
-    inverse_lower = np.linalg.solve(lower, identity)
-    return np.linalg.cholesky(inverse_lower.T @ inverse_lower).T
-
-
-@functools.cache
-def _gptq_jitted():
+def _inverse_cholesky(h):
+    """The upper Cholesky factor of H^-1 (what GPTQ's updates use), in float32 as GPTQ's own code
+    computes it: H = L L^T, H^-1 = L^-T L^-1 (jax.numpy, traceable)."""
     import jax
     import jax.numpy as jnp
 
-    def run(weights, scale, zero, upper):
+    lower = jnp.linalg.cholesky(h)
+    inverse_lower = jax.scipy.linalg.solve_triangular(lower, jnp.eye(len(h), dtype=h.dtype), lower=True)
+    return jnp.linalg.cholesky(jnp.matmul(inverse_lower.T, inverse_lower, precision=HIGHEST)).T
+
+
+@functools.cache
+def _gptq_jitted(pad: int):
+    import jax
+    import jax.numpy as jnp
+
+    def run(weights, scale, zero, hessian):
         outputs, n = weights.shape
+        upper = _inverse_cholesky(_damped(hessian))
+        if pad:
+            upper = jax.scipy.linalg.block_diag(upper, jnp.eye(pad, dtype=upper.dtype))
 
         def block(b, state):
             weights, codes = state
@@ -107,19 +114,21 @@ def codes_and_grid(weights: np.ndarray, hessian: np.ndarray, group: int) -> tupl
         raise ValueError(f"{n} inputs in groups of {group}: GPTQ's regrouping needs multiples of {BLOCK}")
     from kft import int4_groups
 
-    upper = _inverse_cholesky(_damped(hessian))
+    import jax.numpy as jnp
+
     shrinks = tuple(float(x) for x in int4_groups.SHRINKS)
     codes, scale, zero = _gptq_regrouped_jitted(group, shrinks)(np.asarray(weights, np.float32),
-                                                                np.asarray(upper, np.float32))
+                                                                jnp.asarray(hessian, jnp.float32))
     return np.asarray(codes), np.asarray(scale), np.asarray(zero)
 
 
-def _damped(hessian: np.ndarray) -> np.ndarray:
-    h = np.array(hessian, np.float64)
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    h[np.diag_indices(len(h))] += DAMP * np.mean(np.diag(h))
-    return h
+def _damped(h):
+    """H with GPTQ's damping on its diagonal; inputs that were always zero get a diagonal of 1."""
+    import jax.numpy as jnp
+
+    diagonal = jnp.diag(h)
+    diagonal = jnp.where(diagonal > 0, diagonal, 1.0)
+    return h + jnp.diag(diagonal - jnp.diag(h) + DAMP * jnp.mean(diagonal))
 
 
 def _round_columns(w, q, err, u, scale, zero, start, stop):
@@ -148,7 +157,8 @@ def _lazy_update(weights, err, upper, start):
 
     n = weights.shape[1]
     rows = jax.lax.dynamic_slice(upper, (start, 0), (BLOCK, n))
-    return weights - err @ (rows * (jnp.arange(n) >= start + BLOCK).astype(rows.dtype)[None, :])
+    later = rows * (jnp.arange(n) >= start + BLOCK).astype(rows.dtype)[None, :]
+    return weights - jnp.matmul(err, later, precision=HIGHEST)
 
 
 @functools.cache
@@ -158,9 +168,11 @@ def _gptq_regrouped_jitted(group: int, shrinks: tuple):
 
     from kft import int4_groups
 
-    def run(weights, upper):
+    def run(weights, hessian):
         outputs, n = weights.shape
         per_block = BLOCK // group
+
+        upper = _inverse_cholesky(_damped(hessian))
 
         def block(b, state):
             weights, codes, scales, zeros = state
@@ -188,29 +200,73 @@ def _gptq_regrouped_jitted(group: int, shrinks: tuple):
 
 
 class Hessians:
-    """Wraps the `call` of `layers` so that each call adds its input's X^T X over the calibration
-    tokens (the padding mask's), then hands (layer, H) to `on_called` and forgets it."""
+    """While inside, each decoder block of `blocks` runs the calibration batch `CHUNK` examples at a
+    time, on the accelerator (kft.placement), and each of `layers` in it adds its inputs' X^T X over
+    the real tokens (the padding mask's). Once a block has seen the whole batch, `on_done(layer, H)`
+    is called for each of its layers that ran, and H is dropped: one block's Hessians, and one block's
+    inputs and outputs, are held at a time. Everything between the blocks (embeddings, final norm)
+    runs where it would have."""
 
-    def __init__(self, layers, padding_mask, on_called):
-        self.mask = np.asarray(padding_mask, bool).reshape(-1)
-        self.layers = list(layers)
-        self.on_called = on_called
-        self.called = set()
+    def __init__(self, blocks, layers, padding_mask, on_done, chunk: int = CHUNK):
+        self.mask = np.asarray(padding_mask, bool)
+        self.blocks, self.layers = list(blocks), list(layers)
+        self.on_done, self.chunk = on_done, chunk
+        self.rows = None  # the current chunk's mask, flattened
+        self.sums = {}  # id(layer) -> (layer, sum of X^T X, tokens)
+        self.passed = None  # the last block's output
 
     def __enter__(self):
         for layer in self.layers:
-            layer.call = functools.partial(self._call, layer, layer.call)
+            layer.call = functools.partial(self._layer_call, layer, layer.call)
+        for block in self.blocks:
+            block.call = functools.partial(self._block_call, block, block.call)
         return self
 
     def __exit__(self, *exc):
-        for layer in self.layers:
+        for layer in self.layers + self.blocks:
             del layer.call  # the instance attribute: the class's call again
 
-    def _call(self, layer, call, x, *args, **kwargs):
+    def _layer_call(self, layer, call, x, *args, **kwargs):
+        import jax.numpy as jnp
+
         out = call(x, *args, **kwargs)
-        if id(layer) not in self.called:  # a layer called twice keeps its first inputs
-            self.called.add(id(layer))
-            leading = int(np.prod(np.shape(x)[:2]))
-            flat = np.asarray(x, np.float32).reshape(leading, -1)[self.mask]
-            self.on_called(layer, (flat.T @ flat) / max(1, len(flat)))
+        if self.rows is not None:
+            flat = jnp.reshape(jnp.asarray(x, jnp.float32), (self.rows.shape[0], -1)) * self.rows[:, None]
+            total = jnp.matmul(flat.T, flat, precision=HIGHEST)
+            _, before, tokens = self.sums.get(id(layer), (layer, 0.0, 0))
+            self.sums[id(layer)] = (layer, before + total, tokens + int(self.rows.sum()))
+        return out
+
+    def _block_call(self, block, call, x, *args, **kwargs):
+        import jax
+        import jax.numpy as jnp
+
+        from kft import placement
+
+        batch = int(np.shape(x)[0])
+        if batch != len(self.mask):  # not the calibration pass
+            return call(x, *args, **kwargs)
+
+        def rows(start):
+            return lambda a: a[start:start + self.chunk] if np.ndim(a) and np.shape(a)[0] == batch else a
+
+        outs = []
+        with placement.on_accelerator():
+            for start in range(0, batch, self.chunk):
+                self.rows = jnp.asarray(self.mask[start:start + self.chunk].reshape(-1), jnp.float32)
+                piece, piece_kwargs = jax.tree_util.tree_map(rows(start), ((x, *args), kwargs))
+                outs.append(call(*piece, **piece_kwargs))
+            self.rows = None
+            out = jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts, axis=0), *outs)
+            for layer in block._flatten_layers():
+                if id(layer) in self.sums:
+                    layer, total, tokens = self.sums.pop(id(layer))
+                    hessian = total / max(1, tokens)
+                    del total
+                    self.on_done(layer, hessian)
+        # Keras' functional forward keeps every block's output to its end: for a 9B on 64 x 512
+        # tokens, 20 GB. The previous block's output is read by this block only; free it.
+        if x is self.passed:
+            x.delete()
+        self.passed = out[0] if isinstance(out, (tuple, list)) else out
         return out

@@ -204,14 +204,15 @@ def _quantize_layers(model, mode: str, wanted, config, refit: bool, calibration=
     stderr (a 9B model's 294 kernels take minutes on a host CPU); with `refit`, each int4 layer's
     groups are refitted from its float kernel (`kft.int4_groups`) while that kernel is at hand.
     With `calibration` (backbone inputs), the calibration tokens first run through the float
-    backbone once, and each layer is quantized, with GPTQ's codes, as soon as it has been called."""
+    backbone once, and each decoder block's layers are quantized, with GPTQ's codes, as soon as the
+    block has run (`kft.gptq.Hessians`). Kernels are quantized on the accelerator (kft.placement)."""
     import sys
 
     import keras
     import numpy as np
     from keras.src.quantizers.utils import should_quantize_layer
 
-    from kft import gptq, int4_groups
+    from kft import gptq, int4_groups, placement
     from kft.progress import Counter
 
     layers = [layer for layer in model._flatten_layers()
@@ -235,11 +236,13 @@ def _quantize_layers(model, mode: str, wanted, config, refit: bool, calibration=
     if calibration is not None:
         called = [layer for layer in layers if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))]
         backbone = getattr(model, "backbone", model)
-        with gptq.Hessians(called, calibration["padding_mask"], quantize_one):
+        with gptq.Hessians(backbone.transformer_layers, called, calibration["padding_mask"], quantize_one):
             backbone(dict(calibration))
     for layer in layers:
-        if id(layer) not in done:
-            quantize_one(layer)
+        if id(layer) not in done:  # a lookup table (maybe GBs) is quantized where it is; kernels on the accelerator
+            lookup = isinstance(layer, keras.layers.Embedding)
+            with contextlib.nullcontext() if lookup else placement.on_accelerator():
+                quantize_one(layer)
     counter.close()
     model.train_function = model.test_function = model.predict_function = None
 
