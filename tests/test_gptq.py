@@ -146,15 +146,19 @@ def test_bad_gptq_settings_are_refused_in_one_line(extra, key, capsys):
     assert code == 2 and err.count("\n") == 1 and key in err, err
 
 
-def test_a_gptq_run_saves_its_calibration_and_reloads_to_identical_logits(tiny_presets, tmp_path):
+def test_an_int4_run_rounds_by_gptq_by_default_saves_its_calibration_and_reloads_to_identical_logits(
+        tiny_presets, tmp_path, capsys):
     import kft
-    from kft import adapter
+    from kft import adapter, config
     from kft.errors import KftError
 
+    assert config.ModelConfig().int4_rounding == "auto"
     result = kft.train(os.path.join(CONFIGS, "tiny.yaml"), **{
-        "model.preset": tiny_presets["gemma3"], "model.quantize": "int4", "model.int4_rounding": "gptq",
+        "model.preset": tiny_presets["gemma3"], "model.quantize": "int4",
         "model.calibration_examples": 8, "train.epochs": None, "train.max_steps": 6, "lora.rank": 4,
         "output.samples": 0, "output.tensorboard": False, "output.dir": str(tmp_path / "run")})
+    assert "kft: int4 rounding: gptq, calibrated on the first 8 training examples" in capsys.readouterr().out
+    assert "int4_rounding: auto" in (result.run_dir / "config.yaml").read_text()  # --resume compares the user's
     meta = adapter.read_config(result.run_dir)
     assert meta["int4_rounding"] == "gptq" and meta["calibration"] == "calibration.npz"
     with np.load(result.run_dir / "calibration.npz") as saved:

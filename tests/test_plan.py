@@ -136,3 +136,34 @@ def test_a_run_that_trains_in_memory_but_cannot_measure_is_told_so(capsys):
     code, out, _ = run_cli(["plan", *sets, "--set", "output.sample_max_new_tokens=2048"], capsys)
     assert "does not fit in 14.00 GB" in out.strip().splitlines()[-1]
     assert "measuring: key/value cache (25 prompts x 2304 positions)" in out
+
+
+def test_gptq_at_load_is_planned_and_auto_takes_the_nearest_codes_where_it_does_not_fit(capsys):
+    """GPTQ holds a block's input Hessians, or the widest layer's Hessian and ~4 copies while solving
+    (XLA's compiled buffer plan for the solve, `memory_analysis()` on CPU: H and 3.25 n^2 floats of
+    temporaries for n inputs). Gemma 2 9B's down
+    projection is 14,336 wide: it fits a 16 GB T4 beside the int4 decoder. Gemma 7B's is 24,576: not."""
+    from kft import config as config_lib, plan
+
+    def made(preset, rounding):
+        c = config_lib.load(None, {"model.preset": preset, "model.quantize": "int4", "model.precision": "float32",
+                                   "model.int4_rounding": rounding, "data.seq_len": 256, "train.batch_size": 1})
+        return c, plan.make(c, "16GB")
+
+    c9, p9 = made("gemma2_9b_en", "auto")
+    solve = dict(p9.quantizing_lines)["GPTQ at load: Hessians and solve, largest float kernel"]
+    assert solve == pytest.approx((5 * 14336 ** 2 + 2 * 3584 * 14336) * 4 / 1e9)
+    assert 0 < p9.quantizing < p9.training and p9.fits
+    assert plan.int4_rounding(c9, 1, "16GB") == "gptq"
+    assert plan.int4_rounding(c9, 2, "16GB") == "least-squares"  # not tested under a distribution yet
+    c7, p7 = made("gemma_7b_en", "auto")
+    assert p7.quantizing == 0 and p7.fits and plan.int4_rounding(c7, 1, "16GB") == "least-squares"
+    assert "least-squares (GPTQ's work at load would not fit" in capsys.readouterr().out
+    _, explicit = made("gemma_7b_en", "gptq")
+    assert not explicit.fits and explicit.peak == explicit.quantizing
+    assert explicit.advice.startswith("does not fit: try model.int4_rounding least-squares")
+    code, out, _ = run_cli(["plan", "--preset", "gemma_7b_en", "--device-memory", "16GB", "--set", "model.quantize=int4",
+                            "--set", "model.precision=float32"], capsys)
+    assert code == 0 and "GPTQ at load: does not fit, so int4_rounding auto = least-squares" in out
+    c8, p8 = made("gemma_7b_en", "least-squares")
+    assert p8.quantizing_lines == [] and p8.peak == pytest.approx(p7.peak)

@@ -293,6 +293,7 @@ def test_the_adapter_records_the_quantization_and_reloads_to_identical_logits(qu
     meta = adapter.read_config(result.run_dir)
     assert meta["quantize"] == "int4" and meta["quantize_weights_only"] is True
     assert meta["int4_block_size"] == quantize.INT4_BLOCK_SIZE and meta["int4_ranges"] == "least-squares"
+    assert meta["int4_rounding"] == "gptq"  # model.int4_rounding auto, on one device
     reloaded = kft.load(result.run_dir)
     assert reloaded.backbone.get_layer("decoder_block_0").attention.query_dense.quantization_mode == "int4"
     if family == "gemma4":  # the feed-forward projections read by the block read dequantized kernels again

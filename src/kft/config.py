@@ -56,10 +56,11 @@ class ModelConfig:
         "32 stays closer to the float model, 128 takes less memory.",
     )
     int4_rounding: str = _key(
-        "least-squares",
-        "int4 only: how codes are chosen on each group's grid: least-squares (the nearest code) or gptq "
+        "auto",
+        "int4 only: how codes are chosen on each group's grid: least-squares (the nearest code), gptq "
         "(GPTQ's error feedback through each layer's inputs on model.calibration_examples training "
-        "examples: closer to the float model's outputs, one extra forward pass of the float model at load).",
+        "examples: closer to the float model's outputs, one extra forward pass of the float model at load), "
+        "or auto: gptq on one device where kft plan says its work at load fits, else least-squares.",
     )
     calibration_examples: int = _key(
         64, "int4_rounding gptq only: how many of the first training examples calibrate it (saved with the adapter).")

@@ -144,12 +144,15 @@ def evaluate_run(run_dir, base: bool = False, metric: str | None = None) -> dict
     """Re-measure a run's eval split (or its sample prompts) with its adapter, or with the bare base model."""
     from pathlib import Path
 
-    from kft import config as config_lib, loading, model, quantize
+    from kft import adapter, config as config_lib, loading, model, quantize
 
     c = config_lib.load(str(Path(run_dir) / "config.yaml"))
     records, eval_records = data.load_sources(c.data)
-    task = (model.load(c.model.preset, c.model.precision, c.model.quantize, **quantize.options(c))[0] if base
-            else loading.load_tuned(run_dir))
+    if base:  # the base the run trained on: as its adapter records it (int4 rounding, calibration)
+        options = quantize.rebuild_options(adapter.read_config(run_dir), run_dir)
+        task = model.load(c.model.preset, c.model.precision, c.model.quantize, **options)[0]
+    else:
+        task = loading.load_tuned(run_dir)
     dataset = data.build(records, task.preprocessor.tokenizer, c.data, c.train.seed, num_prompts=c.output.samples,
                          eval_records=eval_records)
     model_for_loss = compile_task(task, logits_on=c.train.logits_on)

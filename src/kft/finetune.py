@@ -126,9 +126,11 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     keras.utils.set_random_seed(c.train.seed)
     records, eval_records = data.load_sources(c.data)
     mesh_plan = distribution.setup(c.model.preset, c.model.precision, c.train)  # before the preset loads
-    plan.check_before_training(c, devices=mesh_plan.mesh[0] * mesh_plan.mesh[1], model_axis=mesh_plan.mesh[1])
+    devices = mesh_plan.mesh[0] * mesh_plan.mesh[1]
+    plan.check_before_training(c, devices=devices, model_axis=mesh_plan.mesh[1])
+    rounding = plan.int4_rounding(c, devices)  # config.yaml keeps `auto`; the adapter records the choice
     task, family, policy = model.load(c.model.preset, c.model.precision, c.model.quantize,
-                                      **quantize.options(c, functools.partial(_calibration, c, records)))
+                                      **quantize.options(c, functools.partial(_calibration, c, records), rounding))
     weights_per_device = distribution.verify(task, mesh_plan)
     model.check_seq_len(task.backbone, c.data.seq_len)
     tokenizer = task.preprocessor.tokenizer
@@ -220,7 +222,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     adapter.save(out, task.backbone, {
         "base_preset": c.model.preset, "family": family, "rank": c.lora.rank, "alpha": c.lora.alpha or c.lora.rank,
         "targets": lora.target_names(c.lora.targets), "dtype": policy, "template": c.data.template,
-        **quantize.settings(c.model.quantize, c.model.int4_block_size, c.model.int4_rounding),
+        **quantize.settings(c.model.quantize, c.model.int4_block_size, rounding),
     })
     quantize.save_calibration(out, task)
     metrics["xla"] = {**xla.stop().as_dict(), "before": before.get("xla"), "after": after["xla"]}

@@ -205,6 +205,8 @@ class Plan:
     training: float = 0.0  # GB per device while training (the sum of `lines`)
     measuring_lines: list = field(default_factory=list)  # (label, GB): what measuring adds
     measuring: float = 0.0  # GB per device while measuring before/after (0: no samples)
+    quantizing_lines: list = field(default_factory=list)  # (label, GB): GPTQ's rounding at load
+    quantizing: float = 0.0  # GB per device while GPTQ rounds the base (0: not int4 gptq)
 
 
 def _storage_bytes(precision: str) -> int:
@@ -274,7 +276,19 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     shared = base + lora + optimizer + temporaries + runtime + kept_float  # what both phases hold
     plan.measuring_lines = measuring(a, c, devices, accelerator)
     plan.measuring = (shared / GB + sum(gb for _, gb in plan.measuring_lines)) if plan.measuring_lines else 0.0
-    plan.peak = max(plan.training, plan.measuring)
+    rounding = c.model.int4_rounding
+    if rounding == "gptq" or (rounding == "auto" and devices == 1):
+        plan.quantizing_lines = quantizing(a, c, accelerator)
+    if plan.quantizing_lines:
+        # Held meanwhile: the quantized decoder (all of it, at the end) and the runtime; on a CPU the
+        # float base too. The token embedding reaches an accelerator only after.
+        held = (quantizable + p["per-layer embedding"]) * quantized_bytes_per_param(mode, c.model.int4_block_size)
+        held += runtime + (sum(p.values()) * store if accelerator == "cpu" else 0)
+        plan.quantizing = (held / model_axis + sum(gb * GB for _, gb in plan.quantizing_lines)) / GB
+        if rounding == "auto" and plan.quantizing > device_memory_gb:  # auto falls back to the nearest codes
+            plan.quantizing_lines = [("GPTQ at load: does not fit, so int4_rounding auto = least-squares", 0.0)]
+            plan.quantizing = 0.0
+    plan.peak = max(plan.training, plan.measuring, plan.quantizing)
     plan.fits = plan.peak <= device_memory_gb
     count = sum(p.values())
     plan.header = (
@@ -286,6 +300,8 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
         plan.advice = f"fits with {device_memory_gb - plan.peak:.2f} GB to spare"
     else:
         tries = []
+        if plan.quantizing > device_memory_gb:
+            tries.append("model.int4_rounding least-squares")
         if mode != "int4":
             tries.append("model.quantize int4")
         elif c.model.int4_block_size < 128:
@@ -299,6 +315,30 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
         tries.append(f"{max(2, devices * 2)} devices")
         plan.advice = "does not fit: try " + ", ".join(tries[:-1]) + (", or " if len(tries) > 1 else "") + tries[-1]
     return plan
+
+
+def quantizing(a: Architecture, c, accelerator: str = "cpu") -> list:
+    """[(label, GB)]: what GPTQ's rounding of an int4 base (`model.int4_rounding: gptq`, kft.gptq)
+    holds at load beside the quantized decoder ([] otherwise): the calibration batch's hidden states
+    between two decoder blocks, one chunk's activations inside a block, the largest float kernel
+    (copied over and quantized), and the larger of a block's input Hessians (q, k, v, output, gate,
+    up, down: held until the block has run) and the widest layer's solve (its Hessian and ~4 copies
+    while the inverse's Cholesky factor is computed)."""
+    if c.model.quantize != "int4" or c.model.int4_rounding == "least-squares":
+        return []
+    from kft.gptq import CHUNK as CALIBRATION_CHUNK
+
+    compute = _compute_bytes(c.model.precision, accelerator)
+    seq = c.data.seq_len
+    hidden_states = 2 * c.model.calibration_examples * seq * a.hidden * compute
+    chunk = CALIBRATION_CHUNK * seq * (2 * a.query_heads * seq * 4 + 3 * a.ffw * compute + 6 * a.hidden * compute)
+    kernel = 2 * a.hidden * a.ffw * _storage_bytes(c.model.precision)
+    widths = [a.hidden] * 5 + [a.query_heads * a.head_dim, a.ffw]
+    hessians = max(sum(n * n for n in widths) + 4 * a.hidden ** 2, 5 * max(widths) ** 2) * 4
+    examples = f"{c.model.calibration_examples} x {seq}"
+    return [(f"GPTQ at load: hidden states ({examples}) and a block's activations ({CALIBRATION_CHUNK} x {seq})",
+             (hidden_states + chunk) / GB),
+            ("GPTQ at load: Hessians and solve, largest float kernel", (hessians + kernel) / GB)]
 
 
 # The cache counts 1.5 times: fitted to Gemma 3 270M on CPU, where the peak rose 1.4 times the
@@ -344,14 +384,20 @@ def measuring(a: Architecture, c, devices: int = 1, accelerator: str = "cpu") ->
 
 
 def render(plan: Plan, devices: int = 1, model_axis: int = 1) -> str:
-    width = max(len(label) for label, _ in plan.lines + plan.measuring_lines)
+    width = max(len(label) for label, _ in plan.lines + plan.measuring_lines + plan.quantizing_lines)
     lines = [plan.header, f"per device ({devices} device(s), model axis {model_axis}):"]
     lines += [f"  {label:<{width}}  {gb:8.3f} GB" for label, gb in plan.lines]
-    if plan.measuring_lines:
+    phases = plan.measuring_lines or plan.quantizing_lines
+    if phases:
         lines.append(f"  {'training':<{width}}  {plan.training:8.3f} GB")
+    if plan.measuring_lines:
         lines += [f"  {label:<{width}}  {gb:8.3f} GB" for label, gb in plan.measuring_lines]
         lines.append(f"  {'measuring (base, LoRA, runtime and the above)':<{width}}  {plan.measuring:8.3f} GB")
-    lines.append(f"  {'total' if not plan.measuring_lines else 'peak (the larger)':<{width}}  {plan.peak:8.3f} GB"
+    if plan.quantizing_lines:
+        lines += [f"  {label:<{width}}  {gb:8.3f} GB" for label, gb in plan.quantizing_lines]
+        lines.append(f"  {'GPTQ at load (quantized decoder, runtime and the above)':<{width}}  "
+                     f"{plan.quantizing:8.3f} GB")
+    lines.append(f"  {'total' if not phases else 'peak (the largest)':<{width}}  {plan.peak:8.3f} GB"
                  f"  -> {plan.advice}")
     lines.append(f"kft plan: peak {plan.peak:.2f} GB per device, {'fits' if plan.fits else 'does not fit'} "
                  f"in {plan.memory:.2f} GB")
@@ -409,6 +455,28 @@ def make(c, device_memory: str | float | None = None, devices: int = 1, model_ax
         memory = parse_memory(device_memory) if isinstance(device_memory, str) else float(device_memory)
         accelerator = accelerator or "gpu"
     return estimate(architecture(c.model.preset), c, memory, devices, model_axis, accelerator)
+
+
+def int4_rounding(c, devices: int = 1, device_memory: str | None = None) -> str:
+    """`model.int4_rounding` as a run applies it. `auto` is gptq on one device where the plan says
+    GPTQ's work at load fits, else least-squares (GPTQ is not tested under a multi-device
+    distribution); the choice is printed."""
+    rounding = c.model.int4_rounding
+    if c.model.quantize != "int4" or rounding != "auto":
+        return rounding
+    why = "GPTQ is not yet tested on several devices"
+    if devices == 1:
+        try:
+            gptq = make(c, device_memory).quantizing > 0
+        except KftError:  # no config.json to plan from: GPTQ's memory is the user's to watch
+            gptq = True
+        if gptq:
+            print(f"kft: int4 rounding: gptq, calibrated on the first {c.model.calibration_examples} training "
+                  "examples (model.int4_rounding least-squares skips it)", flush=True)
+            return "gptq"
+        why = "GPTQ's work at load would not fit in memory (see kft plan)"
+    print(f"kft: int4 rounding: least-squares ({why})", flush=True)
+    return "least-squares"
 
 
 def check_before_training(c, devices: int = 1, model_axis: int = 1) -> None:

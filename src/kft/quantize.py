@@ -47,6 +47,8 @@ INT4_RANGES = ("least-squares", "full")
 # How int4 codes are chosen on that grid: the nearest code, or GPTQ's (kft.gptq), which needs
 # calibration examples (config keys model.int4_rounding, model.calibration_examples).
 INT4_ROUNDINGS = ("least-squares", "gptq")
+# The config's default: gptq on one device when `kft plan` says its work at load fits (kft.plan.int4_rounding).
+AUTO = "auto"
 CALIBRATION_FILE = "calibration.npz"  # beside an adapter whose base was rounded by GPTQ
 
 
@@ -158,7 +160,7 @@ def apply(task, mode: str, filters="decoder", int4_block_size: int = INT4_BLOCK_
     wanted = decoder_filter(task) if filters == "decoder" else filters
     if int4_ranges not in INT4_RANGES:
         raise KftError(f"int4 ranges must be one of {', '.join(INT4_RANGES)}, got '{int4_ranges}'")
-    check_rounding(mode, int4_rounding)
+    check_rounding(mode, int4_rounding, INT4_ROUNDINGS)
     gptq = mode == "int4" and int4_rounding == "gptq"
     if gptq and calibration is None:
         raise KftError("model.int4_rounding gptq needs calibration examples, and none were given")
@@ -177,9 +179,9 @@ def apply(task, mode: str, filters="decoder", int4_block_size: int = INT4_BLOCK_
     return len(quantized)
 
 
-def check_rounding(mode: str, int4_rounding: str) -> None:
-    if int4_rounding not in INT4_ROUNDINGS:
-        raise KftError(f"model.int4_rounding must be one of {', '.join(INT4_ROUNDINGS)}, got '{int4_rounding}'")
+def check_rounding(mode: str, int4_rounding: str, choices=(AUTO, *INT4_ROUNDINGS)) -> None:
+    if int4_rounding not in choices:
+        raise KftError(f"model.int4_rounding must be one of {', '.join(choices)}, got '{int4_rounding}'")
     if int4_rounding == "gptq" and mode != "int4":
         raise KftError(f"model.int4_rounding gptq applies to model.quantize int4, not {mode}")
 
@@ -258,13 +260,14 @@ def settings(mode: str, int4_block_size: int = INT4_BLOCK_SIZE, int4_rounding: s
     return {"quantize": mode, "quantize_weights_only": True, "quantize_layers": "decoder", **extra}
 
 
-def options(c, calibration=None) -> dict:
+def options(c, calibration=None, int4_rounding: str | None = None) -> dict:
     """`apply`'s int4 options from a kft Config; `calibration` (a function of the task returning
-    backbone inputs) serves `model.int4_rounding: gptq`."""
+    backbone inputs) serves gptq rounding: `int4_rounding` (default: the config's, resolved from auto
+    by kft.plan.int4_rounding)."""
     if c.model.quantize != "int4":
         return {}
     options = {"int4_block_size": c.model.int4_block_size}
-    if c.model.int4_rounding == "gptq":
+    if (int4_rounding or c.model.int4_rounding) == "gptq":
         options.update(int4_rounding="gptq", calibration=calibration)
     return options
 
