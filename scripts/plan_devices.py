@@ -3,6 +3,8 @@
     python scripts/plan_devices.py [--presets gemma4_2b,gemma2_9b_en,gemma_7b_en]
 
 Defaults of `kft train` (LoRA r4 on query/value, batch 1 x 256). T4: 16 GB, no bfloat16 (float32).
+An int4 cell says how `model.int4_rounding: auto` rounds there: GPTQ where its work at load fits, else
+the nearest codes.
 v5e: one chip, 16 GB HBM, bfloat16 compute (precision auto on a TPU).
 """
 
@@ -27,7 +29,8 @@ def main(argv=None):
             for mode in ("none", "int8", "int4"):
                 c = config_lib.load(None, {"model.preset": preset, "model.quantize": mode, **sets})
                 p = plan.make(c, "16GB", accelerator=accelerator)
-                parts.append(f"{p.peak:.1f} {'fits' if p.fits else 'no'}")
+                rounding = (" (GPTQ)" if p.quantizing else " (nearest)") if mode == "int4" else ""
+                parts.append(f"{p.peak:.1f} {'fits' if p.fits else 'no'}{rounding}")
             cells.append(" / ".join(parts))
         print(f"| `{preset}` | " + " | ".join(cells) + " |")
 

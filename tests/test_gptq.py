@@ -123,6 +123,36 @@ def test_a_gptq_base_stays_closer_to_the_float_model_than_the_nearest_codes_on_u
     assert gptq < 0.7 * nearest, (gptq, nearest)
 
 
+def test_gemma4_feed_forward_inputs_are_rebuilt_as_its_block_computes_them(monkeypatch):
+    """Gemma 4's block multiplies by its feed-forward kernels itself (no layer call to wrap): the
+    Hessians kft rebuilds for them must be those of the left operands the block really uses."""
+    import keras
+    from kft import gptq, quantize
+
+    base = tiny_backbone("gemma4")
+    blocks = base.transformer_layers
+    kernels = {id(getattr(b, name).kernel): getattr(b, name).path for b in blocks for name in
+               quantize.KERNEL_READERS["Gemma4TextDecoderBlock"]}
+    used, matmul = {}, keras.ops.matmul
+
+    def recording(a, b):
+        if id(b) in kernels:
+            used.setdefault(kernels[id(b)], []).append(np.asarray(a, np.float64).reshape(-1, np.shape(a)[-1]))
+        return matmul(a, b)
+
+    monkeypatch.setattr(keras.ops, "matmul", recording)
+    inputs, _, _ = batch(seed=1, rows=6)
+    inputs["position_ids"] = np.broadcast_to(np.arange(24, dtype="int32"), (6, 24))
+    hessians = {}
+    layers = [layer for layer in base._flatten_layers() if isinstance(layer, keras.layers.EinsumDense)]
+    with gptq.Hessians(blocks, layers, inputs["padding_mask"], lambda layer, h: hessians.update({layer.path: h})):
+        base(inputs)
+    assert set(used) == set(kernels.values()) and set(kernels.values()) <= set(hessians)
+    for path, operands in used.items():
+        x = np.concatenate(operands)
+        np.testing.assert_allclose(np.asarray(hessians[path]), x.T @ x / len(x), rtol=1e-4, atol=1e-6)
+
+
 def test_gptq_needs_calibration_and_an_int4_base():
     from kft import quantize
     from kft.errors import KftError

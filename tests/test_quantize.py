@@ -322,5 +322,7 @@ def test_export_merges_the_adapter_into_the_float_base_not_into_integer_kernels(
     # ... which is the fine-tune (not the bare base), and differs from the quantized model by 4-bit rounding only.
     base = model.load(adapter.read_config(result.run_dir)["base_preset"], "float32")[0]
     assert np.abs(_logits(base) - expected).max() > 1e-3
-    # 4-bit rounding of a random 64-wide model: measured 0.106 (gemma3) and 0.304 (gemma4) of the largest logit.
-    assert np.abs(_logits(result.task) - expected).max() / np.abs(expected).max() < {"gemma4": 0.4}.get(family, 0.25)
+    # 4-bit rounding of a random 64-wide model: measured 0.106 (gemma3) and 0.304 (gemma4) of the largest
+    # logit with the nearest codes; 0.409 on gemma4 with GPTQ's (the default), which fits the calibration
+    # examples, not this probe's arbitrary tokens. A merge into integer kernels would be off by far more.
+    assert np.abs(_logits(result.task) - expected).max() / np.abs(expected).max() < {"gemma4": 0.5}.get(family, 0.25)

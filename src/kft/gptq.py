@@ -15,9 +15,11 @@ fitted when GPTQ reaches it, on the weights as the errors fed forward have left 
 they are not (query/key/value kernels, [heads, input, head size]: a group straddles heads), the grid
 is fitted on the float kernel first and GPTQ chooses only the codes on it.
 
-The calibration tokens go through the float model once, in one batch; a layer is rounded as soon
-as it has been called, so one Hessian is held at a time. Layers never called (embeddings, Gemma 4's
-feed-forward projections, whose block multiplies by their `.kernel` itself) keep the nearest code.
+The calibration tokens go through the float model once, each decoder block taking them 8 at a
+time on the accelerator (`Hessians`); a block's layers are rounded as soon as the block has run.
+Gemma 4's feed-forward projections, whose block multiplies by their `.kernel` itself, get their
+inputs rebuilt from the block's pre-feed-forward norm. Layers never called (embeddings) keep the
+nearest code.
 """
 
 from __future__ import annotations
@@ -216,25 +218,53 @@ class Hessians:
         self.passed = None  # the last block's output
 
     def __enter__(self):
+        self.wrapped = []
         for layer in self.layers:
-            layer.call = functools.partial(self._layer_call, layer, layer.call)
+            self._wrap(layer, functools.partial(self._layer_call, layer, layer.call))
         for block in self.blocks:
-            block.call = functools.partial(self._block_call, block, block.call)
+            self._wrap(block, functools.partial(self._block_call, block, block.call))
+            norm = getattr(block, "pre_ffw_norm", None)
+            if type(block).__name__ == "Gemma4TextDecoderBlock" and norm is not None:
+                self._wrap(norm, functools.partial(self._gemma4_ffw_inputs, block, norm.call))
         return self
 
     def __exit__(self, *exc):
-        for layer in self.layers + self.blocks:
+        for layer in self.wrapped:
             del layer.call  # the instance attribute: the class's call again
 
-    def _layer_call(self, layer, call, x, *args, **kwargs):
+    def _wrap(self, layer, call):
+        layer.call = call
+        self.wrapped.append(layer)
+
+    def _add(self, layer, x):
+        """Add X^T X of `x`'s real tokens to `layer`'s sum."""
         import jax.numpy as jnp
 
+        flat = jnp.reshape(jnp.asarray(x, jnp.float32), (self.rows.shape[0], -1)) * self.rows[:, None]
+        total = jnp.matmul(flat.T, flat, precision=HIGHEST)
+        _, before, tokens = self.sums.get(id(layer), (layer, 0.0, 0))
+        self.sums[id(layer)] = (layer, before + total, tokens + int(self.rows.sum()))
+
+    def _layer_call(self, layer, call, x, *args, **kwargs):
         out = call(x, *args, **kwargs)
         if self.rows is not None:
-            flat = jnp.reshape(jnp.asarray(x, jnp.float32), (self.rows.shape[0], -1)) * self.rows[:, None]
-            total = jnp.matmul(flat.T, flat, precision=HIGHEST)
-            _, before, tokens = self.sums.get(id(layer), (layer, 0.0, 0))
-            self.sums[id(layer)] = (layer, before + total, tokens + int(self.rows.sum()))
+            self._add(layer, x)
+        return out
+
+    def _gemma4_ffw_inputs(self, block, call, x, *args, **kwargs):
+        """KerasHub 0.32's Gemma4TextDecoderBlock multiplies by its feed-forward kernels itself
+        (quantize.KERNEL_READERS), so their calls cannot be wrapped; their inputs are rebuilt from
+        the pre-feed-forward norm's output as the block computes them: gelu(x W_gate) * (x W_up)."""
+        from keras import activations, ops
+
+        out = call(x, *args, **kwargs)
+        wanted = {id(layer) for layer in self.layers}
+        gate, up, down = block.gating_ffw, block.gating_ffw_2, block.ffw_linear
+        if self.rows is None or not all(id(layer) in wanted for layer in (gate, up, down)):
+            return out
+        self._add(gate, out)
+        self._add(up, out)
+        self._add(down, activations.gelu(ops.matmul(out, gate.kernel), approximate=True) * ops.matmul(out, up.kernel))
         return out
 
     def _block_call(self, block, call, x, *args, **kwargs):
