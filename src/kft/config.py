@@ -63,7 +63,7 @@ class ModelConfig:
         "or auto: gptq on one device where kft plan says its work at load fits, else least-squares.",
     )
     calibration_examples: int = _key(
-        64, "int4_rounding gptq only: how many of the first training examples calibrate it (saved with the adapter).")
+        64, "int4_rounding gptq (or auto) only: how many of the first training examples calibrate it (saved with the adapter).")
 
 
 @dataclass
