@@ -85,7 +85,8 @@ def train_case(path: str, mesh: str, out: Path, **overrides) -> dict:
     }
     result = kft.train(**settings)
     tensors = load_file(str(result.run_dir / "adapter.safetensors"))
-    return {"losses": [r["loss"] for r in json_rows(result.run_dir)],
+    meta = json.loads((result.run_dir / "adapter_config.json").read_text())
+    return {"losses": [r["loss"] for r in json_rows(result.run_dir)], "int4_rounding": meta.get("int4_rounding"),
             "eval_loss_after": result.metrics.get("eval_loss_after"), "mesh": result.metrics["mesh"],
             "adapter": {k: v.ravel().tolist() for k, v in tensors.items()},
             "adapter_dtypes": sorted({str(v.dtype) for v in tensors.values()}),
@@ -186,6 +187,11 @@ def main(check: str, out_file: str, root: str) -> None:
         for mesh in meshes:  # float32 greedy samples under each mesh of the full grid, and under 2x4 here
             results[f"train {mesh}"] = train_case(preset(root, "8/1"), mesh, root / "runs" / check,
                                                   **{"output.samples": 0 if check == "fast" and mesh == "single" else 1})
+        if check == "fast":  # an int4 base rounded by GPTQ (model.int4_rounding auto), alone and data parallel
+            for mesh in ("single", "data"):
+                results[f"train {mesh} int4"] = train_case(
+                    preset(root, "8/1"), mesh, root / "runs" / f"{check}_int4",
+                    **{"model.quantize": "int4", "model.calibration_examples": 16, "output.samples": 0})
         # Kaggle's TPU v5e-8 default: data parallel over 8 devices under mixed_bfloat16 (what
         # `model.precision: auto` picks on a TPU), with a sample generated after training.
         results["train data mixed_bfloat16"] = train_case(preset(root, "8/1"), "data", root / "runs" / f"{check}_bf16",

@@ -144,6 +144,7 @@ def test_gptq_at_load_is_planned_and_auto_takes_the_nearest_codes_where_it_does_
     temporaries for n inputs). Gemma 2 9B's down
     projection is 14,336 wide: it fits a 16 GB T4 beside the int4 decoder. Gemma 7B's is 24,576: not."""
     from kft import config as config_lib, plan
+    from kft.errors import KftError
 
     def made(preset, rounding):
         c = config_lib.load(None, {"model.preset": preset, "model.quantize": "int4", "model.precision": "float32",
@@ -154,10 +155,12 @@ def test_gptq_at_load_is_planned_and_auto_takes_the_nearest_codes_where_it_does_
     solve = dict(p9.quantizing_lines)["GPTQ at load: Hessians and solve, largest float kernel"]
     assert solve == pytest.approx((5 * 14336 ** 2 + 2 * 3584 * 14336) * 4 / 1e9)
     assert 0 < p9.quantizing < p9.training and p9.fits
-    assert plan.int4_rounding(c9, 1, "16GB") == "gptq"
-    assert plan.int4_rounding(c9, 2, "16GB") == "least-squares"  # not tested under a distribution yet
+    assert plan.int4_rounding(c9, 1, 1, "16GB") == "gptq" and plan.int4_rounding(c9, 8, 1, "16GB") == "gptq"
+    assert plan.int4_rounding(c9, 8, 2, "16GB") == "least-squares"  # GPTQ does not run on a model axis
+    with pytest.raises(KftError, match="model axis of 2"):
+        plan.int4_rounding(made("gemma2_9b_en", "gptq")[0], 8, 2, "16GB")
     c7, p7 = made("gemma_7b_en", "auto")
-    assert p7.quantizing == 0 and p7.fits and plan.int4_rounding(c7, 1, "16GB") == "least-squares"
+    assert p7.quantizing == 0 and p7.fits and plan.int4_rounding(c7, 1, 1, "16GB") == "least-squares"
     assert "least-squares (GPTQ's work at load would not fit" in capsys.readouterr().out
     _, explicit = made("gemma_7b_en", "gptq")
     assert not explicit.fits and explicit.peak == explicit.quantizing

@@ -128,7 +128,7 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     mesh_plan = distribution.setup(c.model.preset, c.model.precision, c.train)  # before the preset loads
     devices = mesh_plan.mesh[0] * mesh_plan.mesh[1]
     plan.check_before_training(c, devices=devices, model_axis=mesh_plan.mesh[1])
-    rounding = plan.int4_rounding(c, devices)  # config.yaml keeps `auto`; the adapter records the choice
+    rounding = plan.int4_rounding(c, devices, mesh_plan.mesh[1])  # config.yaml keeps `auto`; the adapter records it
     task, family, policy = model.load(c.model.preset, c.model.precision, c.model.quantize,
                                       **quantize.options(c, functools.partial(_calibration, c, records), rounding))
     weights_per_device = distribution.verify(task, mesh_plan)

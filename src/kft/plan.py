@@ -277,7 +277,7 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     plan.measuring_lines = measuring(a, c, devices, accelerator)
     plan.measuring = (shared / GB + sum(gb for _, gb in plan.measuring_lines)) if plan.measuring_lines else 0.0
     rounding = c.model.int4_rounding
-    if rounding == "gptq" or (rounding == "auto" and devices == 1):
+    if rounding == "gptq" or (rounding == "auto" and model_axis == 1):
         plan.quantizing_lines = quantizing(a, c, accelerator)
     if plan.quantizing_lines:
         # Held meanwhile: the quantized decoder (all of it, at the end) and the runtime; on a CPU the
@@ -457,17 +457,23 @@ def make(c, device_memory: str | float | None = None, devices: int = 1, model_ax
     return estimate(architecture(c.model.preset), c, memory, devices, model_axis, accelerator)
 
 
-def int4_rounding(c, devices: int = 1, device_memory: str | None = None) -> str:
-    """`model.int4_rounding` as a run applies it. `auto` is gptq on one device where the plan says
-    GPTQ's work at load fits, else least-squares (GPTQ is not tested under a multi-device
-    distribution); the choice is printed."""
+def int4_rounding(c, devices: int = 1, model_axis: int = 1, device_memory: str | None = None) -> str:
+    """`model.int4_rounding` as a run applies it. `auto` is gptq where the plan says GPTQ's work at
+    load fits, else least-squares; the choice is printed. On a model axis (weights split over
+    devices) GPTQ does not run yet: `auto` is least-squares there and `gptq` is refused."""
     rounding = c.model.int4_rounding
-    if c.model.quantize != "int4" or rounding != "auto":
+    if c.model.quantize != "int4" or rounding == "least-squares":
         return rounding
-    why = "GPTQ is not yet tested on several devices"
-    if devices == 1:
+    if model_axis > 1:
+        if rounding == "gptq":
+            raise KftError(f"model.int4_rounding gptq does not run on a model axis of {model_axis} yet; use "
+                           "least-squares, or a data-parallel mesh")
+        why = "GPTQ does not run on a model axis yet"
+    else:
+        if rounding == "gptq":
+            return rounding
         try:
-            gptq = make(c, device_memory).quantizing > 0
+            gptq = make(c, device_memory, devices, model_axis).quantizing > 0
         except KftError:  # no config.json to plan from: GPTQ's memory is the user's to watch
             gptq = True
         if gptq:
