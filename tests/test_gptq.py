@@ -177,18 +177,21 @@ def test_bad_gptq_settings_are_refused_in_one_line(extra, key, capsys):
 
 
 def test_an_int4_run_rounds_by_gptq_by_default_saves_its_calibration_and_reloads_to_identical_logits(
-        tiny_presets, tmp_path, capsys):
+        tiny_presets, tmp_path, capsys, monkeypatch):
     import kft
-    from kft import adapter, config
+    from kft import adapter, config, data
     from kft.errors import KftError
 
     assert config.ModelConfig().int4_rounding == "auto"
+    builds, build = [], data.build
+    monkeypatch.setattr(data, "build", lambda *a, **k: builds.append(1) or build(*a, **k))
     result = kft.train(os.path.join(CONFIGS, "tiny.yaml"), **{
         "model.preset": tiny_presets["gemma3"], "model.quantize": "int4",
         "model.calibration_examples": 8, "train.epochs": None, "train.max_steps": 6, "lora.rank": 4,
         "output.samples": 0, "output.tensorboard": False, "output.dir": str(tmp_path / "run")})
     assert "kft: int4 rounding: gptq, calibrated on the first 8 training examples" in capsys.readouterr().out
     assert "int4_rounding: auto" in (result.run_dir / "config.yaml").read_text()  # --resume compares the user's
+    assert len(builds) == 1  # the calibration's dataset is the run's (no packing): tokenized once
     meta = adapter.read_config(result.run_dir)
     assert meta["int4_rounding"] == "gptq" and meta["calibration"] == "calibration.npz"
     with np.load(result.run_dir / "calibration.npz") as saved:

@@ -129,13 +129,15 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     devices = mesh_plan.mesh[0] * mesh_plan.mesh[1]
     plan.check_before_training(c, devices=devices, model_axis=mesh_plan.mesh[1])
     rounding = plan.int4_rounding(c, devices, mesh_plan.mesh[1])  # config.yaml keeps `auto`; the adapter records it
+    built = {}  # the run's dataset, where GPTQ's calibration built it first
+    calibration = functools.partial(_calibration, c, records, eval_records, built)
     task, family, policy = model.load(c.model.preset, c.model.precision, c.model.quantize,
-                                      **quantize.options(c, functools.partial(_calibration, c, records), rounding))
+                                      **quantize.options(c, calibration, rounding))
     weights_per_device = distribution.verify(task, mesh_plan)
     model.check_seq_len(task.backbone, c.data.seq_len)
     tokenizer = task.preprocessor.tokenizer
-    dataset = data.build(records, tokenizer, c.data, c.train.seed, num_prompts=c.output.samples,
-                         eval_records=eval_records)
+    dataset = built.get("dataset") or data.build(records, tokenizer, c.data, c.train.seed,
+                                                 num_prompts=c.output.samples, eval_records=eval_records)
     per_epoch = data.steps_per_epoch(dataset.train, c.train.batch_size)
     # Only now, with data and model known good, does the run folder appear.
     out.mkdir(parents=True, exist_ok=True)
@@ -233,13 +235,16 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     return TrainResult(task=task, run_dir=run_dir, metrics=metrics, fit_model=fit_model)
 
 
-def _calibration(c: Config, records, task) -> dict:
+def _calibration(c: Config, records, eval_records, built: dict, task) -> dict:
     """GPTQ's calibration inputs (`model.int4_rounding: gptq`): the first training examples, as the
-    training split orders them."""
+    training split orders them. Without packing, the dataset built for them is the run's own: it
+    goes into `built`, so the records are not tokenized twice."""
     from kft import gptq
 
-    dataset = data.build(records, task.preprocessor.tokenizer, replace(c.data, packing=False),
-                         c.train.seed)
+    dataset = data.build(records, task.preprocessor.tokenizer, replace(c.data, packing=False), c.train.seed,
+                         num_prompts=c.output.samples, eval_records=eval_records)
+    if not c.data.packing:
+        built["dataset"] = dataset
     return gptq.calibration_inputs(dataset.train, c.model.calibration_examples)
 
 
