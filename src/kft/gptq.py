@@ -114,9 +114,9 @@ def codes_and_grid(weights: np.ndarray, hessian: np.ndarray, group: int) -> tupl
     n = weights.shape[1]
     if n % BLOCK or BLOCK % group:
         raise ValueError(f"{n} inputs in groups of {group}: GPTQ's regrouping needs multiples of {BLOCK}")
-    from kft import int4_groups
-
     import jax.numpy as jnp
+
+    from kft import int4_groups
 
     shrinks = tuple(float(x) for x in int4_groups.SHRINKS)
     codes, scale, zero = _gptq_regrouped_jitted(group, shrinks)(np.asarray(weights, np.float32),

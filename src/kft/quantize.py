@@ -47,7 +47,7 @@ INT4_RANGES = ("least-squares", "full")
 # How int4 codes are chosen on that grid: the nearest code, or GPTQ's (kft.gptq), which needs
 # calibration examples (config keys model.int4_rounding, model.calibration_examples).
 INT4_ROUNDINGS = ("least-squares", "gptq")
-# The config's default: gptq on one device when `kft plan` says its work at load fits (kft.plan.int4_rounding).
+# The config's default: gptq where `kft plan` says its work at load fits, not on a model axis (kft.plan.int4_rounding).
 AUTO = "auto"
 CALIBRATION_FILE = "calibration.npz"  # beside an adapter whose base was rounded by GPTQ
 
