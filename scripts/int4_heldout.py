@@ -33,7 +33,7 @@ def main():
         start = time.time()
         mode, rounding = ("none", "least-squares") if base == "float" else ("int4", base)
         options = {} if mode == "none" else {"int4_rounding": rounding,
-                                             "calibration": lambda task: finetune._calibration(c, records, task)}
+                                             "calibration": lambda task: finetune._calibration(c, records, held_out, {}, task)}
         task, _, _ = model.load(c.model.preset, c.model.precision, mode, **options)
         split = data.build(records, task.preprocessor.tokenizer, c.data, c.train.seed, eval_records=held_out).eval
         losses[base] = held_out_loss(task.backbone, split)
