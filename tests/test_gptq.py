@@ -199,6 +199,14 @@ def test_an_int4_run_rounds_by_gptq_by_default_saves_its_calibration_and_reloads
     ids = np.array([[2, 300, 301, 302, 303, 304, 305, 306]], dtype="int32")
     inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)}
     np.testing.assert_array_equal(np.asarray(kft.load(result.run_dir)(inputs)), np.asarray(result.task(inputs)))
+    # `kft eval --base` rebuilds the GPTQ base from the adapter's calibration.npz (the config says auto).
+    from kft import model
+    from kft.evaluation import evaluate_run
+
+    loads, load = [], model.load
+    monkeypatch.setattr(model, "load", lambda *a, **k: loads.append(k) or load(*a, **k))
+    assert evaluate_run(result.run_dir, base=True)["model"] == "base"
+    assert loads[0]["int4_rounding"] == "gptq" and loads[0]["calibration"]["token_ids"].shape[0] == 8
 
     moved = tmp_path / "without-calibration"
     shutil.copytree(result.run_dir, moved)
