@@ -280,10 +280,11 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     if rounding == "gptq" or (rounding == "auto" and model_axis == 1):
         plan.quantizing_lines = quantizing(a, c, accelerator)
     if plan.quantizing_lines:
-        # Held meanwhile: the quantized decoder (all of it, at the end) and the runtime; on a CPU the
-        # float base too. The token embedding reaches an accelerator only after.
+        # Held meanwhile: the quantized decoder (all of it, at the end) and the runtime; the float base
+        # too on a CPU, and on several devices, where Keras creates it on them (kft.placement steps
+        # aside). On one accelerator the token embedding reaches it only after.
         held = (quantizable + p["per-layer embedding"]) * quantized_bytes_per_param(mode, c.model.int4_block_size)
-        held += runtime + (sum(p.values()) * store if accelerator == "cpu" else 0)
+        held += runtime + (sum(p.values()) * store if accelerator == "cpu" or devices > 1 else 0)
         plan.quantizing = (held / model_axis + sum(gb * GB for _, gb in plan.quantizing_lines)) / GB
         if rounding == "auto" and plan.quantizing > device_memory_gb:  # auto falls back to the nearest codes
             plan.quantizing_lines = [("GPTQ at load: does not fit, so int4_rounding auto = least-squares", 0.0)]
