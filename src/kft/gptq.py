@@ -216,6 +216,7 @@ class Hessians:
         self.rows = None  # the current chunk's mask, flattened
         self.sums = {}  # id(layer) -> (layer, sum of X^T X, tokens)
         self.passed = None  # the last block's output
+        self.wanted = {id(layer) for layer in self.layers}
 
     def __enter__(self):
         self.wrapped = []
@@ -258,9 +259,8 @@ class Hessians:
         from keras import activations, ops
 
         out = call(x, *args, **kwargs)
-        wanted = {id(layer) for layer in self.layers}
         gate, up, down = block.gating_ffw, block.gating_ffw_2, block.ffw_linear
-        if self.rows is None or not all(id(layer) in wanted for layer in (gate, up, down)):
+        if self.rows is None or not all(id(layer) in self.wanted for layer in (gate, up, down)):
             return out
         self._add(gate, out)
         self._add(up, out)
@@ -274,8 +274,6 @@ class Hessians:
         from kft import placement
 
         batch = int(np.shape(x)[0])
-        if batch != len(self.mask):  # not the calibration pass
-            return call(x, *args, **kwargs)
 
         def rows(start):
             return lambda a: a[start:start + self.chunk] if np.ndim(a) and np.shape(a)[0] == batch else a

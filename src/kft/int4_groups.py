@@ -29,8 +29,8 @@ def fit(flat: np.ndarray, block: int, levels: tuple[int, int] = LEVELS) -> tuple
     """(codes int8 [rows, cols], scale [groups, cols], zero int8 [groups, cols]) for `flat`
     [rows, cols] in groups of `block` rows: Keras' layout, least-squares choice of range; codes in
     `levels` (Keras' int4 by default; other widths serve scripts/gradient_bits.py).
-    Jitted on the default device (the host while kft quantizes, kft.placement) so it uses every
-    core: ~2.3 s for a 3584 x 14336 kernel on 2 cores, where Keras' own int4 takes ~1.4 s."""
+    Jitted on the default device (the accelerator while kft quantizes, kft.placement; on a CPU every
+    core): ~2.3 s for a 3584 x 14336 kernel on 2 cores, where Keras' own int4 takes ~1.4 s."""
     codes, scale, zero = _fit_jitted()(np.asarray(flat, np.float32), block, tuple(float(s) for s in SHRINKS),
                                        tuple(levels))
     return np.asarray(codes), np.asarray(scale), np.asarray(zero)
