@@ -108,15 +108,17 @@ def built_first(root: Path) -> str | None:
     return None
 
 
-def placement_case(root: Path) -> dict:
-    """A GPTQ int4 base loaded as on a GPU/TPU machine, device 0 playing the host and device 1 the
-    accelerator (kft.placement): where the quantization ran, what the 'accelerator' held at most
-    while it did, where the variables ended, and whether the logits equal a one-device load's."""
+def placement_case(root: Path, mesh: str = "") -> dict:
+    """A GPTQ int4 base loaded as on a GPU/TPU machine, device 7 playing the host and device 1 the
+    accelerator (kft.placement), alone or under a model-parallel `mesh` on the first devices: where
+    the quantization ran, what each device held at most while it did beyond what it ends with, where
+    the variables ended, and whether the logits equal a one-device load's."""
     import jax
+    import keras
     import numpy as np
 
-    from kft import int4_groups, model, placement
-
+    from kft import distribution, int4_groups, model, placement
+    from kft.config import TrainConfig
     from kft.tiny import build_tiny_preset
 
     path = root / "gemma3_12_layers"  # enough blocks that one block's float weights are a small part
@@ -133,18 +135,32 @@ def placement_case(root: Path) -> dict:
         task, _, _ = model.load(path, "float32", "int4", int4_rounding="gptq", calibration=calibration)
         return task
 
-    expected = np.asarray(load()(probe))
-    float_decoder = sum(v.value.nbytes for v in model.load(path, "float32")[0].backbone.weights
-                        if v.path.startswith("decoder_block"))
-    host, accelerator = jax.devices()[:2]
-    seen = {"hessians": set(), "codes": set(), "peak": 0}
+    host, accelerator = jax.devices()[-1], jax.devices()[1]
+    keras.distribution.set_distribution(None)
+    with jax.default_device(host):  # the references stay off the devices watched below
+        expected = np.asarray(load()(probe))
+        float_decoder = sum(v.value.nbytes for v in model.load(path, "float32")[0].backbone.weights
+                            if v.path.startswith("decoder_block"))
+    if mesh:
+        distribution.setup(path, "float32", TrainConfig(distribution="model", mesh=mesh, batch_size=4), "int4")
+    seen = {"hessians": set(), "codes": set(), "peak": {}}
     refit, devices = int4_groups.refit, placement._devices
+
+    def held():  # bytes per device, each buffer once (a shard's `data` is another live array on the same buffer)
+        buffers = {}
+        for a in jax.live_arrays():
+            for shard in a.addressable_shards:
+                buffers[shard.device, shard.data.unsafe_buffer_pointer()] = shard.data.nbytes
+        sizes = {}
+        for (device, _), size in buffers.items():
+            sizes[device] = sizes.get(device, 0) + size
+        return sizes
 
     def watched(layer, float_kernel, hessian=None):
         seen["hessians"].add(str(getattr(hessian, "device", None)))
         seen["codes"].add(str(layer._kernel.value.device))
-        held = sum(a.nbytes for a in jax.live_arrays() if accelerator in a.devices())
-        seen["peak"] = max(seen["peak"], held)
+        for device, size in held().items():
+            seen["peak"][device] = max(seen["peak"].get(device, 0), size)
         return refit(layer, float_kernel, hessian)
 
     placement._devices, int4_groups.refit = (lambda: (host, accelerator)), watched
@@ -152,12 +168,17 @@ def placement_case(root: Path) -> dict:
         task = load()
     finally:
         placement._devices, int4_groups.refit = devices, refit
-    quantized_decoder = sum(v.value.nbytes for v in task.backbone.weights if v.path.startswith("decoder_block"))
-    return {"hessians": sorted(seen["hessians"]), "codes": sorted(seen["codes"]),
-            # what the accelerator held beyond the quantized decoder it ends with
-            "peak_beyond_quantized": (seen["peak"] - quantized_decoder) / float_decoder, "accelerator": str(accelerator),
-            "variables": sorted({str(v.value.device) for v in task.variables}),
-            "logits_equal": bool(np.array_equal(np.asarray(task(probe)), expected))}
+    final = held()
+    beyond = {str(d): (peak - final.get(d, 0)) / float_decoder for d, peak in seen["peak"].items() if d != host}
+    logits = np.asarray(task(probe))
+    keras.distribution.set_distribution(None)
+    return {"hessians": sorted(seen["hessians"]), "codes": sorted(seen["codes"]), "accelerator": str(accelerator),
+            # what each device held, beyond what it ends with, while the base was rounded
+            "peak_beyond_final": beyond,
+            "variables": sorted({str(d) for v in task.variables for d in v.value.sharding.device_set}),
+            "sharded": sum(not v.value.sharding.is_fully_replicated for v in task.variables),
+            "logits_equal": bool(np.array_equal(logits, expected)),
+            "logits_rel": float(np.abs(logits - expected).max() / np.abs(expected).max())}
 
 
 def json_rows(run_dir: Path) -> list[dict]:
@@ -173,6 +194,7 @@ def main(check: str, out_file: str, root: str) -> None:
     results = {}
     if check == "fast":  # first, while no distribution is set
         results["placement"] = placement_case(root)
+        results["placement 2x2"] = placement_case(root, "2x2")
         results["built_first"] = built_first(root)  # leaves a distribution set
     if check in ("fast", "grid"):
         heads, meshes = (FAST_HEADS, FAST_MESHES) if check == "fast" else (tuple(HEADS), MESHES)
@@ -187,8 +209,8 @@ def main(check: str, out_file: str, root: str) -> None:
         for mesh in meshes:  # float32 greedy samples under each mesh of the full grid, and under 2x4 here
             results[f"train {mesh}"] = train_case(preset(root, "8/1"), mesh, root / "runs" / check,
                                                   **{"output.samples": 0 if check == "fast" and mesh == "single" else 1})
-        if check == "fast":  # an int4 base rounded by GPTQ (model.int4_rounding auto), alone and data parallel
-            for mesh in ("single", "data"):
+        if check == "fast":  # an int4 base rounded by GPTQ (model.int4_rounding auto), alone and on meshes
+            for mesh in ("single", "data", "2x4"):
                 results[f"train {mesh} int4"] = train_case(
                     preset(root, "8/1"), mesh, root / "runs" / f"{check}_int4",
                     **{"model.quantize": "int4", "model.calibration_examples": 16, "output.samples": 0})

@@ -228,7 +228,7 @@ def fast_checks(tmp_path_factory):
 
 
 def layout_cases(results: dict) -> dict:
-    return {k: v for k, v in results.items() if k not in ("built_first", "placement") and not k.startswith("train ")}
+    return {k: v for k, v in results.items() if k != "built_first" and not k.startswith(("train ", "placement"))}
 
 
 def test_tiny_presets_build_on_several_meshes_with_every_base_kernel_matching_one_layout(fast_checks):
@@ -237,14 +237,29 @@ def test_tiny_presets_build_on_several_meshes_with_every_base_kernel_matching_on
 
 
 def test_a_gptq_int4_base_is_quantized_on_the_accelerator_one_block_at_a_time(fast_checks):
-    """Device 0 plays the host and device 1 the accelerator (kft.placement), as on a GPU/TPU machine."""
+    """Device 7 plays the host and device 0 the accelerator (kft.placement), as on a GPU/TPU machine."""
     placed = fast_checks["placement"]
     accelerator = placed["accelerator"]
     assert placed["hessians"] == placed["codes"] == placed["variables"] == [accelerator], placed
     # Beyond the quantized decoder it ends with, the accelerator held about one float block of twelve
     # (plus Hessians and activations), never the float decoder.
-    assert placed["peak_beyond_quantized"] < 0.25, placed
+    assert set(placed["peak_beyond_final"]) == {accelerator} and placed["peak_beyond_final"][accelerator] < 0.25, placed
     assert placed["logits_equal"], placed
+
+
+def test_a_quantized_base_is_rounded_before_it_is_laid_out_on_a_model_axis(fast_checks):
+    """Under a 2x2 model-parallel mesh Keras would create the float base on the mesh, laid out; kft
+    builds it on the host, rounds it block by block on the first device, and lays each quantized layer
+    out on the mesh as soon as it is done (int4 kernels and group scales sharded too)."""
+    placed = fast_checks["placement 2x2"]
+    accelerator = placed["accelerator"]
+    assert placed["hessians"] == placed["codes"] == [accelerator], placed
+    assert len(placed["variables"]) == 4 and accelerator in placed["variables"] and placed["sharded"] > 0, placed
+    beyond = placed["peak_beyond_final"]
+    assert beyond[accelerator] < 0.25, placed  # one float block at a time, as on one device
+    # The other devices of the mesh never held anything but their share of the quantized base.
+    assert max(v for d, v in beyond.items() if d != accelerator) <= 0.01, placed
+    assert placed["logits_rel"] < 1e-5, placed  # the same codes; sharded sums in another order
 
 
 def test_weights_per_device_shrink_with_the_mesh(fast_checks):
@@ -276,13 +291,15 @@ def test_lora_training_on_a_2x4_mesh_gives_the_single_device_losses_and_adapter(
     assert_same_training(single, sharded)
 
 
-def test_a_gptq_int4_base_trains_data_parallel_on_8_devices_as_on_one(fast_checks):
-    single, data = fast_checks["train single int4"], fast_checks["train data int4"]
-    assert single["int4_rounding"] == data["int4_rounding"] == "gptq" and data["mesh"] == "8x1"
-    np.testing.assert_allclose(data["losses"], single["losses"], rtol=1e-5)
-    assert data["eval_loss_after"] == pytest.approx(single["eval_loss_after"], rel=1e-5)
-    # The Hessians are summed over the batch in another order: measured 1.9e-4.
-    assert adapter_rel(single["adapter"], data["adapter"]) <= 1e-3
+@pytest.mark.parametrize("mesh", ["data", "2x4"])
+def test_a_gptq_int4_base_trains_data_parallel_and_on_a_model_axis_as_on_one_device(fast_checks, mesh):
+    single, other = fast_checks["train single int4"], fast_checks[f"train {mesh} int4"]
+    assert single["int4_rounding"] == other["int4_rounding"] == "gptq"
+    assert other["mesh"] == {"data": "8x1", "2x4": "2x4"}[mesh]
+    np.testing.assert_allclose(other["losses"], single["losses"], rtol=1e-5)
+    assert other["eval_loss_after"] == pytest.approx(single["eval_loss_after"], rel=1e-5)
+    # The Hessians are summed over the batch in another order: measured 1.9e-4 data parallel.
+    assert adapter_rel(single["adapter"], other["adapter"]) <= 1e-3
 
 
 def test_mixed_bfloat16_data_parallel_on_8_devices_trains_like_float32_on_one(fast_checks):

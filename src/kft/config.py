@@ -60,7 +60,7 @@ class ModelConfig:
         "int4 only: how codes are chosen on each group's grid: least-squares (the nearest code), gptq "
         "(GPTQ's error feedback through each layer's inputs on model.calibration_examples training "
         "examples: closer to the float model's outputs, one extra forward pass of the float model at load), "
-        "or auto: gptq where kft plan says its work at load fits (not on a model axis), else least-squares.",
+        "or auto: gptq where kft plan says its work at load fits, else least-squares.",
     )
     calibration_examples: int = _key(
         64, "int4_rounding gptq (or auto) only: how many of the first training examples calibrate it (saved with the adapter).")

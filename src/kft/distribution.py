@@ -142,6 +142,20 @@ def abstract_weights(path: str, policy: str) -> dict:
     return weights
 
 
+def quantized(weights: dict, mode: str, int4_block_size: int) -> dict:
+    """`weights` with the bytes per element kft's `model.quantize` gives them: the decoder blocks'
+    kernels and Gemma 4's per-layer embedding (kft.quantize.decoder_filter). A quantized base is
+    built on the host and laid out on the mesh after (kft.placement), so these bytes choose the mesh."""
+    if mode == "none":
+        return weights
+    from kft.plan import quantized_bytes_per_param
+
+    size = quantized_bytes_per_param(mode, int4_block_size)
+    return {p: (shape, size if (p.startswith("decoder_block") and p.endswith("/kernel"))
+                or p.endswith("per_layer_token_embedding/embeddings") else itemsize)
+            for p, (shape, itemsize) in weights.items()}
+
+
 def shapes(weights: dict) -> dict:
     return {p: shape for p, (shape, _) in weights.items()}
 
@@ -155,7 +169,7 @@ def bytes_per_device(weights: dict, mesh: tuple[int, int]) -> int:
         found = layouts.matches(specs, path)
         spec = specs[found[0]] if found else (None,) * len(shape)
         total += math.prod(-(-size // (mesh_shape[a] if a else 1)) for size, a in zip(shape, spec)) * itemsize
-    return total
+    return int(total)
 
 
 def device_memory() -> int | None:
@@ -175,7 +189,7 @@ def choose(kind: str, mesh_text: str, weights: dict, devices: int, memory: int |
     """The distribution for `train.distribution` / `train.mesh` on `devices` devices of `memory` bytes."""
     if kind not in KINDS:
         raise KftError(f"train.distribution must be one of {', '.join(KINDS)}, got '{kind}'")
-    total = sum(math.prod(shape) * itemsize for shape, itemsize in weights.values())
+    total = int(sum(math.prod(shape) * itemsize for shape, itemsize in weights.values()))
     mesh = parse_mesh(mesh_text)
     if kind == "single":
         if mesh and mesh != (1, 1):
@@ -240,9 +254,10 @@ def activate(plan: Plan, weights: dict) -> None:
                                              batch_dim_name=layouts.B, auto_shard_dataset=False))
 
 
-def setup(preset: str, precision: str, train) -> Plan:
+def setup(preset: str, precision: str, train, quantize: str = "none", int4_block_size: int = 64) -> Plan:
     """Choose and set the distribution `train` (the config's TrainConfig) asks for, before the preset
-    loads; check its batch size against the mesh; print the decision."""
+    loads, for weights quantized as `quantize` says; check its batch size against the mesh; print the
+    decision."""
     import jax
 
     from kft import model, presets
@@ -252,7 +267,8 @@ def setup(preset: str, precision: str, train) -> Plan:
     model.family_of_config(path)  # a non-Gemma preset is refused before anything is built
     with model.preset_errors(preset, path):
         weights = abstract_weights(path, policy)
-    plan = choose(train.distribution, train.mesh, weights, jax.device_count(), device_memory())
+    plan = choose(train.distribution, train.mesh, quantized(weights, quantize, int4_block_size), jax.device_count(),
+                  device_memory())
     check_batch(train.batch_size, plan)
     activate(plan, weights)
     what = {"single": "one device", "data": "data parallel", "model": "model parallel"}[plan.kind]

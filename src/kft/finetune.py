@@ -125,7 +125,8 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
 
     keras.utils.set_random_seed(c.train.seed)
     records, eval_records = data.load_sources(c.data)
-    mesh_plan = distribution.setup(c.model.preset, c.model.precision, c.train)  # before the preset loads
+    mesh_plan = distribution.setup(c.model.preset, c.model.precision, c.train,  # before the preset loads
+                                   c.model.quantize, c.model.int4_block_size)
     devices = mesh_plan.mesh[0] * mesh_plan.mesh[1]
     plan.check_before_training(c, devices=devices, model_axis=mesh_plan.mesh[1])
     rounding = plan.int4_rounding(c, devices, mesh_plan.mesh[1])  # config.yaml keeps `auto`; the adapter records it

@@ -44,11 +44,13 @@ ROLES = (
     ("encoders", r"(?!.*lora_kernel_)(.*encoder.*|.*interleave_embeddings/.*)", []),
 )
 LORA_FACTORS = ("lora_kernel_a", "lora_kernel_b")
+# A quantized layer's scales and zero points (Keras 3.15's names): no pattern covers them.
+QUANTIZATION_AUXILIARIES = ("kernel_scale", "kernel_zero", "embeddings_scale", "embeddings_zero")
 
 
 def is_base_weight(path: str, shape) -> bool:
-    """A weight the layout map must place: >= 2-D and not a LoRA factor."""
-    return len(shape) >= 2 and path.rsplit("/", 1)[-1] not in LORA_FACTORS
+    """A weight the layout map must place: >= 2-D, not a LoRA factor nor a quantized layer's scale."""
+    return len(shape) >= 2 and path.rsplit("/", 1)[-1] not in LORA_FACTORS + QUANTIZATION_AUXILIARIES
 
 
 def matches(patterns, path: str) -> list[str]:
@@ -80,6 +82,25 @@ def specs(weights: dict, mesh_shape: dict) -> dict:
         chosen.update({p: spec for p, spec in best.items() if not _fits(common, paths[p], mesh_shape)})
     check(chosen, weights)
     return chosen
+
+
+def fits(spec, shape, device_mesh) -> bool:
+    """Whether the axis spec `spec` lays out a variable of `shape` on `device_mesh` evenly."""
+    return _fits(tuple(spec), tuple(shape), dict(zip(device_mesh.axis_names, device_mesh.shape)))
+
+
+def quantized_spec(shape, device_mesh) -> tuple:
+    """An axis spec for a quantized variable (kft.placement): the model axis on its largest
+    dimension that divides by it, the batch axis on the largest other one, else replicated. The
+    layer dequantizes it whole inside the step, so any even split computes the same."""
+    sizes = dict(zip(device_mesh.axis_names, device_mesh.shape))
+    spec = [None] * len(shape)
+    for axis in (M, B):
+        n = sizes.get(axis, 1)
+        free = [i for i in range(len(shape)) if spec[i] is None and shape[i] % n == 0]
+        if n > 1 and free:
+            spec[max(free, key=lambda i: shape[i])] = axis
+    return tuple(spec)
 
 
 def _best(candidates, shape, mesh_shape: dict) -> tuple:

@@ -193,12 +193,13 @@ def load(preset: str, precision: str = "auto", quantize: str = "none", **quantiz
     quantized = "" if quantize == "none" else f", {quantize} base"
     print(f"kft: loading {preset} ({policy}{quantized})", file=sys.stderr, flush=True)
     with preset_errors(preset, path):
-        # A quantized base is built and quantized in host memory, then placed (kft.placement).
+        # A quantized base is built and quantized in host memory, with no distribution laying it out
+        # in float, then placed on the accelerator or the mesh (kft.placement).
         with placement.on_host(quantize != "none") as on_host:
             with weights_from_preset_only(), backend.native_logs_filtered():
                 task = _from_preset(path, policy)
             initialise_unfilled(task)
             quantize_lib.apply(task, quantize, **quantize_options)
         if on_host:
-            placement.to_accelerator(task)
+            placement.place(task)
     return task, family_of(task.backbone), policy

@@ -277,15 +277,14 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     plan.measuring_lines = measuring(a, c, devices, accelerator)
     plan.measuring = (shared / GB + sum(gb for _, gb in plan.measuring_lines)) if plan.measuring_lines else 0.0
     rounding = c.model.int4_rounding
-    if rounding == "gptq" or (rounding == "auto" and model_axis == 1):
-        plan.quantizing_lines = quantizing(a, c, accelerator)
+    plan.quantizing_lines = quantizing(a, c, accelerator)
     if plan.quantizing_lines:
-        # Held meanwhile: the quantized decoder (all of it, at the end) and the runtime; the float base
-        # too on a CPU, and on several devices, where Keras creates it on them (kft.placement steps
-        # aside). On one accelerator the token embedding reaches it only after.
+        # Held meanwhile on the first device: its share of the quantized decoder (all of it, at the
+        # end), the runtime, and on a CPU (the host) the float base. Elsewhere the float base stays on
+        # the host, and the token embedding reaches the devices only after (kft.placement).
         held = (quantizable + p["per-layer embedding"]) * quantized_bytes_per_param(mode, c.model.int4_block_size)
-        held += runtime + (sum(p.values()) * store if accelerator == "cpu" or devices > 1 else 0)
-        plan.quantizing = (held / model_axis + sum(gb * GB for _, gb in plan.quantizing_lines)) / GB
+        held = held / model_axis + runtime + (sum(p.values()) * store if accelerator == "cpu" else 0)
+        plan.quantizing = (held + sum(gb * GB for _, gb in plan.quantizing_lines)) / GB
         if rounding == "auto" and plan.quantizing > device_memory_gb:  # auto falls back to the nearest codes
             plan.quantizing_lines = [("GPTQ at load: does not fit, so int4_rounding auto = least-squares", 0.0)]
             plan.quantizing = 0.0
@@ -460,29 +459,20 @@ def make(c, device_memory: str | float | None = None, devices: int = 1, model_ax
 
 def int4_rounding(c, devices: int = 1, model_axis: int = 1, device_memory: str | None = None) -> str:
     """`model.int4_rounding` as a run applies it. `auto` is gptq where the plan says GPTQ's work at
-    load fits, else least-squares; the choice is printed. On a model axis (weights split over
-    devices) GPTQ does not run yet: `auto` is least-squares there and `gptq` is refused."""
+    load fits (on the first device: the base is rounded before it is laid out on a mesh), else
+    least-squares; the choice is printed."""
     rounding = c.model.int4_rounding
-    if c.model.quantize != "int4" or rounding == "least-squares":
+    if c.model.quantize != "int4" or rounding in ("least-squares", "gptq"):
         return rounding
-    if model_axis > 1:
-        if rounding == "gptq":
-            raise KftError(f"model.int4_rounding gptq does not run on a model axis of {model_axis} yet; use "
-                           "least-squares, or a data-parallel mesh")
-        why = "GPTQ does not run on a model axis yet"
-    else:
-        if rounding == "gptq":
-            return rounding
-        try:
-            gptq = make(c, device_memory, devices, model_axis).quantizing > 0
-        except KftError:  # no config.json to plan from: GPTQ's memory is the user's to watch
-            gptq = True
-        if gptq:
-            print(f"kft: int4 rounding: gptq, calibrated on the first {c.model.calibration_examples} training "
-                  "examples (model.int4_rounding least-squares skips it)", flush=True)
-            return "gptq"
-        why = "GPTQ's work at load would not fit in memory (see kft plan)"
-    print(f"kft: int4 rounding: least-squares ({why})", flush=True)
+    try:
+        gptq = make(c, device_memory, devices, model_axis).quantizing > 0
+    except KftError:  # no config.json to plan from: GPTQ's memory is the user's to watch
+        gptq = True
+    if gptq:
+        print(f"kft: int4 rounding: gptq, calibrated on the first {c.model.calibration_examples} training "
+              "examples (model.int4_rounding least-squares skips it)", flush=True)
+        return "gptq"
+    print("kft: int4 rounding: least-squares (GPTQ's work at load would not fit in memory; see kft plan)", flush=True)
     return "least-squares"
 
 

@@ -47,7 +47,7 @@ INT4_RANGES = ("least-squares", "full")
 # How int4 codes are chosen on that grid: the nearest code, or GPTQ's (kft.gptq), which needs
 # calibration examples (config keys model.int4_rounding, model.calibration_examples).
 INT4_ROUNDINGS = ("least-squares", "gptq")
-# The config's default: gptq where `kft plan` says its work at load fits, not on a model axis (kft.plan.int4_rounding).
+# The config's default: gptq where `kft plan` says its work at load fits (kft.plan.int4_rounding).
 AUTO = "auto"
 CALIBRATION_FILE = "calibration.npz"  # beside an adapter whose base was rounded by GPTQ
 
@@ -232,6 +232,7 @@ def _quantize_layers(model, mode: str, wanted, config, refit: bool, calibration=
         else:
             if float_kernel is not None and getattr(layer, "_int4_block_size", None) not in (None, -1):
                 int4_groups.refit(layer, float_kernel, hessian)
+        placement.settle(layer)  # under a distribution: onto the mesh now, not all on the first device
         done.add(id(layer))
         counter.advance()
 
