@@ -6,6 +6,7 @@ localhost (gloo), since this pytest process has one device.
 """
 
 import json
+import math
 import os
 import signal
 import socket
@@ -175,6 +176,18 @@ def test_auto_picks_the_smallest_model_axis_that_fits_for_a_model_larger_than_a_
     assert plan.kind == "model"
     assert plan.mesh == (4, 2)
     assert distribution.bytes_per_device(GEMMA2_9B, plan.mesh) <= distribution.WEIGHT_SHARE * 16 * GIB
+
+
+def test_a_quantized_base_chooses_its_mesh_by_its_quantized_bytes():
+    """A quantized base never reaches the devices in float (kft.placement): Gemma 2 9B in int4 fits one
+    16 GB chip, so auto is data parallel over 8, not a model axis of 2."""
+    int4 = distribution.quantized(GEMMA2_9B, "int4", 64)
+    plan = distribution.choose("auto", "", int4, 8, 16 * GIB)
+    assert plan.kind == "data" and plan.mesh == (8, 1)
+    total = sum(math.prod(s) * b for s, b in GEMMA2_9B.values())
+    embedding = math.prod(GEMMA2_9B["token_embedding/embeddings"][0]) * 2
+    assert plan.weight_bytes == pytest.approx(embedding + (total - embedding) / 2 * (0.5 + 5 / 64), rel=1e-3)
+    assert distribution.quantized(GEMMA2_9B, "none", 64) is GEMMA2_9B
 
 
 def test_a_mesh_larger_than_the_devices_is_refused_and_a_smaller_one_uses_the_first_devices():
@@ -421,6 +434,23 @@ def test_two_processes_of_4_devices_train_as_one_process_and_resume_after_sigter
         assert code == 0, err[-3000:]
     c = adapter(stopped)
     assert set(c) == set(b) and all(np.array_equal(c[k], b[k]) for k in b)
+
+
+@pytest.mark.slow
+def test_two_processes_round_an_int4_base_and_lay_it_out_on_a_2x4_mesh_as_one_process(grid_preset, tmp_path):
+    """Each process builds the float base on its host, rounds it by GPTQ on its first device, and lays it
+    out on the global mesh (kft.placement)."""
+    config = tmp_path / "int4.yaml"
+    config.write_text(CONFIG.format(preset=grid_preset, steps=3).replace(
+        "precision: float32", "precision: float32, quantize: int4, calibration_examples: 16"))
+    one, two = tmp_path / "one", tmp_path / "two"
+    for run_dir, devices, processes in ((one, 8, 1), (two, 4, 2)):
+        for code, out, err in wait_all(start_processes(config, run_dir, devices, processes)):
+            assert code == 0, err[-3000:]
+    assert "int4 rounding: gptq" in out
+    np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
+    a, b = adapter(one), adapter(two)
+    assert adapter_rel({k: v.ravel() for k, v in a.items()}, {k: v.ravel() for k, v in b.items()}) <= 1e-5
 
 
 def test_a_short_eval_batch_is_padded_to_the_batch_axis_with_weightless_rows(monkeypatch):
