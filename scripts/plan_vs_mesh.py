@@ -1,6 +1,7 @@
 """`kft plan` per device against what XLA allocates per device, on meshes of 8 simulated CPU devices.
 
-    python scripts/plan_vs_mesh.py        # ~3 minutes on 2 CPU cores
+    python scripts/plan_vs_mesh.py                   # ~3 minutes on 2 CPU cores
+    python scripts/plan_vs_mesh.py --quantize int4   # the base quantized (nearest codes), laid out after
 
 A small Gemma 3 (4 layers, hidden 256, 8 query / 2 KV heads, feed-forward 1024) saved as a real
 preset, LoRA r8 on every linear layer, float32, batch 8 x 256 with every position trained (the
@@ -8,7 +9,8 @@ plan's worst case). For each mesh kft sets up the distribution as `kft train` do
 training step Keras runs (`train_step`, the state donated, kft's shardings) and reads XLA's own
 accounting of one device's buffers for it (`compiled.memory_analysis()`: arguments + outputs -
 aliased + temporaries). The plan's figure is its per-device peak without the fixed runtime line
-(`plan.CPU_RUNTIME_GB`, the Python/JAX process itself, which is not a device buffer).
+(`plan.CPU_RUNTIME_GB`, the Python/JAX process itself, which is not a device buffer) and, with
+`--quantize`, without the float base a CPU's allocator keeps after quantizing (host memory too).
 """
 
 import os
@@ -23,25 +25,25 @@ from pathlib import Path  # noqa: E402
 MESHES = ("1x1", "8x1", "2x4", "1x8")
 
 
-def measure(preset: str, mesh: str, batch: int, seq_len: int) -> tuple[float, float]:
+def measure(preset: str, mesh: str, batch: int, seq_len: int, quantize: str = "none") -> tuple[float, float]:
     """(planned GB, XLA-measured GB) per device for one training step on `mesh`."""
     import jax
     import keras
     import numpy as np
     from keras.src.backend.jax.trainer import _distribute_data
 
-    from kft import config as config_lib, distribution, evaluation, lora, model, optim, plan
+    from kft import config as config_lib, distribution, evaluation, lora, model, optim, plan, quantize as quantize_lib
 
     c = config_lib.from_dict({
-        "model": {"preset": preset, "precision": "float32"}, "lora": {"rank": 8, "targets": ["all-linear"]},
+        "model": {"preset": preset, "precision": "float32", "quantize": quantize, "int4_rounding": "least-squares"}, "lora": {"rank": 8, "targets": ["all-linear"]},
         "data": {"seq_len": seq_len, "loss_on": "all"},
         "train": {"batch_size": batch, "mesh": "" if mesh == "1x1" else mesh,
                   "distribution": "single" if mesh == "1x1" else ("data" if mesh.endswith("x1") else "model")}})
     keras.distribution.set_distribution(None)
-    mesh_plan = distribution.setup(preset, "float32", c.train)
+    mesh_plan = distribution.setup(preset, "float32", c.train, quantize, c.model.int4_block_size)
     devices, model_axis = mesh_plan.mesh[0] * mesh_plan.mesh[1], mesh_plan.mesh[1]
     planned = plan.make(c, device_memory=16e9, devices=devices, model_axis=model_axis, accelerator="cpu")
-    task, _, _ = model.load(preset, "float32")
+    task, _, _ = model.load(preset, "float32", quantize, **quantize_lib.options(c))
     lora.enable(task.backbone, 8, None, ["all-linear"])
     optimizer, _ = optim.make_optimizer(c.train, 10)
     fit_model = evaluation.compile_task(task, optimizer, "trained")
@@ -60,13 +62,15 @@ def measure(preset: str, mesh: str, batch: int, seq_len: int) -> tuple[float, fl
     measured = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
                 + memory.temp_size_in_bytes)
     keras.distribution.set_distribution(None)
-    return planned.training - plan.CPU_RUNTIME_GB, measured / 1e9  # the train step: training, not measuring
+    host = plan.CPU_RUNTIME_GB + sum(gb for label, gb in planned.lines if label.startswith("float base read"))
+    return planned.training - host, measured / 1e9  # the train step: training, not measuring
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--quantize", default="none", choices=("none", "int8", "int4"))
     args = parser.parse_args()
     from kft import backend
 
@@ -76,12 +80,12 @@ def main():
     folder = Path(tempfile.mkdtemp(prefix="kft-plan-mesh-")) / "gemma3"
     preset = str(build_tiny_preset("gemma3", folder, num_layers=4, hidden_dim=256, intermediate_dim=1024,
                                    num_query_heads=8, num_key_value_heads=2, head_dim=32))
-    print(f"Gemma 3, 4 layers, hidden 256, LoRA r8 all-linear, float32, batch {args.batch} x {args.seq_len}, "
-          "8 simulated CPU devices")
+    print(f"Gemma 3, 4 layers, hidden 256, LoRA r8 all-linear, float32, {args.quantize} base, batch {args.batch} x "
+          f"{args.seq_len}, 8 simulated CPU devices")
     print("| mesh (batch x model) | planned per device (GB) | XLA per device (GB) | planned/measured |")
     print("|---|---|---|---|")
     for mesh in MESHES:
-        planned, measured = measure(preset, mesh, args.batch, args.seq_len)
+        planned, measured = measure(preset, mesh, args.batch, args.seq_len, args.quantize)
         print(f"| {mesh} | {planned:.3f} | {measured:.3f} | {planned / measured:.2f} |", flush=True)
 
 

@@ -177,6 +177,8 @@ def placement_case(root: Path, mesh: str = "") -> dict:
             "peak_beyond_final": beyond,
             "variables": sorted({str(d) for v in task.variables for d in v.value.sharding.device_set}),
             "sharded": sum(not v.value.sharding.is_fully_replicated for v in task.variables),
+            "specs": {v.path: [a for a in getattr(v.value.sharding, "spec", ())] for v in task.variables
+                      if v.path.startswith("decoder_block_0/attention/")},
             "logits_equal": bool(np.array_equal(logits, expected)),
             "logits_rel": float(np.abs(logits - expected).max() / np.abs(expected).max())}
 

@@ -273,6 +273,12 @@ def test_a_quantized_base_is_rounded_before_it_is_laid_out_on_a_model_axis(fast_
     # The other devices of the mesh never held anything but their share of the quantized base.
     assert max(v for d, v in beyond.items() if d != accelerator) <= 0.01, placed
     assert placed["logits_rel"] < 1e-5, placed  # the same codes; sharded sums in another order
+    # int4 kernels are (rows, packed columns) reshaped from the float kernel: blocks of rows are blocks
+    # of its leading (head) dimension, so they take the float layout's axis for it.
+    specs = placed["specs"]
+    assert specs["decoder_block_0/attention/query/kernel"] == ["model", None], specs  # float: (model, batch, -)
+    assert specs["decoder_block_0/attention/attention_output/kernel"] == ["model", "batch"], specs
+    assert specs["decoder_block_0/attention/query/kernel_scale"] == ["model", None], specs  # its groups of rows
 
 
 def test_weights_per_device_shrink_with_the_mesh(fast_checks):

@@ -171,3 +171,28 @@ def test_gptq_at_load_is_planned_and_auto_takes_the_nearest_codes_where_it_does_
     assert code == 0 and "GPTQ at load: does not fit, so int4_rounding auto = least-squares" in out
     c8, p8 = made("gemma_7b_en", "least-squares")
     assert p8.quantizing_lines == [] and p8.peak == pytest.approx(p7.peak)
+
+
+def test_a_quantized_base_on_an_accelerator_plans_its_float_copy_in_host_memory(monkeypatch, capsys):
+    """kft reads a quantized base whole, in float, in host memory before quantizing it (kft.placement):
+    Gemma 2 9B in float32 is 37 GB there, more than a Kaggle GPU notebook's ~29 GB of RAM."""
+    from kft import config as config_lib, plan
+    from kft.errors import KftError
+
+    c = config_lib.load(None, {"model.preset": "gemma2_9b_en", "model.quantize": "int4", "model.precision": "float32",
+                               "data.seq_len": 256, "train.batch_size": 1})
+    on_gpu = plan.make(c, "16GB", accelerator="gpu")
+    float_base = sum(plan.parameters(plan.architecture("gemma2_9b_en")).values()) * 4 / 1e9
+    assert on_gpu.fits and on_gpu.host == pytest.approx(float_base) and 36 < float_base < 38
+    assert f"host memory at load: {float_base:.2f} GB" in plan.render(on_gpu)
+    assert LAST_LINE.match(plan.render(on_gpu).splitlines()[-1])
+    assert plan.make(c, "16GB", accelerator="cpu").host == 0  # there the host is the device: in the lines above
+    none = config_lib.load(None, {"model.preset": "gemma2_9b_en", "model.precision": "float32"})
+    assert plan.make(none, "16GB", accelerator="gpu").host == 0  # a float base goes straight to the devices
+    # kft train stops before loading anything, in one line.
+    monkeypatch.setattr(plan, "detect_device", lambda: (16.0, "gpu"))
+    monkeypatch.setattr(plan, "_available_ram", lambda: 29e9)
+    with pytest.raises(KftError, match=r"the int4 base is read in float in host memory.*36\.97 GB.*29\.00 GB of RAM"):
+        plan.check_before_training(c)
+    monkeypatch.setattr(plan, "_available_ram", lambda: 64e9)
+    plan.check_before_training(c)  # a machine with the RAM for it

@@ -90,9 +90,9 @@ def fits(spec, shape, device_mesh) -> bool:
 
 
 def quantized_spec(shape, device_mesh) -> tuple:
-    """An axis spec for a quantized variable (kft.placement): the model axis on its largest
-    dimension that divides by it, the batch axis on the largest other one, else replicated. The
-    layer dequantizes it whole inside the step, so any even split computes the same."""
+    """An axis spec for a quantized variable no float layout describes (kft.placement): the model
+    axis on its largest dimension that divides by it, the batch axis on the largest other one, else
+    replicated. The layer dequantizes it whole inside the step, so any even split computes the same."""
     sizes = dict(zip(device_mesh.axis_names, device_mesh.shape))
     spec = [None] * len(shape)
     for axis in (M, B):
@@ -101,6 +101,28 @@ def quantized_spec(shape, device_mesh) -> tuple:
         if n > 1 and free:
             spec[max(free, key=lambda i: shape[i])] = axis
     return tuple(spec)
+
+
+def int4_specs(float_spec, layer, device_mesh) -> dict:
+    """{variable path: axis spec} for an int4 layer's kernel, group scales, zero points and group index,
+    laid out as its float kernel (`float_spec`) was. Keras flattens the float kernel to (rows, columns)
+    by a plain reshape, so blocks of rows are blocks of the float kernel's leading dimension: the rows
+    take its axis, the columns the last dimension's (exactly so for 2-D kernels and the attention output);
+    a group's scale and zero point follow its rows."""
+    sizes = dict(zip(device_mesh.axis_names, device_mesh.shape))
+    row, column = float_spec[0], float_spec[-1]
+
+    def even(spec, variable):
+        return tuple(a if a is None or size % sizes[a] == 0 else None for a, size in zip(spec, variable.shape))
+
+    specs = {layer._kernel.path: even((row, column), layer._kernel)}
+    for name in ("kernel_scale", "kernel_zero"):
+        variable = getattr(layer, name, None)
+        if variable is not None and len(variable.shape) == 2:  # (groups, columns)
+            specs[variable.path] = even((row, column), variable)
+    if getattr(layer, "g_idx", None) is not None:
+        specs[layer.g_idx.path] = even((row,), layer.g_idx)
+    return specs
 
 
 def _best(candidates, shape, mesh_shape: dict) -> tuple:

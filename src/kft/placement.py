@@ -9,9 +9,9 @@ values there (host values are uncommitted, so they follow the default device).
 Under a `keras.distribution` Keras would lay every variable out on the mesh as it is created, in
 float. So `on_host()` unsets the distribution while the model is built and quantized; each
 quantized layer is laid out on the mesh as soon as it is done (`settle`), so the first device never
-holds more than its share of the quantized decoder, and `place` lays out the rest. Quantized
-variables get layouts of their own shapes (kft.layouts.quantized_spec): Keras' would take the float
-kernel's, which an int4 kernel (two codes per byte, flattened to rows x columns) does not have.
+holds more than its share of the quantized decoder, and `place` lays out the rest. An int4 kernel
+(flattened to rows x columns, two codes per byte) has not the float kernel's shape, so it gets the
+float layout's axes where they carry over (kft.layouts.int4_specs).
 
 On a CPU-only machine host and accelerator are one: only the distribution steps aside.
 """
@@ -69,9 +69,17 @@ def on_accelerator():
 
 def settle(layer) -> None:
     """Inside `on_host` under a distribution: lay `layer`'s variables out on the mesh now."""
-    if _mesh and _mesh[-1] is not None:
-        for variable in layer.variables:
-            _lay_out(variable, _mesh[-1])
+    if not _mesh or _mesh[-1] is None:
+        return
+    distribution = _mesh[-1]
+    specs = {}
+    if getattr(layer, "quantization_mode", None) == "int4" and hasattr(layer, "_kernel"):
+        from kft import layouts
+
+        float_spec = distribution.get_variable_layout(layer._kernel).axes  # by path: the float kernel's
+        specs = layouts.int4_specs(float_spec, layer, distribution.device_mesh)
+    for variable in layer.variables:
+        _lay_out(variable, distribution, specs.get(variable.path))
 
 
 def place(model) -> None:
@@ -91,7 +99,7 @@ def place(model) -> None:
             variable._direct_assign(jax.device_put(variable._value, devices[1]))
 
 
-def _lay_out(variable, distribution) -> None:
+def _lay_out(variable, distribution, spec=None) -> None:
     from keras.distribution import TensorLayout
 
     from kft import layouts
@@ -99,11 +107,8 @@ def _lay_out(variable, distribution) -> None:
     if getattr(variable, "_layout", None) is not None:
         return  # laid out already (`settle`)
     mesh = distribution.device_mesh
-    layout = distribution.get_variable_layout(variable)
-    # An int4 kernel (rows x packed columns) has no float kernel's layout; its group scales and zero
-    # points (one row per group) none at all: sharded like it on a model axis, not replicated.
-    quantized = variable.path.rsplit("/", 1)[-1] in layouts.QUANTIZATION_AUXILIARIES and layouts.M in mesh.axis_names
-    if quantized or not layouts.fits(layout.axes, variable.shape, mesh):
+    layout = TensorLayout(spec, mesh) if spec is not None else distribution.get_variable_layout(variable)
+    if not layouts.fits(layout.axes, variable.shape, mesh):  # a quantized variable no float layout describes
         layout = TensorLayout(layouts.quantized_spec(variable.shape, mesh), mesh)
     variable._layout = layout
     variable._direct_assign(variable._value)

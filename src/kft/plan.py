@@ -207,6 +207,7 @@ class Plan:
     measuring: float = 0.0  # GB per device while measuring before/after (0: no samples)
     quantizing_lines: list = field(default_factory=list)  # (label, GB): GPTQ's rounding at load
     quantizing: float = 0.0  # GB per device while GPTQ rounds the base (0: not int4 gptq)
+    host: float = 0.0  # GB of host memory a quantized base takes at load on an accelerator (its float copy)
 
 
 def _storage_bytes(precision: str) -> int:
@@ -290,6 +291,8 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
             plan.quantizing = 0.0
     plan.peak = max(plan.training, plan.measuring, plan.quantizing)
     plan.fits = plan.peak <= device_memory_gb
+    if mode != "none" and accelerator != "cpu":  # read whole, in float, in host memory (kft.placement)
+        plan.host = sum(p.values()) * store / GB
     count = sum(p.values())
     plan.header = (
         f"{a.family} model ({a.source}): {count / 1e9:.2f}B parameters in the text decoder "
@@ -399,6 +402,9 @@ def render(plan: Plan, devices: int = 1, model_axis: int = 1) -> str:
                      f"{plan.quantizing:8.3f} GB")
     lines.append(f"  {'total' if not phases else 'peak (the largest)':<{width}}  {plan.peak:8.3f} GB"
                  f"  -> {plan.advice}")
+    if plan.host:
+        lines.append(f"host memory at load: {plan.host:.2f} GB beside the process (the float base, read there "
+                     "before it is quantized)")
     lines.append(f"kft plan: peak {plan.peak:.2f} GB per device, {'fits' if plan.fits else 'does not fit'} "
                  f"in {plan.memory:.2f} GB")
     return "\n".join(lines)
@@ -494,3 +500,8 @@ def check_before_training(c, devices: int = 1, model_axis: int = 1) -> None:
     if not plan.fits:
         raise KftError(f"predicted peak {plan.peak:.2f} GB per device > {plan.memory:.2f} GB available; "
                        f"{plan.advice} (see `kft plan`; train.memory_check: false to try anyway)")
+    free = _available_ram() / GB
+    if plan.host > free:
+        raise KftError(f"the {c.model.quantize} base is read in float in host memory before it is quantized: "
+                       f"{plan.host:.2f} GB, and this machine has {free:.2f} GB of RAM free; use a machine with more "
+                       "RAM or a smaller model (see `kft plan`; train.memory_check: false to try anyway)")
