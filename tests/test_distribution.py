@@ -317,8 +317,9 @@ def test_a_gptq_int4_base_trains_data_parallel_and_on_a_model_axis_as_on_one_dev
     assert other["mesh"] == {"data": "8x1", "2x4": "2x4"}[mesh]
     np.testing.assert_allclose(other["losses"], single["losses"], rtol=1e-5)
     assert other["eval_loss_after"] == pytest.approx(single["eval_loss_after"], rel=1e-5)
-    # The Hessians are summed over the batch in another order: measured 1.9e-4 data parallel.
-    assert adapter_rel(single["adapter"], other["adapter"]) <= 1e-3
+    # The base is rounded on one device before it is laid out, so the codes are the one-device ones
+    # (measured 1.1e-6 data parallel, 8.0e-7 on 2x4; 1.9e-4 when data parallel rounded on the mesh).
+    assert adapter_rel(single["adapter"], other["adapter"]) <= 1e-5
 
 
 def test_mixed_bfloat16_data_parallel_on_8_devices_trains_like_float32_on_one(fast_checks):

@@ -175,7 +175,7 @@ def test_gptq_at_load_is_planned_and_auto_takes_the_nearest_codes_where_it_does_
 
 def test_a_quantized_base_on_an_accelerator_plans_its_float_copy_in_host_memory(monkeypatch, capsys):
     """kft reads a quantized base whole, in float, in host memory before quantizing it (kft.placement):
-    Gemma 2 9B in float32 is 37 GB there, more than a Kaggle GPU notebook's ~29 GB of RAM."""
+    Gemma 2 9B in float32 is 37 GB there: more than a 29 GB machine has free."""
     from kft import config as config_lib, plan
     from kft.errors import KftError
 
