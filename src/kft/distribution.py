@@ -4,7 +4,9 @@ The distribution is set before the preset loads: Keras gives each variable its l
 created (large ones are created sharded), so a model larger than one device can load. To choose
 it, the model is first built *abstract* (variables with paths and shapes but no values, see
 `model.weights_from_preset_only`), which costs no memory; the layouts are then derived from those
-real shapes (kft.layouts) and the bytes per device computed from them.
+real shapes (kft.layouts) and the bytes per device computed from them. A quantized base is the
+exception: it is built without the distribution and laid out once quantized (kft.placement), so
+its mesh is chosen by its quantized bytes (`quantized`).
 
 Multi-host (TPU pods, several GPU hosts): every process runs the same `kft train`; `connect`
 joins them (keras.distribution.initialize); each process feeds its own rows of every global batch
