@@ -183,6 +183,35 @@ def placement_case(root: Path, mesh: str = "") -> dict:
             "logits_rel": float(np.abs(logits - expected).max() / np.abs(expected).max())}
 
 
+def quantized_mesh_case(root: Path, family: str, mode: str, mesh: str) -> dict:
+    """A tiny `family` preset's `mode` base (int4 rounded by GPTQ) laid out on `mesh` (kft.placement):
+    its logits against a one-device load's, and how many variables are sharded."""
+    import keras
+    import numpy as np
+
+    from kft import distribution, model
+    from kft.config import TrainConfig
+    from kft.tiny import build_tiny_preset
+
+    keras.distribution.set_distribution(None)  # the cases before leave theirs set
+    path = root / f"{family}_default"
+    if not (path / "config.json").is_file():
+        build_tiny_preset(family, path)
+    ids = np.random.default_rng(0).integers(3, 200, (4, 12)).astype("int32")
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}
+    if family == "gemma4":
+        x["position_ids"] = np.tile(np.arange(12, dtype="int32"), (4, 1))
+    options = {"int4_rounding": "gptq", "calibration": dict(x)} if mode == "int4" else {}
+    expected = np.asarray(model.load(str(path), "float32", mode, **options)[0](x))
+    plan = distribution.setup(str(path), "float32", TrainConfig(distribution="model", mesh=mesh, batch_size=8), mode)
+    task = model.load(str(path), "float32", mode, **options)[0]
+    distribution.verify(task, plan)
+    logits = np.asarray(task(x))
+    keras.distribution.set_distribution(None)
+    return {"logits_rel": float(np.abs(logits - expected).max() / np.abs(expected).max()),
+            "sharded": sum(not v.value.sharding.is_fully_replicated for v in task.variables)}
+
+
 def json_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -206,6 +235,10 @@ def main(check: str, out_file: str, root: str) -> None:
         if check == "grid":  # every family's layout, Gemma 3 on the hardest ratio
             results["gemma3 4/1 1x8"] = layout_case(preset(root, "4/1", "gemma3"), "1x8")
             results["gemma2 16/8 2x4"] = layout_case(preset(root, "16/8", "gemma2"), "2x4")
+            for family in ("gemma", "gemma2", "gemma3", "gemma4"):  # a quantized base, laid out after quantizing
+                for mode in ("int8", "int4"):
+                    for mesh in ("2x4", "1x8"):
+                        results[f"quantized {family} {mode} {mesh}"] = quantized_mesh_case(root, family, mode, mesh)
     if check in ("fast", "train_grid"):
         meshes = ("single", "2x4") if check == "fast" else ("single", "1x2", "2x4", "1x8", "8x1", "data")
         for mesh in meshes:  # float32 greedy samples under each mesh of the full grid, and under 2x4 here
