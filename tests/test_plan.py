@@ -168,31 +168,47 @@ def test_gptq_at_load_is_planned_and_auto_takes_the_nearest_codes_where_it_does_
     assert explicit.advice.startswith("does not fit: try model.int4_rounding least-squares")
     code, out, _ = run_cli(["plan", "--preset", "gemma_7b_en", "--device-memory", "16GB", "--set", "model.quantize=int4",
                             "--set", "model.precision=float32"], capsys)
-    assert code == 0 and "GPTQ at load: does not fit, so int4_rounding auto = least-squares" in out
+    assert code == 0 and "GPTQ at load: does not fit on the device, so int4_rounding auto = least-squares" in out
     c8, p8 = made("gemma_7b_en", "least-squares")
     assert p8.quantizing_lines == [] and p8.peak == pytest.approx(p7.peak)
 
 
-def test_a_quantized_base_on_an_accelerator_plans_its_float_copy_in_host_memory(monkeypatch, capsys):
-    """kft reads a quantized base whole, in float, in host memory before quantizing it (kft.placement):
-    Gemma 2 9B in float32 is 37 GB there: more than a 29 GB machine has free."""
+def test_host_memory_at_load_is_planned_and_auto_reads_the_base_whole_for_gptq_only_where_it_fits(monkeypatch):
+    """GPTQ reads a quantized base whole, in float, in host memory (Gemma 2 9B in float32: 37 GB);
+    otherwise each layer is quantized as it loads (kft.quantize_on_load) and the host holds what stays
+    float (the token embedding) and one float kernel. On a machine with 29 GB of RAM free, auto rounds
+    Gemma 2 9B by the nearest codes; an explicit gptq is refused before loading, in one line."""
     from kft import config as config_lib, plan
     from kft.errors import KftError
 
-    c = config_lib.load(None, {"model.preset": "gemma2_9b_en", "model.quantize": "int4", "model.precision": "float32",
-                               "data.seq_len": 256, "train.batch_size": 1})
-    on_gpu = plan.make(c, "16GB", accelerator="gpu")
-    float_base = sum(plan.parameters(plan.architecture("gemma2_9b_en")).values()) * 4 / 1e9
-    assert on_gpu.fits and on_gpu.host == pytest.approx(float_base) and 36 < float_base < 38
-    assert f"host memory at load: {float_base:.2f} GB" in plan.render(on_gpu)
-    assert LAST_LINE.match(plan.render(on_gpu).splitlines()[-1])
-    assert plan.make(c, "16GB", accelerator="cpu").host == 0  # there the host is the device: in the lines above
+    def config(rounding="auto", mode="int4"):
+        return config_lib.load(None, {"model.preset": "gemma2_9b_en", "model.quantize": mode, "model.precision": "float32",
+                                      "model.int4_rounding": rounding, "data.seq_len": 256, "train.batch_size": 1})
+
+    arch = plan.architecture("gemma2_9b_en")
+    float_base = sum(plan.parameters(arch).values()) * 4 / 1e9
+    parts = plan.parameters(arch)
+    kept_float = (sum(parts.values()) - parts["attention"] - parts["feed-forward"]) * 4 / 1e9  # embedding, norms
+    roomy = plan.estimate(arch, config(), 16.0, accelerator="gpu", host_memory_gb=64.0)
+    assert roomy.quantizing > 0 and roomy.host == pytest.approx(float_base) and 36 < float_base < 38
+    assert f"host memory at load: {float_base:.2f} GB beside the process (the float base, read whole for GPTQ)" \
+        in plan.render(roomy)
+    assert LAST_LINE.match(plan.render(roomy).splitlines()[-1])
+    short = plan.estimate(arch, config(), 16.0, accelerator="gpu", host_memory_gb=29.0)
+    assert short.quantizing == 0 and "does not fit in host memory" in short.quantizing_lines[0][0]
+    assert kept_float < short.host < kept_float + 0.25  # + the widest kernel (3584 x 14336 floats) as it loads
+    streamed = plan.estimate(arch, config(mode="int8"), 16.0, accelerator="gpu", host_memory_gb=64.0)
+    assert streamed.host == pytest.approx(short.host)  # int8 is never read whole
+    assert plan.make(config(), "16GB", accelerator="cpu").host == 0  # there the host is the device: in the lines
     none = config_lib.load(None, {"model.preset": "gemma2_9b_en", "model.precision": "float32"})
     assert plan.make(none, "16GB", accelerator="gpu").host == 0  # a float base goes straight to the devices
-    # kft train stops before loading anything, in one line.
+    # kft train's check: auto fits a 29 GB machine; an explicit gptq is stopped before loading anything.
     monkeypatch.setattr(plan, "detect_device", lambda: (16.0, "gpu"))
     monkeypatch.setattr(plan, "_available_ram", lambda: 29e9)
-    with pytest.raises(KftError, match=r"the int4 base is read in float in host memory.*36\.97 GB.*29\.00 GB of RAM"):
-        plan.check_before_training(c)
+    plan.check_before_training(config())
+    assert plan.int4_rounding(config()) == "least-squares"
+    with pytest.raises(KftError, match=r"loading the int4 base takes 36\.97 GB of host memory.*29\.00 GB of RAM free"):
+        plan.check_before_training(config("gptq"))
     monkeypatch.setattr(plan, "_available_ram", lambda: 64e9)
-    plan.check_before_training(c)  # a machine with the RAM for it
+    plan.check_before_training(config("gptq"))  # a machine with the RAM for it
+    assert plan.int4_rounding(config()) == "gptq"

@@ -153,6 +153,47 @@ def test_quantizing_reports_progress_on_stderr_layer_by_layer(mode, capsys):
     assert "left" in lines[0] and "quantizing" not in out
 
 
+@pytest.mark.parametrize("family, mode", [("gemma3", "int4"), pytest.param("gemma", "int8", marks=pytest.mark.slow),
+                                          pytest.param("gemma2", "int4", marks=pytest.mark.slow),
+                                          pytest.param("gemma4", "int4", marks=pytest.mark.slow)])
+def test_a_base_quantized_as_it_loads_holds_one_float_kernel_at_a_time_and_equals_quantizing_after(
+        tiny_presets, family, mode, monkeypatch, capsys):
+    """kft.quantize_on_load: each decoder layer is quantized as soon as the loader has filled its float
+    kernel, so the host never holds the float decoder (a 9B's 37 GB in float32); the codes are the ones
+    quantizing the loaded float model gives, bit for bit."""
+    import gc
+
+    import keras
+
+    from kft import model, quantize
+
+    path = tiny_presets[family]  # Gemma 4's is built on first use: before counting starts
+    kinds = (keras.layers.Dense, keras.layers.EinsumDense)
+    before = {id(o) for o in gc.get_objects() if isinstance(o, kinds)}
+    float_kernels, original = [], quantize.quantize_layer
+
+    def watched(layer, *args, **kwargs):  # float decoder kernels of the model being loaded, holding values
+        float_kernels.append(sum(1 for o in gc.get_objects() if isinstance(o, kinds) and id(o) not in before
+                                 and o.quantization_mode is None and o.path.startswith("decoder_block")
+                                 and getattr(getattr(o, "_kernel", None), "_value", None) is not None))
+        return original(layer, *args, **kwargs)
+
+    monkeypatch.setattr(quantize, "quantize_layer", watched)
+    options = {"int4_rounding": "least-squares"} if mode == "int4" else {}
+    task, _, _ = model.load(path, "float32", mode, **options)
+    err = capsys.readouterr().err
+    quantized = [layer for layer in task._flatten_layers() if getattr(layer, "quantization_mode", None) == mode]
+    assert f"kft: quantizing to {mode} as it loads: {len(quantized)}/{len(quantized)} layers" in err
+    assert len(float_kernels) == len(quantized) and max(float_kernels) == 1, float_kernels
+
+    monkeypatch.setattr(quantize, "quantize_layer", original)
+    after, _, _ = model.load(path, "float32")
+    quantize.apply(after, mode, **options)
+    streamed = {v.path: np.asarray(v.value) for v in task.backbone.weights}
+    reference = {v.path: np.asarray(v.value) for v in after.backbone.weights}
+    assert set(streamed) == set(reference) and all(np.array_equal(streamed[p], reference[p]) for p in reference)
+
+
 # --- Gemma 4's feed-forward projections, which its decoder block reads via `.kernel` -------------------
 
 FFW = ("gating_ffw", "gating_ffw_2", "ffw_linear")

@@ -195,8 +195,10 @@ def load(preset: str, precision: str = "auto", quantize: str = "none", **quantiz
     with preset_errors(preset, path):
         # A quantized base is built and quantized in host memory, with no distribution laying it out
         # in float, then placed on the accelerator or the mesh (kft.placement).
+        # Its layers are quantized as they load (kft.quantize_on_load), except for GPTQ.
         with placement.on_host(quantize != "none") as on_host:
-            with weights_from_preset_only(), backend.native_logs_filtered():
+            with weights_from_preset_only(), backend.native_logs_filtered(), \
+                    quantize_lib.while_loading(quantize, **quantize_options):
                 task = _from_preset(path, policy)
             initialise_unfilled(task)
             quantize_lib.apply(task, quantize, **quantize_options)

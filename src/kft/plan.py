@@ -221,8 +221,9 @@ def _compute_bytes(precision: str, accelerator: str) -> int:
 
 
 def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, model_axis: int = 1,
-             accelerator: str = "cpu") -> Plan:
-    """The memory plan for config `c` on `devices` devices of `device_memory_gb` each."""
+             accelerator: str = "cpu", host_memory_gb: float | None = None) -> Plan:
+    """The memory plan for config `c` on `devices` devices of `device_memory_gb` each (and, where
+    known, `host_memory_gb` of RAM free, which `model.int4_rounding: auto` heeds on an accelerator)."""
     if devices < 1 or model_axis < 1 or devices % model_axis:
         raise KftError(f"--devices ({devices}) must be a multiple of --model-axis ({model_axis})")
     batch_axis = devices // model_axis
@@ -267,32 +268,37 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
          logits / GB),
         ("compile temporaries and runtime", (temporaries + runtime) / GB),
     ]
-    # A quantized base is first read in float on the host (kft.placement). On a CPU that host is the
-    # device, and the allocator keeps the freed float pages: measured peaks are the float run's plus
-    # the quantized copy (docs/benchmarks.md).
-    kept_float = sum(p.values()) * store / model_axis - base if accelerator == "cpu" and mode != "none" else 0
+    rounding = c.model.int4_rounding
+    plan.quantizing_lines = quantizing(a, c, accelerator)
+    float_base = sum(p.values()) * store  # a quantized base is read whole, in float, for GPTQ only
+    if plan.quantizing_lines:
+        # Held meanwhile on the first device: its share of the quantized decoder (all of it, at the
+        # end), the runtime, and on a CPU (the host) the float base. Elsewhere the float base stays on
+        # the host, and the token embedding reaches the devices only after (kft.placement).
+        held = (quantizable + p["per-layer embedding"]) * quantized_bytes_per_param(mode, c.model.int4_block_size)
+        held = held / model_axis + runtime + (float_base if accelerator == "cpu" else 0)
+        plan.quantizing = (held + sum(gb * GB for _, gb in plan.quantizing_lines)) / GB
+        host_short = accelerator != "cpu" and host_memory_gb is not None and float_base / GB > host_memory_gb
+        if rounding == "auto" and (plan.quantizing > device_memory_gb or host_short):  # the nearest codes instead
+            where = "in host memory" if plan.quantizing <= device_memory_gb else "on the device"
+            plan.quantizing_lines = [(f"GPTQ at load: does not fit {where}, so int4_rounding auto = least-squares",
+                                      0.0)]
+            plan.quantizing = 0.0
+    whole = plan.quantizing > 0  # else each layer is quantized as it loads (kft.quantize_on_load)
+    # On a CPU the host is the device, and after a whole read its allocator keeps the freed float
+    # pages: measured peaks are the float run's plus the quantized copy (docs/benchmarks.md).
+    kept_float = float_base / model_axis - base if accelerator == "cpu" and whole else 0
     if kept_float:
         plan.lines.append(("float base read before quantizing (kept by the allocator)", kept_float / GB))
     plan.training = sum(gb for _, gb in plan.lines)
     shared = base + lora + optimizer + temporaries + runtime + kept_float  # what both phases hold
     plan.measuring_lines = measuring(a, c, devices, accelerator)
     plan.measuring = (shared / GB + sum(gb for _, gb in plan.measuring_lines)) if plan.measuring_lines else 0.0
-    rounding = c.model.int4_rounding
-    plan.quantizing_lines = quantizing(a, c, accelerator)
-    if plan.quantizing_lines:
-        # Held meanwhile on the first device: its share of the quantized decoder (all of it, at the
-        # end), the runtime, and on a CPU (the host) the float base. Elsewhere the float base stays on
-        # the host, and the token embedding reaches the devices only after (kft.placement).
-        held = (quantizable + p["per-layer embedding"]) * quantized_bytes_per_param(mode, c.model.int4_block_size)
-        held = held / model_axis + runtime + (sum(p.values()) * store if accelerator == "cpu" else 0)
-        plan.quantizing = (held + sum(gb * GB for _, gb in plan.quantizing_lines)) / GB
-        if rounding == "auto" and plan.quantizing > device_memory_gb:  # auto falls back to the nearest codes
-            plan.quantizing_lines = [("GPTQ at load: does not fit, so int4_rounding auto = least-squares", 0.0)]
-            plan.quantizing = 0.0
     plan.peak = max(plan.training, plan.measuring, plan.quantizing)
     plan.fits = plan.peak <= device_memory_gb
-    if mode != "none" and accelerator != "cpu":  # read whole, in float, in host memory (kft.placement)
-        plan.host = sum(p.values()) * store / GB
+    if mode != "none" and accelerator != "cpu":  # the host holds the base before it is placed (kft.placement)
+        kernel = a.hidden * a.ffw * (2 if a.double_wide_layers else 1) * store  # the widest, as it loads
+        plan.host = (float_base if whole else floating * store + kernel) / GB  # quantized layers: on the devices
     count = sum(p.values())
     plan.header = (
         f"{a.family} model ({a.source}): {count / 1e9:.2f}B parameters in the text decoder "
@@ -403,8 +409,9 @@ def render(plan: Plan, devices: int = 1, model_axis: int = 1) -> str:
     lines.append(f"  {'total' if not phases else 'peak (the largest)':<{width}}  {plan.peak:8.3f} GB"
                  f"  -> {plan.advice}")
     if plan.host:
-        lines.append(f"host memory at load: {plan.host:.2f} GB beside the process (the float base, read there "
-                     "before it is quantized)")
+        what = "the float base, read whole for GPTQ" if plan.quantizing else \
+            "what stays float and one float kernel: the rest is quantized as it loads"
+        lines.append(f"host memory at load: {plan.host:.2f} GB beside the process ({what})")
     lines.append(f"kft plan: peak {plan.peak:.2f} GB per device, {'fits' if plan.fits else 'does not fit'} "
                  f"in {plan.memory:.2f} GB")
     return "\n".join(lines)
@@ -454,13 +461,15 @@ def make(c, device_memory: str | float | None = None, devices: int = 1, model_ax
          accelerator: str | None = None) -> Plan:
     """The plan for config `c`: memory per device given (e.g. '16GB') or detected; `accelerator`
     (cpu, gpu, gpu-bf16, tpu) is detected too, or 'gpu' for a given memory size."""
-    if device_memory is None:
+    host = None
+    if device_memory is None:  # this machine: its RAM too
         memory, detected = detect_device()
         accelerator = accelerator or detected
+        host = _available_ram() / GB
     else:
         memory = parse_memory(device_memory) if isinstance(device_memory, str) else float(device_memory)
         accelerator = accelerator or "gpu"
-    return estimate(architecture(c.model.preset), c, memory, devices, model_axis, accelerator)
+    return estimate(architecture(c.model.preset), c, memory, devices, model_axis, accelerator, host)
 
 
 def int4_rounding(c, devices: int = 1, model_axis: int = 1, device_memory: str | None = None) -> str:
@@ -502,6 +511,6 @@ def check_before_training(c, devices: int = 1, model_axis: int = 1) -> None:
                        f"{plan.advice} (see `kft plan`; train.memory_check: false to try anyway)")
     free = _available_ram() / GB
     if plan.host > free:
-        raise KftError(f"the {c.model.quantize} base is read in float in host memory before it is quantized: "
-                       f"{plan.host:.2f} GB, and this machine has {free:.2f} GB of RAM free; use a machine with more "
-                       "RAM or a smaller model (see `kft plan`; train.memory_check: false to try anyway)")
+        raise KftError(f"loading the {c.model.quantize} base takes {plan.host:.2f} GB of host memory, and this machine "
+                       f"has {free:.2f} GB of RAM free; use a machine with more RAM or a smaller model (see `kft plan`; "
+                       "train.memory_check: false to try anyway)")

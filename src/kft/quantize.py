@@ -179,6 +179,27 @@ def apply(task, mode: str, filters="decoder", int4_block_size: int = INT4_BLOCK_
     return len(quantized)
 
 
+@contextlib.contextmanager
+def while_loading(mode: str, int4_block_size: int = INT4_BLOCK_SIZE, int4_ranges: str = "least-squares",
+                  int4_rounding: str = "least-squares", **_):
+    """Around a preset's loading: quantize the decoder's layers as their float kernels arrive
+    (kft.quantize_on_load), as `apply` would after; `apply` then does what is left. Not for GPTQ,
+    whose calibration pass needs the whole float base. Yields the list of layers quantized."""
+    if mode == "none" or (mode == "int4" and int4_rounding == "gptq"):
+        yield []
+        return
+    import functools
+
+    from kft import quantize_on_load
+
+    refit = mode == "int4" and int4_ranges == "least-squares"
+    layer_quantizer = functools.partial(quantize_layer, mode=mode, config=keras_config(mode, int4_block_size),
+                                        refit=refit)
+    with _one_garbage_collection(), quantize_on_load.quantizing(decoder_filter(None), layer_quantizer,
+                                                                 f"quantizing to {mode} as it loads") as done:
+        yield done
+
+
 def check_rounding(mode: str, int4_rounding: str, choices=(AUTO, *INT4_ROUNDINGS)) -> None:
     if int4_rounding not in choices:
         raise KftError(f"model.int4_rounding must be one of {', '.join(choices)}, got '{int4_rounding}'")
@@ -202,37 +223,30 @@ def _one_garbage_collection():
 
 
 def _quantize_layers(model, mode: str, wanted, config, refit: bool, calibration=None) -> None:
-    """`Model.quantize(mode, config=config, filters=wanted)` one layer at a time, with progress on
-    stderr (a 9B model's 294 kernels take minutes on a host CPU); with `refit`, each int4 layer's
-    groups are refitted from its float kernel (`kft.int4_groups`) while that kernel is at hand.
-    With `calibration` (backbone inputs), the calibration tokens first run through the float
-    backbone once, and each decoder block's layers are quantized, with GPTQ's codes, as soon as the
-    block has run (`kft.gptq.Hessians`). Kernels are quantized on the accelerator (kft.placement)."""
+    """`Model.quantize(mode, config=config, filters=wanted)` one layer at a time, for the layers not
+    quantized yet (kft.quantize_on_load does most of them while the preset loads), with progress on
+    stderr (a 9B model's 294 kernels take minutes on a host CPU). With `calibration` (backbone inputs),
+    the calibration tokens first run through the float backbone once, and each decoder block's layers
+    are quantized, with GPTQ's codes, as soon as the block has run (`kft.gptq.Hessians`)."""
     import sys
 
     import keras
-    import numpy as np
     from keras.src.quantizers.utils import should_quantize_layer
 
-    from kft import gptq, int4_groups, placement
+    from kft import gptq
     from kft.progress import Counter
 
     layers = [layer for layer in model._flatten_layers()
-              if should_quantize_layer(layer, wanted) and len(list(layer._flatten_layers())) == 1]
+              if should_quantize_layer(layer, wanted) and len(list(layer._flatten_layers())) == 1
+              and getattr(layer, "quantization_mode", None) is None]
+    if not layers:
+        return
     how = " (GPTQ)" if calibration is not None else ""
     counter = Counter(f"quantizing to {mode}{how}", len(layers), "layers", timed=True, stream=sys.stderr)
     done = set()
 
     def quantize_one(layer, hessian=None):
-        float_kernel = np.asarray(layer.kernel) if refit and hasattr(layer, "kernel") else None  # Embedding: no groups
-        try:
-            layer.quantize(mode, config=config)
-        except (NotImplementedError, AttributeError):  # as Model.quantize: such layers stay float
-            pass
-        else:
-            if float_kernel is not None and getattr(layer, "_int4_block_size", None) not in (None, -1):
-                int4_groups.refit(layer, float_kernel, hessian)
-        placement.settle(layer)  # under a distribution: onto the mesh now, not all on the first device
+        quantize_layer(layer, mode, config, refit, hessian)
         done.add(id(layer))
         counter.advance()
 
@@ -242,12 +256,33 @@ def _quantize_layers(model, mode: str, wanted, config, refit: bool, calibration=
         with gptq.Hessians(backbone.transformer_layers, called, calibration["padding_mask"], quantize_one):
             backbone(dict(calibration))
     for layer in layers:
-        if id(layer) not in done:  # a lookup table (maybe GBs) is quantized where it is; kernels on the accelerator
-            lookup = isinstance(layer, keras.layers.Embedding)
-            with contextlib.nullcontext() if lookup else placement.on_accelerator():
-                quantize_one(layer)
+        if id(layer) not in done:
+            quantize_one(layer)
     counter.close()
     model.train_function = model.test_function = model.predict_function = None
+
+
+def quantize_layer(layer, mode: str, config, refit: bool, hessian=None) -> None:
+    """Quantize one layer in place; with `refit`, an int4 layer's groups are refitted from its float
+    kernel (`kft.int4_groups`, with GPTQ's `hessian` if given) while that kernel is at hand. Kernels
+    are quantized on the accelerator (kft.placement); a lookup table (maybe GBs) where it is. Under a
+    distribution the layer is laid out on the mesh at once."""
+    import keras
+    import numpy as np
+
+    from kft import int4_groups, placement
+
+    lookup = isinstance(layer, keras.layers.Embedding)
+    with contextlib.nullcontext() if lookup else placement.on_accelerator():
+        float_kernel = np.asarray(layer.kernel) if refit and not lookup else None  # Embedding: no groups
+        try:
+            layer.quantize(mode, config=config)
+        except (NotImplementedError, AttributeError):  # as Model.quantize: such layers stay float
+            pass
+        else:
+            if float_kernel is not None and getattr(layer, "_int4_block_size", None) not in (None, -1):
+                int4_groups.refit(layer, float_kernel, hessian)
+    placement.settle(layer)  # under a distribution: onto the mesh now, not all on the first device
 
 
 def settings(mode: str, int4_block_size: int = INT4_BLOCK_SIZE, int4_rounding: str = "least-squares") -> dict:
