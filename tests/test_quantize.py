@@ -169,11 +169,11 @@ def test_a_base_quantized_as_it_loads_holds_one_float_kernel_at_a_time_and_equal
 
     path = tiny_presets[family]  # Gemma 4's is built on first use: before counting starts
     kinds = (keras.layers.Dense, keras.layers.EinsumDense)
-    before = {id(o) for o in gc.get_objects() if isinstance(o, kinds)}
+    before = {id(o) for o in gc.get_objects() if issubclass(type(o), kinds)}  # type(): no lazy-module getattr
     float_kernels, original = [], quantize.quantize_layer
 
     def watched(layer, *args, **kwargs):  # float decoder kernels of the model being loaded, holding values
-        float_kernels.append(sum(1 for o in gc.get_objects() if isinstance(o, kinds) and id(o) not in before
+        float_kernels.append(sum(1 for o in gc.get_objects() if issubclass(type(o), kinds) and id(o) not in before
                                  and o.quantization_mode is None and o.path.startswith("decoder_block")
                                  and getattr(getattr(o, "_kernel", None), "_value", None) is not None))
         return original(layer, *args, **kwargs)

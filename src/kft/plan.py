@@ -207,7 +207,8 @@ class Plan:
     measuring: float = 0.0  # GB per device while measuring before/after (0: no samples)
     quantizing_lines: list = field(default_factory=list)  # (label, GB): GPTQ's rounding at load
     quantizing: float = 0.0  # GB per device while GPTQ rounds the base (0: not int4 gptq)
-    host: float = 0.0  # GB of host memory a quantized base takes at load on an accelerator (its float copy)
+    host: float = 0.0  # GB of host memory a quantized base takes at load on an accelerator
+    host_as_it_loads: float = 0.0  # the same, quantized as it loads (no GPTQ)
 
 
 def _storage_bytes(precision: str) -> int:
@@ -298,7 +299,8 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     plan.fits = plan.peak <= device_memory_gb
     if mode != "none" and accelerator != "cpu":  # the host holds the base before it is placed (kft.placement)
         kernel = a.hidden * a.ffw * (2 if a.double_wide_layers else 1) * store  # the widest, as it loads
-        plan.host = (float_base if whole else floating * store + kernel) / GB  # quantized layers: on the devices
+        plan.host_as_it_loads = (floating * store + kernel) / GB  # quantized layers go to the devices
+        plan.host = float_base / GB if whole else plan.host_as_it_loads
     count = sum(p.values())
     plan.header = (
         f"{a.family} model ({a.source}): {count / 1e9:.2f}B parameters in the text decoder "
@@ -409,8 +411,8 @@ def render(plan: Plan, devices: int = 1, model_axis: int = 1) -> str:
     lines.append(f"  {'total' if not phases else 'peak (the largest)':<{width}}  {plan.peak:8.3f} GB"
                  f"  -> {plan.advice}")
     if plan.host:
-        what = "the float base, read whole for GPTQ" if plan.quantizing else \
-            "what stays float and one float kernel: the rest is quantized as it loads"
+        what = f"the float base, read whole for GPTQ; {plan.host_as_it_loads:.2f} GB with least-squares rounding" \
+            if plan.quantizing else "what stays float and one float kernel: the rest is quantized as it loads"
         lines.append(f"host memory at load: {plan.host:.2f} GB beside the process ({what})")
     lines.append(f"kft plan: peak {plan.peak:.2f} GB per device, {'fits' if plan.fits else 'does not fit'} "
                  f"in {plan.memory:.2f} GB")

@@ -1,0 +1,77 @@
+"""Host peak memory and time of loading a quantized base: quantized as it loads, or read whole first.
+
+    python scripts/load_memory.py                      # the real Gemma 3 270M (Hugging Face folder)
+    python scripts/load_memory.py --wide               # a made-up Gemma 3 whose decoder is most of it
+    python scripts/load_memory.py --modes int8 --json OUT
+
+Each load runs in a fresh process (`model.load`, float32, on this machine's CPU): "as it loads" is
+kft's path (kft.quantize_on_load: each decoder layer quantized once its float kernel is filled);
+"read whole" loads the float base and then quantizes it (what kft did before, and still does for
+GPTQ). int4 uses the nearest codes. Both must give the same weights, byte for byte (a hash of all).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = r"""
+import hashlib, json, resource, sys, time
+from kft import backend, model, quantize
+backend.setup()
+preset, mode, how = sys.argv[1:4]
+options = {"int4_rounding": "least-squares"} if mode == "int4" else {}
+started = time.perf_counter()
+if how == "stream":
+    task, _, _ = model.load(preset, "float32", mode, **options)
+else:
+    task, _, _ = model.load(preset, "float32")
+    quantize.apply(task, mode, **options)
+seconds = time.perf_counter() - started
+digest = hashlib.sha256()
+for v in sorted(task.backbone.weights, key=lambda v: v.path):
+    digest.update(v.path.encode()); digest.update(bytes(memoryview(__import__("numpy").asarray(v.value))))
+print("RESULT " + json.dumps({"seconds": seconds, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+                              "weights": digest.hexdigest()}))
+"""
+
+
+def load(preset: str, mode: str, how: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, preset, mode, how], capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise SystemExit(done.stderr[-3000:])
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="gemma3_270m_gguf")
+    parser.add_argument("--wide", action="store_true", help="a made-up Gemma 3: 8 layers, hidden 1024, vocabulary 256")
+    parser.add_argument("--modes", default="int8,int4")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    preset = args.preset
+    if args.wide:
+        from kft.tiny import build_tiny_preset
+
+        preset = str(build_tiny_preset("gemma3", Path(tempfile.mkdtemp(prefix="kft-wide-")) / "gemma3", num_layers=8,
+                                       hidden_dim=1024, intermediate_dim=4096, num_query_heads=8,
+                                       num_key_value_heads=4, head_dim=128))
+    print(f"{preset}: host peak RSS and time of loading, float32, one process each")
+    print("| model.quantize | as it loads: peak (GB) / s | read whole: peak (GB) / s | same weights |")
+    print("|---|---|---|---|")
+    results = {}
+    for mode in args.modes.split(","):
+        stream, whole = load(preset, mode, "stream"), load(preset, mode, "whole")
+        results[mode] = {"as_it_loads": stream, "read_whole": whole, "same_weights": stream["weights"] == whole["weights"]}
+        print(f"| {mode} | {stream['peak_gb']:.2f} / {stream['seconds']:.1f} | {whole['peak_gb']:.2f} / "
+              f"{whole['seconds']:.1f} | {results[mode]['same_weights']} |", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
