@@ -43,9 +43,11 @@ def test_gptq_rounding_brings_the_int4_base_of_gemma3_270m_back_toward_the_float
 
 
 @pytest.mark.slow
-def test_gemma3_270m_quantized_as_it_loads_equals_read_whole_and_peaks_lower(tmp_path):
-    # A Hugging Face folder: its converter fills each kernel through `port_weight` (kft.quantize_on_load).
-    # docs/benchmarks.md: host peak 2.51 GB as it loads against 2.73 GB read whole (int8).
-    r = _script_results("load_memory.py", tmp_path, "--modes", "int8")["int8"]
-    assert r["same_weights"]
-    assert r["as_it_loads"]["peak_gb"] < r["read_whole"]["peak_gb"] - 0.1  # the decoder in float32 is 0.4 GB
+def test_a_base_quantized_as_it_loads_equals_one_read_whole_and_peaks_lower(tmp_path):
+    # docs/benchmarks.md (python scripts/load_memory.py [--wide]): int8, host peak as it loads against
+    # read whole: the real 270M (a Hugging Face folder, filled through its converter's `port_weight`)
+    # 2.59 / 2.74 GB; a made-up Gemma 3 whose decoder (0.5 GB in float32) is most of it, 1.31 / 1.60 GB.
+    real = _script_results("load_memory.py", tmp_path, "--modes", "int8")["int8"]
+    assert real["same_weights"] and real["as_it_loads"]["peak_gb"] < real["read_whole"]["peak_gb"]
+    wide = _script_results("load_memory.py", tmp_path, "--wide", "--modes", "int8")["int8"]
+    assert wide["same_weights"] and wide["as_it_loads"]["peak_gb"] < wide["read_whole"]["peak_gb"] - 0.2

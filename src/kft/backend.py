@@ -121,6 +121,23 @@ def bf16_capable() -> bool:
     return float(capability) >= 8.0
 
 
+def host_peak_gb() -> float:
+    """This process's peak resident memory so far, in GB. Linux's VmHWM, not getrusage's ru_maxrss:
+    that one survives exec, so a process started from a larger one (a notebook kernel) reports the
+    parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e9
+
+
 def _few_malloc_arenas() -> None:
     """glibc gives threads their own heap arenas (up to 8 per core); XLA's worker threads then
     keep freed activation memory in arenas of their own. Two arenas lower peak RSS (by ~0.13 GB

@@ -204,9 +204,7 @@ def load(preset: str, precision: str = "auto", quantize: str = "none", **quantiz
             quantize_lib.apply(task, quantize, **quantize_options)
         if on_host:
             placement.place(task)
-    if quantize != "none":  # the float base was read in host memory (kft plan predicts it)
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # kilobytes on Linux
-        print(f"kft: {quantize} base in place; host memory peak so far {peak:.2f} GB", file=sys.stderr, flush=True)
+    if quantize != "none":  # what loading it took in host memory (kft plan predicts it)
+        print(f"kft: {quantize} base in place; host memory peak so far {backend.host_peak_gb():.2f} GB",
+              file=sys.stderr, flush=True)
     return task, family_of(task.backbone), policy
