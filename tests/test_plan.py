@@ -199,6 +199,10 @@ def test_host_memory_at_load_is_planned_and_auto_reads_the_base_whole_for_gptq_o
     assert kept_float < short.host == roomy.host_as_it_loads < kept_float + 0.25  # + the widest kernel as it loads
     streamed = plan.estimate(arch, config(mode="int8"), 16.0, accelerator="gpu", host_memory_gb=64.0)
     assert streamed.host == pytest.approx(short.host)  # int8 is never read whole
+    # Gemma 4's per-layer embedding, a lookup table, is quantized on the host: in float while that happens.
+    e2b = config_lib.load(None, {"model.preset": "gemma4_2b", "model.quantize": "int4", "model.precision": "float32"})
+    e2b_plan, parts = plan.make(e2b, "16GB", accelerator="gpu"), plan.parameters(plan.architecture("gemma4_2b"))
+    assert e2b_plan.host_as_it_loads > parts["per-layer embedding"] * (4 + 0.5) / 1e9
     assert plan.make(config(), "16GB", accelerator="cpu").host == 0  # there the host is the device: in the lines
     none = config_lib.load(None, {"model.preset": "gemma2_9b_en", "model.precision": "float32"})
     assert plan.make(none, "16GB", accelerator="gpu").host == 0  # a float base goes straight to the devices

@@ -298,9 +298,13 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     plan.peak = max(plan.training, plan.measuring, plan.quantizing)
     plan.fits = plan.peak <= device_memory_gb
     if mode != "none" and accelerator != "cpu":  # the host holds the base before it is placed (kft.placement)
-        kernel = a.hidden * a.ffw * (2 if a.double_wide_layers else 1) * store  # the widest, as it loads
-        plan.host_as_it_loads = (floating * store + kernel) / GB  # quantized layers go to the devices
-        plan.host = float_base / GB if whole else plan.host_as_it_loads
+        # Quantized kernels go to the devices; a lookup table (Gemma 4's per-layer embedding) is
+        # quantized where it is, so the host holds it quantized, and in float while that happens.
+        lookup = p["per-layer embedding"]
+        widest = max(a.hidden * a.ffw * (2 if a.double_wide_layers else 1), lookup) * store
+        kept = floating * store + lookup * quantized_bytes_per_param(mode, c.model.int4_block_size)
+        plan.host_as_it_loads = (kept + widest) / GB
+        plan.host = (float_base + kept - floating * store) / GB if whole else plan.host_as_it_loads
     count = sum(p.values())
     plan.header = (
         f"{a.family} model ({a.source}): {count / 1e9:.2f}B parameters in the text decoder "
