@@ -184,9 +184,9 @@ def while_loading(mode: str, int4_block_size: int = INT4_BLOCK_SIZE, int4_ranges
                   int4_rounding: str = "least-squares", **_):
     """Around a preset's loading: quantize the decoder's layers as their float kernels arrive
     (kft.quantize_on_load), as `apply` would after; `apply` then does what is left. Not for GPTQ,
-    whose calibration pass needs the whole float base. Yields the list of layers quantized."""
+    whose calibration pass needs the whole float base."""
     if mode == "none" or (mode == "int4" and int4_rounding == "gptq"):
-        yield []
+        yield
         return
     import functools
 
@@ -196,8 +196,8 @@ def while_loading(mode: str, int4_block_size: int = INT4_BLOCK_SIZE, int4_ranges
     layer_quantizer = functools.partial(quantize_layer, mode=mode, config=keras_config(mode, int4_block_size),
                                         refit=refit)
     with _one_garbage_collection(), quantize_on_load.quantizing(decoder_filter(None), layer_quantizer,
-                                                                 f"quantizing to {mode} as it loads") as done:
-        yield done
+                                                                 f"quantizing to {mode} as it loads"):
+        yield
 
 
 def check_rounding(mode: str, int4_rounding: str, choices=(AUTO, *INT4_ROUNDINGS)) -> None:

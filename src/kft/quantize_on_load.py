@@ -21,8 +21,7 @@ import weakref
 @contextlib.contextmanager
 def quantizing(wanted, quantize, label: str = "quantizing as it loads"):
     """Inside, a layer for which `wanted(layer)` holds is passed to `quantize(layer)` once its float
-    kernel (or lookup table) has been assigned, with progress on stderr (`label`). Yields a list of
-    the layers so quantized."""
+    kernel (or lookup table) has been assigned, with progress on stderr (`label`)."""
     import sys
 
     import keras
@@ -33,7 +32,6 @@ def quantizing(wanted, quantize, label: str = "quantizing as it loads"):
     kinds = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)
     builds = {kind: kind.build for kind in kinds}
     owners = {}  # id(float variable) -> (weak reference to it, its layer)
-    done = []
     counter = []  # made at the first quantized layer: by then every layer is built and known
 
     def recording(original):
@@ -55,7 +53,6 @@ def quantizing(wanted, quantize, label: str = "quantizing as it loads"):
             if not counter:
                 counter.append(Counter(label, len(owners) + 1, "layers", timed=True, stream=sys.stderr))
             quantize(layer)
-            done.append(layer)
             counter[0].advance()
         return result
 
@@ -63,7 +60,7 @@ def quantizing(wanted, quantize, label: str = "quantizing as it loads"):
         kind.build = recording(builds[kind])
     JaxVariable.assign = assign_then_quantize
     try:
-        yield done
+        yield
     finally:
         JaxVariable.assign = assign
         for kind, build in builds.items():
