@@ -213,3 +213,91 @@ def test_an_int4_run_rounds_by_gptq_by_default_saves_its_calibration_and_reloads
     (moved / "calibration.npz").unlink()
     with pytest.raises(KftError, match="calibration.npz"):
         kft.load(moved)
+
+
+# --- GPTQ without reading the float base whole (kft.parking) -----------------------------------------
+
+@pytest.mark.parametrize("family", ["gemma3", pytest.param("gemma4", marks=pytest.mark.slow)])
+def test_a_gptq_base_parks_its_float_kernels_on_disk_and_equals_one_read_whole(tiny_presets, family, monkeypatch,
+                                                                               capsys):
+    """GPTQ rounds a block's layers on the inputs that block sees, so as a preset loads, each decoder
+    kernel goes to a file instead of being rounded, and comes back when the calibration pass reaches
+    its block: the host holds one block's float kernels at a time, not the float decoder (a 9B's 37 GB
+    in float32). The codes are those GPTQ gives on the base read whole, bit for bit; the files go."""
+    import gc
+
+    import keras
+
+    from kft import model, parking, quantize
+
+    path = tiny_presets[family]
+    tokens = np.random.default_rng(1).integers(4, 300, size=(8, 16)).astype("int32")
+    calibration = {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
+    if family == "gemma4":
+        calibration["position_ids"] = np.broadcast_to(np.arange(16, dtype="int32"), tokens.shape).copy()
+    kinds = (keras.layers.Dense, keras.layers.EinsumDense)
+    before = {id(o) for o in gc.get_objects() if issubclass(type(o), kinds)}
+    held, original = [], quantize.quantize_layer
+
+    def watched(layer, *args, **kwargs):  # float decoder kernels of the model being loaded, holding values
+        held.append(sum(1 for o in gc.get_objects() if issubclass(type(o), kinds) and id(o) not in before
+                        and o.quantization_mode is None and o.path.startswith("decoder_block")
+                        and getattr(getattr(o, "_kernel", None), "_value", None) is not None))
+        return original(layer, *args, **kwargs)
+
+    folders, made = [], parking.Parking.__init__
+
+    def recorded(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        folders.append(self)
+
+    monkeypatch.setattr(quantize, "quantize_layer", watched)
+    monkeypatch.setattr(parking.Parking, "__init__", recorded)
+    task, _, _ = model.load(path, "float32", "int4", int4_rounding="gptq", calibration=calibration)
+    err = capsys.readouterr().err
+    blocks = task.backbone.transformer_layers
+    per_block = max(sum(isinstance(layer, kinds) for layer in block._flatten_layers()) for block in blocks)
+    decoder = sum(isinstance(layer, kinds) for block in blocks for layer in block._flatten_layers())
+    assert 0 < max(held) <= per_block < decoder, (held, per_block)
+    assert "kft: int4 (GPTQ): parking float kernels on disk as they load: " in err
+    quantized = sum(getattr(layer, "quantization_mode", None) == "int4" for layer in task._flatten_layers())
+    assert f"kft: quantizing to int4 (GPTQ): {quantized}/{quantized} layers" in err  # + Gemma 4's lookup table
+    (parked,) = folders
+    assert parked.files == decoder and parked.written > 0 and not parked.parked and not parked.folder.exists()
+
+    monkeypatch.setattr(quantize, "quantize_layer", original)
+    after, _, _ = model.load(path, "float32")
+    quantize.apply(after, "int4", int4_rounding="gptq", calibration=calibration)
+    streamed = {v.path: np.asarray(v.value) for v in task.backbone.weights}
+    reference = {v.path: np.asarray(v.value) for v in after.backbone.weights}
+    assert set(streamed) == set(reference) and all(np.array_equal(streamed[p], reference[p]) for p in reference)
+
+
+def test_parked_kernels_come_back_exactly_in_half_the_bytes_when_they_are_bfloat16_numbers(monkeypatch):
+    import keras
+
+    from kft import parking
+    from kft.errors import KftError
+
+    rng = np.random.default_rng(0)
+    exact = rng.normal(size=(64, 32)).astype(np.float32)
+    exact = (exact.view(np.uint32) & 0xFFFF0000).view(np.float32)  # bfloat16 numbers, as Gemma's weights are
+    parked = parking.Parking()
+    try:
+        for values, size in ((exact, exact.size * 2), (rng.normal(size=(64, 32)).astype(np.float32), exact.size * 4)):
+            layer = keras.layers.Dense(32)
+            layer.build((None, 64))
+            layer.kernel.assign(values)
+            written = parked.written
+            parked.park(layer)
+            assert parked.written - written == size and layer._kernel._value is None and layer._kernel in parked
+            parked.restore(layer)
+            np.testing.assert_array_equal(np.asarray(layer.kernel), values)
+            assert layer._kernel not in parked and not list(parked.folder.iterdir())
+        monkeypatch.setattr(parking, "MARGIN", 1 << 60)  # a full disk: one line, with what to do
+        with pytest.raises(KftError, match="has .* GB free; set TMPDIR to a folder on a larger disk, or use "
+                                           "model.int4_rounding least-squares"):
+            parked.park(layer)
+    finally:
+        parked.close()
+    assert not parked.folder.exists()

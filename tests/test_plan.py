@@ -173,11 +173,12 @@ def test_gptq_at_load_is_planned_and_auto_takes_the_nearest_codes_where_it_does_
     assert p8.quantizing_lines == [] and p8.peak == pytest.approx(p7.peak)
 
 
-def test_host_memory_at_load_is_planned_and_auto_reads_the_base_whole_for_gptq_only_where_it_fits(monkeypatch):
-    """GPTQ reads a quantized base whole, in float, in host memory (Gemma 2 9B in float32: 37 GB);
-    otherwise each layer is quantized as it loads (kft.quantize_on_load) and the host holds what stays
-    float (the token embedding) and one float kernel. On a machine with 29 GB of RAM free, auto rounds
-    Gemma 2 9B by the nearest codes; an explicit gptq is refused before loading, in one line."""
+def test_host_memory_and_disk_at_load_are_planned_and_auto_takes_gptq_only_where_both_fit(monkeypatch):
+    """A quantized base never sits whole, in float, in host memory (Gemma 2 9B in float32: 37 GB): each
+    layer is quantized as it loads (kft.quantize_on_load), or for GPTQ parked on disk and read back a
+    block at a time (kft.parking). The host holds what stays float (the token embedding) and one float
+    kernel, or one block's for GPTQ; the disk, GPTQ's float decoder. Where either is short, auto rounds
+    by the nearest codes; an explicit gptq is refused before loading, in one line."""
     from kft import config as config_lib, plan
     from kft.errors import KftError
 
@@ -186,19 +187,25 @@ def test_host_memory_at_load_is_planned_and_auto_reads_the_base_whole_for_gptq_o
                                       "model.int4_rounding": rounding, "data.seq_len": 256, "train.batch_size": 1})
 
     arch = plan.architecture("gemma2_9b_en")
-    float_base = sum(plan.parameters(arch).values()) * 4 / 1e9
     parts = plan.parameters(arch)
     kept_float = (sum(parts.values()) - parts["attention"] - parts["feed-forward"]) * 4 / 1e9  # embedding, norms
-    roomy = plan.estimate(arch, config(), 16.0, accelerator="gpu", host_memory_gb=64.0)
-    assert roomy.quantizing > 0 and roomy.host == pytest.approx(float_base) and 36 < float_base < 38
-    assert f"host memory at load: {float_base:.2f} GB beside the process (the float base, read whole for GPTQ; " \
-           f"{roomy.host_as_it_loads:.2f} GB with least-squares rounding)" in plan.render(roomy)
-    assert LAST_LINE.match(plan.render(roomy).splitlines()[-1])
-    short = plan.estimate(arch, config(), 16.0, accelerator="gpu", host_memory_gb=29.0)
-    assert short.quantizing == 0 and "does not fit in host memory" in short.quantizing_lines[0][0]
-    assert kept_float < short.host == roomy.host_as_it_loads < kept_float + 0.25  # + the widest kernel as it loads
+    block = (parts["attention"] / arch.layers + 3 * arch.hidden * arch.ffw) * 4 / 1e9
+    float_decoder = (parts["attention"] + parts["feed-forward"]) * 4 / 1e9
+    roomy = plan.estimate(arch, config(), 16.0, accelerator="gpu", host_memory_gb=29.0, disk_gb=60.0)
+    assert roomy.quantizing > 0 and roomy.host == pytest.approx(kept_float + block) and 0.7 < block < 0.9
+    assert roomy.disk == pytest.approx(float_decoder) and 33 < float_decoder < 34
+    rendered = plan.render(roomy)
+    assert f"host memory at load: {roomy.host:.2f} GB beside the process (what stays float and one block's float " \
+           f"kernels; {roomy.host_as_it_loads:.2f} GB with least-squares rounding)" in rendered
+    assert f"disk at load: up to {float_decoder:.2f} GB in the temporary folder (TMPDIR)" in rendered
+    assert LAST_LINE.match(rendered.splitlines()[-1])
+    assert kept_float < roomy.host_as_it_loads < kept_float + 0.25  # + the widest kernel as it loads
+    for short, where in ((dict(host_memory_gb=4.2), "in host memory"), (dict(disk_gb=20.0), "on disk")):
+        nearest = plan.estimate(arch, config(), 16.0, accelerator="gpu", **short)
+        assert nearest.quantizing == nearest.disk == 0 and f"does not fit {where}" in nearest.quantizing_lines[0][0]
+        assert nearest.host == roomy.host_as_it_loads
     streamed = plan.estimate(arch, config(mode="int8"), 16.0, accelerator="gpu", host_memory_gb=64.0)
-    assert streamed.host == pytest.approx(short.host)  # int8 is never read whole
+    assert streamed.host == pytest.approx(roomy.host_as_it_loads) and streamed.disk == 0  # int8 parks nothing
     # Gemma 4's per-layer embedding, a lookup table, is quantized on the host: in float while that happens.
     e2b = config_lib.load(None, {"model.preset": "gemma4_2b", "model.quantize": "int4", "model.precision": "float32"})
     e2b_plan, parts = plan.make(e2b, "16GB", accelerator="gpu"), plan.parameters(plan.architecture("gemma4_2b"))
@@ -206,12 +213,19 @@ def test_host_memory_at_load_is_planned_and_auto_reads_the_base_whole_for_gptq_o
     assert plan.make(config(), "16GB", accelerator="cpu").host == 0  # there the host is the device: in the lines
     none = config_lib.load(None, {"model.preset": "gemma2_9b_en", "model.precision": "float32"})
     assert plan.make(none, "16GB", accelerator="gpu").host == 0  # a float base goes straight to the devices
-    # kft train's check: auto fits a 29 GB machine; an explicit gptq is stopped before loading anything.
+    # kft train's check on a Kaggle GPU machine (29 GB of RAM): auto takes GPTQ where the disk has room.
     monkeypatch.setattr(plan, "detect_device", lambda: (16.0, "gpu"))
     monkeypatch.setattr(plan, "_available_ram", lambda: 29e9)
+    monkeypatch.setattr(plan, "_free_disk", lambda: 60e9)
     plan.check_before_training(config())
+    assert plan.int4_rounding(config()) == "gptq"
+    monkeypatch.setattr(plan, "_free_disk", lambda: 20e9)
     assert plan.int4_rounding(config()) == "least-squares"
-    with pytest.raises(KftError, match=r"loading the int4 base takes 36\.97 GB of host memory.*29\.00 GB of RAM free"):
+    with pytest.raises(KftError, match=rf"GPTQ parks up to {float_decoder:.2f} GB .*20\.00 GB free; set TMPDIR"):
+        plan.check_before_training(config("gptq"))
+    monkeypatch.setattr(plan, "_free_disk", lambda: 60e9)
+    monkeypatch.setattr(plan, "_available_ram", lambda: 4.2e9)
+    with pytest.raises(KftError, match=rf"loading the int4 base takes {roomy.host:.2f} GB of host memory.*4\.20 GB"):
         plan.check_before_training(config("gptq"))
     monkeypatch.setattr(plan, "_available_ram", lambda: 64e9)
     plan.check_before_training(config("gptq"))  # a machine with the RAM for it

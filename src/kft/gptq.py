@@ -207,10 +207,11 @@ class Hessians:
     the real tokens (the padding mask's). Once a block has seen the whole batch, `on_done(layer, H)`
     is called for each of its layers that ran, and H is dropped: one block's Hessians, and one block's
     inputs and outputs, are held at a time. Everything between the blocks (embeddings, final norm)
-    runs where it would have."""
+    runs where it would have. `before_block(block)`, if given, is called as each block starts."""
 
-    def __init__(self, blocks, layers, padding_mask, on_done, chunk: int = CHUNK):
+    def __init__(self, blocks, layers, padding_mask, on_done, chunk: int = CHUNK, before_block=None):
         self.mask = np.asarray(padding_mask, bool)
+        self.before_block = before_block  # called with each block before it runs
         self.blocks, self.layers = list(blocks), list(layers)
         self.on_done, self.chunk = on_done, chunk
         self.rows = None  # the current chunk's mask, flattened
@@ -274,6 +275,8 @@ class Hessians:
         from kft import placement
 
         batch = int(np.shape(x)[0])
+        if self.before_block is not None:
+            self.before_block(block)
 
         def rows(start):
             return lambda a: a[start:start + self.chunk] if np.ndim(a) and np.shape(a)[0] == batch else a

@@ -89,10 +89,11 @@ def weights_from_preset_only():
         JaxVariable._initialize_with_initializer = original
 
 
-def initialise_unfilled(model) -> None:
-    """Give every variable left without a value by `weights_from_preset_only` its Keras initial value."""
+def initialise_unfilled(model, parked=()) -> None:
+    """Give every variable left without a value by `weights_from_preset_only` its Keras initial value
+    (not those whose value waits in `parked`, a kft.parking.Parking)."""
     for variable in model.variables:
-        if getattr(variable, "_value", True) is None:
+        if getattr(variable, "_value", True) is None and variable not in parked:
             variable._initialize_with_initializer(variable._initializer)
             variable._initializer = None
 
@@ -195,13 +196,14 @@ def load(preset: str, precision: str = "auto", quantize: str = "none", **quantiz
     with preset_errors(preset, path):
         # A quantized base is built and quantized in host memory, with no distribution laying it out
         # in float, then placed on the accelerator or the mesh (kft.placement).
-        # Its layers are quantized as they load (kft.quantize_on_load), except for GPTQ.
-        with placement.on_host(quantize != "none") as on_host:
+        # Its layers are quantized as they load (kft.quantize_on_load); for GPTQ their float kernels
+        # wait on disk for the calibration pass instead (kft.parking).
+        with placement.on_host(quantize != "none") as on_host, quantize_lib.parking(quantize, **quantize_options) as parked:
             with weights_from_preset_only(), backend.native_logs_filtered(), \
-                    quantize_lib.while_loading(quantize, **quantize_options):
+                    quantize_lib.while_loading(quantize, parked=parked, **quantize_options):
                 task = _from_preset(path, policy)
-            initialise_unfilled(task)
-            quantize_lib.apply(task, quantize, **quantize_options)
+            initialise_unfilled(task, parked or ())
+            quantize_lib.apply(task, quantize, parked=parked, **quantize_options)
         if on_host:
             placement.place(task)
     if quantize != "none":  # what loading it took in host memory (kft plan predicts it)

@@ -208,7 +208,8 @@ class Plan:
     quantizing_lines: list = field(default_factory=list)  # (label, GB): GPTQ's rounding at load
     quantizing: float = 0.0  # GB per device while GPTQ rounds the base (0: not int4 gptq)
     host: float = 0.0  # GB of host memory a quantized base takes at load on an accelerator
-    host_as_it_loads: float = 0.0  # the same, quantized as it loads (no GPTQ)
+    host_as_it_loads: float = 0.0  # the same, without GPTQ
+    disk: float = 0.0  # GB of float decoder kernels GPTQ parks on disk at load (kft.parking)
 
 
 def _storage_bytes(precision: str) -> int:
@@ -222,9 +223,10 @@ def _compute_bytes(precision: str, accelerator: str) -> int:
 
 
 def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, model_axis: int = 1,
-             accelerator: str = "cpu", host_memory_gb: float | None = None) -> Plan:
+             accelerator: str = "cpu", host_memory_gb: float | None = None, disk_gb: float | None = None) -> Plan:
     """The memory plan for config `c` on `devices` devices of `device_memory_gb` each (and, where
-    known, `host_memory_gb` of RAM free, which `model.int4_rounding: auto` heeds on an accelerator)."""
+    known, `host_memory_gb` of RAM free and `disk_gb` free in the temporary folder, which
+    `model.int4_rounding: auto` heeds)."""
     if devices < 1 or model_axis < 1 or devices % model_axis:
         raise KftError(f"--devices ({devices}) must be a multiple of --model-axis ({model_axis})")
     batch_axis = devices // model_axis
@@ -271,28 +273,30 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     ]
     rounding = c.model.int4_rounding
     plan.quantizing_lines = quantizing(a, c, accelerator)
-    float_base = sum(p.values()) * store  # a quantized base is read whole, in float, for GPTQ only
+    lookup = p["per-layer embedding"]  # a lookup table: quantized where it is, on the host
     if plan.quantizing_lines:
+        # GPTQ parks the float decoder kernels on disk as they load (kft.parking) and reads a block's
+        # back as the calibration pass reaches it; lookup tables stay float until the pass is over.
         # Held meanwhile on the first device: its share of the quantized decoder (all of it, at the
-        # end), the runtime, and on a CPU (the host) the float base. Elsewhere the float base stays on
-        # the host, and the token embedding reaches the devices only after (kft.placement).
-        held = (quantizable + p["per-layer embedding"]) * quantized_bytes_per_param(mode, c.model.int4_block_size)
-        held = held / model_axis + runtime + (float_base if accelerator == "cpu" else 0)
+        # end), the runtime, and on a CPU (the host) what stays float and the block in flight.
+        # Elsewhere those stay on the host, and reach the devices only after (kft.placement).
+        block = (p["attention"] / a.layers + 3 * a.hidden * a.ffw * (2 if a.double_wide_layers else 1)) * store
+        float_at_load = (floating + lookup) * store + block
+        held = (quantizable + lookup) * quantized_bytes_per_param(mode, c.model.int4_block_size)
+        held = held / model_axis + runtime + (float_at_load if accelerator == "cpu" else 0)
         plan.quantizing = (held + sum(gb * GB for _, gb in plan.quantizing_lines)) / GB
-        host_short = accelerator != "cpu" and host_memory_gb is not None and float_base / GB > host_memory_gb
-        if rounding == "auto" and (plan.quantizing > device_memory_gb or host_short):  # the nearest codes instead
-            where = "in host memory" if plan.quantizing <= device_memory_gb else "on the device"
-            plan.quantizing_lines = [(f"GPTQ at load: does not fit {where}, so int4_rounding auto = least-squares",
+        plan.disk = quantizable * store / GB
+        gptq_host = (floating + lookup) * store + max(block, lookup * quantized_bytes_per_param(mode, c.model.int4_block_size))
+        short = [where for where, need, free in (("on the device", plan.quantizing, device_memory_gb),
+                                                  ("in host memory", gptq_host / GB if accelerator != "cpu" else 0, host_memory_gb),
+                                                  ("on disk", plan.disk, disk_gb))
+                 if free is not None and need > free]
+        if rounding == "auto" and short:  # the nearest codes instead
+            plan.quantizing_lines = [(f"GPTQ at load: does not fit {short[0]}, so int4_rounding auto = least-squares",
                                       0.0)]
-            plan.quantizing = 0.0
-    whole = plan.quantizing > 0  # else each layer is quantized as it loads (kft.quantize_on_load)
-    # On a CPU the host is the device, and after a whole read its allocator keeps the freed float
-    # pages: measured peaks are the float run's plus the quantized copy (docs/benchmarks.md).
-    kept_float = float_base / model_axis - base if accelerator == "cpu" and whole else 0
-    if kept_float:
-        plan.lines.append(("float base read before quantizing (kept by the allocator)", kept_float / GB))
+            plan.quantizing = plan.disk = 0.0
     plan.training = sum(gb for _, gb in plan.lines)
-    shared = base + lora + optimizer + temporaries + runtime + kept_float  # what both phases hold
+    shared = base + lora + optimizer + temporaries + runtime  # what both phases hold
     plan.measuring_lines = measuring(a, c, devices, accelerator)
     plan.measuring = (shared / GB + sum(gb for _, gb in plan.measuring_lines)) if plan.measuring_lines else 0.0
     plan.peak = max(plan.training, plan.measuring, plan.quantizing)
@@ -300,11 +304,10 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     if mode != "none" and accelerator != "cpu":  # the host holds the base before it is placed (kft.placement)
         # Quantized kernels go to the devices; a lookup table (Gemma 4's per-layer embedding) is
         # quantized where it is, so the host holds it quantized, and in float while that happens.
-        lookup = p["per-layer embedding"]
         widest = max(a.hidden * a.ffw * (2 if a.double_wide_layers else 1), lookup) * store
         kept = floating * store + lookup * quantized_bytes_per_param(mode, c.model.int4_block_size)
         plan.host_as_it_loads = (kept + widest) / GB
-        plan.host = (float_base + kept - floating * store) / GB if whole else plan.host_as_it_loads
+        plan.host = gptq_host / GB if plan.quantizing else plan.host_as_it_loads
     count = sum(p.values())
     plan.header = (
         f"{a.family} model ({a.source}): {count / 1e9:.2f}B parameters in the text decoder "
@@ -415,9 +418,12 @@ def render(plan: Plan, devices: int = 1, model_axis: int = 1) -> str:
     lines.append(f"  {'total' if not phases else 'peak (the largest)':<{width}}  {plan.peak:8.3f} GB"
                  f"  -> {plan.advice}")
     if plan.host:
-        what = f"the float base, read whole for GPTQ; {plan.host_as_it_loads:.2f} GB with least-squares rounding" \
-            if plan.quantizing else "what stays float and one float kernel: the rest is quantized as it loads"
+        what = f"what stays float and one block's float kernels; {plan.host_as_it_loads:.2f} GB with least-squares " \
+            "rounding" if plan.quantizing else "what stays float and one float kernel: the rest is quantized as it loads"
         lines.append(f"host memory at load: {plan.host:.2f} GB beside the process ({what})")
+    if plan.disk:
+        lines.append(f"disk at load: up to {plan.disk:.2f} GB in the temporary folder (TMPDIR), where GPTQ parks the "
+                     "float decoder kernels until it rounds them")
     lines.append(f"kft plan: peak {plan.peak:.2f} GB per device, {'fits' if plan.fits else 'does not fit'} "
                  f"in {plan.memory:.2f} GB")
     return "\n".join(lines)
@@ -467,15 +473,23 @@ def make(c, device_memory: str | float | None = None, devices: int = 1, model_ax
          accelerator: str | None = None) -> Plan:
     """The plan for config `c`: memory per device given (e.g. '16GB') or detected; `accelerator`
     (cpu, gpu, gpu-bf16, tpu) is detected too, or 'gpu' for a given memory size."""
-    host = None
-    if device_memory is None:  # this machine: its RAM too
+    host = disk = None
+    if device_memory is None:  # this machine: its RAM and disk too
         memory, detected = detect_device()
         accelerator = accelerator or detected
-        host = _available_ram() / GB
+        host, disk = _available_ram() / GB, _free_disk() / GB
     else:
         memory = parse_memory(device_memory) if isinstance(device_memory, str) else float(device_memory)
         accelerator = accelerator or "gpu"
-    return estimate(architecture(c.model.preset), c, memory, devices, model_axis, accelerator, host)
+    return estimate(architecture(c.model.preset), c, memory, devices, model_axis, accelerator, host, disk)
+
+
+def _free_disk() -> float:
+    """Bytes free in the temporary folder, where GPTQ parks float kernels (kft.parking)."""
+    import shutil
+    import tempfile
+
+    return shutil.disk_usage(tempfile.gettempdir()).free
 
 
 def int4_rounding(c, devices: int = 1, model_axis: int = 1, device_memory: str | None = None) -> str:
@@ -515,6 +529,11 @@ def check_before_training(c, devices: int = 1, model_axis: int = 1) -> None:
     if not plan.fits:
         raise KftError(f"predicted peak {plan.peak:.2f} GB per device > {plan.memory:.2f} GB available; "
                        f"{plan.advice} (see `kft plan`; train.memory_check: false to try anyway)")
+    disk = _free_disk() / GB
+    if plan.disk > disk:
+        raise KftError(f"GPTQ parks up to {plan.disk:.2f} GB of float kernels in the temporary folder while the base "
+                       f"loads, and that disk has {disk:.2f} GB free; set TMPDIR to a folder on a larger disk, or use "
+                       "model.int4_rounding least-squares (train.memory_check: false to try anyway)")
     free = _available_ram() / GB
     if plan.host > free:
         raise KftError(f"loading the {c.model.quantize} base takes {plan.host:.2f} GB of host memory, and this machine "

@@ -147,13 +147,15 @@ def dequantize_kernel_readers(model) -> int:
 
 
 def apply(task, mode: str, filters="decoder", int4_block_size: int = INT4_BLOCK_SIZE,
-          int4_ranges: str = "least-squares", int4_rounding: str = "least-squares", calibration=None) -> int:
+          int4_ranges: str = "least-squares", int4_rounding: str = "least-squares", calibration=None,
+          parked=None) -> int:
     """Quantize `task`'s frozen base in place (before LoRA is enabled); return how many layers.
 
     `filters` is Keras' own argument ("decoder": `decoder_filter`). int4 comes in groups of
     `int4_block_size` rows whose ranges are chosen as `int4_ranges` says (`INT4_RANGES`), and codes
     chosen as `int4_rounding` says (`INT4_ROUNDINGS`); GPTQ takes `calibration`: backbone inputs,
-    or a function of the task that returns them."""
+    or a function of the task that returns them. `parked`: a kft.parking.Parking holding float
+    kernels that `while_loading` put on disk, read back as GPTQ reaches them."""
     check(mode, task.dtype_policy.name)
     if mode == "none":
         return 0
@@ -169,7 +171,8 @@ def apply(task, mode: str, filters="decoder", int4_block_size: int = INT4_BLOCK_
     calibration = (calibration(task) if callable(calibration) else calibration) if gptq else None
     with _one_garbage_collection():
         _quantize_layers(task, mode, wanted, keras_config(mode, int4_block_size),
-                         refit=mode == "int4" and int4_ranges == "least-squares", calibration=calibration)
+                         refit=mode == "int4" and int4_ranges == "least-squares", calibration=calibration,
+                         parked=parked)
     if gptq:
         task.kft_calibration = calibration
     dequantize_kernel_readers(task)
@@ -180,23 +183,52 @@ def apply(task, mode: str, filters="decoder", int4_block_size: int = INT4_BLOCK_
 
 
 @contextlib.contextmanager
+def parking(mode: str, int4_rounding: str = "least-squares", **_):
+    """Around a preset's loading and `apply`: for GPTQ, a kft.parking.Parking where the float decoder
+    kernels wait on disk for the calibration pass (None otherwise); removed at the end."""
+    if not (mode == "int4" and int4_rounding == "gptq"):
+        yield None
+        return
+    from kft.parking import Parking
+
+    parked = Parking()
+    try:
+        yield parked
+    finally:
+        parked.close()
+
+
+@contextlib.contextmanager
 def while_loading(mode: str, int4_block_size: int = INT4_BLOCK_SIZE, int4_ranges: str = "least-squares",
-                  int4_rounding: str = "least-squares", **_):
+                  int4_rounding: str = "least-squares", parked=None, **_):
     """Around a preset's loading: quantize the decoder's layers as their float kernels arrive
-    (kft.quantize_on_load), as `apply` would after; `apply` then does what is left. Not for GPTQ,
-    whose calibration pass needs the whole float base."""
-    if mode == "none" or (mode == "int4" and int4_rounding == "gptq"):
+    (kft.quantize_on_load), as `apply` would after; `apply` then does what is left. For GPTQ, whose
+    calibration pass needs a block's float kernels when the block runs, the kernels go to `parked`
+    (kft.parking) instead."""
+    if mode == "none" or (mode == "int4" and int4_rounding == "gptq" and parked is None):
         yield
         return
     import functools
+
+    import keras
 
     from kft import quantize_on_load
 
     refit = mode == "int4" and int4_ranges == "least-squares"
     layer_quantizer = functools.partial(quantize_layer, mode=mode, config=keras_config(mode, int4_block_size),
                                         refit=refit)
-    with _one_garbage_collection(), quantize_on_load.quantizing(decoder_filter(None), layer_quantizer,
-                                                                 f"quantizing to {mode} as it loads"):
+    wanted, label = decoder_filter(None), f"quantizing to {mode} as it loads"
+    if mode == "int4" and int4_rounding == "gptq":
+        # Lookup tables stay float until GPTQ's calibration pass has run, as on a whole read: the pass
+        # reads Gemma 4's per-layer embedding before the blocks, and the codes must not depend on how
+        # the base was loaded (an adapter reloads onto the same codes).
+        decoder = wanted
+
+        def wanted(layer):
+            return decoder(layer) and not isinstance(layer, keras.layers.Embedding)
+
+        layer_quantizer, label = parked.park, "int4 (GPTQ): parking float kernels on disk as they load"
+    with _one_garbage_collection(), quantize_on_load.quantizing(wanted, layer_quantizer, label):
         yield
 
 
@@ -222,12 +254,13 @@ def _one_garbage_collection():
         gc.collect()
 
 
-def _quantize_layers(model, mode: str, wanted, config, refit: bool, calibration=None) -> None:
+def _quantize_layers(model, mode: str, wanted, config, refit: bool, calibration=None, parked=None) -> None:
     """`Model.quantize(mode, config=config, filters=wanted)` one layer at a time, for the layers not
     quantized yet (kft.quantize_on_load does most of them while the preset loads), with progress on
     stderr (a 9B model's 294 kernels take minutes on a host CPU). With `calibration` (backbone inputs),
     the calibration tokens first run through the float backbone once, and each decoder block's layers
-    are quantized, with GPTQ's codes, as soon as the block has run (`kft.gptq.Hessians`)."""
+    are quantized, with GPTQ's codes, as soon as the block has run (`kft.gptq.Hessians`); kernels
+    `parked` on disk come back just before their block runs, or before they are quantized."""
     import sys
 
     import keras
@@ -245,7 +278,13 @@ def _quantize_layers(model, mode: str, wanted, config, refit: bool, calibration=
     counter = Counter(f"quantizing to {mode}{how}", len(layers), "layers", timed=True, stream=sys.stderr)
     done = set()
 
+    def restore(block):
+        for layer in block._flatten_layers():
+            parked.restore(layer)
+
     def quantize_one(layer, hessian=None):
+        if parked is not None:
+            parked.restore(layer)
         quantize_layer(layer, mode, config, refit, hessian)
         done.add(id(layer))
         counter.advance()
@@ -253,7 +292,8 @@ def _quantize_layers(model, mode: str, wanted, config, refit: bool, calibration=
     if calibration is not None:
         called = [layer for layer in layers if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))]
         backbone = getattr(model, "backbone", model)
-        with gptq.Hessians(backbone.transformer_layers, called, calibration["padding_mask"], quantize_one):
+        with gptq.Hessians(backbone.transformer_layers, called, calibration["padding_mask"], quantize_one,
+                           before_block=restore if parked is not None else None):
             backbone(dict(calibration))
     for layer in layers:
         if id(layer) not in done:
