@@ -3,11 +3,14 @@
     python scripts/load_memory.py                      # the real Gemma 3 270M (Hugging Face folder)
     python scripts/load_memory.py --wide               # a made-up Gemma 3 whose decoder is most of it
     python scripts/load_memory.py --modes int8 --json OUT
+    python scripts/load_memory.py --modes gptq         # int4 rounded by GPTQ: parked on disk vs read whole
 
 Each load runs in a fresh process (`model.load`, float32, on this machine's CPU): "as it loads" is
 kft's path (kft.quantize_on_load: each decoder layer quantized once its float kernel is filled);
-"read whole" loads the float base and then quantizes it (what kft did before, and still does for
-GPTQ). int4 uses the nearest codes. Both must give the same weights, byte for byte (a hash of all).
+"read whole" loads the float base and then quantizes it (what kft did before). int4 uses the nearest
+codes; `gptq` is int4 rounded by GPTQ, whose float kernels kft parks on disk as they load
+(kft.parking), calibrated on 32 rows of 128 random token ids. Both must give the same weights, byte
+for byte (a hash of all).
 Each is loaded twice and measured the second time, with its XLA programs cached.
 """
 
@@ -24,6 +27,10 @@ from kft import backend, model, quantize
 backend.setup()
 preset, mode, how = sys.argv[1:4]
 options = {"int4_rounding": "least-squares"} if mode == "int4" else {}
+if mode == "gptq":
+    import numpy as np
+    tokens = np.random.default_rng(0).integers(4, 1000, size=(32, 128)).astype("int32")
+    mode, options = "int4", {"int4_rounding": "gptq", "calibration": {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}}
 started = time.perf_counter()
 if how == "stream":
     task, _, _ = model.load(preset, "float32", mode, **options)

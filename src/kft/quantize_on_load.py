@@ -7,8 +7,9 @@ converter's `port_weight`); both end in `Variable.assign`. Inside `quantizing`, 
 a wanted layer is quantized (kft.quantize.quantize_layer) right after it is assigned, and freed, so
 the host holds what stays float (the token embedding, norms), one float kernel at a time, and on a
 CPU-only machine the quantized layers (on a GPU or TPU they are made on the device). The codes are
-those a quantization after loading gives: the same kernel, the same code path. GPTQ's calibration
-pass needs every float block, so a GPTQ base is read whole.
+those a quantization after loading gives: the same kernel, the same code path. GPTQ cannot round a
+layer before its block's calibration inputs exist, so for GPTQ the kernel is parked on disk instead
+(kft.parking).
 """
 
 from __future__ import annotations
