@@ -301,3 +301,22 @@ def test_parked_kernels_come_back_exactly_in_half_the_bytes_when_they_are_bfloat
     finally:
         parked.close()
     assert not parked.folder.exists()
+
+
+def test_a_parking_folder_left_by_a_killed_process_is_removed_by_the_next(tmp_path):
+    import subprocess
+    import sys
+
+    from kft import parking
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f"{parking.PREFIX}{int(dead.stdout)}-abc"
+    orphan.mkdir()
+    (orphan / "0.bin").write_bytes(b"x" * 16)
+    live = tmp_path / f"{parking.PREFIX}{os.getpid()}-def"  # this process's: kept
+    live.mkdir()
+    parked = parking.Parking(str(tmp_path))
+    try:
+        assert not orphan.exists() and live.exists() and parked.folder.name.startswith(f"{parking.PREFIX}{os.getpid()}-")
+    finally:
+        parked.close()

@@ -9,11 +9,13 @@ rounds them right after; each file goes once read. The host holds one block's fl
 time, the disk at most the float decoder: half of it where the float32 values are bfloat16 numbers
 (Gemma's released weights are), which are stored in 2 bytes, exactly.
 
-The folder is made in the system's temporary folder (`TMPDIR`) and removed at the end.
+The folder is made in the system's temporary folder (`TMPDIR`) and removed at the end; one left by a
+process that was killed (a notebook kernel restarted mid-load) is removed by the next.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -26,13 +28,15 @@ from kft.errors import KftError
 
 GB = 1024**3
 MARGIN = 1 * GB  # left free on the disk
+PREFIX = "kft-gptq-"  # then the process id
 
 
 class Parking:
     """Float kernels written to `folder` (a new temporary folder by default) and read back by layer."""
 
     def __init__(self, folder: str | None = None):
-        self.folder = Path(tempfile.mkdtemp(prefix="kft-gptq-", dir=folder))
+        _remove_orphans(Path(folder or tempfile.gettempdir()))
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=folder))
         self.parked = {}  # id(variable) -> (weak reference to it, file, shape, dtype, stored as bfloat16)
         self.written = self.files = 0  # bytes and files, in all
 
@@ -78,3 +82,21 @@ class Parking:
             print(f"kft: GPTQ parked {self.written / GB:.2f} GB of float kernels on disk ({self.folder}) while "
                   "the base loaded", file=sys.stderr, flush=True)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _remove_orphans(root: Path) -> None:
+    """Remove parking folders whose process is gone (killed before it could remove them)."""
+    for folder in root.glob(f"{PREFIX}*-*"):
+        pid = folder.name[len(PREFIX):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
