@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import gc
 
+from kft import kernels_where_used
 from kft.errors import KftError
 
 MODES = ("none", "int8", "int4")
@@ -90,20 +91,33 @@ def decoder_filter(model):
     return wanted
 
 
-def dequantized_kernel(layer):
+def quantized_values(layer) -> list:
+    """An int8/int4 EinsumDense's stored kernel: its integer codes, scales (and zero points and
+    group indices, for int4 in groups), as tensors (inside a stateless call, the call's values)."""
+    from keras import ops
+
+    names = ["_kernel", "kernel_scale"]
+    if layer.quantization_mode == "int4" and getattr(layer, "_int4_block_size", None) not in (None, -1):
+        names += ["kernel_zero", "g_idx"]
+    return [ops.convert_to_tensor(getattr(layer, name)) for name in names]
+
+
+def dequantized_kernel(layer, values=None):
     """An int8/int4 EinsumDense's kernel as float32, dequantized as Keras' own forward pass does it
-    (`EinsumDense._int8_call`, `_int4_call`, `_get_kernel_with_merged_lora`)."""
+    (`EinsumDense._int8_call`, `_int4_call`, `_get_kernel_with_merged_lora`), from `values`
+    (`quantized_values`; the layer's own by default)."""
     from keras import ops, quantizers
     from keras.src.quantizers.quantizers import dequantize_with_sz_map
 
+    codes, scale, *groups = quantized_values(layer) if values is None else values
     if layer.quantization_mode == "int8":
-        return ops.divide(ops.cast(layer._kernel, "float32"), layer._adjust_scale_for_dequant(layer.kernel_scale))
+        return ops.divide(ops.cast(codes, "float32"), layer._adjust_scale_for_dequant(scale))
     # int4: codes packed two per byte along the last axis of the [rows, columns] kernel.
-    codes = quantizers.unpack_int4(layer._kernel, layer._int4_unpacked_column_size, axis=-1)
-    if getattr(layer, "_int4_block_size", None) not in (None, -1):  # groups of rows with zero points
-        kernel = dequantize_with_sz_map(codes, layer.kernel_scale, layer.kernel_zero, layer.g_idx, group_axis=0)
+    codes = quantizers.unpack_int4(codes, layer._int4_unpacked_column_size, axis=-1)
+    if groups:  # groups of rows with zero points
+        kernel = dequantize_with_sz_map(codes, scale, groups[0], groups[1], group_axis=0)
     else:  # one scale per column
-        kernel = ops.divide(ops.cast(codes, "float32"), layer.kernel_scale)
+        kernel = ops.divide(ops.cast(codes, "float32"), scale)
     return ops.reshape(ops.cast(kernel, "float32"), layer.original_kernel_shape)
 
 
@@ -176,6 +190,7 @@ def apply(task, mode: str, filters="decoder", int4_block_size: int = INT4_BLOCK_
     if gptq:
         task.kft_calibration = calibration
     dequantize_kernel_readers(task)
+    kernels_where_used.tie(task)
     quantized = [layer for layer in task._flatten_layers() if getattr(layer, "quantization_mode", None) == mode]
     if not quantized:
         raise KftError(f"model.quantize {mode}: no layer of this model could be quantized")
