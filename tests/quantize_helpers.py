@@ -70,3 +70,27 @@ def cosine(a: dict, b: dict) -> float:
     x = np.concatenate([a[k].ravel() for k in sorted(a)])
     y = np.concatenate([b[k].ravel() for k in sorted(b)])
     return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+
+def count_float_kernels_at_each_quantized_layer(monkeypatch) -> list:
+    """From now on, each call of kft.quantize.quantize_layer appends to the returned list how many
+    float decoder kernels of models built after this call hold a value (the float decoder a load
+    keeps in memory at that moment)."""
+    import gc
+
+    import keras
+
+    from kft import quantize
+
+    kinds = (keras.layers.Dense, keras.layers.EinsumDense)
+    before = {id(o) for o in gc.get_objects() if issubclass(type(o), kinds)}  # type(): no lazy-module getattr
+    counts, original = [], quantize.quantize_layer
+
+    def watched(layer, *args, **kwargs):
+        counts.append(sum(1 for o in gc.get_objects() if issubclass(type(o), kinds) and id(o) not in before
+                          and o.quantization_mode is None and o.path.startswith("decoder_block")
+                          and getattr(getattr(o, "_kernel", None), "_value", None) is not None))
+        return original(layer, *args, **kwargs)
+
+    monkeypatch.setattr(quantize, "quantize_layer", watched)
+    return counts

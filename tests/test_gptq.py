@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import CONFIGS, run_cli
-from quantize_helpers import batch, clone, tiny_backbone
+from quantize_helpers import batch, clone, count_float_kernels_at_each_quantized_layer, tiny_backbone
 
 
 def _grid(weights):
@@ -224,8 +224,6 @@ def test_a_gptq_base_parks_its_float_kernels_on_disk_and_equals_one_read_whole(t
     kernel goes to a file instead of being rounded, and comes back when the calibration pass reaches
     its block: the host holds one block's float kernels at a time, not the float decoder (a 9B's 37 GB
     in float32). The codes are those GPTQ gives on the base read whole, bit for bit; the files go."""
-    import gc
-
     import keras
 
     from kft import model, parking, quantize
@@ -235,15 +233,8 @@ def test_a_gptq_base_parks_its_float_kernels_on_disk_and_equals_one_read_whole(t
     calibration = {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
     if family == "gemma4":
         calibration["position_ids"] = np.broadcast_to(np.arange(16, dtype="int32"), tokens.shape).copy()
-    kinds = (keras.layers.Dense, keras.layers.EinsumDense)
-    before = {id(o) for o in gc.get_objects() if issubclass(type(o), kinds)}
-    held, original = [], quantize.quantize_layer
-
-    def watched(layer, *args, **kwargs):  # float decoder kernels of the model being loaded, holding values
-        held.append(sum(1 for o in gc.get_objects() if issubclass(type(o), kinds) and id(o) not in before
-                        and o.quantization_mode is None and o.path.startswith("decoder_block")
-                        and getattr(getattr(o, "_kernel", None), "_value", None) is not None))
-        return original(layer, *args, **kwargs)
+    original = quantize.quantize_layer
+    held = count_float_kernels_at_each_quantized_layer(monkeypatch)
 
     folders, made = [], parking.Parking.__init__
 
@@ -251,11 +242,10 @@ def test_a_gptq_base_parks_its_float_kernels_on_disk_and_equals_one_read_whole(t
         made(self, *args, **kwargs)
         folders.append(self)
 
-    monkeypatch.setattr(quantize, "quantize_layer", watched)
     monkeypatch.setattr(parking.Parking, "__init__", recorded)
     task, _, _ = model.load(path, "float32", "int4", int4_rounding="gptq", calibration=calibration)
     err = capsys.readouterr().err
-    blocks = task.backbone.transformer_layers
+    blocks, kinds = task.backbone.transformer_layers, (keras.layers.Dense, keras.layers.EinsumDense)
     per_block = max(sum(isinstance(layer, kinds) for layer in block._flatten_layers()) for block in blocks)
     decoder = sum(isinstance(layer, kinds) for block in blocks for layer in block._flatten_layers())
     assert 0 < max(held) <= per_block < decoder, (held, per_block)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import CONFIGS, run_cli
-from quantize_helpers import batch, clone, cosine, loss_and_lora_grads, tiny_backbone
+from quantize_helpers import (batch, clone, cosine, count_float_kernels_at_each_quantized_layer, loss_and_lora_grads,
+                              tiny_backbone)
 
 FAMILY_PARAMS = [pytest.param(f, marks=() if f == "gemma3" else pytest.mark.slow)
                  for f in ("gemma", "gemma2", "gemma3", "gemma4")]
@@ -161,24 +162,11 @@ def test_a_base_quantized_as_it_loads_holds_one_float_kernel_at_a_time_and_equal
     """kft.quantize_on_load: each decoder layer is quantized as soon as the loader has filled its float
     kernel, so the host never holds the float decoder (a 9B's 37 GB in float32); the codes are the ones
     quantizing the loaded float model gives, bit for bit."""
-    import gc
-
-    import keras
-
     from kft import model, quantize
 
     path = tiny_presets[family]  # Gemma 4's is built on first use: before counting starts
-    kinds = (keras.layers.Dense, keras.layers.EinsumDense)
-    before = {id(o) for o in gc.get_objects() if issubclass(type(o), kinds)}  # type(): no lazy-module getattr
-    float_kernels, original = [], quantize.quantize_layer
-
-    def watched(layer, *args, **kwargs):  # float decoder kernels of the model being loaded, holding values
-        float_kernels.append(sum(1 for o in gc.get_objects() if issubclass(type(o), kinds) and id(o) not in before
-                                 and o.quantization_mode is None and o.path.startswith("decoder_block")
-                                 and getattr(getattr(o, "_kernel", None), "_value", None) is not None))
-        return original(layer, *args, **kwargs)
-
-    monkeypatch.setattr(quantize, "quantize_layer", watched)
+    original = quantize.quantize_layer
+    float_kernels = count_float_kernels_at_each_quantized_layer(monkeypatch)
     options = {"int4_rounding": "least-squares"} if mode == "int4" else {}
     task, _, _ = model.load(path, "float32", mode, **options)
     err = capsys.readouterr().err
