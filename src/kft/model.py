@@ -198,7 +198,8 @@ def load(preset: str, precision: str = "auto", quantize: str = "none", **quantiz
         # in float, then placed on the accelerator or the mesh (kft.placement).
         # Its layers are quantized as they load (kft.quantize_on_load); for GPTQ their float kernels
         # wait on disk for the calibration pass instead (kft.parking).
-        with placement.on_host(quantize != "none") as on_host, quantize_lib.parking(quantize, **quantize_options) as parked:
+        with placement.on_host(quantize != "none") as on_host, \
+                quantize_lib.parking(quantize, **quantize_options) as parked:
             with weights_from_preset_only(), backend.native_logs_filtered(), \
                     quantize_lib.while_loading(quantize, parked=parked, **quantize_options):
                 task = _from_preset(path, policy)
