@@ -310,3 +310,16 @@ def test_a_parking_folder_left_by_a_killed_process_is_removed_by_the_next(tmp_pa
         assert not orphan.exists() and live.exists() and parked.folder.name.startswith(f"{parking.PREFIX}{os.getpid()}-")
     finally:
         parked.close()
+
+
+def test_a_disk_too_small_for_the_parked_kernels_stops_the_load_in_one_line(tiny_presets, monkeypatch):
+    """Keras' loader catches what a layer's loading raises and loads the layer again; kft's error
+    must still reach the user, not turn into a silent whole read."""
+    from kft import model, parking
+    from kft.errors import KftError
+
+    monkeypatch.setattr(parking, "MARGIN", 1 << 60)
+    tokens = np.ones((2, 8), "int32")
+    with pytest.raises(KftError, match="set TMPDIR to a folder on a larger disk"):
+        model.load(tiny_presets["gemma3"], "float32", "int4", int4_rounding="gptq",
+                   calibration={"token_ids": tokens, "padding_mask": tokens})

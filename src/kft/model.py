@@ -167,6 +167,8 @@ def preset_errors(preset: str, path: str):
     remote = not presets.is_local(path)
     try:
         yield
+    except KftError:
+        raise  # already one line for the user (a full disk while GPTQ parks kernels, say)
     except ValueError as e:
         raise KftError(f"cannot load preset '{preset}': {str(e).splitlines()[0][:200]}") from None
     except (Exception if remote else (OSError, ConnectionError)) as e:

@@ -47,13 +47,19 @@ def quantizing(wanted, quantize, label: str = "quantizing as it loads"):
 
     assign = JaxVariable.assign
 
+    failures = []  # Keras' loader catches what a layer's loading raises, and retries without the hook
+
     def assign_then_quantize(self, value):
         result = assign(self, value)
         variable, layer = owners.pop(id(self), (None, None))
         if variable is not None and variable() is self:
             if not counter:
                 counter.append(Counter(label, len(owners) + 1, "layers", timed=True, stream=sys.stderr))
-            quantize(layer)
+            try:
+                quantize(layer)
+            except Exception as e:
+                failures.append(e)
+                raise
             counter[0].advance()
         return result
 
@@ -68,3 +74,5 @@ def quantizing(wanted, quantize, label: str = "quantizing as it loads"):
             kind.build = build
         if counter:
             counter[0].close()
+    if failures:
+        raise failures[0]
