@@ -323,3 +323,20 @@ def test_a_disk_too_small_for_the_parked_kernels_stops_the_load_in_one_line(tiny
     with pytest.raises(KftError, match="set TMPDIR to a folder on a larger disk"):
         model.load(tiny_presets["gemma3"], "float32", "int4", int4_rounding="gptq",
                    calibration={"token_ids": tokens, "padding_mask": tokens})
+
+
+def test_kernels_are_parked_on_disk_even_where_the_temporary_folder_lives_in_memory(tmp_path, monkeypatch):
+    """On many Linux machines /tmp is a tmpfs: parking there would take the RAM it is meant to spare."""
+    from kft import parking
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda / ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\ntmpfs /tmp/x/data ext4 rw 0 0\n")
+    assert parking.in_memory("/tmp/kft-gptq-1-a", str(mounts)) and not parking.in_memory("/home/u", str(mounts))
+    assert not parking.in_memory("/tmp/x/data/y", str(mounts))  # the longest mount point decides
+    monkeypatch.setenv("KFT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(parking, "in_memory", lambda path: True)
+    parked = parking.Parking()
+    try:
+        assert parked.folder.parent == tmp_path / "cache" / "parking"
+    finally:
+        parked.close()

@@ -197,7 +197,7 @@ def test_host_memory_and_disk_at_load_are_planned_and_auto_takes_gptq_only_where
     rendered = plan.render(roomy)
     assert f"host memory at load: {roomy.host:.2f} GB beside the process (what stays float and one block's float " \
            f"kernels; {roomy.host_as_it_loads:.2f} GB with least-squares rounding)" in rendered
-    assert f"disk at load: up to {float_decoder:.2f} GB in the temporary folder (TMPDIR)" in rendered
+    assert f"disk at load: up to {float_decoder:.2f} GB, where GPTQ parks the float decoder kernels" in rendered
     assert LAST_LINE.match(rendered.splitlines()[-1])
     assert kept_float < roomy.host_as_it_loads < kept_float + 0.25  # + the widest kernel as it loads
     for short, where in ((dict(host_memory_gb=4.2), "in host memory"), (dict(disk_gb=20.0), "on disk")):

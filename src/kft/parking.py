@@ -9,8 +9,10 @@ rounds them right after; each file goes once read. The host holds one block's fl
 time, the disk at most the float decoder: half of it where the float32 values are bfloat16 numbers
 (Gemma's released weights are), which are stored in 2 bytes, exactly.
 
-The folder is made in the system's temporary folder (`TMPDIR`) and removed at the end; one left by a
-process that was killed (a notebook kernel restarted mid-load) is removed by the next.
+The folder is made in the system's temporary folder (`TMPDIR`), or in kft's cache folder
+(`$KFT_CACHE/parking`) where the temporary folder lives in memory (tmpfs, as /tmp does on many Linux
+machines) and parking there would take the RAM it is meant to spare. It is removed at the end; one
+left by a process that was killed (a notebook kernel restarted mid-load) is removed by the next.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ class Parking:
     """Float kernels written to `folder` (a new temporary folder by default) and read back by layer."""
 
     def __init__(self, folder: str | None = None):
-        _remove_orphans(Path(folder or tempfile.gettempdir()))
-        self.folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=folder))
+        root = Path(folder) if folder else default_root()
+        _remove_orphans(root)
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=root))
         self.parked = {}  # id(variable) -> (weak reference to it, file, shape, dtype, stored as bfloat16)
         self.written = self.files = 0  # bytes and files, in all
 
@@ -82,6 +85,35 @@ class Parking:
             print(f"kft: GPTQ parked {self.written / GB:.2f} GB of float kernels on disk ({self.folder}) while "
                   "the base loaded", file=sys.stderr, flush=True)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def default_root() -> Path:
+    """The temporary folder, unless it lives in memory; then `$KFT_CACHE/parking`."""
+    root = Path(tempfile.gettempdir())
+    if in_memory(root):
+        from kft.presets import cache_dir
+
+        root = cache_dir() / "parking"
+        root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def in_memory(path: Path, mounts: str = "/proc/mounts") -> bool:
+    """Whether `path` is on a tmpfs or ramfs (its longest mount point in `mounts` says)."""
+    path, kind, longest = os.path.realpath(path), "", -1
+    try:
+        with open(mounts, encoding="utf-8") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                mount = fields[1].replace("\\040", " ").rstrip("/") or "/"
+                inside = path == mount or path.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) > longest:
+                    kind, longest = fields[2], len(mount)
+    except OSError:
+        return False
+    return kind in ("tmpfs", "ramfs")
 
 
 def _remove_orphans(root: Path) -> None:

@@ -422,8 +422,8 @@ def render(plan: Plan, devices: int = 1, model_axis: int = 1) -> str:
             "rounding" if plan.quantizing else "what stays float and one float kernel: the rest is quantized as it loads"
         lines.append(f"host memory at load: {plan.host:.2f} GB beside the process ({what})")
     if plan.disk:
-        lines.append(f"disk at load: up to {plan.disk:.2f} GB in the temporary folder (TMPDIR), where GPTQ parks the "
-                     "float decoder kernels until it rounds them")
+        lines.append(f"disk at load: up to {plan.disk:.2f} GB, where GPTQ parks the float decoder kernels until it "
+                     "rounds them (TMPDIR; $KFT_CACHE/parking where TMPDIR is in memory)")
     lines.append(f"kft plan: peak {plan.peak:.2f} GB per device, {'fits' if plan.fits else 'does not fit'} "
                  f"in {plan.memory:.2f} GB")
     return "\n".join(lines)
@@ -485,11 +485,12 @@ def make(c, device_memory: str | float | None = None, devices: int = 1, model_ax
 
 
 def _free_disk() -> float:
-    """Bytes free in the temporary folder, where GPTQ parks float kernels (kft.parking)."""
+    """Bytes free where GPTQ parks float kernels (kft.parking)."""
     import shutil
-    import tempfile
 
-    return shutil.disk_usage(tempfile.gettempdir()).free
+    from kft import parking
+
+    return shutil.disk_usage(parking.default_root()).free
 
 
 def int4_rounding(c, devices: int = 1, model_axis: int = 1, device_memory: str | None = None) -> str:
@@ -531,7 +532,7 @@ def check_before_training(c, devices: int = 1, model_axis: int = 1) -> None:
                        f"{plan.advice} (see `kft plan`; train.memory_check: false to try anyway)")
     disk = _free_disk() / GB
     if plan.disk > disk:
-        raise KftError(f"GPTQ parks up to {plan.disk:.2f} GB of float kernels in the temporary folder while the base "
+        raise KftError(f"GPTQ parks up to {plan.disk:.2f} GB of float kernels on disk while the base "
                        f"loads, and that disk has {disk:.2f} GB free; set TMPDIR to a folder on a larger disk, or use "
                        "model.int4_rounding least-squares (train.memory_check: false to try anyway)")
     free = _available_ram() / GB
