@@ -28,8 +28,8 @@ import numpy as np
 
 from kft.errors import KftError
 
-GB = 1024**3
-MARGIN = 1 * GB  # left free on the disk
+GB = 1e9  # as kft plan counts
+MARGIN = int(GB)  # left free on the disk
 PREFIX = "kft-gptq-"  # then the process id
 
 
