@@ -77,13 +77,17 @@ def tied_class(cls):
 
 
 def tie(model) -> int:
-    """Give every weight-only int8/int4 EinsumDense of `model` kft's call; return how many."""
+    """Give every weight-only int8/int4 EinsumDense of `model` kft's call; return how many. Layers
+    whose block reads their `.kernel` instead of calling them (kft.quantize.KERNEL_READERS) keep
+    their class."""
     import keras
 
-    tied = 0
+    from kft.quantize import _DEQUANTIZING
+
+    tied, skipped = 0, (*_TIED.values(), *_DEQUANTIZING.values())
     for layer in model._flatten_layers():
         if (getattr(layer, "quantization_mode", None) in ("int8", "int4") and isinstance(layer, keras.layers.EinsumDense)
-                and getattr(layer, "inputs_quantizer", None) is None and type(layer) not in _TIED.values()):
+                and getattr(layer, "inputs_quantizer", None) is None and type(layer) not in skipped):
             layer.__class__ = tied_class(type(layer))
             tied += 1
     return tied
