@@ -236,11 +236,13 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     p = parameters(a)
     quantizable = p["attention"] + p["feed-forward"]
     floating = sum(p.values()) - quantizable - (p["per-layer embedding"] if mode != "none" else 0)
+    per_param = quantized_bytes_per_param(mode, c.model.int4_block_size) if mode != "none" else store
+    widest = a.hidden * a.ffw * (2 if a.double_wide_layers else 1)  # parameters of the widest kernel
     base = floating * store
     if mode == "none":
         base += quantizable * store
     else:
-        base += (quantizable + p["per-layer embedding"]) * quantized_bytes_per_param(mode, c.model.int4_block_size)
+        base += (quantizable + p["per-layer embedding"]) * per_param
     base /= model_axis
     lora = lora_parameters(a, c.lora.rank, c.lora.targets) * 4
     optimizer = lora * (3 + (1 if c.train.grad_accum > 1 else 0))  # gradients + AdamW moments (+ accumulator)
@@ -259,7 +261,7 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     all_logits = tokens * a.vocab * 4 * 3  # float32 logits, their softmax and gradient
     logits = trained_logits if c.train.logits_on == "trained" else all_logits
     # XLA temporaries: the largest dequantized (or cast) feed-forward kernel, twice.
-    temporaries = 2 * a.hidden * a.ffw * (2 if a.double_wide_layers else 1) * compute
+    temporaries = 2 * widest * compute
     runtime = (CPU_RUNTIME_GB if accelerator == "cpu" else ACCELERATOR_RUNTIME_GB) * GB
     plan = Plan(memory=device_memory_gb)
     plan.lines = [
@@ -280,13 +282,13 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
         # Held meanwhile on the first device: its share of the quantized decoder (all of it, at the
         # end), the runtime, and on a CPU (the host) what stays float and the block in flight.
         # Elsewhere those stay on the host, and reach the devices only after (kft.placement).
-        block = (p["attention"] / a.layers + 3 * a.hidden * a.ffw * (2 if a.double_wide_layers else 1)) * store
+        block = (p["attention"] / a.layers + 3 * widest) * store
         float_at_load = (floating + lookup) * store + block
-        held = (quantizable + lookup) * quantized_bytes_per_param(mode, c.model.int4_block_size)
+        held = (quantizable + lookup) * per_param
         held = held / model_axis + runtime + (float_at_load if accelerator == "cpu" else 0)
         plan.quantizing = (held + sum(gb * GB for _, gb in plan.quantizing_lines)) / GB
         plan.disk = quantizable * store / GB
-        gptq_host = (floating + lookup) * store + max(block, lookup * quantized_bytes_per_param(mode, c.model.int4_block_size))
+        gptq_host = (floating + lookup) * store + max(block, lookup * per_param)
         short = [where for where, need, free in (("on the device", plan.quantizing, device_memory_gb),
                                                   ("in host memory", gptq_host / GB if accelerator != "cpu" else 0, host_memory_gb),
                                                   ("on disk", plan.disk, disk_gb))
@@ -304,9 +306,8 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     if mode != "none" and accelerator != "cpu":  # the host holds the base before it is placed (kft.placement)
         # Quantized kernels go to the devices; a lookup table (Gemma 4's per-layer embedding) is
         # quantized where it is, so the host holds it quantized, and in float while that happens.
-        widest = max(a.hidden * a.ffw * (2 if a.double_wide_layers else 1), lookup) * store
-        kept = floating * store + lookup * quantized_bytes_per_param(mode, c.model.int4_block_size)
-        plan.host_as_it_loads = (kept + widest) / GB
+        kept = floating * store + lookup * per_param
+        plan.host_as_it_loads = (kept + max(widest, lookup) * store) / GB
         plan.host = gptq_host / GB if plan.quantizing else plan.host_as_it_loads
     count = sum(p.values())
     plan.header = (
