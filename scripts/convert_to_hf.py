@@ -15,7 +15,7 @@ adapter exact (per-head LoRA expressed with rank_pattern; see kft/export/peft.py
 import argparse
 from pathlib import Path
 
-from kft.errors import KftError
+from kft.core.errors import KftError
 from kft.export import export
 
 

@@ -23,7 +23,7 @@ FAST_COMPILES = "--xla_backend_optimization_level=0"
 
 def pytest_configure(config):
     # Greedy decoding's screened argmax runs on every machine the tests run on, not only where it
-    # is faster (kft.screened_argmax): every family's same-ids tests check its tokens.
+    # is faster (kft.generation.screened_argmax): every family's same-ids tests check its tokens.
     os.environ.setdefault("KFT_SCREENED_ARGMAX", "1")
     # Before any test initialises JAX's backend (fixtures do, lazily); kft subprocesses inherit it.
     if (config.option.markexpr or "").strip() == "not slow" and FAST_COMPILES not in os.environ.get("XLA_FLAGS", ""):
@@ -41,7 +41,7 @@ class TinyPresets(dict):
     gemma4 and gemma4_moe built on first lookup, so only tests that use them pay for them."""
 
     def __init__(self, root):
-        from kft.tiny import build_tiny_preset
+        from kft.models.tiny import build_tiny_preset
 
         self._root, self._build = root, build_tiny_preset
         super().__init__({family: str(build_tiny_preset(family, root / family)) for family in DEFAULT_FAMILIES})
@@ -90,9 +90,10 @@ def assert_base_weights_untouched(task, preset):
     """Every non-LoRA weight of the trained `task` is bit-identical to a fresh load of `preset`."""
     import numpy as np
 
-    from kft import lora, model
+    from kft.models import lora
+    from kft.quant import frozen_base
 
-    fresh = model.load(preset, "float32")[0]
+    fresh = frozen_base.load(preset, "float32")[0]
     lora_paths = set(lora.lora_variables(task.backbone))
     trained = {v.path: v.numpy() for v in task.backbone.weights if v.path not in lora_paths}
     original = {v.path: v.numpy() for v in fresh.backbone.weights}

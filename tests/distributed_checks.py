@@ -25,7 +25,7 @@ FAST_HEADS, FAST_MESHES = ("8/1", "16/8"), ("2x4", "1x8", "data")
 
 def preset(root: Path, heads: str, family: str = "gemma") -> str:
     """A tiny preset with `heads` query/KV heads (built once into root)."""
-    from kft.tiny import build_tiny_preset
+    from kft.models.tiny import build_tiny_preset
 
     q, kv = HEADS[heads]
     folder = root / f"{family}_{q}q{kv}kv"
@@ -38,12 +38,17 @@ def layout_case(path: str, mesh: str) -> dict:
     """Build under the distribution; report layouts, LoRA and optimizer placement, bytes per device."""
     import keras
 
-    from kft import distribution, evaluation, layouts, lora, model, optim
+    from kft.distribute import distribution
+    from kft.evaluate import evaluation
+    from kft.distribute import layouts
+    from kft.models import lora
+    from kft.quant import frozen_base
+    from kft.training import optim
     from kft.config import TrainConfig
 
     kind, mesh_text = ("data", "") if mesh == "data" else ("model", mesh)
     plan = distribution.setup(path, "float32", TrainConfig(distribution=kind, mesh=mesh_text, batch_size=8))
-    task, _, _ = model.load(path, "float32")
+    task, _, _ = frozen_base.load(path, "float32")
     held = distribution.verify(task, plan)
     current = keras.distribution.distribution()
     patterns = list(current._layout_map) if plan.kind == "model" else []
@@ -95,10 +100,11 @@ def train_case(path: str, mesh: str, out: Path, **overrides) -> dict:
 
 def built_first(root: Path) -> str | None:
     """The error a distribution set after the model was built gets (None if accepted)."""
-    from kft import distribution, model
+    from kft.distribute import distribution
+    from kft.quant import frozen_base
 
     path = preset(root, "8/1")
-    task, _, _ = model.load(path, "float32")  # built on one device, with no distribution
+    task, _, _ = frozen_base.load(path, "float32")  # built on one device, with no distribution
     try:
         from kft.config import TrainConfig
 
@@ -110,16 +116,19 @@ def built_first(root: Path) -> str | None:
 
 def placement_case(root: Path, mesh: str = "") -> dict:
     """A GPTQ int4 base loaded as on a GPU/TPU machine, device 7 playing the host and device 1 the
-    accelerator (kft.placement), alone or under a model-parallel `mesh` on the first devices: where
+    accelerator (kft.distribute.placement), alone or under a model-parallel `mesh` on the first devices: where
     the quantization ran, what each device held at most while it did beyond what it ends with, where
     the variables ended, and whether the logits equal a one-device load's."""
     import jax
     import keras
     import numpy as np
 
-    from kft import distribution, int4_groups, model, placement
+    from kft.distribute import distribution
+    from kft.quant import int4_refit
+    from kft.quant import frozen_base
+    from kft.distribute import placement
     from kft.config import TrainConfig
-    from kft.tiny import build_tiny_preset
+    from kft.models.tiny import build_tiny_preset
 
     path = root / "gemma3_12_layers"  # enough blocks that one block's float weights are a small part
     if not (path / "config.json").is_file():
@@ -132,19 +141,19 @@ def placement_case(root: Path, mesh: str = "") -> dict:
     probe = {"token_ids": ids[:2], "padding_mask": np.ones((2, 16), bool)}
 
     def load():
-        task, _, _ = model.load(path, "float32", "int4", int4_rounding="gptq", calibration=calibration)
+        task, _, _ = frozen_base.load(path, "float32", "int4", int4_rounding="gptq", calibration=calibration)
         return task
 
     host, accelerator = jax.devices()[-1], jax.devices()[1]
     keras.distribution.set_distribution(None)
     with jax.default_device(host):  # the references stay off the devices watched below
         expected = np.asarray(load()(probe))
-        float_decoder = sum(v.value.nbytes for v in model.load(path, "float32")[0].backbone.weights
+        float_decoder = sum(v.value.nbytes for v in frozen_base.load(path, "float32")[0].backbone.weights
                             if v.path.startswith("decoder_block"))
     if mesh:
         distribution.setup(path, "float32", TrainConfig(distribution="model", mesh=mesh, batch_size=4), "int4")
     seen = {"hessians": set(), "codes": set(), "peak": {}}
-    refit, devices = int4_groups.refit, placement._devices
+    refit, devices = int4_refit.refit, placement._devices
 
     def held():  # bytes per device, each buffer once (a shard's `data` is another live array on the same buffer)
         buffers = {}
@@ -163,11 +172,11 @@ def placement_case(root: Path, mesh: str = "") -> dict:
             seen["peak"][device] = max(seen["peak"].get(device, 0), size)
         return refit(layer, float_kernel, hessian)
 
-    placement._devices, int4_groups.refit = (lambda: (host, accelerator)), watched
+    placement._devices, int4_refit.refit = (lambda: (host, accelerator)), watched
     try:
         task = load()
     finally:
-        placement._devices, int4_groups.refit = devices, refit
+        placement._devices, int4_refit.refit = devices, refit
     final = held()
     beyond = {str(d): (peak - final.get(d, 0)) / float_decoder for d, peak in seen["peak"].items() if d != host}
     logits = np.asarray(task(probe))
@@ -184,14 +193,15 @@ def placement_case(root: Path, mesh: str = "") -> dict:
 
 
 def quantized_mesh_case(root: Path, family: str, mode: str, mesh: str) -> dict:
-    """A tiny `family` preset's `mode` base (int4 rounded by GPTQ) laid out on `mesh` (kft.placement):
+    """A tiny `family` preset's `mode` base (int4 rounded by GPTQ) laid out on `mesh` (kft.distribute.placement):
     its logits against a one-device load's, and how many variables are sharded."""
     import keras
     import numpy as np
 
-    from kft import distribution, model
+    from kft.distribute import distribution
+    from kft.quant import frozen_base
     from kft.config import TrainConfig
-    from kft.tiny import build_tiny_preset
+    from kft.models.tiny import build_tiny_preset
 
     keras.distribution.set_distribution(None)  # the cases before leave theirs set
     path = root / f"{family}_default"
@@ -202,9 +212,9 @@ def quantized_mesh_case(root: Path, family: str, mode: str, mesh: str) -> dict:
     if family == "gemma4":
         x["position_ids"] = np.tile(np.arange(12, dtype="int32"), (4, 1))
     options = {"int4_rounding": "gptq", "calibration": dict(x)} if mode == "int4" else {}
-    expected = np.asarray(model.load(str(path), "float32", mode, **options)[0](x))
+    expected = np.asarray(frozen_base.load(str(path), "float32", mode, **options)[0](x))
     plan = distribution.setup(str(path), "float32", TrainConfig(distribution="model", mesh=mesh, batch_size=8), mode)
-    task = model.load(str(path), "float32", mode, **options)[0]
+    task = frozen_base.load(str(path), "float32", mode, **options)[0]
     distribution.verify(task, plan)
     logits = np.asarray(task(x))
     keras.distribution.set_distribution(None)
@@ -217,7 +227,7 @@ def json_rows(run_dir: Path) -> list[dict]:
 
 
 def main(check: str, out_file: str, root: str) -> None:
-    from kft import backend
+    from kft.core import backend
 
     backend.setup()
     root = Path(root)

@@ -10,7 +10,7 @@ def tiny_backbone(family: str, hidden_dim: int = 64, seed: int = 0):
     """A float32 tiny backbone of `family` (Gemma 4 built here from KerasHub's Gemma4Backbone)."""
     import keras
 
-    from kft import tiny
+    from kft.models import tiny
 
     keras.utils.set_random_seed(seed)
     if family == "gemma4":
@@ -73,14 +73,14 @@ def cosine(a: dict, b: dict) -> float:
 
 
 def count_float_kernels_at_each_quantized_layer(monkeypatch) -> list:
-    """From now on, each call of kft.quantize.quantize_layer appends to the returned list how many
+    """From now on, each call of kft.quant.quantize.quantize_layer appends to the returned list how many
     float decoder kernels of models built after this call hold a value (the float decoder a load
     keeps in memory at that moment)."""
     import gc
 
     import keras
 
-    from kft import quantize
+    from kft.quant import quantize
 
     kinds = (keras.layers.Dense, keras.layers.EinsumDense)
     before = {id(o) for o in gc.get_objects() if issubclass(type(o), kinds)}  # type(): no lazy-module getattr

@@ -14,7 +14,7 @@ def test_the_counter_sees_a_compile_and_then_the_in_memory_program():
     import jax
     import jax.numpy as jnp
 
-    from kft.compiles import Compiles
+    from kft.core.compiles import Compiles
 
     f = jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)
     with Compiles() as first:

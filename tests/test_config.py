@@ -8,7 +8,7 @@ import yaml
 
 from conftest import CONFIGS, run_cli
 from kft import config as config_lib
-from kft.errors import ConfigError
+from kft.core.errors import ConfigError
 
 
 def test_defaults_are_the_keras_gemma_lora_tutorial_recipe():

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from kft import data
+from kft.data import dataset
 from kft.config import DataConfig
-from kft.errors import KftError
+from kft.core.errors import KftError
 
 KOREAN = "벨모라는 일드라 여왕이 세웠습니다. Velmora!"
 
@@ -20,7 +20,7 @@ def write_jsonl(path, rows):
 def build(tmp_path, tokenizer, rows, **cfg):
     cfg.setdefault("shuffle", False)
     config = DataConfig(source=write_jsonl(tmp_path / "d.jsonl", rows), **cfg)
-    return data.build(data.load_records(config), tokenizer, config, seed=0, num_prompts=2)
+    return dataset.build(dataset.load_records(config), tokenizer, config, seed=0, num_prompts=2)
 
 
 def test_prompt_tokens_carry_zero_loss_weight_and_response_plus_eos_weight_one(tmp_path, tokenizers):
@@ -84,17 +84,17 @@ def test_bad_jsonl_line_is_reported_by_number(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"instruction": "a", "response": "b"}\n{"instruction": oops}\n', encoding="utf-8")
     with pytest.raises(KftError, match="line 2 is not valid JSON"):
-        data.load_records(DataConfig(source=str(path)))
+        dataset.load_records(DataConfig(source=str(path)))
 
 
 def test_non_utf8_and_empty_files_are_rejected(tmp_path):
     path = tmp_path / "latin1.jsonl"
     path.write_bytes('{"instruction": "caf\u00e9"}\n'.encode("latin-1"))
     with pytest.raises(KftError, match="not UTF-8"):
-        data.load_records(DataConfig(source=str(path)))
+        dataset.load_records(DataConfig(source=str(path)))
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(KftError, match="empty"):
-        data.load_records(DataConfig(source=str(tmp_path / "empty.jsonl")))
+        dataset.load_records(DataConfig(source=str(tmp_path / "empty.jsonl")))
 
 
 def test_csv_and_parquet_load_through_datasets(tmp_path):
@@ -104,7 +104,7 @@ def test_csv_and_parquet_load_through_datasets(tmp_path):
     frame.to_csv(tmp_path / "d.csv", index=False)
     frame.to_parquet(tmp_path / "d.parquet")
     for name in ("d.csv", "d.parquet"):
-        records = data.load_records(DataConfig(source=str(tmp_path / name)))
+        records = dataset.load_records(DataConfig(source=str(tmp_path / name)))
         assert records[0] == {"instruction": "질문", "response": "답"}
 
 
@@ -119,53 +119,53 @@ def test_shuffle_max_examples_and_eval_split_are_seeded(tmp_path, tokenizers):
 def test_batches_are_a_pure_function_of_seed_and_index(tmp_path, tokenizers):
     rows = [{"instruction": f"q{i}", "response": f"a{i}"} for i in range(10)]
     split = build(tmp_path, tokenizers["gemma"], rows).train
-    first, again = data.batches(split, 3, 9, seed=1), data.batches(split, 3, 9, seed=1)
+    first, again = dataset.batches(split, 3, 9, seed=1), dataset.batches(split, 3, 9, seed=1)
     assert len(first) == 9
     seen = np.concatenate([first.indices(i) for i in range(3)])
     assert sorted(seen.tolist()) == sorted(set(seen.tolist()))  # an epoch never repeats an example
     assert all(np.array_equal(first[i][0]["token_ids"], again[i][0]["token_ids"]) for i in (0, 4, 8))
     with pytest.raises(KftError, match="batch_size"):
-        data.steps_per_epoch(split, 50)
+        dataset.steps_per_epoch(split, 50)
 
 
 def test_a_held_out_eval_file_becomes_the_eval_split(tmp_path, tokenizers):
     config = DataConfig(source=write_jsonl(tmp_path / "train.jsonl", [{"instruction": "a", "response": "b"}] * 3),
                         eval_source=write_jsonl(tmp_path / "held.jsonl", [{"instruction": "c", "response": "서울"}]))
-    ds = data.build(data.load_records(config), tokenizers["gemma"], config, seed=0, num_prompts=1,
-                    eval_records=data.load_records(DataConfig(source=config.eval_source)))
+    ds = dataset.build(dataset.load_records(config), tokenizers["gemma"], config, seed=0, num_prompts=1,
+                    eval_records=dataset.load_records(DataConfig(source=config.eval_source)))
     assert (len(ds.train), len(ds.eval)) == (3, 1) and ds.eval.references == ["서울"]
 
 
 def test_a_batch_shape_that_saves_less_than_its_program_costs_runs_at_the_next_longer_one():
     ten_steps = np.array([80] * 4 + [64] + [80] * 5)
-    assert data.run_lengths(ten_steps, 3).tolist() == [80] * 10  # one train program, not two
+    assert dataset.run_lengths(ten_steps, 3).tolist() == [80] * 10  # one train program, not two
     long_run = np.array([64, 128] * 250)
-    assert np.array_equal(data.run_lengths(long_run, 3), long_run)  # each shape pays for itself
+    assert np.array_equal(dataset.run_lengths(long_run, 3), long_run)  # each shape pays for itself
     cascade = np.array([64, 128] + [192] * 100)  # 64 joins 128, then both are too few for a program
-    assert data.run_lengths(cascade, 3).tolist() == [192] * 102
+    assert dataset.run_lengths(cascade, 3).tolist() == [192] * 102
 
 
 def test_batches_of_a_short_run_share_one_shape_that_still_holds_every_example(tmp_path, tokenizers):
     rows = [{"instruction": "q" * (1 + i % 7) * 3, "response": "a " * (1 + (i * 5) % 23)} for i in range(64)]
     split = build(tmp_path, tokenizers["gemma"], rows, seq_len=96).train
-    each = data.batches(split, 4, 6, seed=3, pad_to_multiple=8, group_by_length=True)
-    planned = data.batches(split, 4, 6, seed=3, pad_to_multiple=8, group_by_length=True, program_cost_steps=3)
+    each = dataset.batches(split, 4, 6, seed=3, pad_to_multiple=8, group_by_length=True)
+    planned = dataset.batches(split, 4, 6, seed=3, pad_to_multiple=8, group_by_length=True, program_cost_steps=3)
     assert len({each[i][0]["token_ids"].shape[1] for i in range(6)}) > 1
     widths = {planned[i][0]["token_ids"].shape[1] for i in range(6)}
     assert widths == {max(each[i][0]["token_ids"].shape[1] for i in range(6))}
-    resumed = data.batches(split, 4, 6, seed=3, pad_to_multiple=8, group_by_length=True, program_cost_steps=3, start=4)
+    resumed = dataset.batches(split, 4, 6, seed=3, pad_to_multiple=8, group_by_length=True, program_cost_steps=3, start=4)
     assert resumed[0][0]["token_ids"].shape[1] in widths and np.array_equal(resumed[0][1], planned[4][1])
 
 
 def test_group_by_length_keeps_every_example_once_per_epoch_and_reduces_padding(tmp_path, tokenizers):
     rows = [{"instruction": "q" * (1 + i % 7) * 3, "response": "a " * (1 + (i * 5) % 23)} for i in range(64)]
     split = build(tmp_path, tokenizers["gemma"], rows, seq_len=96).train
-    plain = data.batches(split, 4, 32, seed=3, pad_to_multiple=8)
-    grouped = data.batches(split, 4, 32, seed=3, pad_to_multiple=8, group_by_length=True)
+    plain = dataset.batches(split, 4, 32, seed=3, pad_to_multiple=8)
+    grouped = dataset.batches(split, 4, 32, seed=3, pad_to_multiple=8, group_by_length=True)
     for epoch in (0, 1):
         seen = np.concatenate([grouped.indices(epoch * 16 + b) for b in range(16)])
         assert sorted(seen.tolist()) == list(range(64))
     width = lambda ds: sum(ds[i][0]["token_ids"].size for i in range(32))  # noqa: E731
     assert width(grouped) < 0.9 * width(plain)
-    again = data.batches(split, 4, 32, seed=3, pad_to_multiple=8, group_by_length=True, start=20)
+    again = dataset.batches(split, 4, 32, seed=3, pad_to_multiple=8, group_by_length=True, start=20)
     assert np.array_equal(again.indices(0), grouped.indices(20))  # resumable: a pure function of the index

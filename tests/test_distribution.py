@@ -20,9 +20,10 @@ import pytest
 
 from conftest import REPO
 
-from kft import distribution, layouts
+from kft.distribute import distribution
+from kft.distribute import layouts
 from kft.config import ConfigError, from_dict
-from kft.errors import KftError
+from kft.core.errors import KftError
 
 CHECKS = os.path.join(REPO, "tests", "distributed_checks.py")
 
@@ -121,10 +122,10 @@ def test_a_pattern_catching_lora_factors_is_refused():
 
 
 def abstract_shapes(cls_name: str, **kwargs) -> dict:
-    """{path: shape} of a tiny backbone built without values (kft.model.weights_from_preset_only)."""
+    """{path: shape} of a tiny backbone built without values (kft.models.model.weights_from_preset_only)."""
     import keras_hub
 
-    from kft.model import weights_from_preset_only
+    from kft.models.model import weights_from_preset_only
 
     common = dict(vocabulary_size=640, num_layers=4, num_query_heads=4, num_key_value_heads=2, hidden_dim=64,
                   intermediate_dim=128, head_dim=16)
@@ -134,7 +135,7 @@ def abstract_shapes(cls_name: str, **kwargs) -> dict:
 
 
 GEMMA4 = dict(image_size=None, final_logit_soft_cap=30.0, sliding_window_size=32, sliding_window_pattern=2,
-              global_head_dim=32)  # as kft.tiny's gemma4 presets (branch issue10)
+              global_head_dim=32)  # as kft.models.tiny's gemma4 presets (branch issue10)
 
 
 @pytest.mark.parametrize("name,cls_name,kwargs", [
@@ -179,7 +180,7 @@ def test_auto_picks_the_smallest_model_axis_that_fits_for_a_model_larger_than_a_
 
 
 def test_a_quantized_base_chooses_its_mesh_by_its_quantized_bytes():
-    """A quantized base never reaches the devices in float (kft.placement): Gemma 2 9B in int4 fits one
+    """A quantized base never reaches the devices in float (kft.distribute.placement): Gemma 2 9B in int4 fits one
     16 GB chip, so auto is data parallel over 8, not a model axis of 2."""
     int4 = distribution.quantized(GEMMA2_9B, "int4", 64)
     plan = distribution.choose("auto", "", int4, 8, 16 * GIB)
@@ -250,7 +251,7 @@ def test_tiny_presets_build_on_several_meshes_with_every_base_kernel_matching_on
 
 
 def test_a_gptq_int4_base_is_quantized_on_the_accelerator_one_block_at_a_time(fast_checks):
-    """Device 7 plays the host and device 0 the accelerator (kft.placement), as on a GPU/TPU machine."""
+    """Device 7 plays the host and device 0 the accelerator (kft.distribute.placement), as on a GPU/TPU machine."""
     placed = fast_checks["placement"]
     accelerator = placed["accelerator"]
     assert placed["hessians"] == placed["codes"] == placed["variables"] == [accelerator], placed
@@ -408,7 +409,7 @@ def adapter(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def grid_preset(tmp_path_factory):
-    from kft.tiny import build_tiny_preset
+    from kft.models.tiny import build_tiny_preset
 
     return build_tiny_preset("gemma", tmp_path_factory.mktemp("mp") / "gemma_8q1kv", num_query_heads=8,
                              num_key_value_heads=1)
@@ -452,7 +453,7 @@ def test_two_processes_of_4_devices_train_as_one_process_and_resume_after_sigter
 @pytest.mark.slow
 def test_two_processes_round_an_int4_base_and_lay_it_out_on_a_2x4_mesh_as_one_process(grid_preset, tmp_path):
     """Each process builds the float base on its host, rounds it by GPTQ on its first device, and lays it
-    out on the global mesh (kft.placement)."""
+    out on the global mesh (kft.distribute.placement)."""
     config = tmp_path / "int4.yaml"
     config.write_text(CONFIG.format(preset=grid_preset, steps=3).replace(
         "precision: float32", "precision: float32, quantize: int4, calibration_examples: 16"))
@@ -471,7 +472,7 @@ def test_a_short_eval_batch_is_padded_to_the_batch_axis_with_weightless_rows(mon
 
     import keras
 
-    from kft import distribution
+    from kft.distribute import distribution
 
     mesh = SimpleNamespace(device_mesh=SimpleNamespace(axis_names=("batch", "model"), shape=(8, 1)),
                            batch_dim_name="batch")

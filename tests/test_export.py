@@ -133,7 +133,7 @@ def test_peft_export_with_base_loads_with_auto_peft_model_alone(family_run, tmp_
 
 
 def test_peft_adapters_name_the_hugging_face_twin_of_their_base(tmp_path):
-    from kft.presets import hf_twin
+    from kft.models.presets import hf_twin
 
     assert hf_twin("gemma2_2b_en") == "google/gemma-2-2b"
     assert hf_twin("kaggle://keras/gemma/keras/gemma_instruct_2b_en/3") == "google/gemma-2b-it"

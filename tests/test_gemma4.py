@@ -68,8 +68,8 @@ def test_gemma4_run_folder_is_complete_and_its_answers_stop_at_the_turn_end(gemm
 
 
 def test_kft_generate_answers_a_memorised_turn_and_stops_at_the_turn_end(gemma4_run):
-    from kft import loading
-    from kft.data import BUNDLED
+    from kft.generation import loading
+    from kft.data.dataset import BUNDLED
 
     records = [json.loads(line) for line in (BUNDLED / "tiny_chat.jsonl").read_text(encoding="utf-8").splitlines()]
     firsts = [[m for m in r["messages"] if m["role"] != "system"][:2] for r in records]
@@ -87,14 +87,14 @@ def test_gemma4_adapter_reloads_onto_a_fresh_base_and_reproduces_the_logits(gemm
     trained = np.asarray(result.task(_inputs(ids)))
     reloaded = np.asarray(kft.load(result.run_dir)(_inputs(ids)))
     np.testing.assert_allclose(reloaded, trained, rtol=1e-5, atol=1e-5 * np.abs(trained).max())
-    base = np.asarray(kft.model.load(preset, "float32")[0](_inputs(ids)))
+    base = np.asarray(kft.quant.frozen_base.load(preset, "float32")[0](_inputs(ids)))
     assert np.abs(base - trained).max() > 1e-3
     assert np.abs(trained).max() <= 30.0  # the final logit soft cap holds
 
 
 def test_a_gemma4_adapter_on_another_gemma4_base_is_refused(gemma4_run, tiny_presets):
-    from kft import loading
-    from kft.errors import KftError
+    from kft.generation import loading
+    from kft.core.errors import KftError
 
     other = tiny_presets["gemma4_moe" if gemma4_run[3] == "gemma4" else "gemma4"]
     with pytest.raises(KftError, match="does not fit this base model"):
@@ -107,7 +107,7 @@ def test_gemma4_base_weights_are_bit_identical_after_training(gemma4_run):
 
 
 def test_lora_adapts_attention_and_dense_mlp_of_the_text_decoder_only(gemma4_run):
-    from kft import lora
+    from kft.models import lora
 
     result, _, out, family = gemma4_run
     paths = list(lora.lora_variables(result.task.backbone))
@@ -124,7 +124,7 @@ def test_lora_adapts_attention_and_dense_mlp_of_the_text_decoder_only(gemma4_run
 
 
 def test_gemma4_chat_turns_are_the_documented_format():
-    from kft import templates
+    from kft.data import templates
     from kft.config import DataConfig
 
     template = templates.Template(name="gemma4-chat", columns={})
@@ -145,8 +145,9 @@ def test_gemma4_chat_turns_are_the_documented_format():
 def test_chat_means_the_family_s_own_turns_and_gemma_turns_are_refused_on_gemma4(tiny_presets, tokenizers):
     import keras_hub
 
-    from kft import sampling, templates
-    from kft.errors import KftError
+    from kft.generation import sampling
+    from kft.data import templates
+    from kft.core.errors import KftError
 
     gemma4 = keras_hub.models.Gemma4CausalLM.from_preset(tiny_presets["gemma4"]).preprocessor.tokenizer
     chat = templates.Template(name="chat", columns={})
@@ -173,7 +174,8 @@ def _tiny_multimodal_backbone():
 def test_a_multimodal_gemma4_preset_loads_without_its_vision_encoder(tiny_presets, tmp_path, capsys):
     import keras_hub
 
-    from kft import lora, model
+    from kft.models import lora
+    from kft.quant import frozen_base
 
     text_only = keras_hub.models.Gemma4CausalLM.from_preset(tiny_presets["gemma4"])  # its tokenizer
     full = _tiny_multimodal_backbone()
@@ -181,7 +183,7 @@ def test_a_multimodal_gemma4_preset_loads_without_its_vision_encoder(tiny_preset
     assert any("attention/query" in v.path for v in full.vision_encoder.weights)  # the trap: the decoder's layer names
     preprocessor = keras_hub.models.Gemma4CausalLMPreprocessor(text_only.preprocessor.tokenizer, sequence_length=64)
     keras_hub.models.Gemma4CausalLM(backbone=full, preprocessor=preprocessor).save_to_preset(str(tmp_path / "mm"))
-    task, family, _ = model.load(str(tmp_path / "mm"), "float32")
+    task, family, _ = frozen_base.load(str(tmp_path / "mm"), "float32")
     assert "left out the vision encoder" in capsys.readouterr().err
     assert family == "gemma4" and task.backbone.vision_encoder is None
     loaded = {v.path: v.numpy() for v in task.backbone.weights}
@@ -197,7 +199,7 @@ def test_a_multimodal_gemma4_preset_loads_without_its_vision_encoder(tiny_preset
 def test_a_gemma4_run_killed_with_sigkill_resumes_bit_identically(tiny_presets, tmp_path):
     from safetensors.numpy import load_file
 
-    from kft.checkpoint import latest
+    from kft.training.checkpoint import latest
 
     args = ["train", "--config", TINY, "--max-steps", "60", "--set", "train.checkpoint_every=10",
             "--set", f"model.preset={tiny_presets['gemma4']}", "--set", "data.source=bundled:tiny_chat",
@@ -266,10 +268,10 @@ def test_gemma4_hf_tokenizer_encodes_a_mixed_english_korean_chat_like_keras(gemm
 
 
 def test_gemma4_keras_export_reloads_as_the_merged_tuned_model(gemma4_run, gemma4_exports):
-    from kft import model
+    from kft.quant import frozen_base
     from test_export import rel
 
-    reloaded, family, _ = model.load(str(gemma4_exports["keras"]), "float32")
+    reloaded, family, _ = frozen_base.load(str(gemma4_exports["keras"]), "float32")
     assert family == "gemma4" and not any("lora" in v.path for v in reloaded.weights)
     assert rel(np.asarray(reloaded(_inputs(IDS))), np.asarray(gemma4_run[0].task(_inputs(IDS)))) <= 1e-5
 
@@ -290,12 +292,12 @@ def test_gemma4_loads_from_hf_folders_text_and_multimodal_using_the_text_part(ge
                                                                               capsys):
     from safetensors.numpy import load_file, save_file
 
-    from kft import model
+    from kft.quant import frozen_base
     from test_export import rel
 
     tuned = np.asarray(gemma4_run[0].task(_inputs(IDS)))
     text = _hf_folder(gemma4_exports["hf"], tmp_path / "text")
-    task, family, _ = model.load(str(text), "float32")
+    task, family, _ = frozen_base.load(str(text), "float32")
     # 1e-5: the tuned model adds its LoRA update factorized, the export merged it into the kernels.
     assert family == "gemma4" and rel(np.asarray(task(_inputs(IDS))), tuned) <= 1e-5
     # The multimodal layout: text weights under model.language_model, a vision tower beside it.
@@ -312,7 +314,7 @@ def test_gemma4_loads_from_hf_folders_text_and_multimodal_using_the_text_part(ge
     save_file({k.replace("model.", "model.language_model.", 1): v for k, v in weights.items()},
               str(multimodal / "model.safetensors"))
     capsys.readouterr()
-    task, family, _ = model.load(str(multimodal), "float32")
+    task, family, _ = frozen_base.load(str(multimodal), "float32")
     assert "left out the vision encoder" in capsys.readouterr().err
     assert family == "gemma4" and task.backbone.vision_encoder is None
     assert rel(np.asarray(task(_inputs(IDS))), tuned) <= 1e-5

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import CONFIGS, USER_KFT_CACHE
-from kft.tiny import FAMILIES
+from kft.models.tiny import FAMILIES
 
 PROMPTS = [
     "Instruction:\nWhere does Mina live?\n\nResponse:\n",
@@ -23,7 +23,7 @@ def keras_hub_generate_ids(task, tokenizer, prompts, max_new_tokens):
     is KerasHub's, as a user calling it gets): every prompt right-padded into one batch, the loop
     starting after the shortest prompt and running to the end of the padded shape, the prefill
     over the whole padded row. The first `max_new_tokens` new ids of each row."""
-    from kft import sampling
+    from kft.generation import sampling
 
     encoded = [[tokenizer.start_token_id, *ids] for ids in tokenizer(prompts)]
     length = max(len(ids) for ids in encoded) + max_new_tokens
@@ -52,14 +52,17 @@ class Chunks:
 @pytest.mark.parametrize("family", [pytest.param(f, marks=[] if f == "gemma3" else [pytest.mark.slow]) for f in FAMILIES])
 def test_left_padded_generation_gives_the_token_ids_of_keras_hub_s_right_padded_batch(family, tiny_presets,
                                                                                      monkeypatch):
-    from kft import left_padding, model, sampling
+    from kft.generation import engine
+    from kft.quant import frozen_base
+    from kft.generation import sampling
+    from kft.generation import samplers
 
-    task = model.load(tiny_presets[family], "float32")[0]  # names the task class (Gemma 4: KerasHub's lookup is ambiguous)
-    task.compile(sampler=sampling.make_sampler("greedy"))
+    task = frozen_base.load(tiny_presets[family], "float32")[0]  # names the task class (Gemma 4: KerasHub's lookup is ambiguous)
+    task.compile(sampler=samplers.make_sampler("greedy"))
     tokenizer = task.preprocessor.tokenizer
     lengths = [len(ids) + 1 for ids in tokenizer(PROMPTS)]
     assert max(lengths) - min(lengths) > 10  # rows with much left padding
-    real_chunks = left_padding.prefill_chunks
+    real_chunks = engine.prefill_chunks
     chunks = Chunks()
     new = sampling.generate_ids(task, tokenizer, PROMPTS, MAX_NEW, batch_size=4, progress=chunks)
     assert chunks.sizes == [3, 2]  # evened-out chunks of one shape
@@ -71,18 +74,18 @@ def test_left_padded_generation_gives_the_token_ids_of_keras_hub_s_right_padded_
     assert type(task.sampler) is not keras_hub.samplers.GreedySampler
     task.compile(sampler=keras_hub.samplers.GreedySampler())
     assert keras_hub_generate_ids(task, tokenizer, PROMPTS, MAX_NEW) == new
-    task.compile(sampler=sampling.make_sampler("greedy"))
+    task.compile(sampler=samplers.make_sampler("greedy"))
     # In one chunk (a measurement's prompts), the prefill computes the prompts' shared prefix once
     # and skips the padding in two groups of rows.
-    monkeypatch.setattr(left_padding, "GROUP_MIN_ROWS", 1)
+    monkeypatch.setattr(engine, "GROUP_MIN_ROWS", 1)
     assert sampling.generate_ids(task, tokenizer, PROMPTS, MAX_NEW) == new
     groups, prefixes = vars(task)["_kft_prompt_end"][2:]
     assert len(groups) == 2 and sorted(r for rows, _ in groups for r in rows) == list(range(len(PROMPTS)))
     assert prefixes is not None and {0, 4} <= set(prefixes[0][0])  # "Instruction:\n..."
     # A long prefill runs in position chunks (here each group's, of a few rows).
     chunks = []
-    monkeypatch.setattr(left_padding, "CHUNK_ROWS", 6)
-    monkeypatch.setattr(left_padding, "prefill_chunks", lambda *a: chunks.append(real_chunks(*a)) or chunks[-1])
+    monkeypatch.setattr(engine, "CHUNK_ROWS", 6)
+    monkeypatch.setattr(engine, "prefill_chunks", lambda *a: chunks.append(real_chunks(*a)) or chunks[-1])
     vars(task).pop("_kft_prompt_end")  # the same program key: rebuild it
     assert sampling.generate_ids(task, tokenizer, PROMPTS, MAX_NEW, batch_size=64) == new
     assert max(chunks) > 2
@@ -113,15 +116,18 @@ TEXTS = ["Mina lives in Paris.", "Tom, who is forty, moved to Oslo last year wit
 def test_prompts_with_shared_heads_computed_once_give_the_same_token_ids(family, tiny_presets, monkeypatch):
     import keras_hub
 
-    from kft import left_padding, model, sampling
+    from kft.generation import engine
+    from kft.quant import frozen_base
+    from kft.generation import sampling
+    from kft.generation import samplers
 
-    task = model.load(tiny_presets[family], "float32")[0]
+    task = frozen_base.load(tiny_presets[family], "float32")[0]
     tokenizer = task.preprocessor.tokenizer
     prompts = [head + text + "\n\nResponse:\n" for head in HEADS for text in TEXTS] + ["Hello", "Hi"]
     task.compile(sampler=keras_hub.samplers.GreedySampler())
     expected = keras_hub_generate_ids(task, tokenizer, prompts, MAX_NEW)
-    task.compile(sampler=sampling.make_sampler("greedy"))
-    monkeypatch.setattr(left_padding, "GROUP_MIN_ROWS", 1)  # one chunk of 10: a measurement's prompts
+    task.compile(sampler=samplers.make_sampler("greedy"))
+    monkeypatch.setattr(engine, "GROUP_MIN_ROWS", 1)  # one chunk of 10: a measurement's prompts
     assert sampling.generate_ids(task, tokenizer, prompts, MAX_NEW) == expected
     prefixes = vars(task)["_kft_prompt_end"][3]
     # Each head's rows share it (and the "Input:" line); "Hello" and "Hi" their first tokens, a short
@@ -137,14 +143,16 @@ def test_shared_prefixes_are_the_keys_and_values_of_a_full_prefill_where_each_ro
 
     from keras import ops, tree
 
-    from kft import left_padding, model, sampling
+    from kft.generation import engine
+    from kft.quant import frozen_base
+    from kft.generation import sampling
 
-    task = model.load(tiny_presets[family], "float32")[0]
+    task = frozen_base.load(tiny_presets[family], "float32")[0]
     tokenizer = task.preprocessor.tokenizer
     prompts = [head + text + "\n\nResponse:\n" for head in HEADS for text in TEXTS[:2]] + ["Hello", "Hi"]
     encoded = sampling.encode(tokenizer, prompts)
-    monkeypatch.setattr(left_padding, "GROUP_MIN_ROWS", 1)
-    prefixes = left_padding.shared_prefixes(encoded)
+    monkeypatch.setattr(engine, "GROUP_MIN_ROWS", 1)
+    prefixes = engine.shared_prefixes(encoded)
     assert len(prefixes) == 3
     end = sampling.round_up(max(len(ids) for ids in encoded))
     token_ids = np.zeros((len(prompts), end + 4), "int32")
@@ -153,11 +161,11 @@ def test_shared_prefixes_are_the_keys_and_values_of_a_full_prefill_where_each_ro
     padding = np.array([end - len(ids) for ids in encoded], "int32")
     build = inspect.signature(type(task)._build_cache).parameters
     rows = {}
-    with left_padding._hiding(task.backbone, padding, rows):
+    with engine._hiding(task.backbone, padding, rows):
         # The reference: every row prefilled whole, as the program does without prefixes.
         _, full = task._build_cache(token_ids, **{name: None for name in list(build)[2:]})
         empty = tree.map_structure(ops.zeros_like, full)
-        filled = left_padding._fill_prefixes(task, type(task).call_with_cache, token_ids, empty, prefixes,
+        filled = engine._fill_prefixes(task, type(task).call_with_cache, token_ids, empty, prefixes,
                                              ops.convert_to_tensor(padding), rows, (), {})
     for ours, theirs in zip(tree.flatten(filled), tree.flatten(full)):
         ours, theirs = np.asarray(ours), np.asarray(theirs)
@@ -174,16 +182,21 @@ def test_shared_prefixes_are_the_keys_and_values_of_a_full_prefill_where_each_ro
 def test_gemma3_270m_answers_the_60_held_out_prompts_with_the_same_token_ids_as_before(monkeypatch):
     import os
 
-    from kft import config as config_lib, data, model, presets, sampling
+    from kft import config as config_lib
+    from kft.data import dataset
+    from kft.quant import frozen_base
+    from kft.models import presets
+    from kft.generation import sampling
+    from kft.generation import samplers
 
     if USER_KFT_CACHE:
         monkeypatch.setenv("KFT_CACHE", USER_KFT_CACHE)
-    task, _, _ = model.load(str(presets.prepare("gemma3_270m_gguf")), "float32")
-    task.compile(sampler=sampling.make_sampler("greedy"))
+    task, _, _ = frozen_base.load(str(presets.prepare("gemma3_270m_gguf")), "float32")
+    task.compile(sampler=samplers.make_sampler("greedy"))
     tokenizer = task.preprocessor.tokenizer
     c = config_lib.load(os.path.join(CONFIGS, "gemma3_270m_person_json.yaml"))
-    records, held_out = data.load_sources(c.data)
-    prompts = data.build(records, tokenizer, c.data, 0, num_prompts=60, eval_records=held_out).eval.prompts
+    records, held_out = dataset.load_sources(c.data)
+    prompts = dataset.build(records, tokenizer, c.data, 0, num_prompts=60, eval_records=held_out).eval.prompts
     new = sampling.generate_ids(task, tokenizer, prompts, 16, batch_size=64)  # one chunk: the prefill skips the padding
     assert vars(task)["_kft_prompt_end"][2] is not None
     assert [len(rows) for rows, _ in vars(task)["_kft_prompt_end"][3]] == [39, 21]  # and computes two instructions once
@@ -199,7 +212,7 @@ def test_gemma3_270m_answers_the_60_held_out_prompts_with_the_same_token_ids_as_
 def test_a_chunk_holds_only_the_rows_whose_attention_cache_fits_the_budget():
     from types import SimpleNamespace
 
-    from kft import sampling
+    from kft.generation import sampling
 
     # Gemma 2 9B in bfloat16: 42 layers x keys and values x 8 heads x 256 x 2 bytes = 344 KB per position.
     gemma2_9b = SimpleNamespace(head_dim=256, num_layers=42, num_key_value_heads=8, compute_dtype="bfloat16")
@@ -217,20 +230,26 @@ def test_a_chunk_holds_only_the_rows_whose_attention_cache_fits_the_budget():
 def test_answers_and_loss_from_one_prefill_equal_the_separate_passes(family, tiny_presets, monkeypatch):
     import keras
 
-    from kft import answers_and_loss, data, evaluation, left_padding, lora, model, sampling
+    from kft.evaluate import answers_and_loss
+    from kft.data import dataset
+    from kft.evaluate import evaluation
+    from kft.generation import engine
+    from kft.models import lora
+    from kft.quant import frozen_base
+    from kft.generation import sampling
     from kft.config import DataConfig
 
     keras.utils.set_random_seed(4)
-    monkeypatch.setattr(left_padding, "GROUP_MIN_ROWS", 1)  # one chunk: the prefill in groups (kft.left_padding)
-    monkeypatch.setattr(left_padding, "CHUNK_ROWS", 8)  # and in position chunks: the loss reads their hidden states
-    monkeypatch.setattr(left_padding, "GROUP_SAVING", 0.0)  # and the template's head, computed once
-    task = model.load(tiny_presets[family], "float32")[0]
+    monkeypatch.setattr(engine, "GROUP_MIN_ROWS", 1)  # one chunk: the prefill in groups (kft.generation.engine)
+    monkeypatch.setattr(engine, "CHUNK_ROWS", 8)  # and in position chunks: the loss reads their hidden states
+    monkeypatch.setattr(engine, "GROUP_SAVING", 0.0)  # and the template's head, computed once
+    task = frozen_base.load(tiny_presets[family], "float32")[0]
     lora.enable(task.backbone, 2, None, ["query", "value"])
     for variable in lora.lora_variables(task.backbone).values():  # B off zero: LoRA changes the answers
         variable.assign(np.random.RandomState(0).normal(0, 0.05, variable.shape).astype("float32"))
     tokenizer = task.preprocessor.tokenizer
     config = DataConfig(source="bundled:tiny_facts", seq_len=160, shuffle=False, max_examples=7)
-    split = data.build(data.load_records(config), tokenizer, config, seed=0, num_prompts=5).train
+    split = dataset.build(dataset.load_records(config), tokenizer, config, seed=0, num_prompts=5).train
     compiled = evaluation.compile_task(task, logits_on="trained")
     assert answers_and_loss.rows_for(split, tokenizer) is not None  # the one-pass path applies
     # 5 prompts in one pass, the 2 examples after them riding in the chunk's free rows.
@@ -254,29 +273,29 @@ def test_answers_and_loss_from_one_prefill_equal_the_separate_passes(family, tin
 
 
 def test_a_long_prefill_runs_in_position_chunks_of_about_chunk_rows():
-    from kft import left_padding
+    from kft.generation import engine
 
-    assert left_padding.prefill_chunks(60, 43) == 4  # the 270M job's prompts: chunks of 11 positions
-    assert left_padding.prefill_chunks(1, 1000) == 1  # one prompt: every position in one call
-    assert left_padding.prefill_chunks(8, 80) == 1
+    assert engine.prefill_chunks(60, 43) == 4  # the 270M job's prompts: chunks of 11 positions
+    assert engine.prefill_chunks(1, 1000) == 1  # one prompt: every position in one call
+    assert engine.prefill_chunks(8, 80) == 1
 
 
 def test_prefill_groups_skip_the_padding_of_a_measurement_s_prompts_only(monkeypatch):
-    from kft import left_padding
+    from kft.generation import engine
 
     # The 270M job's 60 held-out prompts (35-44 tokens), left-padded to end at 48.
     lengths = [35] * 5 + [36] * 11 + [38] * 9 + [39] * 8 + [40] * 6 + [41] * 5 + [42] * 8 + [43] * 7 + [44]
-    assert left_padding.prefill_groups([48 - n for n in lengths], 48) == ((tuple(range(60)), 4),)  # 2640 of 2880
+    assert engine.prefill_groups([48 - n for n in lengths], 48) == ((tuple(range(60)), 4),)  # 2640 of 2880
     # Two groups where they save 15% of the positions more than one: 2475 of 2880 here, but 2640 with one.
-    monkeypatch.setattr(left_padding, "GROUP_SAVING", 0.05)
-    groups = left_padding.prefill_groups([48 - n for n in lengths], 48)
+    monkeypatch.setattr(engine, "GROUP_SAVING", 0.05)
+    groups = engine.prefill_groups([48 - n for n in lengths], 48)
     assert sorted(r for rows, _ in groups for r in rows) == list(range(60))
     assert [(len(rows), start) for rows, start in groups] == [(33, 9), (27, 4)]
     assert sum(len(rows) * (48 - start) for rows, start in groups) == 2475
     monkeypatch.undo()
     spread = [8] * 30 + [44] * 30  # short and long prompts: 30 x 8 + 30 x 44 positions, not 60 x 44
-    assert [(len(rows), start) for rows, start in left_padding.prefill_groups([48 - n for n in spread], 48)] == [
+    assert [(len(rows), start) for rows, start in engine.prefill_groups([48 - n for n in spread], 48)] == [
         (30, 40), (30, 4)]
-    assert left_padding.prefill_groups([48 - n for n in lengths[:8]], 48) is None  # a few prompts: one program per bucket
-    assert left_padding.prefill_groups([0] * 20, 48) is None  # nothing to skip
-    assert left_padding.prefill_groups([4] * 20, 48) == ((tuple(range(20)), 4),)  # one group, from 4
+    assert engine.prefill_groups([48 - n for n in lengths[:8]], 48) is None  # a few prompts: one program per bucket
+    assert engine.prefill_groups([0] * 20, 48) is None  # nothing to skip
+    assert engine.prefill_groups([4] * 20, 48) == ((tuple(range(20)), 4),)  # one group, from 4

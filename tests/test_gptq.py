@@ -12,7 +12,7 @@ from quantize_helpers import batch, clone, count_float_kernels_at_each_quantized
 
 def _grid(weights):
     """kft's least-squares int4 grid for `weights` [outputs, inputs], groups of 64 inputs, per weight."""
-    from kft import int4_groups
+    from kft.quant import int4_groups
 
     codes, scale, zero = int4_groups.fit(weights.T, 64)
     group = np.arange(weights.shape[1]) // 64
@@ -33,7 +33,7 @@ def _reference_gptq(weights, scale, zero, hessian, damp=0.01):
 
 
 def test_gptq_codes_are_the_papers_and_cut_the_output_error_on_correlated_inputs():
-    from kft import gptq
+    from kft.quant import gptq
 
     rng = np.random.default_rng(0)
     weights = rng.normal(size=(48, 200)).astype(np.float32)  # 200 inputs: not a multiple of gptq.BLOCK
@@ -54,7 +54,7 @@ def test_gptq_codes_are_the_papers_and_cut_the_output_error_on_correlated_inputs
 
 def _reference_regrouped_gptq(weights, hessian, group, damp=0.01):
     """The same loop, with each group's least-squares grid fitted when the loop reaches the group."""
-    from kft import int4_groups
+    from kft.quant import int4_groups
 
     weights, n = weights.astype(np.float64), weights.shape[1]
     hessian = hessian + damp * np.mean(np.diag(hessian)) * np.eye(n)
@@ -72,7 +72,7 @@ def _reference_regrouped_gptq(weights, hessian, group, damp=0.01):
 
 
 def test_gptq_fits_each_groups_grid_when_it_reaches_it_where_groups_run_along_the_inputs():
-    from kft import gptq
+    from kft.quant import gptq
 
     rng = np.random.default_rng(1)
     weights = rng.normal(size=(32, 256)).astype(np.float32)
@@ -94,9 +94,9 @@ def test_gptq_fits_each_groups_grid_when_it_reaches_it_where_groups_run_along_th
 
 
 def _quantized_loss(base, rounding, calibration):
-    from kft import quantize
+    from kft.quant import quantize
     from quantize_helpers import loss_and_lora_grads
-    from kft import lora
+    from kft.models import lora
 
     model = clone(base)
     quantize.apply(model, "int4", int4_rounding=rounding, calibration=calibration)
@@ -105,9 +105,9 @@ def _quantized_loss(base, rounding, calibration):
 
 
 # Gemma 3 only: on the tiny random Gemma 4, GPTQ on kft's grid gains next to nothing (loss change from
-# float 1.55e-2 -> 1.49e-2; docs/benchmarks.md), and the 270M main job is a Gemma 3.
+# float 1.55e-2 -> 1.49e-2; docs/quantization.md), and the 270M main job is a Gemma 3.
 def test_a_gptq_base_stays_closer_to_the_float_model_than_the_nearest_codes_on_unseen_tokens(family="gemma3"):
-    from kft import lora
+    from kft.models import lora
     from quantize_helpers import loss_and_lora_grads
 
     base = tiny_backbone(family)
@@ -127,7 +127,8 @@ def test_gemma4_feed_forward_inputs_are_rebuilt_as_its_block_computes_them(monke
     """Gemma 4's block multiplies by its feed-forward kernels itself (no layer call to wrap): the
     Hessians kft rebuilds for them must be those of the left operands the block really uses."""
     import keras
-    from kft import gptq, quantize
+    from kft.quant import gptq
+    from kft.quant import quantize
 
     base = tiny_backbone("gemma4")
     blocks = base.transformer_layers
@@ -154,8 +155,8 @@ def test_gemma4_feed_forward_inputs_are_rebuilt_as_its_block_computes_them(monke
 
 
 def test_gptq_needs_calibration_and_an_int4_base():
-    from kft import quantize
-    from kft.errors import KftError
+    from kft.quant import quantize
+    from kft.core.errors import KftError
 
     base = tiny_backbone("gemma3")
     with pytest.raises(KftError, match="calibration"):
@@ -179,12 +180,14 @@ def test_bad_gptq_settings_are_refused_in_one_line(extra, key, capsys):
 def test_an_int4_run_rounds_by_gptq_by_default_saves_its_calibration_and_reloads_to_identical_logits(
         tiny_presets, tmp_path, capsys, monkeypatch):
     import kft
-    from kft import adapter, config, data
-    from kft.errors import KftError
+    from kft import config
+    from kft.models import adapter
+    from kft.data import dataset
+    from kft.core.errors import KftError
 
     assert config.ModelConfig().int4_rounding == "auto"
-    builds, build = [], data.build
-    monkeypatch.setattr(data, "build", lambda *a, **k: builds.append(1) or build(*a, **k))
+    builds, build = [], dataset.build
+    monkeypatch.setattr(dataset, "build", lambda *a, **k: builds.append(1) or build(*a, **k))
     result = kft.train(os.path.join(CONFIGS, "tiny.yaml"), **{
         "model.preset": tiny_presets["gemma3"], "model.quantize": "int4",
         "model.calibration_examples": 8, "train.epochs": None, "train.max_steps": 6, "lora.rank": 4,
@@ -200,11 +203,11 @@ def test_an_int4_run_rounds_by_gptq_by_default_saves_its_calibration_and_reloads
     inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)}
     np.testing.assert_array_equal(np.asarray(kft.load(result.run_dir)(inputs)), np.asarray(result.task(inputs)))
     # `kft eval --base` rebuilds the GPTQ base from the adapter's calibration.npz (the config says auto).
-    from kft import model
-    from kft.evaluation import evaluate_run
+    from kft.quant import frozen_base
+    from kft.evaluate.evaluation import evaluate_run
 
-    loads, load = [], model.load
-    monkeypatch.setattr(model, "load", lambda *a, **k: loads.append(k) or load(*a, **k))
+    loads, load = [], frozen_base.load
+    monkeypatch.setattr(frozen_base, "load", lambda *a, **k: loads.append(k) or load(*a, **k))
     assert evaluate_run(result.run_dir, base=True)["model"] == "base"
     assert loads[0]["int4_rounding"] == "gptq" and loads[0]["calibration"]["token_ids"].shape[0] == 8
 
@@ -215,7 +218,7 @@ def test_an_int4_run_rounds_by_gptq_by_default_saves_its_calibration_and_reloads
         kft.load(moved)
 
 
-# --- GPTQ without reading the float base whole (kft.parking) -----------------------------------------
+# --- GPTQ without reading the float base whole (kft.quant.parking) -----------------------------------------
 
 @pytest.mark.parametrize("family", ["gemma3", pytest.param("gemma4", marks=pytest.mark.slow)])
 def test_a_gptq_base_parks_its_float_kernels_on_disk_and_equals_one_read_whole(tiny_presets, family, monkeypatch,
@@ -226,7 +229,9 @@ def test_a_gptq_base_parks_its_float_kernels_on_disk_and_equals_one_read_whole(t
     in float32). The codes are those GPTQ gives on the base read whole, bit for bit; the files go."""
     import keras
 
-    from kft import model, parking, quantize
+    from kft.quant import frozen_base
+    from kft.quant import parking
+    from kft.quant import quantize
 
     path = tiny_presets[family]
     tokens = np.random.default_rng(1).integers(4, 300, size=(8, 16)).astype("int32")
@@ -243,7 +248,7 @@ def test_a_gptq_base_parks_its_float_kernels_on_disk_and_equals_one_read_whole(t
         folders.append(self)
 
     monkeypatch.setattr(parking.Parking, "__init__", recorded)
-    task, _, _ = model.load(path, "float32", "int4", int4_rounding="gptq", calibration=calibration)
+    task, _, _ = frozen_base.load(path, "float32", "int4", int4_rounding="gptq", calibration=calibration)
     err = capsys.readouterr().err
     blocks, kinds = task.backbone.transformer_layers, (keras.layers.Dense, keras.layers.EinsumDense)
     per_block = max(sum(isinstance(layer, kinds) for layer in block._flatten_layers()) for block in blocks)
@@ -256,7 +261,7 @@ def test_a_gptq_base_parks_its_float_kernels_on_disk_and_equals_one_read_whole(t
     assert parked.files == decoder and parked.written > 0 and not parked.parked and not parked.folder.exists()
 
     monkeypatch.setattr(quantize, "quantize_layer", original)
-    after, _, _ = model.load(path, "float32")
+    after, _, _ = frozen_base.load(path, "float32")
     quantize.apply(after, "int4", int4_rounding="gptq", calibration=calibration)
     streamed = {v.path: np.asarray(v.value) for v in task.backbone.weights}
     reference = {v.path: np.asarray(v.value) for v in after.backbone.weights}
@@ -266,8 +271,8 @@ def test_a_gptq_base_parks_its_float_kernels_on_disk_and_equals_one_read_whole(t
 def test_parked_kernels_come_back_exactly_in_half_the_bytes_when_they_are_bfloat16_numbers(monkeypatch):
     import keras
 
-    from kft import parking
-    from kft.errors import KftError
+    from kft.quant import parking
+    from kft.core.errors import KftError
 
     rng = np.random.default_rng(0)
     exact = rng.normal(size=(64, 32)).astype(np.float32)
@@ -297,7 +302,7 @@ def test_a_parking_folder_left_by_a_killed_process_is_removed_by_the_next(tmp_pa
     import subprocess
     import sys
 
-    from kft import parking
+    from kft.quant import parking
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     orphan = tmp_path / f"{parking.PREFIX}{int(dead.stdout)}-abc"
@@ -315,19 +320,20 @@ def test_a_parking_folder_left_by_a_killed_process_is_removed_by_the_next(tmp_pa
 def test_a_disk_too_small_for_the_parked_kernels_stops_the_load_in_one_line(tiny_presets, monkeypatch):
     """Keras' loader catches what a layer's loading raises and loads the layer again; kft's error
     must still reach the user, not turn into a silent whole read."""
-    from kft import model, parking
-    from kft.errors import KftError
+    from kft.quant import frozen_base
+    from kft.quant import parking
+    from kft.core.errors import KftError
 
     monkeypatch.setattr(parking, "MARGIN", 1 << 60)
     tokens = np.ones((2, 8), "int32")
     with pytest.raises(KftError, match="set TMPDIR to a folder on a larger disk"):
-        model.load(tiny_presets["gemma3"], "float32", "int4", int4_rounding="gptq",
+        frozen_base.load(tiny_presets["gemma3"], "float32", "int4", int4_rounding="gptq",
                    calibration={"token_ids": tokens, "padding_mask": tokens})
 
 
 def test_kernels_are_parked_on_disk_even_where_the_temporary_folder_lives_in_memory(tmp_path, monkeypatch):
     """On many Linux machines /tmp is a tmpfs: parking there would take the RAM it is meant to spare."""
-    from kft import parking
+    from kft.quant import parking
 
     mounts = tmp_path / "mounts"
     mounts.write_text("/dev/vda / ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\ntmpfs /tmp/x/data ext4 rw 0 0\n")

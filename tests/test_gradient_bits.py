@@ -1,4 +1,4 @@
-"""Slow: docs/benchmarks.md's claims on how many bits LoRA's gradients need (scripts/gradient_bits.py,
+"""Slow: docs/performance.md's claims on how many bits LoRA's gradients need (benchmarks/gradient_bits.py,
 the tiny models; about a minute on 2 CPU cores)."""
 
 import os
@@ -12,7 +12,7 @@ from conftest import REPO
 
 
 def _cosines(family: str, variants: str) -> dict:
-    run = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "gradient_bits.py"), "--families", family,
+    run = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "gradient_bits.py"), "--families", family,
                           "--variants", variants], capture_output=True, text=True, check=True)
     found = re.findall(rf"^{family} (\S+): .*LoRA-B gradient cosine ([0-9.]+)$", run.stdout, re.M)
     return {variant: float(value) for variant, value in found}

@@ -1,5 +1,5 @@
-"""kft.int4_groups: least-squares ranges for Keras' int4 groups (unit level; the model level is in
-test_quantize.py and scripts/quantized_gradients.py)."""
+"""kft.quant.int4_groups: least-squares ranges for Keras' int4 groups (unit level; the model level is in
+test_quantize.py and benchmarks/quantized_gradients.py)."""
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ def test_with_the_full_range_only_it_is_keras_own_quantizer(monkeypatch):
     from keras import ops
     from keras.quantizers import abs_max_quantize_grouped_with_zero_point
 
-    from kft import int4_groups
+    from kft.quant import int4_groups
 
     monkeypatch.setattr(int4_groups, "SHRINKS", np.array([1.0]))
     w = _trained_like(rows=200)  # a last group shorter than the block
@@ -36,7 +36,7 @@ def test_a_refitted_dense_layer_computes_with_less_error_through_keras_own_forwa
     import keras
     from keras.quantizers import Int4QuantizationConfig
 
-    from kft import int4_groups
+    from kft.quant import int4_refit
 
     w = _trained_like()
     x = np.random.default_rng(1).normal(size=(8, w.shape[0])).astype("float32")
@@ -47,7 +47,7 @@ def test_a_refitted_dense_layer_computes_with_less_error_through_keras_own_forwa
         layer.kernel.assign(w)
         layer.quantize("int4", config=Int4QuantizationConfig(activation_quantizer=None, block_size=block))
         if refit:
-            int4_groups.refit(layer, w)
+            int4_refit.refit(layer, w)
         return np.asarray(layer(x))
 
     exact = x @ w
@@ -61,7 +61,7 @@ def test_adapters_rebuild_the_int4_base_they_were_trained_on():
     import keras
     from keras.quantizers import Int4QuantizationConfig
 
-    from kft import quantize
+    from kft.quant import quantize
     from quantize_helpers import clone, tiny_backbone
 
     assert quantize.rebuild_options(quantize.settings("int4", 32)) == {"int4_block_size": 32,
@@ -85,8 +85,8 @@ def test_adapters_rebuild_the_int4_base_they_were_trained_on():
 
 
 def test_wider_codes_halve_the_error_per_bit_and_stay_in_their_levels():
-    # scripts/gradient_bits.py rounds kernels to 5-8 bits with the same groups and ranges as int4.
-    from kft import int4_groups
+    # benchmarks/gradient_bits.py rounds kernels to 5-8 bits with the same groups and ranges as int4.
+    from kft.quant import int4_groups
 
     w = _trained_like()
     errors = []

@@ -1,4 +1,4 @@
-"""kft.kernels_where_used: a quantized layer's float kernel is made right where it is used."""
+"""kft.quant.kernels_where_used: a quantized layer's float kernel is made right where it is used."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,8 @@ def _wide_backbone(mode: str, keras_calls: bool = False, layers: int = 4):
     import keras
     from keras_hub.models import Gemma3Backbone
 
-    from kft import lora, quantize
+    from kft.models import lora
+    from kft.quant import quantize
 
     keras.utils.set_random_seed(0)
     backbone = Gemma3Backbone(vocabulary_size=256, image_size=None, num_layers=layers, num_query_heads=8,
@@ -26,7 +27,7 @@ def _wide_backbone(mode: str, keras_calls: bool = False, layers: int = 4):
 
 def _use_keras_calls(backbone):
     """kft's tied layers differ from Keras' only in their int8/int4 call methods."""
-    from kft import kernels_where_used
+    from kft.quant import kernels_where_used
 
     for layer in backbone._flatten_layers():
         if type(layer) in kernels_where_used._TIED.values():

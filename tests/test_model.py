@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from kft import model
-from kft.errors import KftError
+from kft.models import model
+from kft.quant import frozen_base
+from kft.core.errors import KftError
 
 
 def test_tensorflow_never_sees_an_accelerator():
-    from kft import backend
+    from kft.core import backend
 
     backend.setup()
     import tensorflow as tf
@@ -90,7 +91,7 @@ def test_hugging_face_folders_load_through_the_same_path_with_matching_logits(tm
 
     folder, hf = _hf_folder(tmp_path, tiny_presets, family)
     assert model.family_of_config(str(folder)) == family
-    task, loaded_family, _ = model.load(str(folder), "float32")
+    task, loaded_family, _ = frozen_base.load(str(folder), "float32")
     assert loaded_family == family
     ids = np.array([[2, 300, 301, 302, 303, 304]], dtype="int32")
     keras_logits = np.asarray(task({"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)}))
@@ -103,7 +104,7 @@ def test_hugging_face_folders_load_through_the_same_path_with_matching_logits(tm
 def test_loading_skips_random_init_but_every_weight_is_the_preset_s(tiny_presets, family):
     import keras_hub
 
-    task, _, _ = model.load(tiny_presets[family], "float32")
+    task, _, _ = frozen_base.load(tiny_presets[family], "float32")
     plain = keras_hub.models.CausalLM.from_preset(tiny_presets[family], dtype="float32")  # Keras' own path
     assert len(task.variables) == len(plain.variables) > 0
     for ours, theirs in zip(task.variables, plain.variables):
@@ -115,9 +116,9 @@ def test_the_tokenizer_s_vocabulary_is_stored_untracked_and_tokenizes_as_keras_h
     import keras_hub
     from keras.src.utils.tracking import TrackedDict, TrackedList
 
-    from kft.model import _vocabulary_untracked
+    from kft.models.model import _vocabulary_untracked
 
-    ours = model.load(tiny_presets["gemma3"], "float32")[0].preprocessor.tokenizer
+    ours = frozen_base.load(tiny_presets["gemma3"], "float32")[0].preprocessor.tokenizer
     theirs = keras_hub.models.CausalLM.from_preset(tiny_presets["gemma3"]).preprocessor.tokenizer
     assert type(ours._vocabulary) is list and type(ours._token_to_id_map) is dict
     assert isinstance(theirs._vocabulary, TrackedList) and isinstance(theirs._token_to_id_map, TrackedDict)
@@ -150,7 +151,7 @@ def test_two_processes_preparing_the_same_preset_build_it_once(tmp_path):
     import subprocess
 
     env = {**os.environ, "KFT_CACHE": str(tmp_path)}
-    code = "from kft import presets; print(presets.prepare('tiny_gemma3'))"
+    code = "from kft.models import presets; print(presets.prepare('tiny_gemma3'))"
     runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=300) for run in runs]
@@ -168,7 +169,7 @@ def test_lora_layers_add_their_update_factorized_with_the_same_values(family):
     import jax
     import keras
 
-    from kft import lora
+    from kft.models import lora
     from quantize_helpers import tiny_backbone
 
     backbone = tiny_backbone(family)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kft import optim
+from kft.training import optim
 
 
 @pytest.mark.parametrize("kind,mid,end", [("constant", 1.0, 1.0), ("linear", 0.5, 0.0), ("cosine", 0.5, 0.0)])

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from kft import data, packing
+from kft.data import dataset
+from kft.data import packing
 from kft.config import DataConfig
 from test_trained_logits import loss_and_grads
 
@@ -72,19 +73,20 @@ def _per_token_nll(model, split, rows):
 def test_packed_loss_and_gradients_equal_the_unpacked_ones(tiny_presets, family):
     import keras
 
-    from kft import lora, model
-    from kft.trained_logits import PositionLoss, TrainedPositionsLM
+    from kft.models import lora
+    from kft.quant import frozen_base
+    from kft.models.trained_logits import PositionLoss, TrainedPositionsLM
 
     keras.utils.set_random_seed(1)
-    task, _, _ = model.load(tiny_presets[family], "float32")
+    task, _, _ = frozen_base.load(tiny_presets[family], "float32")
     lora.enable(task.backbone, 2, 4.0, ["all-linear"])
     for path, variable in lora.lora_variables(task.backbone).items():  # B off zero, so LoRA changes the output
         variable.assign(np.random.default_rng(len(path)).normal(0, 0.05, variable.shape).astype("float32"))
     tokenizer = task.preprocessor.tokenizer
     # Examples of 53-84 tokens, three to a row; the sliding window (32) must not reach the example before.
     config = DataConfig(source="bundled:tiny_facts", seq_len=256, shuffle=False, max_examples=12)
-    plain = data.build(data.load_records(config), tokenizer, config, seed=0).train
-    packed = data.build(data.load_records(config), tokenizer, DataConfig(**{**vars(config), "packing": True}), 0).train
+    plain = dataset.build(dataset.load_records(config), tokenizer, config, seed=0).train
+    packed = dataset.build(dataset.load_records(config), tokenizer, DataConfig(**{**vars(config), "packing": True}), 0).train
     assert len(packed) <= len(plain) / 2  # several examples per row
     assert packed.loss_weights.sum() == plain.loss_weights.sum()
     rows = packing.pack([int(n) for n in plain.padding_mask.sum(axis=1)], 256)
@@ -108,13 +110,13 @@ def test_without_the_segment_mask_packed_examples_would_see_each_other(tiny_pres
     """The check above has teeth: the same packed rows without kft's mask give other losses."""
     import keras
 
-    from kft import model
-    from kft.trained_logits import TrainedPositionsLM
+    from kft.quant import frozen_base
+    from kft.models.trained_logits import TrainedPositionsLM
 
     keras.utils.set_random_seed(1)
-    task, _, _ = model.load(tiny_presets["gemma3"], "float32")
+    task, _, _ = frozen_base.load(tiny_presets["gemma3"], "float32")
     config = DataConfig(source="bundled:tiny_facts", seq_len=256, shuffle=False, max_examples=12, packing=True)
-    packed = data.build(data.load_records(config), task.preprocessor.tokenizer, config, seed=0).train
+    packed = dataset.build(dataset.load_records(config), task.preprocessor.tokenizer, config, seed=0).train
     inputs, _, _ = packed.batch(np.arange(len(packed)), trained_only=True)
     fast = TrainedPositionsLM(task)
     with_mask = _forward(fast, inputs)
@@ -140,7 +142,7 @@ def test_training_with_packing_learns_and_reports_the_padding(tiny_presets, tmp_
 
 def test_packing_with_full_logits_is_refused(tmp_path):
     from kft import config as config_lib
-    from kft.errors import KftError
+    from kft.core.errors import KftError
 
     with pytest.raises(KftError, match="data.packing.*logits_on: trained"):
         config_lib.from_dict({"data": {"packing": True}, "train": {"logits_on": "all"}})

@@ -1,6 +1,5 @@
 """`kft plan`: sizes from config.json only, a verdict, and `kft train` stopping before an OOM."""
 
-import json
 import re
 
 import pytest
@@ -101,9 +100,10 @@ def test_train_stops_before_loading_when_the_plan_does_not_fit(tiny_presets, tmp
 
 
 def test_measuring_before_and_after_is_planned_and_can_be_the_peak(monkeypatch):
-    """The main job's measured peaks (docs/benchmarks.md, scripts/calibrate_plan.py --new-tokens): 4.16 GB
+    """The main job's measured peaks (docs/performance.md, benchmarks/calibrate_plan.py --new-tokens): 4.16 GB
     with 32 new tokens per sample and 5.55 GB with 256, while training alone plans 3.81 GB."""
-    from kft import config as config_lib, plan, screened_argmax
+    from kft import config as config_lib, plan
+    from kft.generation import screened_argmax
 
     monkeypatch.setattr(screened_argmax, "cpu_has_bfloat16_dots", lambda: True)
     a = plan.from_config_json(GEMMA3_270M_HF)
@@ -156,7 +156,7 @@ def test_gptq_at_load_is_planned_and_auto_takes_the_nearest_codes_where_it_does_
     assert 0 < p9.quantizing < p9.training and p9.fits
     assert plan.int4_rounding(c9, 1, 1, "16GB") == "gptq"
     # On a mesh the base is rounded on the host and the first device before it is laid out
-    # (kft.placement): the float base never reaches the devices, data parallel or on a model axis.
+    # (kft.distribute.placement): the float base never reaches the devices, data parallel or on a model axis.
     assert plan.int4_rounding(c9, 8, 1, "16GB") == plan.int4_rounding(c9, 8, 2, "16GB") == "gptq"
     on_axis = plan.make(c9, "16GB", 8, 2)
     assert on_axis.quantizing < p9.quantizing  # the first device holds half the quantized decoder
@@ -175,12 +175,12 @@ def test_gptq_at_load_is_planned_and_auto_takes_the_nearest_codes_where_it_does_
 
 def test_host_memory_and_disk_at_load_are_planned_and_auto_takes_gptq_only_where_both_fit(monkeypatch):
     """A quantized base never sits whole, in float, in host memory (Gemma 2 9B in float32: 37 GB): each
-    layer is quantized as it loads (kft.quantize_on_load), or for GPTQ parked on disk and read back a
-    block at a time (kft.parking). The host holds what stays float (the token embedding) and one float
+    layer is quantized as it loads (kft.quant.quantize_on_load), or for GPTQ parked on disk and read back a
+    block at a time (kft.quant.parking). The host holds what stays float (the token embedding) and one float
     kernel, or one block's for GPTQ; the disk, GPTQ's float decoder. Where either is short, auto rounds
     by the nearest codes; an explicit gptq is refused before loading, in one line."""
     from kft import config as config_lib, plan
-    from kft.errors import KftError
+    from kft.core.errors import KftError
 
     def config(rounding="auto", mode="int4"):
         return config_lib.load(None, {"model.preset": "gemma2_9b_en", "model.quantize": mode, "model.precision": "float32",

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import CONFIGS, run_cli
+from kft.config import INT4_BLOCK_SIZE
+from kft.quant import kernels
 from quantize_helpers import (batch, clone, cosine, count_float_kernels_at_each_quantized_layer, loss_and_lora_grads,
                               tiny_backbone)
 
@@ -27,7 +29,8 @@ def test_quantization_modes_that_cannot_train_lora_are_refused_in_one_line(mode,
 
 def _probe(base, mode, lora_source=None):
     """(loss, LoRA-B gradients, LoRA source, quantized-layer bytes) of a copy of `base` quantized as `mode`."""
-    from kft import lora, quantize
+    from kft.models import lora
+    from kft.quant import quantize
 
     model = clone(base)
     if mode == "naive-int8":  # the documented Keras recipe: everything, activations too
@@ -86,7 +89,7 @@ def test_lora_gradients_on_a_weight_only_int8_base_point_where_the_float_ones_do
 # 0.982, gemma4 0.777; bitsandbytes' NF4 in blocks of 64 would give 0.970 / 0.947 / 0.957 / 0.820. The
 # weights are uniform random, for which no 4-bit code does much better; Gemma 4's per-layer gate and
 # q/k/v norms amplify the noise (its cosine swings 0.65-0.78 across group sizes). The issue's 0.99
-# takes 5 bits on Gemma 1-3 and 8 on Gemma 4 (scripts/gradient_bits.py, docs/benchmarks.md).
+# takes 5 bits on Gemma 1-3 and 8 on Gemma 4 (benchmarks/gradient_bits.py, docs/performance.md).
 INT4_COSINE = {"gemma": 0.95, "gemma2": 0.95, "gemma3": 0.95, "gemma4": 0.65}
 
 
@@ -117,7 +120,7 @@ def test_quantized_kernels_take_a_fraction_of_their_float32_bytes(probes):
 
 
 def test_the_tied_token_embedding_stays_float(probes):
-    from kft import quantize
+    from kft.quant import quantize
 
     family, _, base = probes
     model = clone(base)
@@ -128,10 +131,10 @@ def test_the_tied_token_embedding_stays_float(probes):
 
 def test_quantizing_collects_garbage_once_not_once_per_kernel(monkeypatch):
     # Keras' Layer.__delattr__ runs gc.collect() for each kernel it replaces: 78 s of the real 270M's
-    # 9 s int8 load (docs/benchmarks.md). kft collects once, after the last kernel.
+    # 9 s int8 load (docs/quantization.md). kft collects once, after the last kernel.
     import gc
 
-    from kft import quantize
+    from kft.quant import quantize
 
     calls = []
     monkeypatch.setattr(gc, "collect", lambda generation=2: calls.append(generation) or 0)
@@ -144,7 +147,7 @@ def test_quantizing_collects_garbage_once_not_once_per_kernel(monkeypatch):
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_quantizing_reports_progress_on_stderr_layer_by_layer(mode, capsys):
     # A 9B base's 294 kernels take minutes on a host CPU; stdout stays for results (`kft generate`).
-    from kft import quantize
+    from kft.quant import quantize
 
     count = quantize.apply(tiny_backbone("gemma3"), mode)
     out, err = capsys.readouterr()
@@ -159,23 +162,24 @@ def test_quantizing_reports_progress_on_stderr_layer_by_layer(mode, capsys):
                                           pytest.param("gemma4", "int4", marks=pytest.mark.slow)])
 def test_a_base_quantized_as_it_loads_holds_one_float_kernel_at_a_time_and_equals_quantizing_after(
         tiny_presets, family, mode, monkeypatch, capsys):
-    """kft.quantize_on_load: each decoder layer is quantized as soon as the loader has filled its float
+    """kft.quant.quantize_on_load: each decoder layer is quantized as soon as the loader has filled its float
     kernel, so the host never holds the float decoder (a 9B's 37 GB in float32); the codes are the ones
     quantizing the loaded float model gives, bit for bit."""
-    from kft import model, quantize
+    from kft.quant import frozen_base
+    from kft.quant import quantize
 
     path = tiny_presets[family]  # Gemma 4's is built on first use: before counting starts
     original = quantize.quantize_layer
     float_kernels = count_float_kernels_at_each_quantized_layer(monkeypatch)
     options = {"int4_rounding": "least-squares"} if mode == "int4" else {}
-    task, _, _ = model.load(path, "float32", mode, **options)
+    task, _, _ = frozen_base.load(path, "float32", mode, **options)
     err = capsys.readouterr().err
     quantized = [layer for layer in task._flatten_layers() if getattr(layer, "quantization_mode", None) == mode]
     assert f"kft: quantizing to {mode} as it loads: {len(quantized)}/{len(quantized)} layers" in err
     assert len(float_kernels) == len(quantized) and max(float_kernels) == 1, float_kernels
 
     monkeypatch.setattr(quantize, "quantize_layer", original)
-    after, _, _ = model.load(path, "float32")
+    after, _, _ = frozen_base.load(path, "float32")
     quantize.apply(after, mode, **options)
     streamed = {v.path: np.asarray(v.value) for v in task.backbone.weights}
     reference = {v.path: np.asarray(v.value) for v in after.backbone.weights}
@@ -191,7 +195,8 @@ FFW = ("gating_ffw", "gating_ffw_2", "ffw_linear")
 def gemma4_ffw():
     """{mode: (model, logits, LoRA-B grads)} for a tiny Gemma 4 with the same non-zero LoRA factors
     (the int4 one, LoRA on the feed-forward layers only, is not run: 4-bit noise, and time)."""
-    from kft import lora, quantize
+    from kft.models import lora
+    from kft.quant import quantize
 
     base = tiny_backbone("gemma4")
     models = {"none": base, "int8": clone(base), "int4": clone(base)}
@@ -215,7 +220,7 @@ def gemma4_ffw():
 
 
 def test_gemma4_feed_forward_projections_read_via_kernel_are_quantized_and_compute_correctly(gemma4_ffw):
-    # KerasHub 0.32's Gemma4TextDecoderBlock multiplies by `gating_ffw.kernel` etc. itself (kft.quantize).
+    # KerasHub 0.32's Gemma4TextDecoderBlock multiplies by `gating_ffw.kernel` etc. itself (kft.quant.quantize).
     import keras
 
     float_model, float_logits, float_grads = gemma4_ffw["none"]
@@ -316,18 +321,19 @@ def _logits(task):
 @pytest.mark.parametrize("family", WHOLE_PATH_FAMILIES)
 def test_the_adapter_records_the_quantization_and_reloads_to_identical_logits(quantized_runs, family):
     import kft
-    from kft import adapter, quantize
+    from kft.models import adapter
+    from kft.quant import quantize
 
     result = quantized_runs[family, "int4"]
     meta = adapter.read_config(result.run_dir)
     assert meta["quantize"] == "int4" and meta["quantize_weights_only"] is True
-    assert meta["int4_block_size"] == quantize.INT4_BLOCK_SIZE and meta["int4_ranges"] == "least-squares"
+    assert meta["int4_block_size"] == INT4_BLOCK_SIZE and meta["int4_ranges"] == "least-squares"
     assert meta["int4_rounding"] == "gptq"  # model.int4_rounding auto, on one device
     reloaded = kft.load(result.run_dir)
     assert reloaded.backbone.get_layer("decoder_block_0").attention.query_dense.quantization_mode == "int4"
     if family == "gemma4":  # the feed-forward projections read by the block read dequantized kernels again
         block = reloaded.backbone.get_layer("decoder_block_0")
-        assert all(type(getattr(block, name)) in quantize._DEQUANTIZING.values()
+        assert all(type(getattr(block, name)) in kernels.DEQUANTIZING.values()
                    for name in quantize.KERNEL_READERS[type(block).__name__])
     np.testing.assert_array_equal(_logits(reloaded), _logits(result.task))
 
@@ -337,7 +343,10 @@ def test_the_adapter_records_the_quantization_and_reloads_to_identical_logits(qu
 def test_export_merges_the_adapter_into_the_float_base_not_into_integer_kernels(quantized_runs, tmp_path, family):
     import keras_hub
 
-    from kft import adapter, families, loading, model
+    from kft import families
+    from kft.models import adapter
+    from kft.generation import loading
+    from kft.quant import frozen_base
     from kft.export import export
 
     result = quantized_runs[family, "int4"]
@@ -349,7 +358,7 @@ def test_export_merges_the_adapter_into_the_float_base_not_into_integer_kernels(
     expected = _logits(float_tuned)
     np.testing.assert_allclose(_logits(merged), expected, rtol=1e-4, atol=1e-4)
     # ... which is the fine-tune (not the bare base), and differs from the quantized model by 4-bit rounding only.
-    base = model.load(adapter.read_config(result.run_dir)["base_preset"], "float32")[0]
+    base = frozen_base.load(adapter.read_config(result.run_dir)["base_preset"], "float32")[0]
     assert np.abs(_logits(base) - expected).max() > 1e-3
     # 4-bit rounding of a random 64-wide model: measured 0.106 (gemma3) and 0.304 (gemma4) of the largest
     # logit with the nearest codes; 0.409 on gemma4 with GPTQ's (the default), which fits the calibration

@@ -20,5 +20,5 @@ def test_ci_runs_the_readme_commands_verbatim():
 
 
 def test_config_reference_is_in_sync_with_the_dataclasses():
-    script = Path(REPO, "scripts", "sync_readme.py")
-    assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0, "run scripts/sync_readme.py"
+    script = Path(REPO, "docs", "sync_config_reference.py")
+    assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0, "run docs/sync_config_reference.py"

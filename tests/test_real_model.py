@@ -11,13 +11,13 @@ from conftest import REPO, USER_KFT_CACHE
 
 
 def _script_results(script, tmp_path, *args):
-    """Run scripts/`script` with the user's kft cache (the real preset is built once there); its --json."""
+    """Run benchmarks/`script` with the user's kft cache (the real preset is built once there); its --json."""
     env = dict(os.environ)
     env.pop("KFT_CACHE")
     if USER_KFT_CACHE:
         env["KFT_CACHE"] = USER_KFT_CACHE
     out = tmp_path / "results.json"
-    subprocess.run([sys.executable, os.path.join(REPO, "scripts", script), *args, "--json", str(out)], env=env,
+    subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", script), *args, "--json", str(out)], env=env,
                    check=True)
     return json.loads(out.read_text())
 
@@ -36,7 +36,7 @@ def test_lora_teaches_gemma3_270m_to_answer_in_json_and_the_adapter_reloads_exac
 
 @pytest.mark.slow
 def test_gptq_rounding_brings_the_int4_base_of_gemma3_270m_back_toward_the_float_one(tmp_path):
-    # docs/benchmarks.md: held-out loss before training, float 0.8534, int4 1.0368, int4 + GPTQ 0.8905 (~5 min)
+    # docs/performance.md: held-out loss before training, float 0.8534, int4 1.0368, int4 + GPTQ 0.8905 (~5 min)
     loss = _script_results("int4_heldout.py", tmp_path)
     assert loss["least-squares"] > 1.15 * loss["float"]  # what int4 with the nearest codes costs this model
     assert loss["gptq"] < 1.08 * loss["float"]
@@ -44,7 +44,7 @@ def test_gptq_rounding_brings_the_int4_base_of_gemma3_270m_back_toward_the_float
 
 @pytest.mark.slow
 def test_a_base_quantized_as_it_loads_equals_one_read_whole_and_peaks_lower(tmp_path):
-    # docs/benchmarks.md (python scripts/load_memory.py [--wide]): int8, host peak as it loads against
+    # docs/performance.md (python benchmarks/load_memory.py [--wide]): int8, host peak as it loads against
     # read whole: the real 270M (a Hugging Face folder, filled through its converter's `port_weight`)
     # 2.59 / 2.74 GB; a made-up Gemma 3 whose decoder (0.5 GB in float32) is most of it, 1.31 / 1.60 GB.
     real = _script_results("load_memory.py", tmp_path, "--modes", "int8")["int8"]

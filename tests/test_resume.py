@@ -29,7 +29,7 @@ def finish(*args):
 
 
 def checkpoint_step(run_dir):
-    from kft.checkpoint import latest
+    from kft.training.checkpoint import latest
 
     last = latest(run_dir)
     return int(last.name.split("-")[1]) if last else 0
@@ -89,7 +89,7 @@ def test_sigterm_writes_a_checkpoint_exits_3_and_resumes_exactly(uninterrupted, 
 def test_a_run_on_an_int8_base_stopped_at_a_checkpoint_resumes_to_the_same_adapter(tmp_path):
     # The base is re-quantized on resume (deterministically) and only the LoRA factors and optimizer
     # state come from the checkpoint.
-    from kft import adapter
+    from kft.models import adapter
 
     quantized = ["--set", "model.quantize=int8", "--max-steps", "40"]
     reference = tmp_path / "reference"
@@ -110,7 +110,8 @@ def test_a_run_on_an_int8_base_stopped_at_a_checkpoint_resumes_to_the_same_adapt
 def test_a_failed_checkpoint_write_leaves_the_previous_one_loadable(family_run, tmp_path, monkeypatch):
     import safetensors.numpy
 
-    from kft import checkpoint, lora
+    from kft.training import checkpoint
+    from kft.models import lora
 
     result, _ = family_run
     task = result.task

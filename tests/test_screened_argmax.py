@@ -1,8 +1,8 @@
-"""Greedy decoding's argmax screened in bfloat16 (kft.screened_argmax): the float32 argmax's tokens."""
+"""Greedy decoding's argmax screened in bfloat16 (kft.generation.screened_argmax): the float32 argmax's tokens."""
 
 import numpy as np
 
-from kft import screened_argmax
+from kft.generation import screened_argmax
 
 
 def _run(hidden, embeddings):
@@ -71,12 +71,14 @@ def test_the_error_bound_holds_where_every_rounding_goes_the_same_way():
 def test_greedy_generation_keeps_a_bfloat16_vocabulary_and_a_random_sampler_does_not(tiny_presets):
     import keras_hub
 
-    from kft import left_padding, model, sampling
+    from kft.generation import engine
+    from kft.quant import frozen_base
+    from kft.generation import samplers
 
-    task = model.load(str(tiny_presets["gemma3"]), "float32")[0]
-    task.compile(sampler=sampling.make_sampler("greedy"))
-    kept = left_padding.kept_inputs(task)["decode_vocabulary"]
+    task = frozen_base.load(str(tiny_presets["gemma3"]), "float32")[0]
+    task.compile(sampler=samplers.make_sampler("greedy"))
+    kept = engine.kept_inputs(task)["decode_vocabulary"]
     assert kept[0].dtype.name == "bfloat16" and kept[0].shape == task.backbone.token_embedding.embeddings.shape
-    assert left_padding.kept_inputs(task)["decode_vocabulary"] is kept  # kept between calls
+    assert engine.kept_inputs(task)["decode_vocabulary"] is kept  # kept between calls
     task.compile(sampler=keras_hub.samplers.TopKSampler(k=2, seed=0))
-    assert "decode_vocabulary" not in left_padding.kept_inputs(task)
+    assert "decode_vocabulary" not in engine.kept_inputs(task)

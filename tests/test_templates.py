@@ -1,6 +1,6 @@
 """Templates render exactly, keep any UTF-8 text, and mark only responses as trainable."""
 
-from kft import templates
+from kft.data import templates
 from kft.config import DataConfig
 
 

@@ -110,7 +110,7 @@ def _logits(task, ids):
 
 def test_adapter_reloads_onto_a_fresh_base_and_reproduces_the_logits(family_run):
     import kft
-    from kft import lora
+    from kft.models import lora
 
     result, preset = family_run
     ids = np.array([[2, 300, 301, 302, 303, 304, 305, 306]], dtype="int32")
@@ -120,7 +120,7 @@ def test_adapter_reloads_onto_a_fresh_base_and_reproduces_the_logits(family_run)
     assert min(b_norms) > 0  # every LoRA B moved off its zero init: the comparison below is not vacuous
     reloaded = _logits(kft.load(result.run_dir), ids)
     np.testing.assert_allclose(reloaded, trained, rtol=1e-5, atol=1e-5 * np.abs(trained).max())
-    base = _logits(kft.model.load(preset, "float32")[0], ids)
+    base = _logits(kft.quant.frozen_base.load(preset, "float32")[0], ids)
     assert np.abs(base - trained).max() > 1e-3  # and the fine-tune changed the model
 
 
@@ -130,7 +130,7 @@ def test_base_weights_are_bit_identical_after_training(family_run):
 
 
 def test_parameter_counts_match_the_lora_shapes_exactly(family_run):
-    from kft import lora
+    from kft.models import lora
 
     result, _ = family_run
     total, trainable = lora.parameter_counts(result.task)
@@ -186,7 +186,7 @@ def test_kft_chat_answers_turn_after_turn_through_stdin(tiny_run):
 
 def test_chat_keeps_the_history_until_reset(tiny_run):
     import kft
-    from kft.chat import Session
+    from kft.generation.chat import Session
 
     session = Session(kft.load(run_dir=tiny_run[0]), max_new_tokens=4)
     first = session.reply("Who founded the city of Velmora?")

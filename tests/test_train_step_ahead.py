@@ -19,7 +19,7 @@ def _train(preset, out):
 def test_fit_runs_the_step_compiled_ahead_and_trains_the_same(tiny_presets, tmp_path, caplog, monkeypatch):
     import jax
 
-    from kft import train_step_ahead
+    from kft.training import step_ahead
 
     jax.config.update("jax_log_compiles", True)
     try:
@@ -33,7 +33,7 @@ def test_fit_runs_the_step_compiled_ahead_and_trains_the_same(tiny_presets, tmp_
     # seq_len 64 and pad_to_multiple 64: one batch shape, so one program, compiled on kft's thread, never again.
     assert len(traced) == 1 and compiled == ["kft-train-step-compile"], messages
 
-    monkeypatch.setattr(train_step_ahead, "start", lambda fit_model, batches: None)
+    monkeypatch.setattr(step_ahead, "start", lambda fit_model, batches: None)
     inline = _train(tiny_presets["gemma3"], tmp_path / "inline")
 
     def losses(result):

@@ -5,7 +5,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from kft import data
+from kft.data import dataset
 from kft.config import DataConfig
 
 
@@ -40,18 +40,20 @@ SLOW = pytest.mark.slow
 def test_trained_position_loss_matches_the_plain_path(tiny_presets, family, loss_on, monkeypatch):
     import keras
 
-    from kft import lora, model, trained_logits
-    from kft.trained_logits import PositionLoss, TrainedPositionsLM
+    from kft.models import lora
+    from kft.quant import frozen_base
+    from kft.models import trained_logits
+    from kft.models.trained_logits import PositionLoss, TrainedPositionsLM
 
     monkeypatch.setattr(trained_logits, "CHUNK", 16)  # several chunks, the last one padded
     monkeypatch.setattr(trained_logits, "EVAL_CHUNK", 16)
     keras.utils.set_random_seed(1)
-    task, _, _ = model.load(tiny_presets[family], "float32")
+    task, _, _ = frozen_base.load(tiny_presets[family], "float32")
     lora.enable(task.backbone, 2, 4.0, ["all-linear"])
     for path, variable in lora.lora_variables(task.backbone).items():  # B off zero, so A gets gradients too
         variable.assign(np.random.default_rng(len(path)).normal(0, 0.05, variable.shape).astype("float32"))
     config = DataConfig(source="bundled:tiny_facts", seq_len=48, loss_on=loss_on, shuffle=False, max_examples=6)
-    split = data.build(data.load_records(config), task.preprocessor.tokenizer, config, seed=0).train
+    split = dataset.build(dataset.load_records(config), task.preprocessor.tokenizer, config, seed=0).train
     plain_loss, plain_grads = loss_and_grads(task, split.inputs(), split.targets, split.loss_weights)
     fast = TrainedPositionsLM(task)
     inputs, targets, weights = split.batch(np.arange(len(split)), trained_only=True, pad_to_multiple=16)
@@ -77,7 +79,7 @@ def test_trained_position_loss_matches_the_plain_path(tiny_presets, family, loss
 
 
 def test_gather_lists_a_batch_s_trained_positions_first_and_flat():
-    from kft.trained_logits import gather_trained
+    from kft.data.dataset import gather_trained
 
     weights = np.array([[0, 0, 1, 1, 0], [0, 1, 1, 1, 0.5]], dtype="float32")
     targets = np.arange(10).reshape(2, 5)
@@ -92,15 +94,16 @@ def test_gather_lists_a_batch_s_trained_positions_first_and_flat():
 def test_length_buckets_cut_only_padding_and_keep_the_loss(tiny_presets):
     import keras
 
-    from kft import lora, model
+    from kft.models import lora
+    from kft.quant import frozen_base
 
     keras.utils.set_random_seed(2)
-    task, _, _ = model.load(tiny_presets["gemma3"], "float32")
+    task, _, _ = frozen_base.load(tiny_presets["gemma3"], "float32")
     lora.enable(task.backbone, 2, None, ["query", "value"])
     config = DataConfig(source="bundled:tiny_facts", seq_len=160, shuffle=False)
-    split = data.build(data.load_records(config), task.preprocessor.tokenizer, config, seed=0).train
-    full = data.batches(split, 4, 4, seed=0)
-    cut = data.batches(split, 4, 4, seed=0, pad_to_multiple=16)
+    split = dataset.build(dataset.load_records(config), task.preprocessor.tokenizer, config, seed=0).train
+    full = dataset.batches(split, 4, 4, seed=0)
+    cut = dataset.batches(split, 4, 4, seed=0, pad_to_multiple=16)
     lengths = set()
     for i in range(4):
         (x_full, y_full, w_full), (x_cut, y_cut, w_cut) = full[i], cut[i]
@@ -118,22 +121,23 @@ def test_eval_loss_is_the_token_mean_over_all_batches_on_both_paths(tiny_presets
     import datasets
     import keras
 
-    from kft import evaluation, model
+    from kft.evaluate import evaluation
+    from kft.quant import frozen_base
 
     keras.utils.set_random_seed(3)
-    task, _, _ = model.load(tiny_presets["gemma3"], "float32")
+    task, _, _ = frozen_base.load(tiny_presets["gemma3"], "float32")
     config = DataConfig(source="bundled:tiny_facts", seq_len=160, shuffle=False, max_examples=7)
     # One long record and six facts (60-84 tokens): the trained-position path packs the facts two to a row.
-    facts = data.load_records(config)
+    facts = dataset.load_records(config)
     records = facts.select([0]).map(lambda r: {**r, "instruction": " ".join(["tell me more"] * 12), "response": "yes"})
     records = datasets.concatenate_datasets([records, facts])
-    split = data.build(records, task.preprocessor.tokenizer, config, seed=0).train
+    split = dataset.build(records, task.preprocessor.tokenizer, config, seed=0).train
     logits = np.asarray(task(split.inputs()), dtype="float64")  # one batch, no aggregation to get wrong
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     nll = -np.take_along_axis(log_probs, split.targets[..., None], axis=-1)[..., 0]
     expected = (nll * split.loss_weights).sum() / split.loss_weights.sum()
-    packed = data.eval_batches(split, 4, trained_only=True)
+    packed = dataset.eval_batches(split, 4, trained_only=True)
     assert sum(int((x["segment_ids"].max(axis=1) > 0).sum()) for x, _, w in packed if w.sum()) < len(split)
     for logits_on in ("trained", "all"):  # packed rows (trained), batches of 4 and a last one of 3 (all)
         compiled = evaluation.compile_task(task, logits_on=logits_on)
@@ -150,10 +154,11 @@ def test_eval_loss_is_the_token_mean_over_all_batches_on_both_paths(tiny_presets
 
 
 def test_training_the_embeddings_through_the_trained_position_loss_is_one_clear_error(tiny_presets):
-    from kft import evaluation, model
-    from kft.errors import KftError
+    from kft.evaluate import evaluation
+    from kft.quant import frozen_base
+    from kft.core.errors import KftError
 
-    task, _, _ = model.load(tiny_presets["gemma"], "float32")  # no LoRA: the embeddings are trainable
+    task, _, _ = frozen_base.load(tiny_presets["gemma"], "float32")  # no LoRA: the embeddings are trainable
     with pytest.raises(KftError, match="logits_on: all"):
         evaluation.compile_task(task, "adam", "trained")
     evaluation.compile_task(task, None, "trained")  # measuring the base model needs no gradient: fine

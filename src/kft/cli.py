@@ -12,8 +12,8 @@ import sys
 import click
 
 from kft import config as config_lib
-from kft.errors import KftError
-from kft.presets import PREPARED
+from kft.core.errors import KftError
+from kft.models.presets import PREPARED
 
 # Flag -> config key. Any other key: --set section.key=value.
 COMMON_FLAGS = {
@@ -84,7 +84,7 @@ def train(config_path, overwrite, resume, assignments, coordinator, num_processe
     if resume and resume != "auto" and config_path is None:
         config_path = _run_config(resume)
     config = config_lib.load(config_path, overrides)  # validated before anything heavy loads
-    from kft.finetune import train as run_training
+    from kft.training.recipe import train as run_training
 
     result = run_training(config, resume=resume)
     click.echo(str(result.run_dir))
@@ -172,10 +172,11 @@ def generate(prompts, run_dir, preset, adapter_dir, max_new_tokens, strategy, te
 def chat(run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, top_k, top_p, seed):
     """Chat with a fine-tuned model, turn after turn (/reset, /exit)."""
     import kft
-    from kft import chat as chat_lib, sampling
+    from kft.generation import chat as chat_lib
+    from kft.generation import samplers
 
     lm = kft.load(run_dir=run_dir, preset=preset, adapter_dir=adapter_dir)
-    lm.compile(sampler=sampling.make_sampler(strategy, temperature, top_k, top_p, seed))
+    lm.compile(sampler=samplers.make_sampler(strategy, temperature, top_k, top_p, seed))
     chat_lib.run(lm, write=click.echo, max_new_tokens=max_new_tokens)
 
 
@@ -202,7 +203,7 @@ def export_cmd(run_dir, fmt, out, preset, base, with_base, overwrite):
 @click.option("--dry-run", is_flag=True, help="Validate by reloading, print files and the model card, upload nothing.")
 def publish(folder, to, dry_run):
     """Upload a run (as a merged Keras preset) or an export folder, with its model card."""
-    from kft.publish import publish as run_publish
+    from kft.export.publish import publish as run_publish
 
     run_publish(folder, to, dry_run=dry_run, echo=click.echo)
 
@@ -216,7 +217,7 @@ def eval_cmd(run_dir, base, metric, out_path):
     """Re-measure a run on its eval split: loss, greedy answers and the task metric."""
     import json
 
-    from kft.evaluation import evaluate_run
+    from kft.evaluate.evaluation import evaluate_run
 
     result = evaluate_run(run_dir, base=base, metric=metric)
     if out_path:
@@ -231,7 +232,7 @@ def eval_cmd(run_dir, base, metric, out_path):
               default="compare.png", show_default=True)
 def report(run_dirs, out):
     """Print runs' summaries; draw a run's loss.png, or several runs on one plot."""
-    from kft import report as report_lib
+    from kft.training import report as report_lib
 
     click.echo(report_lib.table(list(run_dirs)))
     if len(run_dirs) == 1:
@@ -244,7 +245,7 @@ def report(run_dirs, out):
 @click.argument("name", type=click.Choice(sorted(PREPARED)))
 def prepare(name):
     """Build a kft-prepared preset into the cache (once) and print its folder."""
-    from kft import presets
+    from kft.models import presets
 
     click.echo(str(presets.prepare(name)))
 

@@ -1,7 +1,7 @@
 """One YAML file <-> one tree of dataclasses.
 
 Every key has a default here, and its `help` text is the single documentation of the key
-(`kft config` prints it; the README's config reference is generated from it). Loading checks
+(`kft config` prints it; docs/config.md is generated from it). Loading checks
 keys, types and values before anything heavy is imported, so mistakes cost a second, not a
 model load.
 """
@@ -18,13 +18,54 @@ from typing import Any, Optional
 
 import yaml
 
-from kft.errors import ConfigError
+from kft.core.errors import ConfigError, KftError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
 TEMPLATES = ("dolly", "chat", "gemma-chat", "gemma4-chat", "custom")
 SCHEDULES = ("constant", "linear", "cosine")
 ALL_LINEAR = "all-linear"
 LORA_LAYER_NAMES = ("query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear")
+
+
+# model.quantize: what kft trains LoRA on (kft.quant does the work; these are its choices).
+QUANTIZE_MODES = ("none", "int8", "int4")
+# Keras has these too; none of them trains LoRA correctly (see `check_quantize`).
+QUANTIZE_REFUSED = {
+    "float8": "Keras' float8 layers raise in the forward pass once LoRA is enabled",
+    "gptq": "Keras' GPTQ layers refuse enable_lora (kft's int4 can round by GPTQ: model.int4_rounding gptq)",
+    "awq": "Keras' AWQ layers silently ignore the LoRA factors",
+}
+INT4_BLOCK_SIZE = 64  # rows per int4 group (QLoRA's block size); config key model.int4_block_size
+# How the int4 groups' scales and zero points are chosen: "least-squares" (kft.quant.int4_groups) or
+# "full" (Keras' own full range; what adapters saved before kft chose them record by saying nothing).
+INT4_RANGES = ("least-squares", "full")
+# How int4 codes are chosen on that grid: the nearest code, or GPTQ's (kft.quant.gptq), which needs
+# calibration examples (config keys model.int4_rounding, model.calibration_examples).
+INT4_ROUNDINGS = ("least-squares", "gptq")
+# The config's default: gptq where `kft plan` says its work at load fits (kft.plan.int4_rounding).
+AUTO = "auto"
+
+
+def check_quantize(mode: str, policy: str | None = None) -> None:
+    """Refuse a quantization kft cannot train under LoRA, in one line."""
+    if mode in QUANTIZE_REFUSED:
+        raise KftError(f"model.quantize {mode} is not supported: {QUANTIZE_REFUSED[mode]}; use int8 or int4")
+    if mode not in QUANTIZE_MODES:
+        raise KftError(f"model.quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{mode}'")
+    if mode == "int8" and policy is not None and "float16" in policy and "bfloat16" not in policy:
+        raise KftError("model.quantize int8 with float16 compute is not supported (int8 kernels scaled into "
+                       "float16 overflow); use model.precision float32 or mixed_bfloat16, or model.quantize int4")
+
+
+def quantized_bytes_per_param(mode: str, int4_block_size: int) -> float:
+    return {"int8": 1.0, "int4": 0.5 + 5.0 / int4_block_size}[mode]  # int4: float32 scale + int8 zero per group
+
+
+def check_rounding(mode: str, int4_rounding: str, choices=(AUTO, *INT4_ROUNDINGS)) -> None:
+    if int4_rounding not in choices:
+        raise KftError(f"model.int4_rounding must be one of {', '.join(choices)}, got '{int4_rounding}'")
+    if int4_rounding == "gptq" and mode != "int4":
+        raise KftError(f"model.int4_rounding gptq applies to model.quantize int4, not {mode}")
 
 
 def _key(default, help, **kw):
@@ -335,12 +376,10 @@ def validate(c: Config) -> None:
     """Reject values kft cannot run with, naming the key and the fix."""
     if c.model.precision not in PRECISIONS:
         _fail("model.precision", f"must be one of {', '.join(PRECISIONS)}, got '{c.model.precision}'")
-    from kft import quantize  # light: no keras until a model is quantized
-
-    quantize.check(c.model.quantize, c.model.precision)
+    check_quantize(c.model.quantize, c.model.precision)
     if not isinstance(c.model.int4_block_size, int) or c.model.int4_block_size < 8:
         _fail("model.int4_block_size", f"must be a whole number >= 8, got {c.model.int4_block_size!r}; try 64")
-    quantize.check_rounding(c.model.quantize, c.model.int4_rounding)
+    check_rounding(c.model.quantize, c.model.int4_rounding)
     if not isinstance(c.model.calibration_examples, int) or c.model.calibration_examples < 1:
         _fail("model.calibration_examples", f"must be a whole number >= 1, got {c.model.calibration_examples!r}; try 64")
     if not c.model.preset:
@@ -428,7 +467,7 @@ def _looks_like_file(source: str) -> bool:
 
 
 def reference_markdown() -> str:
-    """The config reference (README section), generated from the dataclasses."""
+    """The config reference (docs/config.md), generated from the dataclasses."""
     lines = []
     for section, cls in section_classes().items():
         lines.append(f"**{section}**\n")

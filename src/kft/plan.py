@@ -8,12 +8,12 @@ Kaggle presets, from `KNOWN_PRESETS` (their sizes, so the plan works offline). T
   encoders of multimodal Gemma 3/4 are left out (kft trains the text decoder);
 - LoRA factors, their gradients and AdamW's two moments (float32; one more copy with grad_accum);
 - activations kept for the backward pass per layer and token (fitted to Gemma 3 270M on CPU:
-  ~100 KB per token and layer at seq_len 256, scripts/calibrate_plan.py), attention scores, and the
+  ~100 KB per token and layer at seq_len 256, benchmarks/calibrate_plan.py), attention scores, and the
   vocabulary logits: 32 positions at a time with the trained-positions loss, all of them without;
 - runtime: compiled programs, temporaries and (on CPU) the Python/TF/JAX process itself;
 - measuring before and after training (`output.samples` > 0): the generate program's key/value
   cache for one chunk of prompts, its logits, and on a CPU the decode copies kft keeps while it
-  measures (kft.transposed_kernels, kft.screened_argmax); the peak is the larger of the two phases.
+  measures (kft.generation.decode_kernels, kft.generation.screened_argmax); the peak is the larger of the two phases.
 
 On a mesh of `devices` with a `model_axis`, the base is divided by the model axis and the batch
 by the batch axis (devices / model_axis); LoRA and optimizer state are replicated.
@@ -27,14 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kft import families
-from kft.errors import KftError
+from kft.config import quantized_bytes_per_param
+from kft.core.errors import KftError
 
 GB = 1e9
 # Imports 0.72 + tokenizer 0.15 + compiled programs (train, eval, generate) + allocator slack: fitted to
-# Gemma 3 270M's measured peaks (scripts/calibrate_plan.py, docs/benchmarks.md).
+# Gemma 3 270M's measured peaks (benchmarks/calibrate_plan.py, docs/performance.md).
 CPU_RUNTIME_GB = 2.1
 ACCELERATOR_RUNTIME_GB = 0.5  # CUDA/XLA context, compiled programs and workspace
-CHUNK = 32  # positions per vocabulary projection in kft.trained_logits
+CHUNK = 32  # positions per vocabulary projection in kft.models.trained_logits
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Architecture:
 
 # KerasHub Kaggle presets (keras_hub/src/models/*/..._presets.py names), sizes of their text decoders.
 # Gemma 1/2/3 from the published configs; Gemma 4 E2B/E4B from their text configs (as in
-# scripts/gemma4_param_counts.py), approximate because the global layers' wider heads are not
+# benchmarks/gemma4_param_counts.py), approximate because the global layers' wider heads are not
 # counted -- a local config.json is always exact.
 _KNOWN = {
     "gemma_2b_en": ("gemma", 256000, 2048, 18, 8, 1, 256, 16384),
@@ -134,13 +135,14 @@ def from_config_json(config: dict, source: str = "config.json") -> Architecture:
 
 def architecture(preset: str) -> Architecture:
     """Sizes for `preset`: a local folder's config.json, a kft-prepared name, or a known KerasHub preset."""
-    from kft import presets
+    from kft.core import backend
+    from kft.models import presets
 
     name = preset.rstrip("/")
     if name.startswith("kaggle://"):
         name = name.split("/")[-2] if name.split("/")[-1].isdigit() else name.split("/")[-1]
     if preset in presets.PREPARED:
-        cached = presets.cache_dir() / "presets" / preset / "config.json"
+        cached = backend.cache_dir() / "presets" / preset / "config.json"
         if cached.is_file() or known(preset) is None:
             path = cached if cached.is_file() else Path(presets.prepare(preset)) / "config.json"
             return from_config_json(json.loads(path.read_text(encoding="utf-8")), str(path))
@@ -171,10 +173,6 @@ def parameters(a: Architecture) -> dict:
         "per-layer projections": per_layer_proj,
         "norms": a.layers * 6 * a.hidden + a.hidden,
     }
-
-
-def quantized_bytes_per_param(mode: str, int4_block_size: int) -> float:
-    return {"int8": 1.0, "int4": 0.5 + 5.0 / int4_block_size}[mode]  # int4: float32 scale + int8 zero per group
 
 
 def lora_parameters(a: Architecture, rank: int, targets: list[str]) -> int:
@@ -209,7 +207,7 @@ class Plan:
     quantizing: float = 0.0  # GB per device while GPTQ rounds the base (0: not int4 gptq)
     host: float = 0.0  # GB of host memory a quantized base takes at load on an accelerator
     host_as_it_loads: float = 0.0  # the same, without GPTQ
-    disk: float = 0.0  # GB of float decoder kernels GPTQ parks on disk at load (kft.parking)
+    disk: float = 0.0  # GB of float decoder kernels GPTQ parks on disk at load (kft.quant.parking)
 
 
 def _storage_bytes(precision: str) -> int:
@@ -252,7 +250,7 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     # tensors, q/k/v after norms and rotary, and the attention scores, probabilities and their
     # gradients (float32); the counts are fitted to measured peaks, not derived. On a model axis
     # kft's layouts split the heads and the feed-forward width but not the residual stream: about
-    # half the hidden-wide tensors stay whole on every device (scripts/plan_vs_mesh.py).
+    # half the hidden-wide tensors stay whole on every device (benchmarks/plan_vs_mesh.py).
     whole = 6 * a.hidden
     split = 6 * a.hidden + 5 * a.ffw * (1 + a.double_wide_layers / a.layers) + 2 * a.query_heads * a.head_dim
     activations = a.layers * tokens * ((whole + split / model_axis) * compute
@@ -277,11 +275,11 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     plan.quantizing_lines = quantizing(a, c, accelerator)
     lookup = p["per-layer embedding"]  # a lookup table: quantized where it is, on the host
     if plan.quantizing_lines:
-        # GPTQ parks the float decoder kernels on disk as they load (kft.parking) and reads a block's
+        # GPTQ parks the float decoder kernels on disk as they load (kft.quant.parking) and reads a block's
         # back as the calibration pass reaches it; lookup tables stay float until the pass is over.
         # Held meanwhile on the first device: its share of the quantized decoder (all of it, at the
         # end), the runtime, and on a CPU (the host) what stays float and the block in flight.
-        # Elsewhere those stay on the host, and reach the devices only after (kft.placement).
+        # Elsewhere those stay on the host, and reach the devices only after (kft.distribute.placement).
         block = (p["attention"] / a.layers + 3 * widest) * store
         float_at_load = (floating + lookup) * store + block
         held = (quantizable + lookup) * per_param
@@ -303,7 +301,7 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     plan.measuring = (shared / GB + sum(gb for _, gb in plan.measuring_lines)) if plan.measuring_lines else 0.0
     plan.peak = max(plan.training, plan.measuring, plan.quantizing)
     plan.fits = plan.peak <= device_memory_gb
-    if mode != "none" and accelerator != "cpu":  # the host holds the base before it is placed (kft.placement)
+    if mode != "none" and accelerator != "cpu":  # the host holds the base before it is placed (kft.distribute.placement)
         # Quantized kernels go to the devices; a lookup table (Gemma 4's per-layer embedding) is
         # quantized where it is, so the host holds it quantized, and in float while that happens.
         kept = floating * store + lookup * per_param
@@ -337,7 +335,7 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
 
 
 def quantizing(a: Architecture, c, accelerator: str = "cpu") -> list:
-    """[(label, GB)]: what GPTQ's rounding of an int4 base (`model.int4_rounding: gptq`, kft.gptq)
+    """[(label, GB)]: what GPTQ's rounding of an int4 base (`model.int4_rounding: gptq`, kft.quant.gptq)
     holds at load beside the quantized decoder ([] otherwise): the calibration batch's hidden states
     between two decoder blocks, one chunk's activations inside a block, the largest float kernel
     (copied over and quantized), and the larger of a block's input Hessians (q, k, v, output, gate,
@@ -345,7 +343,7 @@ def quantizing(a: Architecture, c, accelerator: str = "cpu") -> list:
     while the inverse's Cholesky factor is computed)."""
     if c.model.quantize != "int4" or c.model.int4_rounding == "least-squares":
         return []
-    from kft.gptq import CHUNK as CALIBRATION_CHUNK
+    from kft.quant.gptq import CHUNK as CALIBRATION_CHUNK
 
     compute = _compute_bytes(c.model.precision, accelerator)
     seq = c.data.seq_len
@@ -361,9 +359,9 @@ def quantizing(a: Architecture, c, accelerator: str = "cpu") -> list:
 
 
 # The cache counts 1.5 times: fitted to Gemma 3 270M on CPU, where the peak rose 1.4 times the
-# cache's bytes from 32 to 256 new tokens per sample (scripts/calibrate_plan.py --new-tokens).
+# cache's bytes from 32 to 256 new tokens per sample (benchmarks/calibrate_plan.py --new-tokens).
 CACHE_COPIES = 1.5
-EVAL_CHUNK = 128  # kft.trained_logits.EVAL_CHUNK (that module imports Keras): the answers' loss, per projection
+EVAL_CHUNK = 128  # kft.models.trained_logits.EVAL_CHUNK (that module imports Keras): the answers' loss, per projection
 
 
 def measuring(a: Architecture, c, devices: int = 1, accelerator: str = "cpu") -> list:
@@ -372,16 +370,16 @@ def measuring(a: Architecture, c, devices: int = 1, accelerator: str = "cpu") ->
     logits (decoding and the answers' loss), and on a CPU the decode copies."""
     if not c.output.samples:
         return []
-    from kft.evaluation import GENERATE_BATCH
-    from kft.sampling import CACHE_BUDGET
-    from kft.screened_argmax import COPY_BUDGET, cpu_has_bfloat16_dots
-    from kft.transposed_kernels import TRANSPOSED_BUDGET
+    from kft.evaluate.evaluation import GENERATE_BATCH
+    from kft.generation.sampling import CACHE_BUDGET
+    from kft.generation.screened_argmax import COPY_BUDGET, cpu_has_bfloat16_dots
+    from kft.generation.decode_kernels import TRANSPOSED_BUDGET
 
     compute = _compute_bytes(c.model.precision, accelerator)
     # Prompts end at most at seq_len (rounded up to 16); the answers' loss pass spans the same.
     width = -(-c.data.seq_len // 16) * 16 + c.output.sample_max_new_tokens
     per_row = a.layers * 2 * width * a.kv_heads * max(a.head_dim, a.global_head_dim) * compute
-    # Up to GENERATE_BATCH rows, fewer where the chunk's cache would pass CACHE_BUDGET (kft.sampling).
+    # Up to GENERATE_BATCH rows, fewer where the chunk's cache would pass CACHE_BUDGET (kft.generation.sampling).
     # Not divided over a mesh: how a distribution places the cache is not measured.
     rows = max(1, min(GENERATE_BATCH, CACHE_BUDGET // per_row))
     cache = CACHE_COPIES * rows * per_row
@@ -443,7 +441,7 @@ def parse_memory(text: str) -> float:
 
 def detect_device() -> tuple[float, str]:
     """(GB per device, kind): an accelerator's memory limit from JAX, else the host's available RAM."""
-    from kft import backend
+    from kft.core import backend
 
     backend.setup()
     import jax
@@ -486,10 +484,10 @@ def make(c, device_memory: str | float | None = None, devices: int = 1, model_ax
 
 
 def _free_disk() -> float:
-    """Bytes free where GPTQ parks float kernels (kft.parking)."""
+    """Bytes free where GPTQ parks float kernels (kft.quant.parking)."""
     import shutil
 
-    from kft import parking
+    from kft.quant import parking
 
     return shutil.disk_usage(parking.default_root()).free
 

@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from kft.errors import KftError
+from kft.core.errors import KftError
 
 FORMATS = ("keras", "hf", "peft")
 
@@ -30,7 +30,12 @@ def export(run_dir: str | None, fmt: str, out: str, preset: str | None = None, b
     A PEFT adapter names its base (`base_model_name_or_path`): with `with_base`, the base model is
     exported into OUT/base and named by that folder; otherwise the Hugging Face twin of the
     preset (see presets.hf_twin), if it has one."""
-    from kft import adapter, loading, model, model_card, presets
+    from kft.models import adapter
+    from kft.generation import loading
+    from kft.models import model
+    from kft.quant import frozen_base
+    from kft.export import model_card
+    from kft.models import presets
     from kft.export import hf, merge, peft
 
     if fmt not in FORMATS:
@@ -45,7 +50,7 @@ def export(run_dir: str | None, fmt: str, out: str, preset: str | None = None, b
     if base:
         if not (preset or meta):
             raise KftError("--base needs a run folder (its base preset) or --preset")
-        task, family, _ = model.load(preset or meta["base_preset"], "float32")
+        task, family, _ = frozen_base.load(preset or meta["base_preset"], "float32")
     else:
         if not run_dir:
             raise KftError("give the run folder to export")
@@ -61,7 +66,7 @@ def export(run_dir: str | None, fmt: str, out: str, preset: str | None = None, b
             base_ref = str((out / "base").absolute()) if with_base else presets.hf_twin(base_preset)
             peft.write(task.backbone, meta, base_ref, partial)
             if with_base:
-                base_task, base_family, _ = model.load(base_preset, "float32")
+                base_task, base_family, _ = frozen_base.load(base_preset, "float32")
                 hf.write(base_task.backbone, base_task.preprocessor.tokenizer, base_family, partial / "base")
             elif base_ref is None:
                 print(f"kft: '{base_preset}' has no known Hugging Face twin; adapter_config.json names no base "

@@ -141,7 +141,7 @@ def write(backbone, tokenizer, family: str, folder: str | os.PathLike) -> None:
     # safetensors writes an array's memory as it lies: transposed views must be made contiguous first.
     weights = {name: np.ascontiguousarray(array) for name, array in hf_weights(backbone, family).items()}
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    from kft.sampling import stop_token_ids
+    from kft.generation.sampling import stop_token_ids
 
     stops = list(stop_token_ids(tokenizer))
     generation = {"bos_token_id": tokenizer.start_token_id, "eos_token_id": stops,

@@ -1,1 +1,0 @@
-"""Small datasets shipped with kft (data.source: bundled:NAME)."""

@@ -1,0 +1,64 @@
+"""A fine-tuned model back from disk: base preset + adapter, and text generation from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from kft.models import adapter
+from kft.quant import frozen_base
+from kft.generation import sampling
+from kft.generation import samplers
+from kft.data import templates
+from kft.quant import quantize as quantize_lib
+from kft.core.errors import KftError
+
+
+def load_tuned(run_dir=None, preset=None, adapter_dir=None, precision=None, quantize=None):
+    """The base preset named by the adapter (or `preset`) with the adapter's LoRA weights applied.
+
+    The base is quantized as it was in training (adapter_config.json's `quantize`) unless
+    `quantize` says otherwise: exports pass "none" to merge into the float base."""
+    folder = Path(adapter_dir or run_dir or "")
+    if not (run_dir or adapter_dir):
+        raise KftError("give a run folder (--run) or an adapter folder (--adapter)")
+    if not folder.is_dir():
+        raise KftError(f"'{folder}' is not a folder; give a kft run folder")
+    meta = adapter.read_config(folder)
+    run_config = _run_config(folder)
+    precision = precision or run_config.get("model", {}).get("precision") or "auto"
+    options = quantize_lib.rebuild_options(meta, folder) if quantize is None else {}
+    quantize = quantize or meta.get("quantize", "none")
+    task, _, _ = frozen_base.load(preset or meta["base_preset"], precision, quantize, **options)
+    adapter.apply(folder, task.backbone)
+    task.kft_template = templates.for_tokenizer(_run_template(run_config, meta), task.preprocessor.tokenizer)
+    return task
+
+
+def _run_config(folder: Path) -> dict:
+    path = folder / "config.yaml"
+    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _run_template(run_config: dict, meta: dict):
+    data = run_config.get("data")
+    if data:
+        from kft.config import DataConfig
+
+        return templates.from_config(DataConfig(**data))
+    return templates.Template(name=meta.get("template", "custom"), columns={})
+
+
+def generate_text(task, prompts, max_new_tokens=64, template=None, strategy="greedy", temperature=1.0,
+                  top_k=0, top_p=0.0, seed=0):
+    """Completions for `prompts`, wrapped by `template` ('auto' = the run's own) unless None."""
+    single = isinstance(prompts, str)
+    prompts = [prompts] if single else list(prompts)
+    if template == "auto":
+        template = getattr(task, "kft_template", None)
+    if template is not None:
+        prompts = [template.wrap_prompt(p) for p in prompts]
+    task.compile(sampler=samplers.make_sampler(strategy, temperature, top_k, top_p, seed))
+    out = sampling.generate(task, task.preprocessor.tokenizer, prompts, max_new_tokens)
+    return out[0] if single else out

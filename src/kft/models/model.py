@@ -1,0 +1,183 @@
+"""Loading a Gemma-family causal LM through KerasHub presets, with a dtype policy."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from kft import families
+from kft.core import backend
+from kft.models import presets
+from kft.core.errors import KftError
+
+FAMILIES = families.NAMES
+HF_MODEL_TYPES = families.HF_MODEL_TYPES
+
+
+def resolve_precision(precision: str) -> str:
+    """The Keras dtype policy for `model.precision`, warning where Gemma is known to misbehave."""
+    if precision == "auto":
+        return "mixed_bfloat16" if backend.bf16_capable() else "float32"
+    if "float16" in precision and "bfloat16" not in precision:
+        if backend.accelerator() == "cpu":
+            raise KftError(f"model.precision {precision} is not supported on CPU (emulated, and Gemma overflows "
+                           "float16); use float32")
+        warnings.warn(
+            "Gemma's activations overflow float16; prefer mixed_bfloat16 (TPU, Ampere+ GPUs) or float32",
+            stacklevel=2,
+        )
+    if "bfloat16" in precision and backend.accelerator() == "gpu" and not backend.bf16_capable():
+        warnings.warn("this GPU lacks native bfloat16; it will be emulated slowly. Consider float32", stacklevel=2)
+    return precision
+
+
+def family_of_config(folder: str) -> str | None:
+    """The Gemma family named in a local preset's config.json (Keras or Hugging Face), or None."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if "model_type" in config:  # Hugging Face format
+        model_type = config["model_type"]
+        if model_type not in HF_MODEL_TYPES:
+            raise KftError(f"preset '{folder}' is a '{model_type}' model; kft fine-tunes {families.SUPPORTED} only")
+        return HF_MODEL_TYPES[model_type]
+    name = config.get("class_name", "")
+    family = families.of_keras_config(name, config.get("config", {}))
+    if family is None:
+        raise KftError(f"preset '{folder}' holds a {name or 'unknown'} model; kft fine-tunes {families.SUPPORTED} only")
+    return family
+
+
+def family_of(backbone) -> str:
+    return families.of_backbone(backbone)
+
+
+def check_seq_len(backbone, seq_len: int) -> None:
+    """Refuse a sequence length beyond the loaded model's context (see families.context_length)."""
+    families.check_seq_len(seq_len, families.context_length(family_of(backbone), backbone.get_config()))
+
+
+@contextlib.contextmanager
+def weights_from_preset_only():
+    """Skip the random initial values of variables created inside; they get the preset's weights.
+
+    Keras initialises every variable when a model is built, then KerasHub overwrites them with
+    the preset's weights: for Gemma 3 270M that is 1 GB of random numbers thrown away (loading
+    peaked at 3.46 GB RSS and took 14 s; 2.75 GB and 5 s without). A variable the preset did not fill is initialised after
+    loading (`initialise_unfilled`), as Keras would have. Falls back to Keras' own path if its
+    internals differ."""
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.backend.jax.core import JaxVariable
+
+        original = JaxVariable._initialize_with_initializer
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def defer(variable, initializer):
+        if global_state.get_global_attribute("distribution") is not None:
+            return original(variable, initializer)  # sharded at creation: leave it to Keras
+        variable._value, variable._initializer = None, initializer
+
+    JaxVariable._initialize_with_initializer = defer
+    try:
+        yield
+    finally:
+        JaxVariable._initialize_with_initializer = original
+
+
+def initialise_unfilled(model, parked=()) -> None:
+    """Give every variable left without a value by `weights_from_preset_only` its Keras initial value
+    (not those whose value waits in `parked`, a kft.quant.parking.Parking)."""
+    for variable in model.variables:
+        if getattr(variable, "_value", True) is None and variable not in parked:
+            variable._initialize_with_initializer(variable._initializer)
+            variable._initializer = None
+
+
+def text_only_build(loader) -> tuple[dict, list[str]]:
+    """(backbone kwargs, names of what they leave out): Gemma 4's vision and audio encoders are
+    not built for text fine-tuning (an E4B preset's encoders are dead weight on the accelerator)."""
+    if loader.check_backbone_class().__name__ != families.get("gemma4").backbone:
+        return {}, []
+    config = loader.config
+    if "model_type" in config:  # Hugging Face: a multimodal `gemma4` folder carries vision/audio configs
+        present = {"vision encoder": config.get("vision_config") is not None,
+                   "audio encoder": config.get("audio_config") is not None}
+    else:
+        inner = config.get("config", {})
+        present = {"vision encoder": inner.get("vision_encoder") is not None,
+                   "audio encoder": inner.get("audio_encoder") is not None}
+    return {"vision_encoder": None, "audio_encoder": None}, [name for name, there in present.items() if there]
+
+
+@contextlib.contextmanager
+def _vocabulary_untracked():
+    """While inside, KerasHub's SentencePiece tokenizers store their vocabulary (a list and a dict of
+    every piece) without Keras' attribute tracking, which wraps each of them: on Gemma 3's 262,144
+    pieces 0.7 s per `set_proto` (against 0.15 s), and a preset load runs it twice. Strings and
+    ints hold nothing to track."""
+    from keras.src.utils.tracking import DotNotTrackScope
+    from keras_hub.src.tokenizers.sentence_piece_tokenizer import SentencePieceTokenizer
+
+    original = SentencePieceTokenizer.set_proto
+
+    def set_proto(self, proto):
+        with DotNotTrackScope():
+            return original(self, proto)
+
+    SentencePieceTokenizer.set_proto = set_proto
+    try:
+        yield
+    finally:
+        SentencePieceTokenizer.set_proto = original
+
+
+def from_preset(path: str, policy: str):
+    """The causal LM at `path`, text decoder only where the family allows."""
+    with _vocabulary_untracked():
+        return _task_from_preset(path, policy)
+
+
+def _task_from_preset(path: str, policy: str):
+    import keras_hub
+    from keras_hub.src.utils.preset_utils import get_preset_loader
+
+    backbone_kwargs, left_out = text_only_build(get_preset_loader(path))
+    if not backbone_kwargs:
+        return keras_hub.models.CausalLM.from_preset(path, dtype=policy)
+    backbone = keras_hub.models.Backbone.from_preset(path, dtype=policy, **backbone_kwargs)
+    if left_out:
+        print(f"kft: text fine-tuning: left out the {' and '.join(left_out)} (not built, not loaded)",
+              file=sys.stderr, flush=True)
+    # The backbone's weights are loaded; the task only adds the preprocessor around it.
+    task_cls = getattr(keras_hub.models, families.get(families.of_backbone(backbone)).causal_lm)
+    return task_cls.from_preset(path, backbone=backbone, load_weights=False)
+
+
+@contextlib.contextmanager
+def preset_errors(preset: str, path: str):
+    """Failures reading `preset` (resolved to `path`) as one-line KftErrors.
+
+    Downloads fail in many ways (network, auth, consent, quota: kagglehub and huggingface_hub raise
+    their own types); for a remote handle every failure is the user's to fix, so it gets one line."""
+    remote = not presets.is_local(path)
+    try:
+        yield
+    except KftError:
+        raise  # already one line for the user (a full disk while GPTQ parks kernels, say)
+    except ValueError as e:
+        raise KftError(f"cannot load preset '{preset}': {str(e).splitlines()[0][:200]}") from None
+    except (Exception if remote else (OSError, ConnectionError)) as e:
+        if not remote:
+            raise KftError(f"cannot read preset folder '{preset}': {str(e).splitlines()[0][:200]}") from None
+        raise KftError(
+            f"cannot load preset '{preset}' ({type(e).__name__}): Kaggle presets need network "
+            "access and credentials (KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json); offline, use a "
+            "local preset folder or a kft-prepared name such as gemma3_270m_gguf"
+        ) from None

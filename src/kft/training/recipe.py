@@ -1,0 +1,283 @@
+"""The LoRA fine-tuning recipe, top to bottom.
+
+config -> run folder -> data records -> model -> examples -> LoRA -> compile -> samples before
+-> fit -> samples after -> adapter + config + metrics in the run folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+from kft import config as config_lib
+from kft import plan
+from kft.core import backend
+from kft.data import dataset as data_lib
+from kft.data import packing
+from kft.distribute import distribution
+from kft.evaluate import evaluation
+from kft.generation import decode_kernels, screened_argmax
+from kft.models import adapter, lora, model
+from kft.quant import frozen_base, quantize
+from kft.training import optim, report, step_ahead
+from kft.config import Config
+from kft.core.errors import KftError
+
+
+@dataclass
+class TrainResult:
+    task: object  # the fine-tuned keras_hub CausalLM, LoRA enabled
+    run_dir: Path
+    metrics: dict = field(default_factory=dict)
+    fit_model: object = None  # what `fit` trained: the task, or its trained-positions wrapper (holds the optimizer)
+
+
+def run_dir_for(config: Config) -> Path:
+    """The run folder `output.dir` names, checked (not yet created) so a bad path fails before any work."""
+    name = Path(config.model.preset.rstrip("/")).name.replace(":", "_") or "model"
+    folder = Path(config.output.dir.format(preset=name, time=datetime.now().strftime("%Y%m%d-%H%M%S"))).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise KftError(f"output.dir '{folder}' is a file; choose a folder path")
+    if folder.is_dir() and any(folder.iterdir()) and not config.output.overwrite:
+        raise KftError(f"output.dir '{folder}' already holds files; choose another folder or pass --overwrite")
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError
+        tempfile.TemporaryFile(dir=existing).close()  # os.access says yes to root even where writes fail
+    except OSError:
+        raise KftError(f"cannot write to output.dir '{folder}': '{existing}' is not a writable folder") from None
+    return folder
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _report(metrics: dict, run_dir: Path, shown: int = 3) -> None:
+    """The end-of-run summary: losses, the metric, and a few before/after samples."""
+    print(f"kft: training loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}", flush=True)
+    if "eval_loss_before" in metrics:
+        print(f"kft: eval loss {metrics['eval_loss_before']:.4f} -> {metrics['eval_loss_after']:.4f}")
+    name = metrics["metric"]
+    if f"{name}_before" in metrics:
+        print(f"kft: {name} match {metrics[f'{name}_before']:.1f}% -> {metrics[f'{name}_after']:.1f}%")
+    with open(run_dir / "samples.jsonl", encoding="utf-8") as f:
+        for line in list(f)[:shown]:
+            sample = json.loads(line)
+            print(f"--- prompt:\n{sample['prompt'].rstrip()}\n--- before: {sample['before'].strip()!r}\n"
+                  f"--- after:  {sample['after'].strip()!r}")
+    print(f"kft: adapter, samples, metrics and {report.LOSS_PNG} saved to {run_dir}", flush=True)
+
+
+def _resolve(config, overrides) -> Config:
+    if isinstance(config, Config):
+        return config_lib.from_dict(config_lib.apply_overrides(config.to_dict(), overrides))
+    if isinstance(config, dict):
+        return config_lib.from_dict(config_lib.apply_overrides(config, overrides))
+    return config_lib.load(config, overrides)
+
+
+def _resume_point(c: Config, resume: str | None) -> tuple[Config, Path, Path | None]:
+    """(config, run folder, checkpoint to continue from or None) for a fresh or resumed run."""
+    from kft.training import checkpoint
+
+    if resume is None:
+        return c, run_dir_for(c), None
+    run_dir = Path(c.output.dir if resume == "auto" else resume).expanduser()
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        if resume == "auto":
+            return c, run_dir_for(c), None
+        raise KftError(f"--resume '{resume}' is not a kft run folder (no config.yaml)")
+    saved = config_lib.load(str(saved_path))
+    changed = config_lib.differences(saved, c)
+    if changed:
+        raise KftError(f"cannot resume {run_dir} with a different config ({'; '.join(changed)}); "
+                       "start a new run (--output-dir) or undo the changes")
+    latest = checkpoint.latest(run_dir)
+    if latest is None:
+        if resume == "auto":
+            return c, run_dir_for(replace(c, output=replace(c.output, overwrite=True))), None
+        raise KftError(f"{run_dir} has no complete checkpoint to resume from; start it again with --overwrite")
+    return c, run_dir, latest
+
+
+def train(config: Config | dict | str | None = None, resume: str | None = None, **overrides) -> TrainResult:
+    """Fine-tune with LoRA as `config` says (a Config, a dict, or a YAML path; dotted overrides allowed).
+
+    `resume` continues a run from its newest checkpoint: a run folder, or "auto" for
+    `output.dir` if it holds one (else a fresh start). A config change that would alter the
+    result is refused.
+    """
+    if resume not in (None, "auto") and config is None:
+        config = str(Path(resume) / "config.yaml") if (Path(resume) / "config.yaml").is_file() else None
+    c = _resolve(config, overrides)
+    backend.setup()
+    distribution.connect()  # multi-host: join the other processes before any JAX work
+    import keras  # only after backend.setup() has chosen JAX
+
+    from kft.training import checkpoint
+    from kft.training import tracking
+    from kft.core.compiles import Compiles
+    from kft.core.progress import Progress
+
+    xla = Compiles().start()
+    c, run_dir, resume_from = _resume_point(c, resume)
+    run_dir, out = distribution.run_folder(run_dir)  # out: where this process writes (process 0: run_dir)
+
+    keras.utils.set_random_seed(c.train.seed)
+    records, eval_records = data_lib.load_sources(c.data)
+    mesh_plan = distribution.setup(c.model.preset, c.model.precision, c.train,  # before the preset loads
+                                   c.model.quantize, c.model.int4_block_size)
+    devices = mesh_plan.mesh[0] * mesh_plan.mesh[1]
+    plan.check_before_training(c, devices=devices, model_axis=mesh_plan.mesh[1])
+    rounding = plan.int4_rounding(c, devices, mesh_plan.mesh[1])  # config.yaml keeps `auto`; the adapter records it
+    built = {}  # the run's dataset, where GPTQ's calibration built it first
+    calibration = functools.partial(_calibration, c, records, eval_records, built)
+    task, family, policy = frozen_base.load(c.model.preset, c.model.precision, c.model.quantize,
+                                      **quantize.options(c, calibration, rounding))
+    weights_per_device = distribution.verify(task, mesh_plan)
+    model.check_seq_len(task.backbone, c.data.seq_len)
+    tokenizer = task.preprocessor.tokenizer
+    dataset = built.get("dataset") or data_lib.build(records, tokenizer, c.data, c.train.seed,
+                                                 num_prompts=c.output.samples, eval_records=eval_records)
+    per_epoch = data_lib.steps_per_epoch(dataset.train, c.train.batch_size)
+    # Only now, with data and model known good, does the run folder appear.
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(config_lib.to_yaml(c), encoding="utf-8")
+    print(f"kft: run folder {run_dir}", flush=True)
+    s = dataset.stats
+    print(f"kft: {s['train_examples']} training / {s['eval_examples']} eval examples; "
+          f"{s['overlong']} longer than seq_len {c.data.seq_len} ({s['overlong_action']}); "
+          f"{s['trained_tokens']} of {s['train_tokens']} tokens carry loss", flush=True)
+    if c.data.packing:
+        print(f"kft: packed {s['train_examples']} training examples into {s['packed_rows']} rows of {c.data.seq_len} "
+              f"({100 * packing.padding_share(dataset.train.padding_mask):.1f}% padding)", flush=True)
+
+    keras.utils.set_random_seed(c.train.seed)  # LoRA A initialisation
+    adapted = lora.enable(task.backbone, c.lora.rank, c.lora.alpha, c.lora.targets)
+    total, trainable = lora.parameter_counts(task)
+    print(f"kft: {family} model, {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.3f}%) "
+          f"in {len(adapted)} LoRA layers (rank {c.lora.rank}, alpha {c.lora.alpha or c.lora.rank})", flush=True)
+
+    optimizer_steps = c.train.max_steps or max(1, per_epoch * (c.train.epochs or 1) // c.train.grad_accum)
+    micro_steps = optimizer_steps * c.train.grad_accum
+    optimizer, schedule = optim.make_optimizer(c.train, optimizer_steps)
+    fit_model = evaluation.compile_task(task, optimizer, c.train.logits_on)
+
+    # Before/after: samples (and the metric) on eval prompts when there is an eval split, else on training ones.
+    prompt_split = dataset.eval or dataset.train
+    measure = functools.partial(evaluation.measure, task, fit_model, prompt_split, c.output.metric,
+                                c.train.batch_size, c.output.sample_max_new_tokens,
+                                with_loss=dataset.eval is not None)
+    start_micro, rows, compiling, batches = 0, [], None, None
+    if resume_from is None:
+        # The first train step compiles on a second thread while the before-measurement runs.
+        batches = _batches(c, dataset, micro_steps, start_micro)
+        compiling = step_ahead.start(fit_model, batches)
+        before = measure(label="measuring before")
+        (out / "before.json").write_text(json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8")
+    else:
+        before = json.loads((run_dir / "before.json").read_text(encoding="utf-8"))
+        optimizer.build(fit_model.trainable_variables)
+        state = checkpoint.restore(resume_from, fit_model)
+        start_micro, rows = state["micro_step"], state["metrics"]
+        print(f"kft: resuming from {resume_from.name} (step {state['optimizer_step']} of {optimizer_steps})", flush=True)
+    if batches is None:
+        batches = _batches(c, dataset, micro_steps, start_micro)
+    metrics = {"family": family, "dtype_policy": policy, "parameters": total, "trainable_parameters": trainable,
+               "optimizer_steps": optimizer_steps, "data": s, "metric": c.output.metric,
+               "distribution": mesh_plan.kind, "mesh": f"{mesh_plan.mesh[0]}x{mesh_plan.mesh[1]}",
+               "weight_bytes_per_device": weights_per_device}
+
+    progress_cb = Progress(batches, micro_steps, c.train.grad_accum, c.train.log_every, schedule,
+                           out / "metrics.jsonl", start_micro=start_micro, records=rows)
+    checkpoint_cb = checkpoint.Checkpointer(out, c.train.checkpoint_every, c.train.checkpoint_keep,
+                                            c.train.grad_accum, micro_steps, start_micro, progress_cb)
+    tracker = tracking.start(c.output.wandb if out == run_dir else "", out, c.to_dict(),
+                             resuming=resume_from is not None)
+    # Progress first: a checkpoint, and W&B, get the metrics row of their own step.
+    callbacks = [progress_cb, checkpoint_cb, *tracking.callbacks(tracker, progress_cb)]
+    if c.output.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq=c.train.log_every))
+    print(f"kft: training {optimizer_steps} steps (batch {c.train.batch_size} x accumulation {c.train.grad_accum})",
+          flush=True)
+    started = time.perf_counter()
+    # The decode programs' kept copies (kernels, bfloat16 vocabulary): not while training.
+    decode_kernels.release(task.backbone)
+    screened_argmax.release(task.backbone)
+    step_ahead.finish(compiling)
+    if start_micro < micro_steps:
+        # shuffle=False: Keras would reorder a PyDataset's batches, and our order is part of what resumes.
+        keras.Model.fit(fit_model, batches, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)
+    _stop_if_interrupted(checkpoint_cb, run_dir)
+    metrics["train_seconds"] = round(time.perf_counter() - started, 2)
+    metrics["first_loss"] = progress_cb.records[0]["loss"]
+    metrics["final_loss"] = progress_cb.records[-1]["loss"]
+    after = measure(label="measuring after")
+    for when, result in (("before", before), ("after", after)):
+        if "loss" in result:
+            metrics[f"eval_loss_{when}"] = result["loss"]
+        if result["score"] is not None:
+            metrics[f"{c.output.metric}_{when}"] = result["score"]
+    samples = [{"prompt": p, "reference": r, "before": b, "after": a}
+               for p, r, b, a in zip(prompt_split.prompts, prompt_split.references, before["generations"],
+                                     after["generations"])]
+    _write_jsonl(out / "samples.jsonl", samples)
+    adapter.save(out, task.backbone, {
+        "base_preset": c.model.preset, "family": family, "rank": c.lora.rank, "alpha": c.lora.alpha or c.lora.rank,
+        "targets": lora.target_names(c.lora.targets), "dtype": policy, "template": c.data.template,
+        **quantize.settings(c.model.quantize, c.model.int4_block_size, rounding),
+    })
+    quantize.save_calibration(out, task)
+    metrics["xla"] = {**xla.stop().as_dict(), "before": before.get("xla"), "after": after["xla"]}
+    (out / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    report.plot_run(out)
+    tracking.finish(tracker, metrics, samples)
+    _report(metrics, out)
+    return TrainResult(task=task, run_dir=run_dir, metrics=metrics, fit_model=fit_model)
+
+
+def _calibration(c: Config, records, eval_records, built: dict, task) -> dict:
+    """GPTQ's calibration inputs (`model.int4_rounding: gptq`): the first training examples, as the
+    training split orders them. Without packing, the dataset built for them is the run's own: it
+    goes into `built`, so the records are not tokenized twice."""
+    from kft.quant import gptq
+
+    dataset = data_lib.build(records, task.preprocessor.tokenizer, replace(c.data, packing=False), c.train.seed,
+                         num_prompts=c.output.samples, eval_records=eval_records)
+    if not c.data.packing:
+        built["dataset"] = dataset
+    return gptq.calibration_inputs(dataset.train, c.model.calibration_examples)
+
+
+def _batches(c: Config, dataset, micro_steps: int, start_micro: int):
+    """The training micro-batches from `start_micro` on, as this process feeds them (its rows of every global batch)."""
+    return distribution.local_batches(data_lib.batches(
+        dataset.train, c.train.batch_size, micro_steps, c.train.seed, start=start_micro,
+        trained_only=c.train.logits_on == "trained", pad_to_multiple=c.train.pad_to_multiple,
+        group_by_length=c.train.group_by_length, program_cost_steps=data_lib.PROGRAM_COST_STEPS))
+
+
+def _stop_if_interrupted(checkpoint_cb, run_dir: Path) -> None:
+    from kft.training import checkpoint
+
+    if checkpoint_cb.diverged_at is not None:
+        last = checkpoint.latest(run_dir)
+        raise checkpoint.Diverged(
+            f"the loss became NaN/Inf at step {checkpoint_cb.diverged_at}; training stopped. Last good checkpoint: "
+            f"{last or 'none'}. Lower train.lr, set train.clip_norm, or use model.precision float32"
+        )
+    if checkpoint_cb.signal_received:
+        raise checkpoint.Interrupted(
+            f"interrupted by {checkpoint_cb.signal_received}; checkpoint {checkpoint.latest(run_dir).name} written. "
+            f"Resume with: kft train --resume {run_dir}"
+        )
