@@ -1,7 +1,7 @@
-"""Regenerate the README's config reference from the dataclasses (the single source of key docs).
+"""Regenerate docs/config.md's config reference from the dataclasses (the single source of key docs).
 
-    python scripts/sync_readme.py          # rewrite README.md in place
-    python scripts/sync_readme.py --check  # exit 1 if README.md is stale
+    python docs/sync_config_reference.py          # rewrite docs/config.md in place
+    python docs/sync_config_reference.py --check  # exit 1 if docs/config.md is stale
 """
 
 import re
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kft.config import reference_markdown
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+CONFIG_DOC = Path(__file__).resolve().parent / "config.md"
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 
 
@@ -20,8 +20,10 @@ def synced(text: str) -> str:
 
 
 if __name__ == "__main__":
-    text = README.read_text(encoding="utf-8")
+    text = CONFIG_DOC.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        sys.exit(f"{CONFIG_DOC}: the {START} ... {END} markers are missing")
     new = synced(text)
     if "--check" in sys.argv:
         sys.exit(0 if new == text else 1)
-    README.write_text(new, encoding="utf-8")
+    CONFIG_DOC.write_text(new, encoding="utf-8")
