@@ -165,13 +165,27 @@ def test_a_cycle_is_named():
 FAMILY_WORDS = re.compile(r"\bgemma\d?(_text|_moe)?\b|\bGemma\d?[A-Z]\w*|\bGemma\d?(Text)?(Backbone|CausalLM|Tokenizer)\b")
 
 
-def family_literals(path: Path) -> list[str]:
+def prose(tree: ast.AST) -> set[int]:
+    """ids of the string constants that are docs: docstrings, and help text (a `help=` argument, or
+    the text of a config key: kft.config's `_key(default, help)`)."""
+    ids = {id(node.body[0].value) for node in ast.walk(tree)
+           if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+           and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call):
+            texts = [k.value for k in call.keywords if k.arg == "help"]
+            if isinstance(call.func, ast.Name) and call.func.id == "_key":
+                texts += call.args[1:2]
+            ids |= {id(n) for text in texts for n in ast.walk(text)}
+    return ids
+
+
+def family_literals(path: Path, root: Path = SRC) -> list[str]:
+    """`file:line 'literal'` for each string in `path` naming a family or a family's KerasHub class."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
-    return [f"{path.relative_to(SRC)}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    docs = prose(tree)
+    return [f"{path.relative_to(root)}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
             and FAMILY_WORDS.search(node.value)]
 
 
@@ -183,14 +197,9 @@ def test_no_family_is_named_outside_the_families_folder():
 
 
 def test_a_family_branch_is_named(tmp_path):
-    path = Path(SRC, "kft", "models", "lora.py")
-    source = path.read_text(encoding="utf-8") + '\n\ndef odd(family):\n    return family.name == "gemma4"\n'
-    copy = tmp_path / "lora.py"
-    copy.write_text(source, encoding="utf-8")
-    assert any("'gemma4'" in line for line in family_literals_at(copy))
-
-
-def family_literals_at(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    return [repr(node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and FAMILY_WORDS.search(node.value)]
+    source = Path(SRC, "kft", "models", "lora.py").read_text(encoding="utf-8")
+    copy = Path(SRC, "kft", "models", "lora.py")  # named as the module it stands for
+    branched = tmp_path / "lora.py"
+    branched.write_text(source + '\n\ndef odd(family):\n    return family.name == "gemma4"\n', encoding="utf-8")
+    assert family_literals(copy) == []
+    assert [line.split(" ", 1)[1] for line in family_literals(branched, root=tmp_path)] == ["'gemma4'"]

@@ -127,13 +127,13 @@ def test_gemma4_feed_forward_inputs_are_rebuilt_as_its_block_computes_them(monke
     """Gemma 4's block multiplies by its feed-forward kernels itself (no layer call to wrap): the
     Hessians kft rebuilds for them must be those of the left operands the block really uses."""
     import keras
+    from kft import families
     from kft.quant import gptq
-    from kft.quant import quantize
 
     base = tiny_backbone("gemma4")
     blocks = base.transformer_layers
     kernels = {id(getattr(b, name).kernel): getattr(b, name).path for b in blocks for name in
-               quantize.KERNEL_READERS["Gemma4TextDecoderBlock"]}
+               families.KERNEL_READERS["Gemma4TextDecoderBlock"].layers}
     used, matmul = {}, keras.ops.matmul
 
     def recording(a, b):

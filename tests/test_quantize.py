@@ -11,6 +11,7 @@ import pytest
 
 from conftest import CONFIGS, run_cli
 from kft.config import INT4_BLOCK_SIZE
+from kft import families
 from kft.quant import kernels
 from quantize_helpers import (batch, clone, cosine, count_float_kernels_at_each_quantized_layer, loss_and_lora_grads,
                               tiny_backbone)
@@ -281,7 +282,7 @@ def quantized_runs(tiny_presets, tmp_path_factory):
 
 
 # The whole path (train, reload, export) on Gemma 3 and on Gemma 4, whose block reads its feed-forward
-# kernels itself (quantize.KERNEL_READERS).
+# kernels itself (families.KERNEL_READERS).
 WHOLE_PATH_FAMILIES = ("gemma3", "gemma4")
 
 
@@ -322,7 +323,6 @@ def _logits(task):
 def test_the_adapter_records_the_quantization_and_reloads_to_identical_logits(quantized_runs, family):
     import kft
     from kft.models import adapter
-    from kft.quant import quantize
 
     result = quantized_runs[family, "int4"]
     meta = adapter.read_config(result.run_dir)
@@ -334,7 +334,7 @@ def test_the_adapter_records_the_quantization_and_reloads_to_identical_logits(qu
     if family == "gemma4":  # the feed-forward projections read by the block read dequantized kernels again
         block = reloaded.backbone.get_layer("decoder_block_0")
         assert all(type(getattr(block, name)) in kernels.DEQUANTIZING.values()
-                   for name in quantize.KERNEL_READERS[type(block).__name__])
+                   for name in families.KERNEL_READERS[type(block).__name__].layers)
     np.testing.assert_array_equal(_logits(reloaded), _logits(result.task))
 
 

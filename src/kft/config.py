@@ -18,13 +18,14 @@ from typing import Any, Optional
 
 import yaml
 
+from kft import families
 from kft.core.errors import ConfigError, KftError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
-TEMPLATES = ("dolly", "chat", "gemma-chat", "gemma4-chat", "custom")
+TEMPLATES = ("dolly", "chat", *families.CHAT_TEMPLATES, "custom")
 SCHEDULES = ("constant", "linear", "cosine")
 ALL_LINEAR = "all-linear"
-LORA_LAYER_NAMES = ("query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear")
+LORA_LAYER_NAMES = families.LORA_LAYERS
 
 
 # model.quantize: what kft trains LoRA on (kft.quant does the work; these are its choices).

@@ -45,7 +45,7 @@ class Template:
 
     @property
     def family(self) -> families.Family:
-        return families.CHAT_TEMPLATES.get(self.name, families.get("gemma"))
+        return families.CHAT_TEMPLATES.get(self.name, families.DEFAULT)
 
     @property
     def ends_with_eos(self) -> bool:
@@ -108,10 +108,10 @@ class Template:
 
 
 def _chat_segments(messages: list[dict], family: families.Family) -> list[Segment]:
-    """The family's chat turns. Gemma 4 has a system turn of its own; Gemma 1-3 fold a system
-    message into the first user turn, as their own templates do."""
+    """The family's chat turns: a system turn of its own where the family has one (Gemma 4), else the
+    system message folded into the first user turn, as Gemma 1-3's own templates do."""
     start, end = family.start_of_turn, family.end_of_turn
-    system_turn = family.name == "gemma4"
+    system_turn = family.system_turn
     segments: list[Segment] = []
     system = ""
     for i, message in enumerate(messages):
@@ -144,7 +144,7 @@ def for_tokenizer(template: Template, tokenizer) -> Template:
     single tokens of this vocabulary (Gemma 1-3 turns on Gemma 4) is refused."""
     from dataclasses import replace
 
-    family = families.get(families.of_tokenizer(tokenizer) or "gemma")
+    family = families.get(families.of_tokenizer(tokenizer) or families.DEFAULT.name)
     if template.name == CHAT:
         return replace(template, name=family.chat_template)
     if template.is_chat and template.family.end_of_turn not in tokenizer.get_vocabulary():

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import yaml
 
-GEMMA_TERMS = ("This model is a derivative of Gemma and is subject to the Gemma Terms of Use "
-               "(https://ai.google.dev/gemma/terms) and the Gemma Prohibited Use Policy "
-               "(https://ai.google.dev/gemma/prohibited_use_policy).")
+from kft import families
+
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -76,5 +75,5 @@ def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
         for s in shown:
             lines += [f"**Prompt:**\n```\n{s['prompt'].rstrip()}\n```",
                       f"- before: {s['before'].strip()!r}", f"- after: {s['after'].strip()!r}", ""]
-    lines += ["", "## License", "", GEMMA_TERMS, ""]
+    lines += ["", "## License", "", families.get(adapter["family"]).license, ""]
     return "\n".join(lines)

@@ -1,58 +1,30 @@
-"""What differs between Gemma, Gemma 2, Gemma 3 and Gemma 4, in one table.
+"""The model families kft fine-tunes, one folder each (kft/families/<name>/), and how a preset, a
+backbone or a tokenizer finds its family.
 
-Every command reads the family from here: detection (a Keras preset's config.json, a Hugging
-Face `model_type`, a built backbone), the chat markers, the HF export names, and which layers
-LoRA adapts. Adding a family is one `Family` entry plus its tiny preset (tiny.py).
+Every command asks a `Family` (kft.families.family) and never names one: detection (a Keras
+preset's config.json, a Hugging Face `model_type`, a built backbone), the chat markers, the HF
+export, which layers LoRA adapts, what quantization must leave alone. Adding a family is a folder
+and one line in `FAMILIES` below; docs/families.md is the checklist.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from dataclasses import dataclass
 
 from kft.core.errors import KftError
+from kft.families import gemma, gemma2, gemma3, gemma4
+from kft.families.family import ATTENTION, LORA_LAYERS, MLP, Family, KernelReaders
 
-# Every attention and feed-forward projection of a decoder block (KerasHub layer names).
-ATTENTION = ("query", "key", "value", "attention_output")
-MLP = ("ffw_gating", "ffw_gating_2", "ffw_linear")
+__all__ = ["ATTENTION", "LORA_LAYERS", "MLP", "Family", "KernelReaders", "FAMILIES", "get"]
 
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    backbone: str  # KerasHub backbone class name
-    causal_lm: str  # its KerasHub causal LM class (named: KerasHub's lookup by backbone is ambiguous for Gemma 4)
-    hf_model_types: tuple[str, ...]  # transformers model_type values that load as this family
-    hf_architecture: str  # what `--format hf` writes
-    hf_model_type: str
-    start_of_turn: str  # chat markers, single tokens in the family's vocabulary
-    end_of_turn: str
-    chat_template: str  # the template `data.template: chat` means for this family
-    max_position_embeddings: int
-    lora_layers: tuple[str, ...] = ATTENTION + MLP  # names `all-linear` adapts, inside decoder blocks only
-    # Sub-layers of a decoder block that stay frozen even when their names match (MoE experts, router).
-    frozen_blocks: tuple[str, ...] = ()
-    needs_position_ids: bool = False  # backbone input `position_ids` (Gemma 4); kft passes 0..L-1
-
-
-GEMMA_TURNS = dict(start_of_turn="<start_of_turn>", end_of_turn="<end_of_turn>", chat_template="gemma-chat")
-
-FAMILIES: dict[str, Family] = {
-    "gemma": Family("gemma", "GemmaBackbone", "GemmaCausalLM", ("gemma",), "GemmaForCausalLM", "gemma",
-                    max_position_embeddings=8192, **GEMMA_TURNS),
-    "gemma2": Family("gemma2", "GemmaBackbone", "GemmaCausalLM", ("gemma2",), "Gemma2ForCausalLM", "gemma2",
-                     max_position_embeddings=8192, **GEMMA_TURNS),
-    "gemma3": Family("gemma3", "Gemma3Backbone", "Gemma3CausalLM", ("gemma3_text", "gemma3"), "Gemma3ForCausalLM", "gemma3_text",
-                     max_position_embeddings=32768, **GEMMA_TURNS),
-    "gemma4": Family("gemma4", "Gemma4Backbone", "Gemma4CausalLM", ("gemma4_text", "gemma4"), "Gemma4ForCausalLM", "gemma4_text",
-                     start_of_turn="<|turn>", end_of_turn="<turn|>", chat_template="gemma4-chat",
-                     max_position_embeddings=131072, frozen_blocks=("moe_router", "moe_expert_bank"),
-                     needs_position_ids=True),
-}
+FAMILIES: dict[str, Family] = {f.name: f for f in (gemma.FAMILY, gemma2.FAMILY, gemma3.FAMILY, gemma4.FAMILY)}
 NAMES = tuple(FAMILIES)
+DEFAULT = FAMILIES[NAMES[0]]  # whose turn markers a template names when no model says otherwise
 HF_MODEL_TYPES = {t: f.name for f in FAMILIES.values() for t in f.hf_model_types}
 CHAT_TEMPLATES = {f.chat_template: f for f in FAMILIES.values()}
+# {decoder block class name: the sub-layers it reads the kernels of itself}, over every family.
+KERNEL_READERS = {block: readers for f in FAMILIES.values() for block, readers in f.kernel_readers.items()}
 SUPPORTED = "Gemma, Gemma 2, Gemma 3 and Gemma 4"
 
 
@@ -62,14 +34,11 @@ def get(name: str) -> Family:
 
 def context_length(family: str, config: dict) -> int:
     """Tokens a model attends over, from its backbone config (KerasHub does not record it) or an HF
-    config's max_position_embeddings: the family's base context, which Gemma 3 stretches by its global
-    RoPE scaling factor (8 on 4B and larger: 128k); Gemma 4 31B and 26B-A4B (no per-layer embeddings) 256k."""
+    config's max_position_embeddings: else the family's base context as the family stretches it."""
     if config.get("max_position_embeddings"):
         return int(config["max_position_embeddings"])
-    base = FAMILIES[family].max_position_embeddings
-    if family == "gemma4" and not config.get("hidden_size_per_layer_input"):
-        return 2 * base
-    return int(base * (config.get("global_rope_scaling_factor") or 1.0))
+    f = FAMILIES[family]
+    return f.context_length(f.max_position_embeddings, config)
 
 
 def check_seq_len(seq_len: int, context: int) -> None:
@@ -78,30 +47,37 @@ def check_seq_len(seq_len: int, context: int) -> None:
                        f"use --seq-len {min(context, 8192)} or less")
 
 
-def _gemma_or_gemma2(use_post_ffw_norm) -> str:
-    return "gemma2" if use_post_ffw_norm else "gemma"
-
-
 def of_keras_config(class_name: str, config: dict) -> str | None:
-    """The family of a Keras preset's backbone (class name + its config), or None if not Gemma."""
-    if class_name == "GemmaBackbone":
-        return _gemma_or_gemma2(config.get("use_post_ffw_norm"))
-    return next((f.name for f in FAMILIES.values() if f.backbone == class_name), None)
+    """The family of a Keras preset's backbone (class name + its config), or None if kft has none."""
+    return next((f.name for f in FAMILIES.values() if f.backbone == class_name and f.matches_keras_config(config)),
+                None)
+
+
+class _Attributes:
+    """A built backbone read like its config (KerasHub keeps each config argument as an attribute)."""
+
+    def __init__(self, backbone):
+        self.backbone = backbone
+
+    def get(self, key, default=None):
+        return getattr(self.backbone, key, default)
 
 
 def of_backbone(backbone) -> str:
-    name = type(backbone).__name__
-    if name == "GemmaBackbone":
-        return _gemma_or_gemma2(backbone.use_post_ffw_norm)
-    for family in FAMILIES.values():
-        if family.backbone == name:
-            return family.name
-    raise KftError(f"the preset holds a {name}; kft fine-tunes {SUPPORTED} only")
+    name = of_keras_config(type(backbone).__name__, _Attributes(backbone))
+    if name is None:
+        raise KftError(f"the preset holds a {type(backbone).__name__}; kft fine-tunes {SUPPORTED} only")
+    return name
 
 
 def of_tokenizer(tokenizer) -> str | None:
-    """The family a KerasHub tokenizer belongs to where its class tells (Gemma 4's), else None."""
-    return "gemma4" if type(tokenizer).__name__ == "Gemma4Tokenizer" else None
+    """The first family whose KerasHub tokenizer class `tokenizer` is, else None."""
+    return next((f.name for f in FAMILIES.values() if f.tokenizer == type(tokenizer).__name__), None)
+
+
+def of_keras_class(class_name: str) -> Family | None:
+    """The first family whose backbone class is `class_name` (what its preset builds), else None."""
+    return next((f for f in FAMILIES.values() if f.backbone == class_name), None)
 
 
 def decoder_blocks(backbone) -> list:
@@ -140,3 +116,8 @@ def attention_hooks(backbone, mask=None, positions=None):
 
 def end_of_turn_markers() -> tuple[str, ...]:
     return tuple(dict.fromkeys(f.end_of_turn for f in FAMILIES.values()))
+
+
+def turn_markers() -> tuple[str, ...]:
+    """Every family's start and end of turn, once each."""
+    return tuple(dict.fromkeys(t for f in FAMILIES.values() for t in (f.start_of_turn, f.end_of_turn)))

@@ -13,8 +13,6 @@ from kft.core import backend
 from kft.models import presets
 from kft.core.errors import KftError
 
-FAMILIES = families.NAMES
-HF_MODEL_TYPES = families.HF_MODEL_TYPES
 
 
 def resolve_precision(precision: str) -> str:
@@ -35,16 +33,16 @@ def resolve_precision(precision: str) -> str:
 
 
 def family_of_config(folder: str) -> str | None:
-    """The Gemma family named in a local preset's config.json (Keras or Hugging Face), or None."""
+    """The family named in a local preset's config.json (Keras or Hugging Face), or None."""
     path = Path(folder) / "config.json"
     if not path.is_file():
         return None
     config = json.loads(path.read_text(encoding="utf-8"))
     if "model_type" in config:  # Hugging Face format
         model_type = config["model_type"]
-        if model_type not in HF_MODEL_TYPES:
+        if model_type not in families.HF_MODEL_TYPES:
             raise KftError(f"preset '{folder}' is a '{model_type}' model; kft fine-tunes {families.SUPPORTED} only")
-        return HF_MODEL_TYPES[model_type]
+        return families.HF_MODEL_TYPES[model_type]
     name = config.get("class_name", "")
     family = families.of_keras_config(name, config.get("config", {}))
     if family is None:
@@ -101,22 +99,14 @@ def initialise_unfilled(model, parked=()) -> None:
 
 
 def text_only_build(loader) -> tuple[dict, list[str]]:
-    """(backbone kwargs, names of what they leave out): Gemma 4's vision and audio encoders are
-    not built for text fine-tuning (an E4B preset's encoders are dead weight on the accelerator)."""
-    if loader.check_backbone_class().__name__ != families.get("gemma4").backbone:
+    """(backbone kwargs, names of what they leave out): a family's vision and audio encoders are not
+    built for text fine-tuning (an E4B preset's encoders are dead weight on the accelerator)."""
+    family = families.of_keras_class(loader.check_backbone_class().__name__)
+    if family is None or not family.text_only:
         return {}, []
-    config = loader.config
-    if "model_type" in config:  # Hugging Face: a multimodal `gemma4` folder carries vision/audio configs
-        present = {"vision encoder": config.get("vision_config") is not None,
-                   "audio encoder": config.get("audio_config") is not None}
-    else:
-        inner = config.get("config", {})
-        present = {"vision encoder": inner.get("vision_encoder") is not None,
-                   "audio encoder": inner.get("audio_encoder") is not None}
-    return {"vision_encoder": None, "audio_encoder": None}, [name for name, there in present.items() if there]
+    return dict(family.text_only), family.left_out(loader.config)
 
 
-@contextlib.contextmanager
 def _vocabulary_untracked():
     """While inside, KerasHub's SentencePiece tokenizers store their vocabulary (a list and a dict of
     every piece) without Keras' attribute tracking, which wraps each of them: on Gemma 3's 262,144

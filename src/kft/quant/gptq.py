@@ -28,6 +28,8 @@ import functools
 
 import numpy as np
 
+from kft import families
+
 DAMP = 0.01  # added to H's diagonal, as a fraction of its mean (GPTQ's percdamp)
 BLOCK = 128  # input features rounded per lazy update (GPTQ's blocksize)
 LEVELS = (-8, 7)  # Keras' int4 codes
@@ -225,9 +227,10 @@ class Hessians:
             self._wrap(layer, functools.partial(self._layer_call, layer, layer.call))
         for block in self.blocks:
             self._wrap(block, functools.partial(self._block_call, block, block.call))
-            norm = getattr(block, "pre_ffw_norm", None)
-            if type(block).__name__ == "Gemma4TextDecoderBlock" and norm is not None:
-                self._wrap(norm, functools.partial(self._gemma4_ffw_inputs, block, norm.call))
+            readers = families.KERNEL_READERS.get(type(block).__name__)
+            norm = getattr(block, readers.norm, None) if readers else None
+            if norm is not None:
+                self._wrap(norm, functools.partial(self._read_kernels_inputs, block, readers, norm.call))
         return self
 
     def __exit__(self, *exc):
@@ -253,19 +256,16 @@ class Hessians:
             self._add(layer, x)
         return out
 
-    def _gemma4_ffw_inputs(self, block, call, x, *args, **kwargs):
-        """KerasHub 0.32's Gemma4TextDecoderBlock multiplies by its feed-forward kernels itself
-        (quantize.KERNEL_READERS), so their calls cannot be wrapped; their inputs are rebuilt from
-        the pre-feed-forward norm's output as the block computes them: gelu(x W_gate) * (x W_up)."""
-        from keras import activations, ops
-
+    def _read_kernels_inputs(self, block, readers, call, x, *args, **kwargs):
+        """A block that multiplies by some sub-layers' kernels itself (families.KERNEL_READERS) never
+        calls them, so their calls cannot be wrapped: their inputs are rebuilt, as the family says,
+        from the output of the sub-layer they are computed from."""
         out = call(x, *args, **kwargs)
-        gate, up, down = block.gating_ffw, block.gating_ffw_2, block.ffw_linear
-        if self.rows is None or not all(id(layer) in self.wanted for layer in (gate, up, down)):
+        layers = [getattr(block, name) for name in readers.layers]
+        if self.rows is None or not all(id(layer) in self.wanted for layer in layers):
             return out
-        self._add(gate, out)
-        self._add(up, out)
-        self._add(down, activations.gelu(ops.matmul(out, gate.kernel), approximate=True) * ops.matmul(out, up.kernel))
+        for layer, inputs in readers.inputs(block, out).items():
+            self._add(layer, inputs)
         return out
 
     def _block_call(self, block, call, x, *args, **kwargs):

@@ -76,7 +76,7 @@ def tied_class(cls):
 
 def tie(model) -> int:
     """Give every weight-only int8/int4 EinsumDense of `model` kft's call; return how many. Layers
-    whose block reads their `.kernel` instead of calling them (kft.quant.quantize.KERNEL_READERS) keep
+    whose block reads their `.kernel` instead of calling them (kft.families.KERNEL_READERS) keep
     their class."""
     import keras
 

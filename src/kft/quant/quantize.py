@@ -19,7 +19,7 @@ What kft adds is the choice of what to quantize and how:
   too, but Keras' `kernel` of a quantized layer is the raw integer codes (plus the LoRA delta),
   unscaled. kft gives those layer instances a subclass whose `kernel` is the dequantized kernel
   (Keras' own unpacking and scales) plus `(alpha/rank) * A @ B`: the stored weights stay integer and
-  a float kernel exists only inside the step (`KERNEL_READERS`, tests/test_quantize.py).
+  a float kernel exists only inside the step (`families.KERNEL_READERS`, tests/test_quantize.py).
 
 Quantizing a float base is deterministic, so an adapter reloads bit for bit: float base -> the
 same quantization -> `enable_lora` with the same targets -> assign the factors (kft never saves
@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import gc
 
+from kft import families
 from kft.quant import kernels, kernels_where_used
 from kft.config import INT4_BLOCK_SIZE, INT4_RANGES, INT4_ROUNDINGS, check_quantize, check_rounding
 from kft.core.errors import KftError
@@ -47,8 +48,6 @@ def keras_config(mode: str, int4_block_size: int = INT4_BLOCK_SIZE):
     return Int4QuantizationConfig(activation_quantizer=None, block_size=int4_block_size)
 
 
-# {decoder block class: attributes naming the sub-layers whose `.kernel` the block reads (KerasHub 0.32)}
-KERNEL_READERS = {"Gemma4TextDecoderBlock": ("gating_ffw", "gating_ffw_2", "ffw_linear")}
 
 
 def decoder_filter(model):
@@ -66,12 +65,13 @@ def decoder_filter(model):
 
 
 def dequantize_kernel_readers(model) -> int:
-    """Give the quantized layers in `KERNEL_READERS` a dequantizing `kernel`; return how many."""
+    """Give the quantized layers in `families.KERNEL_READERS` a dequantizing `kernel`; return how many."""
     import keras
 
     swapped = 0
     for block in model._flatten_layers():
-        for name in KERNEL_READERS.get(type(block).__name__, ()):
+        readers = families.KERNEL_READERS.get(type(block).__name__)
+        for name in readers.layers if readers else ():
             layer = getattr(block, name, None)
             if getattr(layer, "quantization_mode", None) not in ("int8", "int4") or kernels.is_dequantizing(type(layer)):
                 continue
