@@ -7,6 +7,7 @@ import sys
 import time
 
 import keras
+from kft.core.arithmetic import ceil_div
 
 
 def in_notebook() -> bool:
@@ -31,7 +32,7 @@ class Counter:
 
     def advance(self, n: int = 1) -> None:
         before, self.done = self.done, min(self.total, self.done + n)
-        every = max(1, -(-self.total // 4))  # a terminal gets about four lines per counter
+        every = max(1, ceil_div(self.total, 4))  # a terminal gets about four lines per counter
         if self.bar is not None:
             self.bar.update(n)
         elif self.done == self.total or self.done // every > before // every:

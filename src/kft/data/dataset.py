@@ -21,6 +21,7 @@ from kft.config import DataConfig
 from kft.core.errors import KftError
 
 from kft.data.bundled import FOLDER as BUNDLED  # noqa: E402
+from kft.core.arithmetic import ceil_div, round_up
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -85,7 +86,7 @@ class Split:
         x, y, w = self.inputs(index), self.targets[index], self.loss_weights[index]
         if pad_to_multiple and length is None:
             longest = int(x["padding_mask"].sum(axis=1).max())
-            length = min(-(-longest // pad_to_multiple) * pad_to_multiple, self.token_ids.shape[1])
+            length = min(round_up(longest, pad_to_multiple), self.token_ids.shape[1])
         if length is not None:
             x = {k: v[:, :length] for k, v in x.items()}
             y, w = y[:, :length], w[:, :length]
@@ -385,10 +386,10 @@ def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: i
             if not (pad_to_multiple and program_cost_steps):
                 return None
             longest = split.padding_mask.sum(axis=1)
-            epochs = -(-num_batches // per_epoch)
+            epochs = ceil_div(num_batches, per_epoch)
             per_batch = np.concatenate([longest[self.epoch_order(e)[: per_epoch * batch_size]]
                                         .reshape(per_epoch, batch_size).max(axis=1) for e in range(epochs)])
-            cuts = np.minimum(-(-per_batch[:num_batches] // pad_to_multiple) * pad_to_multiple, split.token_ids.shape[1])
+            cuts = np.minimum(round_up(per_batch[:num_batches], pad_to_multiple), split.token_ids.shape[1])
             return run_lengths(cuts, program_cost_steps)
 
     return Batches()
@@ -434,7 +435,7 @@ def eval_batches(split: Split, batch_size: int, trained_only: bool = False):
     import keras
 
     longest = int(split.padding_mask.sum(axis=1).max()) if len(split) else 0
-    length = min(-(-longest // EVAL_ROUND) * EVAL_ROUND, split.token_ids.shape[1])
+    length = min(round_up(longest, EVAL_ROUND), split.token_ids.shape[1])
     if trained_only and split.segment_ids is None and len(split) > 1:
         packed = packed_for_eval(split, length)
         if len(packed) < len(split):
@@ -443,7 +444,7 @@ def eval_batches(split: Split, batch_size: int, trained_only: bool = False):
 
     class Batches(keras.utils.PyDataset):
         def __len__(self):
-            return -(-len(split) // size)
+            return ceil_div(len(split), size)
 
         def __getitem__(self, i):
             index = np.arange(i * size, (i + 1) * size)

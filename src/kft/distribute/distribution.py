@@ -27,6 +27,7 @@ from kft.core import backend
 from kft.config import quantized_bytes_per_param
 from kft.core.errors import KftError
 from kft.distribute import layouts
+from kft.core.arithmetic import ceil_div
 
 KINDS = ("auto", "single", "data", "model")
 # Weights may take this share of a device's memory; the rest is for activations, LoRA and optimizer
@@ -169,7 +170,7 @@ def bytes_per_device(weights: dict, mesh: tuple[int, int]) -> int:
     for path, (shape, itemsize) in weights.items():
         found = layouts.matches(specs, path)
         spec = specs[found[0]] if found else (None,) * len(shape)
-        total += math.prod(-(-size // (mesh_shape[a] if a else 1)) for size, a in zip(shape, spec)) * itemsize
+        total += math.prod(ceil_div(size, (mesh_shape[a] if a else 1)) for size, a in zip(shape, spec)) * itemsize
     return int(total)
 
 

@@ -23,6 +23,7 @@ from kft.data import dataset
 from kft.generation import engine
 from kft.generation import sampling
 from kft.data.dataset import gather_trained
+from kft.core.arithmetic import round_up
 
 
 def rows_for(split: dataset.Split, tokenizer) -> list[list[int]] | None:
@@ -47,11 +48,11 @@ def measure(task, split: dataset.Split, prompts: list[list[int]], max_new_tokens
     lengths = split.padding_mask.sum(axis=1).astype(int)
     end = sampling.round_up(max(len(ids) for ids in prompts))
     # The prefill's positions: the prompts' end plus the longest answer, rounded up to 8.
-    span = end + -(-max(int(lengths[r]) - len(prompts[r]) for r in range(count)) // 8) * 8
+    span = end + round_up(max(int(lengths[r]) - len(prompts[r]) for r in range(count)), 8)
     width = max(span, end + max_new_tokens)
     most = min(batch_size, sampling.cache_rows(task.backbone, width))
     covered = count  # then the examples after the prompts, while they fit the chunks' free rows and the span
-    while covered < min(-(-count // most) * most, len(split)) and lengths[covered] <= span:
+    while covered < min(round_up(count, most), len(split)) and lengths[covered] <= span:
         covered += 1
     # A riding example's prompt (its tokens before the first trained one) ends at `end` where it fits.
     first_trained = [int(np.argmax(split.loss_weights[r] > 0)) + 1 for r in range(count, covered)]

@@ -23,6 +23,7 @@ import numpy as np
 from kft import families
 from kft.generation import screened_argmax
 from kft.generation import decode_kernels
+from kft.core.arithmetic import ceil_div
 
 
 def _hiding(backbone, padding, rows: dict):
@@ -165,7 +166,7 @@ def _prefill(task, original, token_ids, cache, start: int, stop: int, args, kwar
     if stop <= start:
         return ops.zeros((rows, stop, task.backbone.hidden_dim), dtype=task.compute_dtype), cache
     count = prefill_chunks(rows, stop - start)
-    size = -(-(stop - start) // count)
+    size = ceil_div(stop - start, count)
     first = max(0, stop - count * size)
     if count == 1 or first + count * size > token_ids.shape[1]:
         _, states, cache = original(task, token_ids[:, start:stop], cache, start, *args, **kwargs)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from kft import families
+from kft.core import arithmetic
 from kft.generation import engine
 
 
@@ -43,7 +44,7 @@ def cache_rows(backbone, length: int) -> int:
 
 
 def round_up(length: int, step: int = 16) -> int:
-    return -(-length // step) * step
+    return arithmetic.round_up(length, step)
 
 
 def encode(tokenizer, prompts: list[str]) -> list[list[int]]:
@@ -53,7 +54,7 @@ def encode(tokenizer, prompts: list[str]) -> list[list[int]]:
 
 def chunk_size(count: int, most: int) -> int:
     """Rows per chunk for `count` rows in chunks of at most `most`, evened out (60 by 32: 30)."""
-    return -(-count // -(-count // most))
+    return arithmetic.ceil_div(count, arithmetic.ceil_div(count, most))
 
 
 def until_stop(tokens, stops) -> list[int]:

@@ -107,6 +107,7 @@ def text_only_build(loader) -> tuple[dict, list[str]]:
     return dict(family.text_only), family.left_out(loader.config)
 
 
+@contextlib.contextmanager
 def _vocabulary_untracked():
     """While inside, KerasHub's SentencePiece tokenizers store their vocabulary (a list and a dict of
     every piece) without Keras' attribute tracking, which wraps each of them: on Gemma 3's 262,144

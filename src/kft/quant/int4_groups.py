@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from kft.core.arithmetic import ceil_div
 
 # Fractions of each group's [min, max] range tried. Adapters record the choice as "least-squares"
 # (kft.quant.quantize.INT4_RANGES): changing these changes every int4 base rebuilt on reload, so a new
@@ -42,7 +43,7 @@ def fit_groups(flat, block: int, shrinks: tuple, levels: tuple):
 
     qmin, qmax = levels
     rows, cols = flat.shape
-    groups = -(-rows // block)
+    groups = ceil_div(rows, block)
     x = jnp.zeros((groups * block, cols), jnp.float32).at[:rows].set(flat).reshape(groups, block, cols)
     valid = (jnp.arange(groups * block) < rows).reshape(groups, block, 1)
     low = jnp.where(valid, x, jnp.inf).min(axis=1, keepdims=True)

@@ -124,16 +124,52 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     distribution.connect()  # multi-host: join the other processes before any JAX work
     import keras  # only after backend.setup() has chosen JAX
 
-    from kft.training import checkpoint
-    from kft.training import tracking
     from kft.core.compiles import Compiles
-    from kft.core.progress import Progress
 
     xla = Compiles().start()
     c, run_dir, resume_from = _resume_point(c, resume)
     run_dir, out = distribution.run_folder(run_dir)  # out: where this process writes (process 0: run_dir)
 
     keras.utils.set_random_seed(c.train.seed)
+    run = _load_base_and_data(c)
+    _open_run_folder(c, run, run_dir, out)  # only now, with data and model known good
+    keras.utils.set_random_seed(c.train.seed)  # LoRA A initialisation
+    _enable_lora(c, run)
+    _compile(c, run)
+    before = _measure_before_or_resume(c, run, run_dir, out, resume_from)
+    _fit(c, run, run_dir, out, resume_from)
+    after = run.measure(label="measuring after")
+    return _save(c, run, run_dir, out, before, after, xla)
+
+
+@dataclass
+class _Run:
+    """What the phases of `train` hand each other."""
+
+    task: object
+    family: str
+    policy: str
+    dataset: object
+    mesh_plan: object
+    rounding: str
+    metrics: dict = field(default_factory=dict)
+    optimizer_steps: int = 0
+    micro_steps: int = 0
+    optimizer: object = None
+    schedule: object = None
+    fit_model: object = None
+    prompt_split: object = None
+    measure: object = None
+    batches: object = None
+    compiling: object = None
+    start_micro: int = 0
+    rows: list = field(default_factory=list)
+    tracker: object = None
+
+
+def _load_base_and_data(c: Config) -> _Run:
+    """The records, the device mesh, the frozen base (quantized and placed as the config says) and
+    the tokenized dataset."""
     records, eval_records = data_lib.load_sources(c.data)
     mesh_plan = distribution.setup(c.model.preset, c.model.precision, c.train,  # before the preset loads
                                    c.model.quantize, c.model.int4_block_size)
@@ -143,107 +179,137 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     built = {}  # the run's dataset, where GPTQ's calibration built it first
     calibration = functools.partial(_calibration, c, records, eval_records, built)
     task, family, policy = frozen_base.load(c.model.preset, c.model.precision, c.model.quantize,
-                                      **quantize.options(c, calibration, rounding))
+                                            **quantize.options(c, calibration, rounding))
     weights_per_device = distribution.verify(task, mesh_plan)
     model.check_seq_len(task.backbone, c.data.seq_len)
-    tokenizer = task.preprocessor.tokenizer
-    dataset = built.get("dataset") or data_lib.build(records, tokenizer, c.data, c.train.seed,
-                                                 num_prompts=c.output.samples, eval_records=eval_records)
-    per_epoch = data_lib.steps_per_epoch(dataset.train, c.train.batch_size)
-    # Only now, with data and model known good, does the run folder appear.
+    dataset = built.get("dataset") or data_lib.build(records, task.preprocessor.tokenizer, c.data, c.train.seed,
+                                                     num_prompts=c.output.samples, eval_records=eval_records)
+    run = _Run(task, family, policy, dataset, mesh_plan, rounding)
+    run.metrics = {"family": family, "dtype_policy": policy, "parameters": 0, "trainable_parameters": 0,
+                   "optimizer_steps": 0, "data": dataset.stats,
+                   "metric": c.output.metric, "distribution": mesh_plan.kind,
+                   "mesh": f"{mesh_plan.mesh[0]}x{mesh_plan.mesh[1]}", "weight_bytes_per_device": weights_per_device}
+    return run
+
+
+def _open_run_folder(c: Config, run: _Run, run_dir: Path, out: Path) -> None:
+    """The run folder with its config.yaml, and one line on the data."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(config_lib.to_yaml(c), encoding="utf-8")
     print(f"kft: run folder {run_dir}", flush=True)
-    s = dataset.stats
+    s = run.dataset.stats
     print(f"kft: {s['train_examples']} training / {s['eval_examples']} eval examples; "
           f"{s['overlong']} longer than seq_len {c.data.seq_len} ({s['overlong_action']}); "
           f"{s['trained_tokens']} of {s['train_tokens']} tokens carry loss", flush=True)
     if c.data.packing:
         print(f"kft: packed {s['train_examples']} training examples into {s['packed_rows']} rows of {c.data.seq_len} "
-              f"({100 * packing.padding_share(dataset.train.padding_mask):.1f}% padding)", flush=True)
+              f"({100 * packing.padding_share(run.dataset.train.padding_mask):.1f}% padding)", flush=True)
 
-    keras.utils.set_random_seed(c.train.seed)  # LoRA A initialisation
-    adapted = lora.enable(task.backbone, c.lora.rank, c.lora.alpha, c.lora.targets)
-    total, trainable = lora.parameter_counts(task)
-    print(f"kft: {family} model, {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.3f}%) "
+
+def _enable_lora(c: Config, run: _Run) -> None:
+    adapted = lora.enable(run.task.backbone, c.lora.rank, c.lora.alpha, c.lora.targets)
+    total, trainable = lora.parameter_counts(run.task)
+    print(f"kft: {run.family} model, {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.3f}%) "
           f"in {len(adapted)} LoRA layers (rank {c.lora.rank}, alpha {c.lora.alpha or c.lora.rank})", flush=True)
+    run.metrics.update(parameters=total, trainable_parameters=trainable)
 
-    optimizer_steps = c.train.max_steps or max(1, per_epoch * (c.train.epochs or 1) // c.train.grad_accum)
-    micro_steps = optimizer_steps * c.train.grad_accum
-    optimizer, schedule = optim.make_optimizer(c.train, optimizer_steps)
-    fit_model = evaluation.compile_task(task, optimizer, c.train.logits_on)
 
-    # Before/after: samples (and the metric) on eval prompts when there is an eval split, else on training ones.
-    prompt_split = dataset.eval or dataset.train
-    measure = functools.partial(evaluation.measure, task, fit_model, prompt_split, c.output.metric,
-                                c.train.batch_size, c.output.sample_max_new_tokens,
-                                with_loss=dataset.eval is not None)
-    start_micro, rows, compiling, batches = 0, [], None, None
+def _compile(c: Config, run: _Run) -> None:
+    """The optimizer and its schedule, the model `fit` trains, and the before/after measurement:
+    samples (and the metric) on eval prompts when there is an eval split, else on training ones."""
+    per_epoch = data_lib.steps_per_epoch(run.dataset.train, c.train.batch_size)
+    run.optimizer_steps = c.train.max_steps or max(1, per_epoch * (c.train.epochs or 1) // c.train.grad_accum)
+    run.micro_steps = run.optimizer_steps * c.train.grad_accum
+    run.metrics["optimizer_steps"] = run.optimizer_steps
+    run.optimizer, run.schedule = optim.make_optimizer(c.train, run.optimizer_steps)
+    run.fit_model = evaluation.compile_task(run.task, run.optimizer, c.train.logits_on)
+    run.prompt_split = run.dataset.eval or run.dataset.train
+    run.measure = functools.partial(evaluation.measure, run.task, run.fit_model, run.prompt_split, c.output.metric,
+                                    c.train.batch_size, c.output.sample_max_new_tokens,
+                                    with_loss=run.dataset.eval is not None)
+
+
+def _measure_before_or_resume(c: Config, run: _Run, run_dir: Path, out: Path, resume_from) -> dict:
+    """The before-measurement (while the first train step compiles on a second thread), or, resuming,
+    the one saved and the checkpoint's state."""
+    from kft.training import checkpoint
+
     if resume_from is None:
-        # The first train step compiles on a second thread while the before-measurement runs.
-        batches = _batches(c, dataset, micro_steps, start_micro)
-        compiling = step_ahead.start(fit_model, batches)
-        before = measure(label="measuring before")
+        run.batches = _batches(c, run.dataset, run.micro_steps, run.start_micro)
+        run.compiling = step_ahead.start(run.fit_model, run.batches)
+        before = run.measure(label="measuring before")
         (out / "before.json").write_text(json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8")
-    else:
-        before = json.loads((run_dir / "before.json").read_text(encoding="utf-8"))
-        optimizer.build(fit_model.trainable_variables)
-        state = checkpoint.restore(resume_from, fit_model)
-        start_micro, rows = state["micro_step"], state["metrics"]
-        print(f"kft: resuming from {resume_from.name} (step {state['optimizer_step']} of {optimizer_steps})", flush=True)
-    if batches is None:
-        batches = _batches(c, dataset, micro_steps, start_micro)
-    metrics = {"family": family, "dtype_policy": policy, "parameters": total, "trainable_parameters": trainable,
-               "optimizer_steps": optimizer_steps, "data": s, "metric": c.output.metric,
-               "distribution": mesh_plan.kind, "mesh": f"{mesh_plan.mesh[0]}x{mesh_plan.mesh[1]}",
-               "weight_bytes_per_device": weights_per_device}
+        return before
+    before = json.loads((run_dir / "before.json").read_text(encoding="utf-8"))
+    run.optimizer.build(run.fit_model.trainable_variables)
+    state = checkpoint.restore(resume_from, run.fit_model)
+    run.start_micro, run.rows = state["micro_step"], state["metrics"]
+    print(f"kft: resuming from {resume_from.name} (step {state['optimizer_step']} of {run.optimizer_steps})",
+          flush=True)
+    return before
 
-    progress_cb = Progress(batches, micro_steps, c.train.grad_accum, c.train.log_every, schedule,
-                           out / "metrics.jsonl", start_micro=start_micro, records=rows)
+
+def _fit(c: Config, run: _Run, run_dir: Path, out: Path, resume_from) -> None:
+    """Keras' fit over the micro-batches left, with progress, checkpoints, W&B and TensorBoard."""
+    import keras
+
+    from kft.core.progress import Progress
+    from kft.training import checkpoint, tracking
+
+    if run.batches is None:
+        run.batches = _batches(c, run.dataset, run.micro_steps, run.start_micro)
+    progress_cb = Progress(run.batches, run.micro_steps, c.train.grad_accum, c.train.log_every, run.schedule,
+                           out / "metrics.jsonl", start_micro=run.start_micro, records=run.rows)
     checkpoint_cb = checkpoint.Checkpointer(out, c.train.checkpoint_every, c.train.checkpoint_keep,
-                                            c.train.grad_accum, micro_steps, start_micro, progress_cb)
-    tracker = tracking.start(c.output.wandb if out == run_dir else "", out, c.to_dict(),
-                             resuming=resume_from is not None)
+                                            c.train.grad_accum, run.micro_steps, run.start_micro, progress_cb)
+    run.tracker = tracking.start(c.output.wandb if out == run_dir else "", out, c.to_dict(),
+                                 resuming=resume_from is not None)
     # Progress first: a checkpoint, and W&B, get the metrics row of their own step.
-    callbacks = [progress_cb, checkpoint_cb, *tracking.callbacks(tracker, progress_cb)]
+    callbacks = [progress_cb, checkpoint_cb, *tracking.callbacks(run.tracker, progress_cb)]
     if c.output.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq=c.train.log_every))
-    print(f"kft: training {optimizer_steps} steps (batch {c.train.batch_size} x accumulation {c.train.grad_accum})",
-          flush=True)
+    print(f"kft: training {run.optimizer_steps} steps (batch {c.train.batch_size} x accumulation "
+          f"{c.train.grad_accum})", flush=True)
     started = time.perf_counter()
     # The decode programs' kept copies (kernels, bfloat16 vocabulary): not while training.
-    decode_kernels.release(task.backbone)
-    screened_argmax.release(task.backbone)
-    step_ahead.finish(compiling)
-    if start_micro < micro_steps:
+    decode_kernels.release(run.task.backbone)
+    screened_argmax.release(run.task.backbone)
+    step_ahead.finish(run.compiling)
+    if run.start_micro < run.micro_steps:
         # shuffle=False: Keras would reorder a PyDataset's batches, and our order is part of what resumes.
-        keras.Model.fit(fit_model, batches, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)
+        keras.Model.fit(run.fit_model, run.batches, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)
     _stop_if_interrupted(checkpoint_cb, run_dir)
-    metrics["train_seconds"] = round(time.perf_counter() - started, 2)
-    metrics["first_loss"] = progress_cb.records[0]["loss"]
-    metrics["final_loss"] = progress_cb.records[-1]["loss"]
-    after = measure(label="measuring after")
+    run.metrics["train_seconds"] = round(time.perf_counter() - started, 2)
+    run.metrics["first_loss"] = progress_cb.records[0]["loss"]
+    run.metrics["final_loss"] = progress_cb.records[-1]["loss"]
+
+
+def _save(c: Config, run: _Run, run_dir: Path, out: Path, before: dict, after: dict, xla) -> TrainResult:
+    """Samples, the adapter (and GPTQ's calibration), summary.json, loss.png, W&B's summary, the report."""
+    from kft.training import tracking
+
+    metrics = run.metrics
     for when, result in (("before", before), ("after", after)):
         if "loss" in result:
             metrics[f"eval_loss_{when}"] = result["loss"]
         if result["score"] is not None:
             metrics[f"{c.output.metric}_{when}"] = result["score"]
     samples = [{"prompt": p, "reference": r, "before": b, "after": a}
-               for p, r, b, a in zip(prompt_split.prompts, prompt_split.references, before["generations"],
+               for p, r, b, a in zip(run.prompt_split.prompts, run.prompt_split.references, before["generations"],
                                      after["generations"])]
     _write_jsonl(out / "samples.jsonl", samples)
-    adapter.save(out, task.backbone, {
-        "base_preset": c.model.preset, "family": family, "rank": c.lora.rank, "alpha": c.lora.alpha or c.lora.rank,
-        "targets": lora.target_names(c.lora.targets), "dtype": policy, "template": c.data.template,
-        **quantize.settings(c.model.quantize, c.model.int4_block_size, rounding),
+    adapter.save(out, run.task.backbone, {
+        "base_preset": c.model.preset, "family": run.family, "rank": c.lora.rank, "alpha": c.lora.alpha or c.lora.rank,
+        "targets": lora.target_names(c.lora.targets), "dtype": run.policy, "template": c.data.template,
+        **quantize.settings(c.model.quantize, c.model.int4_block_size, run.rounding),
     })
-    quantize.save_calibration(out, task)
+    quantize.save_calibration(out, run.task)
     metrics["xla"] = {**xla.stop().as_dict(), "before": before.get("xla"), "after": after["xla"]}
     (out / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     report.plot_run(out)
-    tracking.finish(tracker, metrics, samples)
+    tracking.finish(run.tracker, metrics, samples)
     _report(metrics, out)
-    return TrainResult(task=task, run_dir=run_dir, metrics=metrics, fit_model=fit_model)
+    return TrainResult(task=run.task, run_dir=run_dir, metrics=metrics, fit_model=run.fit_model)
 
 
 def _calibration(c: Config, records, eval_records, built: dict, task) -> dict:
