@@ -21,7 +21,7 @@ def tiny_backbone(family: str, hidden_dim: int = 64, seed: int = 0):
             hidden_dim=hidden_dim, intermediate_dim=2 * hidden_dim, head_dim=16, sliding_window_size=32,
             hidden_size_per_layer_input=8, layer_norm_epsilon=1e-6, dtype="float32")
     else:
-        backbone = tiny._backbone(family, VOCAB)
+        backbone = tiny.backbone(family, VOCAB)
     embeddings = backbone.token_embedding.embeddings
     embeddings.assign(embeddings * tiny.EMBEDDING_SCALE)
     return backbone

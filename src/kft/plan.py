@@ -56,45 +56,21 @@ class Architecture:
     source: str = ""
 
 
-# KerasHub Kaggle presets (keras_hub/src/models/*/..._presets.py names), sizes of their text decoders.
-# Gemma 1/2/3 from the published configs; Gemma 4 E2B/E4B from their text configs (as in
-# benchmarks/gemma4_param_counts.py), approximate because the global layers' wider heads are not
-# counted -- a local config.json is always exact.
-_KNOWN = {
-    "gemma_2b_en": ("gemma", 256000, 2048, 18, 8, 1, 256, 16384),
-    "gemma_7b_en": ("gemma", 256000, 3072, 28, 16, 16, 256, 24576),
-    "gemma2_2b_en": ("gemma2", 256000, 2304, 26, 8, 4, 256, 9216),
-    "gemma2_9b_en": ("gemma2", 256000, 3584, 42, 16, 8, 256, 14336),
-    "gemma2_27b_en": ("gemma2", 256000, 4608, 46, 32, 16, 128, 36864),
-    "gemma3_270m": ("gemma3", 262144, 640, 18, 4, 1, 256, 2048),
-    "gemma3_1b": ("gemma3", 262144, 1152, 26, 4, 1, 256, 6912),
-    "gemma3_4b": ("gemma3", 262144, 2560, 34, 8, 4, 256, 10240),
-    "gemma3_12b": ("gemma3", 262144, 3840, 48, 16, 8, 256, 15360),
-    "gemma3_27b": ("gemma3", 262144, 5376, 62, 32, 16, 128, 21504),
-}
-_GEMMA4 = {
-    "gemma4_2b": dict(vocab=262144, hidden=1536, layers=35, query_heads=8, kv_heads=1, head_dim=256, ffw=6144,
-                      per_layer_vocab=262144, per_layer_dim=256, double_wide_layers=20, global_head_dim=512),
-    "gemma4_4b": dict(vocab=262144, hidden=2560, layers=42, query_heads=8, kv_heads=2, head_dim=256, ffw=10240,
-                      per_layer_vocab=262144, per_layer_dim=256, double_wide_layers=0, global_head_dim=512),
-}
-ALIASES = {"gemma3_270m_gguf": "gemma3_270m", "gemma2_instruct_2b_en": "gemma2_2b_en",
-           "gemma2_instruct_9b_en": "gemma2_9b_en", "gemma_instruct_2b_en": "gemma_2b_en",
-           "gemma_instruct_7b_en": "gemma_7b_en", "gemma4_instruct_2b": "gemma4_2b", "gemma4_instruct_4b": "gemma4_4b",
-           "gemma3_instruct_270m": "gemma3_270m", "gemma3_instruct_1b": "gemma3_1b", "gemma3_instruct_4b": "gemma3_4b",
-           "gemma3_instruct_12b": "gemma3_12b", "gemma3_instruct_27b": "gemma3_27b", "gemma2_instruct_27b_en": "gemma2_27b_en"}
+# KerasHub Kaggle presets (keras_hub/src/models/*/..._presets.py names): {name: (family, the sizes of
+# its text decoder)} from each family's table (kft/families/<name>/presets.py), and their other names.
+KNOWN_PRESETS = {name: (f, sizes) for f in families.FAMILIES.values() for name, sizes in f.preset_sizes.items()}
+ALIASES = {alias: name for f in families.FAMILIES.values() for alias, name in f.preset_aliases.items()}
 
 
 def known(name: str) -> Architecture | None:
     name = ALIASES.get(name, name)
-    if name in _KNOWN:
-        fields = dict(zip(("family", "vocab", "hidden", "layers", "query_heads", "kv_heads", "head_dim", "ffw"),
-                          _KNOWN[name]))
-        return Architecture(**fields, context=families.context_length(fields["family"], {}),
-                            source=f"kft's table of KerasHub presets ({name})")
-    if name in _GEMMA4:
-        return Architecture(family="gemma4", **_GEMMA4[name], source=f"kft's table, approximate ({name})")
-    return None
+    if name not in KNOWN_PRESETS:
+        return None
+    f, sizes = KNOWN_PRESETS[name]
+    if f.preset_sizes_approximate:
+        return Architecture(family=f.name, **sizes, source=f"kft's table, approximate ({name})")
+    return Architecture(family=f.name, **sizes, context=families.context_length(f.name, {}),
+                        source=f"kft's table of KerasHub presets ({name})")
 
 
 def from_config_json(config: dict, source: str = "config.json") -> Architecture:
@@ -102,10 +78,9 @@ def from_config_json(config: dict, source: str = "config.json") -> Architecture:
     if "model_type" in config:  # Hugging Face
         c = config.get("text_config", config)
         model_type = config["model_type"]
-        family = {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3", "gemma3_text": "gemma3",
-                  "gemma4": "gemma4", "gemma4_text": "gemma4"}.get(model_type)
+        family = families.HF_MODEL_TYPES.get(model_type)
         if family is None:
-            raise KftError(f"kft plan knows Gemma, Gemma 2, 3 and 4 configs, not model_type '{model_type}'")
+            raise KftError(f"kft plan knows {families.SUPPORTED} configs, not model_type '{model_type}'")
         layers = c["num_hidden_layers"]
         return Architecture(
             family=family, vocab=c["vocab_size"], hidden=c["hidden_size"], layers=layers,
@@ -117,12 +92,11 @@ def from_config_json(config: dict, source: str = "config.json") -> Architecture:
             double_wide_layers=c.get("num_kv_shared_layers", 0) if c.get("use_double_wide_mlp") else 0,
             global_head_dim=c.get("global_head_dim") or 0, context=families.context_length(family, c), source=source)
     name, c = config.get("class_name", ""), config.get("config", {})
-    if name not in ("GemmaBackbone", "Gemma3Backbone", "Gemma4Backbone"):
-        raise KftError(f"kft plan knows Gemma-family backbones, not {name or 'this config'}")
-    family = {"Gemma3Backbone": "gemma3", "Gemma4Backbone": "gemma4"}.get(
-        name, "gemma2" if c.get("use_post_ffw_norm") else "gemma")
+    family = families.of_keras_config(name, c)
+    if family is None:
+        raise KftError(f"kft plan knows {families.SUPPORTED} backbones, not {name or 'this config'}")
     # KerasHub's Gemma/Gemma 2 count gate + up in intermediate_dim; Gemma 3 and 4 do not.
-    ffw = c["intermediate_dim"] // 2 if family in ("gemma", "gemma2") else c["intermediate_dim"]
+    ffw = c["intermediate_dim"] // 2 if families.get(family).keras_ffw_counts_gate_and_up else c["intermediate_dim"]
     per_layer_dim = c.get("hidden_size_per_layer_input") or 0
     return Architecture(
         family=family, vocab=c["vocabulary_size"], hidden=c["hidden_dim"], layers=c["num_layers"],
@@ -153,8 +127,9 @@ def architecture(preset: str) -> Architecture:
         return from_config_json(json.loads(path.read_text(encoding="utf-8")), str(path))
     found = known(name)
     if found is None:
+        names = sorted(KNOWN_PRESETS, key=lambda p: (KNOWN_PRESETS[p][0].preset_sizes_approximate, p))  # exact first
         raise KftError(f"kft plan has no sizes for preset '{preset}'; give a local preset folder (its config.json) "
-                       f"or one of: {', '.join(sorted(_KNOWN) + sorted(_GEMMA4))}")
+                       f"or one of: {', '.join(names)}")
     return found
 
 

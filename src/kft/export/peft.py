@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-HF_NAMES = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "attention_output": "o_proj",
-            "ffw_gating": "gate_proj", "ffw_gating_2": "up_proj", "ffw_linear": "down_proj"}
-PER_HEAD = ("query", "key", "value")
+from kft import families
 
 
-def _factors(layer_name: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _factors(per_head: bool, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """PEFT (lora_A (R, in), lora_B (out, R)) equal to Keras' A, B for one layer."""
-    if layer_name in PER_HEAD:  # a: (heads, hidden, r), b: (r, head_dim)
+    if per_head:  # a: (heads, hidden, r), b: (r, head_dim)
         heads, hidden, r = a.shape
         head_dim = b.shape[1]
         lora_a = a.transpose(0, 2, 1).reshape(heads * r, hidden)
@@ -30,9 +28,8 @@ def _factors(layer_name: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray,
         for n in range(heads):
             lora_b[n * head_dim:(n + 1) * head_dim, n * r:(n + 1) * r] = b.T
         return lora_a, lora_b
-    if layer_name == "attention_output":  # a: (heads, head_dim, r), b: (r, hidden)
-        return a.reshape(-1, a.shape[-1]).T, b.T
-    return a.T, b.T  # MLP: a (in, r), b (r, out)
+    # The attention output's a: (heads, head_dim, r), b: (r, hidden); the MLP's a: (in, r), b: (r, out).
+    return a.reshape(-1, a.shape[-1]).T, b.T
 
 
 def _patterns(ranks: dict, scale: float) -> tuple[dict, dict]:
@@ -52,25 +49,23 @@ def write(backbone, meta: dict, base_hf_dir: str | None, folder: str | Path) -> 
     from safetensors.numpy import save_file
 
     rank, alpha = meta["rank"], meta["alpha"]
+    family = families.get(families.of_backbone(backbone))
     tensors, ranks, alphas, targets = {}, {}, {}, set()
     for i in range(backbone.num_layers):
         block = backbone.get_layer(f"decoder_block_{i}")
-        layers = {"query": block.attention.query_dense, "key": block.attention.key_dense,
-                  "value": block.attention.value_dense, "attention_output": block.attention.output_dense,
-                  "ffw_gating": block.gating_ffw, "ffw_gating_2": block.gating_ffw_2, "ffw_linear": block.ffw_linear}
-        for name, layer in layers.items():
+        for name, layer in family.block_layers(block).items():
             if not getattr(layer, "lora_enabled", False):
                 continue
-            hf_name = HF_NAMES[name]
+            path = family.hf_lora_modules[name]  # e.g. self_attn.q_proj
+            hf_name = path.rsplit(".", 1)[-1]
             targets.add(hf_name)
-            lora_a, lora_b = _factors(name, np.asarray(layer.lora_kernel_a.numpy(), "float32"),
+            lora_a, lora_b = _factors(name in family.per_head, np.asarray(layer.lora_kernel_a.numpy(), "float32"),
                                       np.asarray(layer.lora_kernel_b.numpy(), "float32"))
-            group = "mlp" if name.startswith("ffw") else "self_attn"
-            module = f"base_model.model.model.layers.{i}.{group}.{hf_name}"
+            module = f"base_model.model.model.layers.{i}.{path}"
             tensors[f"{module}.lora_A.weight"] = np.ascontiguousarray(lora_a)
             tensors[f"{module}.lora_B.weight"] = np.ascontiguousarray(lora_b)
-            if name in PER_HEAD:
-                ranks.setdefault(hf_name, {})[f"model.layers.{i}.{group}.{hf_name}"] = lora_a.shape[0]
+            if name in family.per_head:
+                ranks.setdefault(hf_name, {})[f"model.layers.{i}.{path}"] = lora_a.shape[0]
     ranks, alphas = _patterns(ranks, alpha / rank)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

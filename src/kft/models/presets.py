@@ -13,32 +13,33 @@ import shutil
 import sys
 from pathlib import Path
 
+from kft import families
 from kft.core.backend import cache_dir
 from kft.core.errors import KftError
 
 
-def _tiny_builder(family):
+def _tiny_builder(variant: str):
     def build(folder: Path) -> None:
         from kft.models.tiny import build_tiny_preset
 
-        build_tiny_preset(family, folder)
+        build_tiny_preset(variant, folder)
 
     return build
 
 
-def _gemma3_270m(folder: Path) -> None:
-    from kft.models.gguf_preset import build
+def _gguf_builder(name: str):
+    def build(folder: Path) -> None:
+        from kft.models.gguf_preset import build
 
-    build(folder)
+        build(folder, name)
+
+    return build
 
 
+# {name: its builder}: each family's real models prepared from GGUF, then its tiny random presets.
 PREPARED = {
-    "gemma3_270m_gguf": _gemma3_270m,
-    "tiny_gemma": _tiny_builder("gemma"),
-    "tiny_gemma2": _tiny_builder("gemma2"),
-    "tiny_gemma3": _tiny_builder("gemma3"),
-    "tiny_gemma4": _tiny_builder("gemma4"),
-    "tiny_gemma4_moe": _tiny_builder("gemma4_moe"),
+    **{name: _gguf_builder(name) for f in families.FAMILIES.values() for name in f.gguf_presets},
+    **{f"tiny_{variant}": _tiny_builder(variant) for f in families.FAMILIES.values() for variant in f.tiny},
 }
 
 
@@ -81,24 +82,8 @@ def _exclusive(lock_path: Path):
 
 
 # KerasHub Kaggle presets and the Hugging Face checkpoints of the same weights (PEFT adapters name
-# their base by these ids).
-HF_TWINS = {
-    "gemma_2b_en": "google/gemma-2b", "gemma_instruct_2b_en": "google/gemma-2b-it",
-    "gemma_7b_en": "google/gemma-7b", "gemma_instruct_7b_en": "google/gemma-7b-it",
-    "gemma_1.1_instruct_2b_en": "google/gemma-1.1-2b-it", "gemma_1.1_instruct_7b_en": "google/gemma-1.1-7b-it",
-    "gemma2_2b_en": "google/gemma-2-2b", "gemma2_instruct_2b_en": "google/gemma-2-2b-it",
-    "gemma2_9b_en": "google/gemma-2-9b", "gemma2_instruct_9b_en": "google/gemma-2-9b-it",
-    "gemma2_27b_en": "google/gemma-2-27b", "gemma2_instruct_27b_en": "google/gemma-2-27b-it",
-    "gemma3_270m": "google/gemma-3-270m", "gemma3_instruct_270m": "google/gemma-3-270m-it",
-    "gemma3_1b": "google/gemma-3-1b-pt", "gemma3_instruct_1b": "google/gemma-3-1b-it",
-    "gemma3_4b": "google/gemma-3-4b-pt", "gemma3_instruct_4b": "google/gemma-3-4b-it",
-    "gemma3_12b": "google/gemma-3-12b-pt", "gemma3_instruct_12b": "google/gemma-3-12b-it",
-    "gemma3_27b": "google/gemma-3-27b-pt", "gemma3_instruct_27b": "google/gemma-3-27b-it",
-    "gemma4_2b": "google/gemma-4-E2B", "gemma4_instruct_2b": "google/gemma-4-E2B-it",
-    "gemma4_4b": "google/gemma-4-E4B", "gemma4_instruct_4b": "google/gemma-4-E4B-it",
-    "gemma4_31b": "google/gemma-4-31B", "gemma4_instruct_31b": "google/gemma-4-31B-it",
-    "gemma4_26b_a4b": "google/gemma-4-26B-A4B", "gemma4_instruct_26b_a4b": "google/gemma-4-26B-A4B-it",
-}
+# their base by these ids), from each family's table (kft/families/<name>/presets.py).
+HF_TWINS = {preset: hf for f in families.FAMILIES.values() for preset, hf in f.hf_twins.items()}
 
 
 def hf_twin(preset: str) -> str | None:

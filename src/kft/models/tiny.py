@@ -1,13 +1,11 @@
-"""Tiny random Gemma, Gemma 2, Gemma 3 and Gemma 4 presets, for smoke runs and tests.
+"""Tiny random presets of every family, for smoke runs and tests: `tiny_<variant>` for each variant a
+family declares (`Family.tiny`; Gemma 4 has two, dense and MoE: kft/families/gemma4/tiny.py).
 
 Real KerasHub presets (`save_to_preset`) with a SentencePiece tokenizer trained here on the
-bundled text, Gemma's special ids (pad 0, eos 1, bos 2, unk 3), the chat-turn markers as single
-tokens and byte fallback, so any UTF-8 text (Korean included) encodes without `<unk>`.
-
-Gemma 4 has two: `gemma4` (dense: per-layer embeddings, local/global layers with different head
-dims and partial RoPE on the global ones, the last two layers reusing earlier layers' K/V, a
-double-wide MLP there, final logit soft-capping) and `gemma4_moe` (the 26B-A4B block: an expert bank beside the dense MLP, and global
-layers whose V is their K).
+bundled text, Gemma's special ids (pad 0, eos 1, bos 2, unk 3), the family's symbols (chat-turn
+markers among them) as single tokens and byte fallback, so any UTF-8 text (Korean included)
+encodes without `<unk>`. The backbone is the family's class at the common sizes below, with the
+variant's own arguments.
 """
 
 from __future__ import annotations
@@ -16,13 +14,17 @@ import io
 import json
 from pathlib import Path
 
-FAMILIES = ("gemma", "gemma2", "gemma3", "gemma4", "gemma4_moe")
-SPECIAL_SYMBOLS = ["<start_of_turn>", "<end_of_turn>", "<img>", "<start_of_image>", "<end_of_image>"]
-# What Gemma4Tokenizer requires (image and video markers) plus the chat-turn and thinking markers.
-GEMMA4_SYMBOLS = ["<|turn>", "<turn|>", "<|image>", "<|image|>", "<image|>", "<|video|>", "<|think|>",
-                  "<|channel>", "<channel|>"]
-from kft.data.bundled import FOLDER as BUNDLED  # noqa: E402
+from kft import families
+from kft.data.bundled import FOLDER as BUNDLED
+
+FAMILIES = tuple(variant for f in families.FAMILIES.values() for variant in f.tiny)  # the tiny variants
+COMMON = dict(num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=64, intermediate_dim=128,
+              head_dim=16)
 EMBEDDING_SCALE = 4.0
+
+
+def family_of(variant: str) -> families.Family:
+    return next(f for f in families.FAMILIES.values() if variant in f.tiny)
 
 
 def bundled_corpus() -> list[str]:
@@ -38,7 +40,7 @@ def bundled_corpus() -> list[str]:
     return lines
 
 
-def train_sentencepiece(lines: list[str], vocab_size: int = 640, symbols=SPECIAL_SYMBOLS) -> bytes:
+def train_sentencepiece(lines: list[str], symbols, vocab_size: int = 640) -> bytes:
     import sentencepiece as spm
 
     model = io.BytesIO()
@@ -62,46 +64,20 @@ def train_sentencepiece(lines: list[str], vocab_size: int = 640, symbols=SPECIAL
     return model.getvalue()
 
 
-def _backbone(family: str, vocab: int, **overrides):
+def backbone(variant: str, vocab: int, **overrides):
+    """The tiny random backbone of `variant`: the common sizes (any overridden), then the variant's own
+    arguments (a Gemma 4 variant has 4 layers whatever `num_layers` says)."""
     import keras_hub
 
-    common = {**dict(vocabulary_size=vocab, num_layers=2, num_query_heads=4, num_key_value_heads=2,
-                     hidden_dim=64, intermediate_dim=128, head_dim=16), **overrides}
-    if family == "gemma":
-        return keras_hub.models.GemmaBackbone(**common)
-    if family.startswith("gemma4"):
-        return _gemma4_backbone(family, common)
-    if family == "gemma2":
-        return keras_hub.models.GemmaBackbone(
-            **common, query_head_dim_normalize=True, use_post_ffw_norm=True, use_post_attention_norm=True,
-            final_logit_soft_cap=30.0, attention_logit_soft_cap=50.0,
-            use_sliding_window_attention=True, sliding_window_size=32)
-    return keras_hub.models.Gemma3Backbone(
-        **common, image_size=None, query_head_dim_normalize=True, use_query_key_norm=True,
-        use_post_ffw_norm=True, use_post_attention_norm=True,
-        use_sliding_window_attention=True, sliding_window_size=32)
-
-
-def _gemma4_backbone(family: str, common: dict):
-    import keras_hub
-
-    common = {**common, "num_layers": 4}
-    gemma4 = dict(image_size=None, final_logit_soft_cap=30.0, sliding_window_size=32, sliding_window_pattern=2,
-                  global_head_dim=32)  # layers: local, global, local, global
-    if family == "gemma4":
-        # Partial RoPE on global layers (a quarter of the head dim), as E2B/E4B have.
-        return keras_hub.models.Gemma4Backbone(**common, **gemma4, num_kv_shared_layers=2,
-                                               hidden_size_per_layer_input=8, use_double_wide_mlp=True,
-                                               global_rope_partial_rotary_factor=0.25)
-    return keras_hub.models.Gemma4Backbone(**common, **gemma4, enable_moe_block=True, num_experts=4,
-                                           expert_intermediate_dim=32, num_experts_per_token=2,
-                                           num_global_key_value_heads=1)
+    family = family_of(variant)
+    arguments = {**dict(vocabulary_size=vocab, **COMMON), **overrides, **family.tiny[variant]}
+    return getattr(keras_hub.models, family.backbone)(**arguments)
 
 
 def build_tiny_preset(family: str, folder: str | Path, seed: int = 0, sequence_length: int = 256,
                       **backbone_overrides) -> Path:
-    """Write a tiny random `family` causal LM as a KerasHub preset into `folder` (backbone
-    arguments such as num_query_heads may be overridden)."""
+    """Write a tiny random causal LM of the variant `family` (one of FAMILIES) as a KerasHub preset
+    into `folder` (backbone arguments such as num_query_heads may be overridden)."""
     from kft.core import backend
 
     backend.setup()
@@ -111,27 +87,17 @@ def build_tiny_preset(family: str, folder: str | Path, seed: int = 0, sequence_l
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     keras.utils.set_random_seed(seed)
-    if family.startswith("gemma4"):
-        proto = train_sentencepiece(bundled_corpus(), symbols=GEMMA4_SYMBOLS)
-        tokenizer = keras_hub.models.Gemma4Tokenizer(proto=proto)
-        preprocessor = keras_hub.models.Gemma4CausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
-        task_cls = keras_hub.models.Gemma4CausalLM
-    elif family == "gemma3":
-        proto = train_sentencepiece(bundled_corpus())
-        tokenizer = keras_hub.models.Gemma3Tokenizer(proto=proto)
-        preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
-        task_cls = keras_hub.models.Gemma3CausalLM
-    else:
-        proto = train_sentencepiece(bundled_corpus())
-        tokenizer = keras_hub.models.GemmaTokenizer(proto=proto)
-        preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
-        task_cls = keras_hub.models.GemmaCausalLM
-    backbone = _backbone(family, tokenizer.vocabulary_size(), **backbone_overrides)
+    spec = family_of(family)
+    proto = train_sentencepiece(bundled_corpus(), spec.tiny_symbols)
+    task_cls = getattr(keras_hub.models, spec.causal_lm)
+    tokenizer = getattr(keras_hub.models, spec.tokenizer)(proto=proto)
+    preprocessor = task_cls.preprocessor_cls(tokenizer, sequence_length=sequence_length)
+    model = backbone(family, tokenizer.vocabulary_size(), **backbone_overrides)
     # Real Gemma embeddings have norms of a few units, so tied output logits can be confident;
     # at KerasHub's default init a 64-wide model could never push its loss far below log(vocab).
-    embeddings = backbone.token_embedding.embeddings
+    embeddings = model.token_embedding.embeddings
     embeddings.assign(embeddings * EMBEDDING_SCALE)
-    task = task_cls(backbone=backbone, preprocessor=preprocessor)
+    task = task_cls(backbone=model, preprocessor=preprocessor)
     folder = Path(folder)
     task.save_to_preset(str(folder))
     return folder

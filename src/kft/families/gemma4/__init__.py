@@ -2,6 +2,8 @@
 
 from kft.families.family import Family, KernelReaders
 from kft.families.gemma import LICENSE
+from kft.families.gemma.hf import TOKENIZER_CLASS
+from kft.families.gemma4 import hf, presets, tiny
 
 
 def _context_length(base: int, config: dict) -> int:
@@ -39,4 +41,6 @@ FAMILY = Family(
     text_only={"vision_encoder": None, "audio_encoder": None}, left_out=_left_out,
     kernel_readers={"Gemma4TextDecoderBlock": KernelReaders(("gating_ffw", "gating_ffw_2", "ffw_linear"),
                                                             "pre_ffw_norm", _feed_forward_inputs)},
-    license=LICENSE)
+    license=LICENSE, preset_sizes=presets.SIZES, preset_sizes_approximate=True, preset_aliases=presets.ALIASES,
+    hf_twins=presets.HF_TWINS, tiny=tiny.BACKBONES, tiny_symbols=tiny.SYMBOLS,
+    hf_config=hf.hf_config, hf_weights=hf.hf_weights, hf_tokenizer_class=TOKENIZER_CLASS)

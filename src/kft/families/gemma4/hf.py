@@ -25,12 +25,10 @@ def _rope(theta, factor, partial):
     return params
 
 
-def hf_config(backbone, tokenizer, soft_cap) -> dict:
-    """transformers config.json for a text-only Gemma4Backbone."""
+def hf_config(backbone, tokenizer) -> dict:
+    """transformers config.json for a text-only Gemma4Backbone, less `architectures` and `model_type`."""
     b = backbone
     config = {
-        "architectures": ["Gemma4ForCausalLM"],
-        "model_type": "gemma4_text",
         "vocab_size": b.vocabulary_size,
         "hidden_size": b.hidden_dim,
         "intermediate_size": b.intermediate_dim,
@@ -46,7 +44,7 @@ def hf_config(backbone, tokenizer, soft_cap) -> dict:
         "max_position_embeddings": 131072,
         "sliding_window": b.sliding_window_size,
         "layer_types": list(b.layer_types),
-        "final_logit_softcapping": soft_cap,
+        "final_logit_softcapping": b.final_logit_soft_cap,
         "rope_parameters": {
             "sliding_attention": _rope(b.local_rope_wavelength or 10000.0, b.local_rope_scaling_factor, None),
             "full_attention": _rope(b.global_rope_wavelength or 1000000.0, b.global_rope_scaling_factor,
