@@ -27,11 +27,10 @@ def _wide_backbone(mode: str, keras_calls: bool = False, layers: int = 4):
 
 def _use_keras_calls(backbone):
     """kft's tied layers differ from Keras' only in their int8/int4 call methods."""
-    from kft.quant import kernels_where_used
+    from kft.models import layer_classes
 
     for layer in backbone._flatten_layers():
-        if type(layer) in kernels_where_used._TIED.values():
-            layer.__class__ = type(layer).__mro__[1]
+        layer_classes.remove(layer, "tied")
 
 
 def _step(backbone, rows: int = 2, length: int = 128):

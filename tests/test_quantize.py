@@ -12,7 +12,7 @@ import pytest
 from conftest import CONFIGS, run_cli
 from kft.config import INT4_BLOCK_SIZE
 from kft import families
-from kft.quant import kernels
+from kft.models import layer_classes
 from quantize_helpers import (batch, clone, cosine, count_float_kernels_at_each_quantized_layer, loss_and_lora_grads,
                               tiny_backbone)
 
@@ -333,7 +333,7 @@ def test_the_adapter_records_the_quantization_and_reloads_to_identical_logits(qu
     assert reloaded.backbone.get_layer("decoder_block_0").attention.query_dense.quantization_mode == "int4"
     if family == "gemma4":  # the feed-forward projections read by the block read dequantized kernels again
         block = reloaded.backbone.get_layer("decoder_block_0")
-        assert all(type(getattr(block, name)) in kernels.DEQUANTIZING.values()
+        assert all(layer_classes.has(getattr(block, name), "dequantized")
                    for name in families.KERNEL_READERS[type(block).__name__].layers)
     np.testing.assert_array_equal(_logits(reloaded), _logits(result.task))
 

@@ -28,14 +28,23 @@ from pathlib import Path
 
 from kft import families
 from kft.config import quantized_bytes_per_param
+from kft.core.arithmetic import round_up
 from kft.core.errors import KftError
 
 GB = 1e9
 # Imports 0.72 + tokenizer 0.15 + compiled programs (train, eval, generate) + allocator slack: fitted to
 # Gemma 3 270M's measured peaks (benchmarks/calibrate_plan.py, docs/performance.md).
 CPU_RUNTIME_GB = 2.1
-ACCELERATOR_RUNTIME_GB = 0.5  # CUDA/XLA context, compiled programs and workspace
+ACCELERATOR_RUNTIME_GB = 0.5  # CUDA/XLA context, programs, workspace: an estimate, not measured on a GPU
 CHUNK = 32  # positions per vocabulary projection in kft.models.trained_logits
+# Tensors kept for the backward pass, per token and layer: counts fitted to Gemma 3 270M's measured
+# peaks on CPU, not derived from the graph (benchmarks/calibrate_plan.py: planned / measured
+# 0.91-1.06 at batch x seq_len 2x128 and 4x256, float, int8 and int4).
+HIDDEN_WIDE_KEPT = 12  # hidden-wide (residual stream, norms' outputs, projections' inputs)
+FFW_WIDE_KEPT = 5  # feed-forward-wide (gate, up, their activation and product)
+HEADS_WIDE_KEPT = 2  # query heads x head dim wide (q/k/v after norms and rotary)
+SCORES_KEPT = 4  # attention scores, probabilities and their gradients, float32, per head and key
+LOGITS_KEPT = 3  # float32 logits, their softmax and its gradient
 
 
 @dataclass
@@ -221,17 +230,15 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     optimizer = lora * (3 + (1 if c.train.grad_accum > 1 else 0))  # gradients + AdamW moments (+ accumulator)
     batch = math.ceil(c.train.batch_size / batch_axis)
     tokens = batch * c.data.seq_len
-    # Kept for the backward pass, per token and layer (floats): ~12 hidden-wide and ~5 feed-forward-wide
-    # tensors, q/k/v after norms and rotary, and the attention scores, probabilities and their
-    # gradients (float32); the counts are fitted to measured peaks, not derived. On a model axis
-    # kft's layouts split the heads and the feed-forward width but not the residual stream: about
-    # half the hidden-wide tensors stay whole on every device (benchmarks/plan_vs_mesh.py).
-    whole = 6 * a.hidden
-    split = 6 * a.hidden + 5 * a.ffw * (1 + a.double_wide_layers / a.layers) + 2 * a.query_heads * a.head_dim
+    # On a model axis kft's layouts split the heads and the feed-forward width but not the residual
+    # stream: about half the hidden-wide tensors stay whole on every device (benchmarks/plan_vs_mesh.py).
+    whole = HIDDEN_WIDE_KEPT // 2 * a.hidden
+    split = ((HIDDEN_WIDE_KEPT - HIDDEN_WIDE_KEPT // 2) * a.hidden
+             + FFW_WIDE_KEPT * a.ffw * (1 + a.double_wide_layers / a.layers) + HEADS_WIDE_KEPT * a.query_heads * a.head_dim)
     activations = a.layers * tokens * ((whole + split / model_axis) * compute
-                                       + 4 * a.query_heads * c.data.seq_len * 4 / model_axis)
-    trained_logits = CHUNK * a.vocab * 4 * 3
-    all_logits = tokens * a.vocab * 4 * 3  # float32 logits, their softmax and gradient
+                                       + SCORES_KEPT * a.query_heads * c.data.seq_len * 4 / model_axis)
+    trained_logits = CHUNK * a.vocab * 4 * LOGITS_KEPT
+    all_logits = tokens * a.vocab * 4 * LOGITS_KEPT
     logits = trained_logits if c.train.logits_on == "trained" else all_logits
     # XLA temporaries: the largest dequantized (or cast) feed-forward kernel, twice.
     temporaries = 2 * widest * compute
@@ -352,7 +359,7 @@ def measuring(a: Architecture, c, devices: int = 1, accelerator: str = "cpu") ->
 
     compute = _compute_bytes(c.model.precision, accelerator)
     # Prompts end at most at seq_len (rounded up to 16); the answers' loss pass spans the same.
-    width = -(-c.data.seq_len // 16) * 16 + c.output.sample_max_new_tokens
+    width = round_up(c.data.seq_len, 16) + c.output.sample_max_new_tokens
     per_row = a.layers * 2 * width * a.kv_heads * max(a.head_dim, a.global_head_dim) * compute
     # Up to GENERATE_BATCH rows, fewer where the chunk's cache would pass CACHE_BUDGET (kft.generation.sampling).
     # Not divided over a mesh: how a distribution places the cache is not measured.

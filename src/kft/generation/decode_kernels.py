@@ -24,6 +24,8 @@ import contextlib
 import functools
 import math
 
+from kft.models import layer_classes
+
 TRANSPOSED_BUDGET = 2 * 1024**3
 
 
@@ -33,11 +35,10 @@ def float_layers(backbone) -> list:
     import keras
 
     from kft import families
-    from kft.models.lora import factorized_class
 
-    classes = (keras.layers.EinsumDense, factorized_class(keras.layers.EinsumDense))
     return [layer for block in families.decoder_blocks(backbone) for layer in block._flatten_layers(include_self=False)
-            if type(layer) in classes and layer.quantization_mode is None and layer.weights
+            if layer_classes.keras_class(layer) is keras.layers.EinsumDense and layer_classes.behaviours(layer) <= {"lora"}
+            and layer.quantization_mode is None and layer.weights
             and layer.equation in DECODE_ORDER]
 
 
@@ -79,7 +80,7 @@ def kept_copies(backbone) -> tuple | None:
     if not applies(backbone):
         return None
     layers = float_layers(backbone)
-    if any(layer.lora_enabled and not _factorized_base(type(layer)) for layer in layers):
+    if any(layer.lora_enabled and not layer_classes.has(layer, "lora") for layer in layers):
         return None
     sources = tuple(layer._kernel.value for layer in layers)
     kept = vars(backbone).get("_kft_kernels_t")
@@ -118,23 +119,19 @@ def stored_transposed(backbone, kernels: tuple | None = None):
     layers = float_layers(backbone)
     if kernels is None:
         # A LoRA layer kft did not factorize (kft.models.lora) contracts against its merged kernel.
-        kernels = [ops.transpose(ops.cast(layer._kernel if _factorized_base(type(layer)) else layer.kernel,
+        kernels = [ops.transpose(ops.cast(layer._kernel if layer_classes.has(layer, "lora") else layer.kernel,
                                           layer.compute_dtype), _order(layer.equation)) for layer in layers]
         kernels = jax.lax.optimization_barrier(tuple(kernels))
-    originals = []
     for layer, kernel_t in zip(layers, kernels):
-        originals.append((layer, layer.__class__))
         vars(layer)["_kft_kernel_t"] = kernel_t
-        layer.__class__ = _transposed_class(layer.__class__)
     try:
-        yield
+        with layer_classes.adding(layers, "transposed"):
+            yield
     finally:
-        for layer, cls in originals:
-            layer.__class__ = cls
+        for layer in layers:
             vars(layer).pop("_kft_kernel_t", None)
 
 
-@functools.cache
 def _transposed_class(cls):
     from keras import ops
 
@@ -144,13 +141,9 @@ def _transposed_class(cls):
         operands, output = self.equation.split("->")
         x = ops.einsum(f"{operands.split(',')[0]},{DECODE_ORDER[self.equation]}->{output}", inputs, self._kft_kernel_t)
         # A factorized LoRA layer adds its update; Keras' own has it merged into the copied kernel.
-        return lora.finish(self, inputs, x, with_lora=self.lora_enabled and _factorized_base(cls))
+        return lora.finish(self, inputs, x, with_lora=self.lora_enabled and layer_classes.has(cls, "lora"))
 
     return type(cls.__name__, (cls,), {"call": call, "__module__": cls.__module__})
 
 
-def _factorized_base(cls) -> bool:
-    """Whether `cls` (one of `float_layers`' two classes) is kft's factorized LoRA EinsumDense."""
-    import keras
-
-    return cls is not keras.layers.EinsumDense
+layer_classes.register("transposed", _transposed_class)

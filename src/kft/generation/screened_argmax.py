@@ -27,6 +27,8 @@ import contextlib
 import functools
 import os
 
+from kft.models import layer_classes
+
 CANDIDATES = 16
 BFLOAT16_ROUNDOFF = 2.0**-8  # unit roundoff of bfloat16's 8-bit significand (round to nearest)
 FLOAT32_ROUNDOFF = 2.0**-24
@@ -139,17 +141,14 @@ def screening(task, kept: tuple):
     """While inside (tracing kft's generate program), the decode steps' logits (`reverse` calls of
     one position) are one-hot at `argmax`'s token: the greedy sampler's argmax picks it."""
     embedding = task.backbone.token_embedding
-    original = embedding.__class__
     vars(embedding)["_kft_screen"] = kept
-    embedding.__class__ = _screened_class(original)
     try:
-        yield
+        with layer_classes.adding([embedding], "screened"):
+            yield
     finally:
-        embedding.__class__ = original
         vars(embedding).pop("_kft_screen", None)
 
 
-@functools.cache
 def _screened_class(cls):
     def call(self, inputs, reverse=False):
         if not reverse or inputs.shape[1] != 1:
@@ -161,3 +160,6 @@ def _screened_class(cls):
         return jax.nn.one_hot(token, self.input_dim, dtype=inputs.dtype)[:, None, :]
 
     return type(cls.__name__, (cls,), {"call": call, "__module__": cls.__module__})
+
+
+layer_classes.register("screened", _screened_class)

@@ -16,11 +16,11 @@ embedding projections and MoE experts/router (families.Family.frozen_blocks) sta
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 
 from kft import families
+from kft.models import layer_classes
 from kft.config import ALL_LINEAR, LORA_LAYER_NAMES
 
 
@@ -57,12 +57,11 @@ def factorize(layer) -> bool:
     inputs, output = layer.equation.split("->")
     if inputs.split(",")[1][-1] != output[-1]:
         return False
-    layer.__class__ = factorized_class(keras.layers.EinsumDense)
+    layer_classes.add(layer, "lora")
     return True
 
 
-@functools.cache
-def factorized_class(cls):
+def _factorized_class(cls):
     from keras import ops
 
     def call(self, inputs, training=None):  # quantized layers never get here: Keras calls `quantized_call`
@@ -71,6 +70,9 @@ def factorized_class(cls):
     # Same name and module: saved and serialized, the layer is still a Keras EinsumDense.
     return type(cls.__name__, (cls,), {"call": call, "__module__": cls.__module__,
                                        "__doc__": "EinsumDense adding its LoRA update as (x @ A) @ B (kft.models.lora)."})
+
+
+layer_classes.register("lora", _factorized_class)
 
 
 def finish(layer, inputs, x, with_lora: bool = True):

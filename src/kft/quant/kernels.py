@@ -3,6 +3,8 @@ dequantized as Keras' own forward pass does it."""
 
 from __future__ import annotations
 
+from kft.models import layer_classes
+
 
 def quantized_values(layer) -> list:
     """An int8/int4 EinsumDense's stored kernel: its integer codes, scales (and zero points and
@@ -34,27 +36,21 @@ def dequantized_kernel(layer, values=None):
     return ops.reshape(ops.cast(kernel, "float32"), layer.original_kernel_shape)
 
 
-DEQUANTIZING = {}  # {Keras class: its dequantizing subclass}
-
-
-def dequantizing_class(cls):
+def _dequantizing_class(cls):
     """`cls` with a `kernel` that is the dequantized float kernel (+ the LoRA delta) once quantized."""
-    if cls not in DEQUANTIZING:
-        from keras import ops
+    from keras import ops
 
-        def kernel(self):
-            if self.quantization_mode not in ("int8", "int4"):
-                return cls.kernel.fget(self)
-            value = dequantized_kernel(self)
-            if self.lora_enabled:
-                value = value + (self.lora_alpha / self.lora_rank) * ops.matmul(self.lora_kernel_a, self.lora_kernel_b)
-            return ops.cast(value, self.compute_dtype)
+    def kernel(self):
+        if self.quantization_mode not in ("int8", "int4"):
+            return cls.kernel.fget(self)
+        value = dequantized_kernel(self)
+        if self.lora_enabled:
+            value = value + (self.lora_alpha / self.lora_rank) * ops.matmul(self.lora_kernel_a, self.lora_kernel_b)
+        return ops.cast(value, self.compute_dtype)
 
-        # Same name and module: serialized, the layer is still a Keras `cls`.
-        DEQUANTIZING[cls] = type(cls.__name__, (cls,), {"kernel": property(kernel), "__module__": cls.__module__,
-                                                          "__doc__": dequantizing_class.__doc__})
-    return DEQUANTIZING[cls]
+    # Same name and module: serialized, the layer is still a Keras `cls`.
+    return type(cls.__name__, (cls,), {"kernel": property(kernel), "__module__": cls.__module__,
+                                       "__doc__": _dequantizing_class.__doc__})
 
 
-def is_dequantizing(cls) -> bool:
-    return cls in DEQUANTIZING.values()
+layer_classes.register("dequantized", _dequantizing_class)

@@ -16,10 +16,8 @@ arithmetic is Keras' own weight-only path's (`kft.quant.kernels.dequantized_kern
 
 from __future__ import annotations
 
+from kft.models import layer_classes
 from kft.quant import kernels
-
-_TIED = {}
-
 
 def _tie(values, tensor):
     """`values` plus a zero that depends on `tensor` (one element of it)."""
@@ -65,13 +63,14 @@ def _call(self, inputs, training=None):
     return x
 
 
-def tied_class(cls):
+def _tied_class(cls):
     """`cls` (an EinsumDense class) whose int8 and int4 calls make the kernel where it is used."""
-    if cls not in _TIED:
-        # Same name and module: serialized, the layer is still a Keras `cls`.
-        _TIED[cls] = type(cls.__name__, (cls,), {"_int8_call": _call, "_int4_call": _call, "__module__": cls.__module__,
-                                                 "__doc__": tied_class.__doc__})
-    return _TIED[cls]
+    # Same name and module: serialized, the layer is still a Keras `cls`.
+    return type(cls.__name__, (cls,), {"_int8_call": _call, "_int4_call": _call, "__module__": cls.__module__,
+                                       "__doc__": _tied_class.__doc__})
+
+
+layer_classes.register("tied", _tied_class)
 
 
 def tie(model) -> int:
@@ -80,10 +79,11 @@ def tie(model) -> int:
     their class."""
     import keras
 
-    tied, skipped = 0, (*_TIED.values(), *kernels.DEQUANTIZING.values())
+    tied = 0
     for layer in model._flatten_layers():
         if (getattr(layer, "quantization_mode", None) in ("int8", "int4") and isinstance(layer, keras.layers.EinsumDense)
-                and getattr(layer, "inputs_quantizer", None) is None and type(layer) not in skipped):
-            layer.__class__ = tied_class(type(layer))
+                and getattr(layer, "inputs_quantizer", None) is None
+                and not layer_classes.behaviours(layer) & {"tied", "dequantized"}):
+            layer_classes.add(layer, "tied")
             tied += 1
     return tied

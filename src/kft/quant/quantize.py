@@ -32,7 +32,8 @@ import contextlib
 import gc
 
 from kft import families
-from kft.quant import kernels, kernels_where_used
+from kft.models import layer_classes
+from kft.quant import kernels_where_used
 from kft.config import INT4_BLOCK_SIZE, INT4_RANGES, INT4_ROUNDINGS, check_quantize, check_rounding
 from kft.core.errors import KftError
 
@@ -73,11 +74,11 @@ def dequantize_kernel_readers(model) -> int:
         readers = families.KERNEL_READERS.get(type(block).__name__)
         for name in readers.layers if readers else ():
             layer = getattr(block, name, None)
-            if getattr(layer, "quantization_mode", None) not in ("int8", "int4") or kernels.is_dequantizing(type(layer)):
+            if getattr(layer, "quantization_mode", None) not in ("int8", "int4") or layer_classes.has(layer, "dequantized"):
                 continue
             if not isinstance(layer, keras.layers.EinsumDense):  # a KerasHub other than 0.32
                 raise KftError(f"model.quantize: {layer.path} is read by its block directly and is not an EinsumDense")
-            layer.__class__ = kernels.dequantizing_class(type(layer))
+            layer_classes.add(layer, "dequantized")
             swapped += 1
     return swapped
 

@@ -152,6 +152,7 @@ class _Run:
     dataset: object
     mesh_plan: object
     rounding: str
+    per_epoch: int
     metrics: dict = field(default_factory=dict)
     optimizer_steps: int = 0
     micro_steps: int = 0
@@ -184,7 +185,9 @@ def _load_base_and_data(c: Config) -> _Run:
     model.check_seq_len(task.backbone, c.data.seq_len)
     dataset = built.get("dataset") or data_lib.build(records, task.preprocessor.tokenizer, c.data, c.train.seed,
                                                      num_prompts=c.output.samples, eval_records=eval_records)
-    run = _Run(task, family, policy, dataset, mesh_plan, rounding)
+    # A batch larger than the data is refused here, before the run folder exists.
+    per_epoch = data_lib.steps_per_epoch(dataset.train, c.train.batch_size)
+    run = _Run(task, family, policy, dataset, mesh_plan, rounding, per_epoch)
     run.metrics = {"family": family, "dtype_policy": policy, "parameters": 0, "trainable_parameters": 0,
                    "optimizer_steps": 0, "data": dataset.stats,
                    "metric": c.output.metric, "distribution": mesh_plan.kind,
@@ -217,8 +220,7 @@ def _enable_lora(c: Config, run: _Run) -> None:
 def _compile(c: Config, run: _Run) -> None:
     """The optimizer and its schedule, the model `fit` trains, and the before/after measurement:
     samples (and the metric) on eval prompts when there is an eval split, else on training ones."""
-    per_epoch = data_lib.steps_per_epoch(run.dataset.train, c.train.batch_size)
-    run.optimizer_steps = c.train.max_steps or max(1, per_epoch * (c.train.epochs or 1) // c.train.grad_accum)
+    run.optimizer_steps = c.train.max_steps or max(1, run.per_epoch * (c.train.epochs or 1) // c.train.grad_accum)
     run.micro_steps = run.optimizer_steps * c.train.grad_accum
     run.metrics["optimizer_steps"] = run.optimizer_steps
     run.optimizer, run.schedule = optim.make_optimizer(c.train, run.optimizer_steps)
