@@ -38,7 +38,9 @@ def main():
     for chunk in args.chunks:
         trained_logits.CHUNK = chunk
         token_nll = trained_logits._token_nll()
-        step = jax.jit(jax.value_and_grad(lambda h: token_nll(h, embeddings, targets, count, ()).sum()))
+        step = jax.jit(
+            jax.value_and_grad(lambda h: token_nll(h, embeddings, targets, count, ()).sum())
+        )
         jax.block_until_ready(step(hidden))
         times = []
         for _ in range(3):
@@ -47,7 +49,9 @@ def main():
             times.append(time.perf_counter() - started)
         best = min(times)
         flops = 4 * args.hidden * args.vocabulary * args.trained
-        print(f"chunk {chunk:4d}: {best:.3f} s per call, {flops / best / 1e9:.1f} GFLOP/s", flush=True)
+        print(
+            f"chunk {chunk:4d}: {best:.3f} s per call, {flops / best / 1e9:.1f} GFLOP/s", flush=True
+        )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ import time
 
 import numpy as np
 
-SHAPES = [(576, 640, 2048, "nn"), (576, 2048, 640, "nn")] + [(m, 640, 262144, "nt") for m in (32, 60, 128, 576)]
+SHAPES = [(576, 640, 2048, "nn"), (576, 2048, 640, "nn")] + [
+    (m, 640, 262144, "nt") for m in (32, 60, 128, 576)
+]
 REPEATS = 5
 
 
@@ -44,8 +46,10 @@ def main():
         tx, tw = torch.from_numpy(x), torch.from_numpy(w)
         pt = _time((lambda: tx @ tw) if layout == "nn" else (lambda: tx @ tw.T))
         flops = 2 * m * k * n
-        print(f"| {m} x {k} x {n} ({layout}) | {flops / xla / 1e9:.1f} | {flops / pt / 1e9:.1f} | {pt / xla:.2f}x |",
-              flush=True)
+        print(
+            f"| {m} x {k} x {n} ({layout}) | {flops / xla / 1e9:.1f} | {flops / pt / 1e9:.1f} | {pt / xla:.2f}x |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

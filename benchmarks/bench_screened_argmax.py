@@ -32,16 +32,19 @@ def main():
     from kft.core import backend
 
     backend.setup()
-    from kft.quant import frozen_base
-    from kft.generation import sampling
-    from kft.generation import samplers
-    from kft.data import templates
     from kft.config import DataConfig
+    from kft.data import templates
+    from kft.generation import samplers, sampling
+    from kft.quant import frozen_base
 
     template = templates.from_config(DataConfig(template="dolly"))
     path = REPO / "src" / "kft" / "data" / "bundled" / "person_json_heldout.jsonl"
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    prompts = [templates.split_for_generation(template.render(r))[0] for r in records[: args.prompts]]
+    records = [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
+    prompts = [
+        templates.split_for_generation(template.render(r))[0] for r in records[: args.prompts]
+    ]
     task = frozen_base.load(args.preset, "float32")[0]
     task.compile(sampler=samplers.make_sampler("greedy"))
     tokenizer = task.preprocessor.tokenizer
@@ -56,12 +59,18 @@ def main():
                 started = time.perf_counter()
                 sampling.generate_ids(task, tokenizer, prompts, args.new_tokens)
                 times[way].append(time.perf_counter() - started)
-            print(f"round {round_ + 1}, {way}: " + ", ".join(f"{t:.2f}" for t in times[way][-args.calls:]) + " s",
-                  flush=True)
+            print(
+                f"round {round_ + 1}, {way}: "
+                + ", ".join(f"{t:.2f}" for t in times[way][-args.calls :])
+                + " s",
+                flush=True,
+            )
     screened, full = statistics.median(times["screened"]), statistics.median(times["full"])
     same = sum(a == b for a, b in zip(ids["screened"], ids["full"]))
-    print(f"screened argmax: warm call {screened:.2f} s vs {full:.2f} s full ({full / screened:.2f}x), "
-          f"identical ids {same}/{len(prompts)}")
+    print(
+        f"screened argmax: warm call {screened:.2f} s vs {full:.2f} s full ({full / screened:.2f}x), "
+        f"identical ids {same}/{len(prompts)}"
+    )
 
 
 if __name__ == "__main__":

@@ -20,25 +20,57 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "gemma3_270m_person_json.yaml"
 
-MEASURE = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
-           "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.returncode)")
+MEASURE = (
+    "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+    "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.returncode)"
+)
 
 
 def overrides(mode: str, batch: int, seq: int, steps: int, out: str, new_tokens: int = 0) -> dict:
-    measuring = {"output.sample_max_new_tokens": new_tokens} if new_tokens else {"output.samples": 0,
-                                                                                 "data.eval_source": ""}
-    return {"model.quantize": mode, "train.batch_size": batch, "data.seq_len": seq, "train.max_steps": steps,
-            "train.pad_to_multiple": 0, "output.tensorboard": False, **measuring,
-            "output.dir": out, "train.log_every": 1, "train.memory_check": False}
+    measuring = (
+        {"output.sample_max_new_tokens": new_tokens}
+        if new_tokens
+        else {"output.samples": 0, "data.eval_source": ""}
+    )
+    return {
+        "model.quantize": mode,
+        "train.batch_size": batch,
+        "data.seq_len": seq,
+        "train.max_steps": steps,
+        "train.pad_to_multiple": 0,
+        "output.tensorboard": False,
+        **measuring,
+        "output.dir": out,
+        "train.log_every": 1,
+        "train.memory_check": False,
+    }
 
 
-def measure(mode: str, batch: int, seq: int, steps: int, new_tokens: int = 0) -> tuple[float, float]:
+def measure(
+    mode: str, batch: int, seq: int, steps: int, new_tokens: int = 0
+) -> tuple[float, float]:
     """(peak RSS in GB, seconds) of one training run in a fresh process."""
     out = tempfile.mkdtemp(prefix="kft-calib-")
-    sets = [f"--set={k}={v}" for k, v in overrides(mode, batch, seq, steps, out, new_tokens).items()]
+    sets = [
+        f"--set={k}={v}" for k, v in overrides(mode, batch, seq, steps, out, new_tokens).items()
+    ]
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "kft.cli", "train",
-                           "--config", str(CONFIG), *sets], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            MEASURE,
+            sys.executable,
+            "-m",
+            "kft.cli",
+            "train",
+            "--config",
+            str(CONFIG),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     line = [x for x in done.stdout.splitlines() if x.startswith("PEAK")]
     if not line or not line[-1].endswith(" 0"):
@@ -46,9 +78,11 @@ def measure(mode: str, batch: int, seq: int, steps: int, new_tokens: int = 0) ->
     return int(line[-1].split()[1]) * 1024 / 1e9, seconds
 
 
-LOAD = ("import resource, sys, time; t = time.perf_counter(); from kft.quant import frozen_base; "
-        "frozen_base.load('gemma3_270m_gguf', 'float32', sys.argv[1]); "
-        "print('LOAD', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t)")
+LOAD = (
+    "import resource, sys, time; t = time.perf_counter(); from kft.quant import frozen_base; "
+    "frozen_base.load('gemma3_270m_gguf', 'float32', sys.argv[1]); "
+    "print('LOAD', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t)"
+)
 
 
 def measure_load(mode: str) -> tuple[float, float]:
@@ -62,7 +96,8 @@ def measure_load(mode: str) -> tuple[float, float]:
 
 
 def predict(mode: str, batch: int, seq: int, steps: int, new_tokens: int = 0) -> float:
-    from kft import config as config_lib, plan
+    from kft import config as config_lib
+    from kft import plan
 
     c = config_lib.load(str(CONFIG), overrides(mode, batch, seq, steps, "unused", new_tokens))
     return plan.make(c, device_memory="1000GB", accelerator="cpu").peak
@@ -73,26 +108,38 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--settings", default="2x128,4x256")
     parser.add_argument("--modes", default="none,int8,int4")
-    parser.add_argument("--load-only", action="store_true", help="host peak RSS and time of loading the base")
-    parser.add_argument("--new-tokens", default="0",
-                        help="comma-separated new tokens per sample: measure before/after training too (0: no samples)")
+    parser.add_argument(
+        "--load-only", action="store_true", help="host peak RSS and time of loading the base"
+    )
+    parser.add_argument(
+        "--new-tokens",
+        default="0",
+        help="comma-separated new tokens per sample: measure before/after training too (0: no samples)",
+    )
     args = parser.parse_args(argv)
     if args.load_only:
-        print("| model.quantize | host peak RSS at load (GB) | load + quantize (s) |\n|---|---|---|")
+        print(
+            "| model.quantize | host peak RSS at load (GB) | load + quantize (s) |\n|---|---|---|"
+        )
         for mode in args.modes.split(","):
             peak, seconds = measure_load(mode)
             print(f"| {mode} | {peak:.2f} | {seconds:.1f} |", flush=True)
         return
-    rows = ["| batch x seq_len | model.quantize | new tokens per sample | predicted peak (GB) | measured peak RSS (GB) "
-            "| predicted/measured | run (s) |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| batch x seq_len | model.quantize | new tokens per sample | predicted peak (GB) | measured peak RSS (GB) "
+        "| predicted/measured | run (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for setting in args.settings.split(","):
         batch, seq = (int(x) for x in setting.split("x"))
         for mode in args.modes.split(","):
             for new_tokens in (int(n) for n in args.new_tokens.split(",")):
                 predicted = predict(mode, batch, seq, args.steps, new_tokens)
                 measured, seconds = measure(mode, batch, seq, args.steps, new_tokens)
-                rows.append(f"| {batch} x {seq} | {mode} | {new_tokens or 'no samples'} | {predicted:.2f} | "
-                            f"{measured:.2f} | {predicted / measured:.2f} | {seconds:.0f} |")
+                rows.append(
+                    f"| {batch} x {seq} | {mode} | {new_tokens or 'no samples'} | {predicted:.2f} | "
+                    f"{measured:.2f} | {predicted / measured:.2f} | {seconds:.0f} |"
+                )
                 print(rows[-1], file=sys.stderr, flush=True)
     print("\n".join(rows))
 

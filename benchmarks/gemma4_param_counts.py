@@ -9,20 +9,41 @@ Run: python benchmarks/gemma4_param_counts.py
 import numpy as np
 
 from kft.core import backend
-from kft.models import lora
-from kft.models import model
+from kft.models import lora, model
 
 TEXT_CONFIGS = {  # Hugging Face text_config of google/gemma-4-E2B / E4B, as KerasHub's convert_gemma4 maps it
-    "gemma4_instruct_2b": dict(hidden_dim=1536, num_layers=35, num_query_heads=8, num_key_value_heads=1,
-                               intermediate_dim=6144, num_kv_shared_layers=20, use_double_wide_mlp=True,
-                               layer_types=(["sliding_attention"] * 4 + ["full_attention"]) * 7),
-    "gemma4_instruct_4b": dict(hidden_dim=2560, num_layers=42, num_query_heads=8, num_key_value_heads=2,
-                               intermediate_dim=10240, num_kv_shared_layers=18, use_double_wide_mlp=False,
-                               layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 7),
+    "gemma4_instruct_2b": dict(
+        hidden_dim=1536,
+        num_layers=35,
+        num_query_heads=8,
+        num_key_value_heads=1,
+        intermediate_dim=6144,
+        num_kv_shared_layers=20,
+        use_double_wide_mlp=True,
+        layer_types=(["sliding_attention"] * 4 + ["full_attention"]) * 7,
+    ),
+    "gemma4_instruct_4b": dict(
+        hidden_dim=2560,
+        num_layers=42,
+        num_query_heads=8,
+        num_key_value_heads=2,
+        intermediate_dim=10240,
+        num_kv_shared_layers=18,
+        use_double_wide_mlp=False,
+        layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 7,
+    ),
 }
-COMMON = dict(vocabulary_size=262144, image_size=None, head_dim=256, global_head_dim=512, sliding_window_size=512,
-              hidden_size_per_layer_input=256, vocab_size_per_layer_input=262144, final_logit_soft_cap=30.0,
-              global_rope_partial_rotary_factor=0.25)
+COMMON = dict(
+    vocabulary_size=262144,
+    image_size=None,
+    head_dim=256,
+    global_head_dim=512,
+    sliding_window_size=512,
+    hidden_size_per_layer_input=256,
+    vocab_size_per_layer_input=262144,
+    final_logit_soft_cap=30.0,
+    global_rope_partial_rotary_factor=0.25,
+)
 
 
 def count(variables):
@@ -42,10 +63,12 @@ def main():
             lora.enable(backbone, 16, 32, ["all-linear"])
             trainable = count(lora.lora_variables(backbone).values())
         full = backbone_presets[name]["metadata"]["params"]
-        print(f"{name}: text-only {total / 1e9:.3f}B (of which per-layer embeddings/projections "
-              f"{per_layer / 1e9:.3f}B), multimodal preset {full / 1e9:.1f}B -> encoders left out "
-              f"~{(full - total) / 1e9:.2f}B; LoRA r16 all-linear {trainable / 1e6:.2f}M trainable; "
-              f"bf16 weights text-only {2 * total / 2**30:.1f} GiB vs {2 * full / 2**30:.1f} GiB")
+        print(
+            f"{name}: text-only {total / 1e9:.3f}B (of which per-layer embeddings/projections "
+            f"{per_layer / 1e9:.3f}B), multimodal preset {full / 1e9:.1f}B -> encoders left out "
+            f"~{(full - total) / 1e9:.2f}B; LoRA r16 all-linear {trainable / 1e6:.2f}M trainable; "
+            f"bf16 weights text-only {2 * total / 2**30:.1f} GiB vs {2 * full / 2**30:.1f} GiB"
+        )
 
 
 if __name__ == "__main__":

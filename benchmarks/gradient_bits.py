@@ -30,14 +30,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 GROUP = 64
-SLB_GAIN = 2 * 3.141592653589793 * 2.718281828459045 / 12  # uniform scalar code over Shannon's bound
+SLB_GAIN = (
+    2 * 3.141592653589793 * 2.718281828459045 / 12
+)  # uniform scalar code over Shannon's bound
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="tiny (every family) or gemma3_270m_gguf")
     parser.add_argument("--families", default="gemma,gemma2,gemma3,gemma4")
-    parser.add_argument("--variants", default="int4,bits-4,bound-4,gptq-4,bits-5,bits-6,bits-7,bits-8")
+    parser.add_argument(
+        "--variants", default="int4,bits-4,bound-4,gptq-4,bits-5,bits-6,bits-7,bits-8"
+    )
     args = parser.parse_args()
 
     from kft.core import backend
@@ -58,25 +62,31 @@ def main():
 def real_model(name: str):
     import numpy as np
 
-    from kft.data import dataset
-    from kft.quant import frozen_base
-    from kft.models import presets
     from kft.config import DataConfig
+    from kft.data import dataset
+    from kft.models import presets
+    from kft.quant import frozen_base
 
     task, _, _ = frozen_base.load(str(presets.prepare(name)), "float32")
     config = DataConfig(source="bundled:person_json", template="dolly", seq_len=80)
-    split = dataset.build(dataset.load_records(config), task.preprocessor.tokenizer, config, 0).train
+    split = dataset.build(
+        dataset.load_records(config), task.preprocessor.tokenizer, config, 0
+    ).train
     rows = np.arange(8)
     calibration = [split.inputs(np.arange(start, start + 8)) for start in range(8, 72, 8)]
-    return task.backbone, (split.inputs(rows), split.targets[rows], split.loss_weights[rows]), calibration
+    return (
+        task.backbone,
+        (split.inputs(rows), split.targets[rows], split.loss_weights[rows]),
+        calibration,
+    )
 
 
 def report(name, base, probe_batch, calibration, variants, rank, alpha):
     import keras
     import numpy as np
+    from quantize_helpers import clone, cosine, loss_and_lora_grads
 
     from kft.models import lora
-    from quantize_helpers import clone, cosine, loss_and_lora_grads
 
     def probe(change, source=None):
         model = clone(base)
@@ -84,7 +94,9 @@ def report(name, base, probe_batch, calibration, variants, rank, alpha):
         keras.utils.set_random_seed(0)
         lora.enable(model, rank, alpha, ["all-linear"])
         factors = lora.lora_variables(model)
-        for path, variable in factors.items() if source is not None else ():  # the same LoRA A everywhere
+        for path, variable in (
+            factors.items() if source is not None else ()
+        ):  # the same LoRA A everywhere
             variable.assign(source[path])
         loss, grads = loss_and_lora_grads(model, *probe_batch)
         return loss, grads, {p: np.asarray(v.numpy()) for p, v in factors.items()}, errors
@@ -106,8 +118,11 @@ def report(name, base, probe_batch, calibration, variants, rank, alpha):
             raise SystemExit(f"unknown variant {variant}")
         loss, grads, _, errors = probe(change, source)
         rms = f", kernels' relative RMS error {np.mean(errors):.2%}" if errors else ""
-        print(f"{name} {variant}: loss {abs(loss - float_loss) / float_loss:.2e} from float{rms}, "
-              f"LoRA-B gradient cosine {cosine(grads, float_grads):.4f}", flush=True)
+        print(
+            f"{name} {variant}: loss {abs(loss - float_loss) / float_loss:.2e} from float{rms}, "
+            f"LoRA-B gradient cosine {cosine(grads, float_grads):.4f}",
+            flush=True,
+        )
 
 
 def kft_int4(model) -> list:
@@ -130,12 +145,20 @@ def kernels(model):
         if type(layer) is keras.layers.Embedding and wanted(layer):
             yield layer, None
         elif type(layer) in (keras.layers.Dense, keras.layers.EinsumDense) and wanted(layer):
-            yield layer, [0] if type(layer) is keras.layers.Dense else list(
-                _analyze_quantization_info(layer.equation, layer.input_spec.ndim)[1])
+            yield (
+                layer,
+                [0]
+                if type(layer) is keras.layers.Dense
+                else list(_analyze_quantization_info(layer.equation, layer.input_spec.ndim)[1]),
+            )
 
 
 def _weights(layer):
-    return layer.embeddings if hasattr(layer, "embeddings") and not hasattr(layer, "kernel") else layer.kernel
+    return (
+        layer.embeddings
+        if hasattr(layer, "embeddings") and not hasattr(layer, "kernel")
+        else layer.kernel
+    )
 
 
 def rounded(layer, reduced, bits: int):
@@ -160,7 +183,7 @@ def _assign(layer, value, errors):
 
     variable = _weights(layer)
     w = np.asarray(variable, np.float32)
-    errors.append(float(np.sqrt(np.mean((value - w) ** 2) / np.mean(w ** 2))))
+    errors.append(float(np.sqrt(np.mean((value - w) ** 2) / np.mean(w**2))))
     variable.assign(value.astype(np.float32))
 
 
@@ -189,15 +212,19 @@ def layer_inputs(model, batches) -> dict:
 
     seen, layers = {}, [layer for layer, reduced in kernels(model) if reduced is not None]
     for layer in layers:
+
         def hook(x, *rest, _layer=layer, _call=layer.call, **kwargs):
             seen.setdefault(_layer.path, []).append(np.asarray(x, np.float32))
             return _call(x, *rest, **kwargs)
+
         layer.call = hook
     for inputs in batches:
         inputs = dict(inputs)
         if "position_ids" in model.input:
             length = inputs["token_ids"].shape[1]
-            inputs["position_ids"] = np.broadcast_to(np.arange(length, dtype="int32"), inputs["token_ids"].shape)
+            inputs["position_ids"] = np.broadcast_to(
+                np.arange(length, dtype="int32"), inputs["token_ids"].shape
+            )
         model(inputs)
     return seen
 
@@ -216,7 +243,9 @@ def gptq_kernels(model, bits: int, inputs: dict) -> list:
     quantizer = GPTQQuantizer(config)
     errors = []
     for layer, reduced in list(kernels(model)):
-        if layer.path not in inputs:  # embeddings; Gemma 4's feed-forward, whose block reads `.kernel`
+        if (
+            layer.path not in inputs
+        ):  # embeddings; Gemma 4's feed-forward, whose block reads `.kernel`
             _assign(layer, rounded(layer, reduced, bits), errors)
             continue
         w = np.asarray(layer.kernel, np.float32)
@@ -232,8 +261,12 @@ def gptq_kernels(model, bits: int, inputs: dict) -> list:
         diagonal[diagonal == 0] = 1.0
         hessian[np.diag_indices_from(hessian)] = diagonal + 0.01 * diagonal.mean()
         codes, scale, zero, g_idx = gptq_quantize_matrix(
-            ops.convert_to_tensor(out_in), ops.convert_to_tensor(np.linalg.inv(hessian)), blocksize=128,
-            group_size=GROUP, compute_scale_zero=quantizer.find_params)
+            ops.convert_to_tensor(out_in),
+            ops.convert_to_tensor(np.linalg.inv(hessian)),
+            blocksize=128,
+            group_size=GROUP,
+            compute_scale_zero=quantizer.find_params,
+        )
         codes, scale, zero, g_idx = (np.asarray(v) for v in (codes, scale, zero, g_idx))
         g_idx = g_idx.astype(np.int64)
         value = (codes - zero[:, g_idx]) * scale[:, g_idx]

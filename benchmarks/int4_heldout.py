@@ -26,8 +26,8 @@ def main():
     backend.setup()
     from kft import config as config_lib
     from kft.data import dataset
-    from kft.training import recipe
     from kft.quant import frozen_base
+    from kft.training import recipe
 
     c = config_lib.load(CONFIG)
     records, held_out = dataset.load_sources(c.data)
@@ -35,12 +35,23 @@ def main():
     for base in args.bases.split(","):
         start = time.time()
         mode, rounding = ("none", "least-squares") if base == "float" else ("int4", base)
-        options = {} if mode == "none" else {"int4_rounding": rounding,
-                                             "calibration": lambda task: recipe._calibration(c, records, held_out, {}, task)}
+        options = (
+            {}
+            if mode == "none"
+            else {
+                "int4_rounding": rounding,
+                "calibration": lambda task: recipe._calibration(c, records, held_out, {}, task),
+            }
+        )
         task, _, _ = frozen_base.load(c.model.preset, c.model.precision, mode, **options)
-        split = dataset.build(records, task.preprocessor.tokenizer, c.data, c.train.seed, eval_records=held_out).eval
+        split = dataset.build(
+            records, task.preprocessor.tokenizer, c.data, c.train.seed, eval_records=held_out
+        ).eval
         losses[base] = held_out_loss(task.backbone, split)
-        print(f"{base}: held-out loss {losses[base]:.4f} ({time.time() - start:.0f} s with loading)", flush=True)
+        print(
+            f"{base}: held-out loss {losses[base]:.4f} ({time.time() - start:.0f} s with loading)",
+            flush=True,
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(losses) + "\n")
 
@@ -55,7 +66,9 @@ def held_out_loss(backbone, split, rows: int = 16) -> float:
     @jax.jit
     def logits(values, frozen_values, inputs):
         hidden, _ = backbone.stateless_call(values, frozen_values, inputs)
-        return backbone.token_embedding.stateless_call([values[embedding]], [], hidden, reverse=True)[0]
+        return backbone.token_embedding.stateless_call(
+            [values[embedding]], [], hidden, reverse=True
+        )[0]
 
     values, frozen_values = [v.value for v in trainable], [v.value for v in frozen]
     total = weight = 0.0

@@ -50,17 +50,23 @@ print("RESULT " + json.dumps({"seconds": seconds, "peak_gb": peak, "weights": di
 
 
 def load(preset: str, mode: str, how: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, preset, mode, how], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, preset, mode, how], capture_output=True, text=True
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         raise SystemExit(done.stderr[-3000:])
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="gemma3_270m_gguf")
-    parser.add_argument("--wide", action="store_true", help="a made-up Gemma 3: 8 layers, hidden 1024, vocabulary 256")
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="a made-up Gemma 3: 8 layers, hidden 1024, vocabulary 256",
+    )
     parser.add_argument("--modes", default="int8,int4")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
@@ -68,20 +74,40 @@ def main():
     if args.wide:
         from kft.models.tiny import build_tiny_preset
 
-        preset = str(build_tiny_preset("gemma3", Path(tempfile.mkdtemp(prefix="kft-wide-")) / "gemma3", num_layers=8,
-                                       hidden_dim=1024, intermediate_dim=4096, num_query_heads=8,
-                                       num_key_value_heads=4, head_dim=128))
+        preset = str(
+            build_tiny_preset(
+                "gemma3",
+                Path(tempfile.mkdtemp(prefix="kft-wide-")) / "gemma3",
+                num_layers=8,
+                hidden_dim=1024,
+                intermediate_dim=4096,
+                num_query_heads=8,
+                num_key_value_heads=4,
+                head_dim=128,
+            )
+        )
     print(f"{preset}: host peak RSS and time of loading, float32, one process each")
-    print("| model.quantize | as it loads: peak (GB) / s | read whole: peak (GB) / s | same weights |")
+    print(
+        "| model.quantize | as it loads: peak (GB) / s | read whole: peak (GB) / s | same weights |"
+    )
     print("|---|---|---|---|")
     results = {}
     for mode in args.modes.split(","):
-        load(preset, mode, "stream")  # compiles the quantizing programs into kft's XLA cache, so that
+        load(
+            preset, mode, "stream"
+        )  # compiles the quantizing programs into kft's XLA cache, so that
         load(preset, mode, "whole")  # neither measured load has XLA compiling inside its peak
         stream, whole = load(preset, mode, "stream"), load(preset, mode, "whole")
-        results[mode] = {"as_it_loads": stream, "read_whole": whole, "same_weights": stream["weights"] == whole["weights"]}
-        print(f"| {mode} | {stream['peak_gb']:.2f} / {stream['seconds']:.1f} | {whole['peak_gb']:.2f} / "
-              f"{whole['seconds']:.1f} | {results[mode]['same_weights']} |", flush=True)
+        results[mode] = {
+            "as_it_loads": stream,
+            "read_whole": whole,
+            "same_weights": stream["weights"] == whole["weights"],
+        }
+        print(
+            f"| {mode} | {stream['peak_gb']:.2f} / {stream['seconds']:.1f} | {whole['peak_gb']:.2f} / "
+            f"{whole['seconds']:.1f} | {results[mode]['same_weights']} |",
+            flush=True,
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -16,7 +16,9 @@ says nothing about TPUs or GPUs; it shows only the overhead of partitioning on C
 
 import os
 
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
 os.environ.setdefault("KFT_XLA_CACHE", "0")
 
 import argparse  # noqa: E402
@@ -28,22 +30,78 @@ from pathlib import Path  # noqa: E402
 # Architecture of each model as KerasHub's backbone takes it (from the Hugging Face configs;
 # KerasHub's GemmaBackbone counts both gated halves in intermediate_dim).
 MODELS = {
-    "Gemma 2B (gemma_2b_en)": ("GemmaBackbone", dict(
-        vocabulary_size=256000, num_layers=18, num_query_heads=8, num_key_value_heads=1, hidden_dim=2048,
-        intermediate_dim=32768, head_dim=256)),
-    "Gemma 2 9B": ("GemmaBackbone", dict(
-        vocabulary_size=256000, num_layers=42, num_query_heads=16, num_key_value_heads=8, hidden_dim=3584,
-        intermediate_dim=28672, head_dim=256, use_post_ffw_norm=True, use_post_attention_norm=True)),
-    "Gemma 3 4B (text)": ("Gemma3Backbone", dict(
-        vocabulary_size=262144, image_size=None, num_layers=34, num_query_heads=8, num_key_value_heads=4,
-        hidden_dim=2560, intermediate_dim=10240, head_dim=256, use_query_key_norm=True)),
-    "Gemma 3 12B (text)": ("Gemma3Backbone", dict(
-        vocabulary_size=262144, image_size=None, num_layers=48, num_query_heads=16, num_key_value_heads=8,
-        hidden_dim=3840, intermediate_dim=15360, head_dim=256, use_query_key_norm=True)),
-    "Gemma 4 31B (text)": ("Gemma4Backbone", dict(
-        vocabulary_size=262144, image_size=None, num_layers=60, num_query_heads=32, num_key_value_heads=16,
-        num_global_key_value_heads=4, hidden_dim=5376, intermediate_dim=21504, head_dim=256,
-        global_head_dim=512, sliding_window_size=1024, sliding_window_pattern=6, final_logit_soft_cap=30.0)),
+    "Gemma 2B (gemma_2b_en)": (
+        "GemmaBackbone",
+        dict(
+            vocabulary_size=256000,
+            num_layers=18,
+            num_query_heads=8,
+            num_key_value_heads=1,
+            hidden_dim=2048,
+            intermediate_dim=32768,
+            head_dim=256,
+        ),
+    ),
+    "Gemma 2 9B": (
+        "GemmaBackbone",
+        dict(
+            vocabulary_size=256000,
+            num_layers=42,
+            num_query_heads=16,
+            num_key_value_heads=8,
+            hidden_dim=3584,
+            intermediate_dim=28672,
+            head_dim=256,
+            use_post_ffw_norm=True,
+            use_post_attention_norm=True,
+        ),
+    ),
+    "Gemma 3 4B (text)": (
+        "Gemma3Backbone",
+        dict(
+            vocabulary_size=262144,
+            image_size=None,
+            num_layers=34,
+            num_query_heads=8,
+            num_key_value_heads=4,
+            hidden_dim=2560,
+            intermediate_dim=10240,
+            head_dim=256,
+            use_query_key_norm=True,
+        ),
+    ),
+    "Gemma 3 12B (text)": (
+        "Gemma3Backbone",
+        dict(
+            vocabulary_size=262144,
+            image_size=None,
+            num_layers=48,
+            num_query_heads=16,
+            num_key_value_heads=8,
+            hidden_dim=3840,
+            intermediate_dim=15360,
+            head_dim=256,
+            use_query_key_norm=True,
+        ),
+    ),
+    "Gemma 4 31B (text)": (
+        "Gemma4Backbone",
+        dict(
+            vocabulary_size=262144,
+            image_size=None,
+            num_layers=60,
+            num_query_heads=32,
+            num_key_value_heads=16,
+            num_global_key_value_heads=4,
+            hidden_dim=5376,
+            intermediate_dim=21504,
+            head_dim=256,
+            global_head_dim=512,
+            sliding_window_size=1024,
+            sliding_window_pattern=6,
+            final_logit_soft_cap=30.0,
+        ),
+    ),
 }
 DEVICE_GB = 16
 
@@ -69,12 +127,16 @@ def per_device_from_shardings(weights: dict, mesh_shape: tuple) -> int:
     from kft.distribute import layouts
 
     mesh = Mesh(np.array(jax.devices()).reshape(mesh_shape), layouts.AXES)
-    specs = layouts.specs({p: s for p, (s, _) in weights.items()}, dict(zip(layouts.AXES, mesh_shape)))
+    specs = layouts.specs(
+        {p: s for p, (s, _) in weights.items()}, dict(zip(layouts.AXES, mesh_shape))
+    )
     total = 0
     for path, (shape, itemsize) in weights.items():
         found = layouts.matches(specs, path)
         spec = specs[found[0]] if found else (None,) * len(shape)
-        array = jax.ShapeDtypeStruct(shape, "bfloat16", sharding=NamedSharding(mesh, PartitionSpec(*spec)))
+        array = jax.ShapeDtypeStruct(
+            shape, "bfloat16", sharding=NamedSharding(mesh, PartitionSpec(*spec))
+        )
         total += math.prod(array.sharding.shard_shape(array.shape)) * itemsize
     return total
 
@@ -84,8 +146,11 @@ def memory_table() -> list[dict]:
     for name, (cls, kwargs) in MODELS.items():
         weights = abstract_weights(cls, kwargs)
         total = sum(math.prod(s) * b for s, b in weights.values())
-        row = {"model": name, "params_b": round(sum(math.prod(s) for s, _ in weights.values()) / 1e9, 2),
-               "bf16_gb": round(total / 1e9, 2)}
+        row = {
+            "model": name,
+            "params_b": round(sum(math.prod(s) for s, _ in weights.values()) / 1e9, 2),
+            "bf16_gb": round(total / 1e9, 2),
+        }
         for mesh in ((1, 8), (2, 4)):
             held = per_device_from_shardings(weights, mesh)
             row[f"{mesh[0]}x{mesh[1]}_gb_per_device"] = round(held / 1e9, 2)
@@ -101,19 +166,37 @@ def step_times(steps: int = 8) -> dict:
     from kft.models.tiny import build_tiny_preset
 
     root = Path(tempfile.mkdtemp(prefix="kft-mesh-"))
-    preset = build_tiny_preset("gemma", root / "tiny_8q1kv", num_query_heads=8, num_key_value_heads=1)
+    preset = build_tiny_preset(
+        "gemma", root / "tiny_8q1kv", num_query_heads=8, num_key_value_heads=1
+    )
     times = {}
     for mesh in ("single", "data", "2x4", "1x8"):
         kind, text = {"single": ("single", ""), "data": ("data", "")}.get(mesh, ("model", mesh))
-        result = kft.train(**{
-            "model.preset": str(preset), "model.precision": "float32", "data.source": "bundled:tiny_facts",
-            "data.seq_len": 64, "lora.targets": ["all-linear"], "train.epochs": None, "train.max_steps": steps,
-            "train.batch_size": 8, "train.log_every": 1, "train.distribution": kind, "train.mesh": text,
-            "output.samples": 0, "output.tensorboard": False, "output.dir": str(root / mesh),
-        })
-        rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+        result = kft.train(
+            **{
+                "model.preset": str(preset),
+                "model.precision": "float32",
+                "data.source": "bundled:tiny_facts",
+                "data.seq_len": 64,
+                "lora.targets": ["all-linear"],
+                "train.epochs": None,
+                "train.max_steps": steps,
+                "train.batch_size": 8,
+                "train.log_every": 1,
+                "train.distribution": kind,
+                "train.mesh": text,
+                "output.samples": 0,
+                "output.tensorboard": False,
+                "output.dir": str(root / mesh),
+            }
+        )
+        rows = [
+            json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+        ]
         times[mesh] = round((rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (len(rows) - 1), 4)
-    times.update({f"{m}_vs_single": round(times[m] / times["single"], 2) for m in ("data", "2x4", "1x8")})
+    times.update(
+        {f"{m}_vs_single": round(times[m] / times["single"], 2) for m in ("data", "2x4", "1x8")}
+    )
     print(json.dumps({"seconds_per_step": times}), flush=True)
     return times
 

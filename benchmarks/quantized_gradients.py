@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--int4-block", type=int, default=None, help="int4 group size (default: kft's)")
+    parser.add_argument(
+        "--int4-block", type=int, default=None, help="int4 group size (default: kft's)"
+    )
     parser.add_argument("--modes", default="int8,int4,int4-full,nf4")
     args = parser.parse_args()
 
@@ -32,20 +34,20 @@ def main():
     backend.setup()
     import keras
     import numpy as np
+    from quantize_helpers import clone, cosine, loss_and_lora_grads
 
-    from kft.data import dataset
-    from kft.models import lora
-    from kft.quant import frozen_base
-    from kft.models import presets
-    from kft.quant import quantize
     from kft import config as config_lib
     from kft.config import DataConfig
-    from quantize_helpers import clone, cosine, loss_and_lora_grads
+    from kft.data import dataset
+    from kft.models import lora, presets
+    from kft.quant import frozen_base, quantize
 
     block = args.int4_block or config_lib.INT4_BLOCK_SIZE
     task, _, _ = frozen_base.load(str(presets.prepare("gemma3_270m_gguf")), "float32")
     config = DataConfig(source="bundled:person_json", template="dolly", seq_len=80)
-    split = dataset.build(dataset.load_records(config), task.preprocessor.tokenizer, config, 0).train
+    split = dataset.build(
+        dataset.load_records(config), task.preprocessor.tokenizer, config, 0
+    ).train
     rows = np.arange(8)
     batch = (split.inputs(rows), split.targets[rows], split.loss_weights[rows])
     results, source = {}, None
@@ -54,8 +56,12 @@ def main():
         if mode == "nf4":
             round_to_nf4(backbone, block)
         elif mode.startswith("int4"):
-            quantize.apply(backbone, "int4", int4_block_size=block,
-                           int4_ranges="full" if mode == "int4-full" else "least-squares")
+            quantize.apply(
+                backbone,
+                "int4",
+                int4_block_size=block,
+                int4_ranges="full" if mode == "int4-full" else "least-squares",
+            )
         else:
             quantize.apply(backbone, mode)
         keras.utils.set_random_seed(0)
@@ -70,15 +76,31 @@ def main():
     print(f"none: loss {base_loss:.4f}")
     for mode, (loss, grads) in results.items():
         groups = f" (groups of {block})" if mode in ("int4", "int4-full", "nf4") else ""
-        print(f"{mode}{groups}: loss {loss:.4f} ({abs(loss - base_loss) / base_loss:.1%} from float), "
-              f"LoRA-B gradient cosine {cosine(grads, base_grads):.4f}")
+        print(
+            f"{mode}{groups}: loss {loss:.4f} ({abs(loss - base_loss) / base_loss:.1%} from float), "
+            f"LoRA-B gradient cosine {cosine(grads, base_grads):.4f}"
+        )
 
 
 # bitsandbytes' NF4 code (QLoRA): 16 quantiles of a normal distribution, scaled by each block's absmax.
-NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-       -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-       0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-       0.7229568362236023, 1.0]
+NF4 = [
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+]
 
 
 def round_to_nf4(backbone, block: int) -> None:
@@ -96,8 +118,11 @@ def round_to_nf4(backbone, block: int) -> None:
         if type(layer) not in (keras.layers.Dense, keras.layers.EinsumDense) or not wanted(layer):
             continue
         kernel = np.asarray(layer.kernel)
-        reduced = [0] if type(layer) is keras.layers.Dense else list(
-            _analyze_quantization_info(layer.equation, layer.input_spec.ndim)[1])
+        reduced = (
+            [0]
+            if type(layer) is keras.layers.Dense
+            else list(_analyze_quantization_info(layer.equation, layer.input_spec.ndim)[1])
+        )
         kept = [a for a in range(kernel.ndim) if a not in reduced]
         moved = np.transpose(kernel, kept + reduced)
         rows = moved.reshape(-1, int(np.prod([kernel.shape[a] for a in reduced])))
@@ -105,7 +130,7 @@ def round_to_nf4(backbone, block: int) -> None:
         blocks = np.pad(rows, ((0, 0), (0, pad))).reshape(rows.shape[0], -1, block)
         absmax = np.abs(blocks).max(-1, keepdims=True) + 1e-12
         nearest = np.abs(blocks[..., None] / absmax[..., None] - code).argmin(-1)
-        rounded = (code[nearest] * absmax).reshape(rows.shape[0], -1)[:, :rows.shape[1]]
+        rounded = (code[nearest] * absmax).reshape(rows.shape[0], -1)[:, : rows.shape[1]]
         layer.kernel.assign(np.transpose(rounded.reshape(moved.shape), np.argsort(kept + reduced)))
 
 

@@ -29,15 +29,26 @@ def main(argv=None):
     from test_kernels_where_used import _float_decoder_bytes, _step, _temporaries, _wide_backbone
 
     print(f"{jax.default_backend()}: {args.layers} layers, batch {args.rows} x {args.length}")
-    print("| base | calls | forward temporaries (GB) | gradient temporaries (GB) | float decoder (GB) |")
+    print(
+        "| base | calls | forward temporaries (GB) | gradient temporaries (GB) | float decoder (GB) |"
+    )
     print("|---|---|---|---|---|")
-    for mode, keras_calls in (("none", False), ("int8", True), ("int8", False), ("int4", True), ("int4", False)):
+    for mode, keras_calls in (
+        ("none", False),
+        ("int8", True),
+        ("int8", False),
+        ("int4", True),
+        ("int4", False),
+    ):
         backbone = _wide_backbone(mode, keras_calls=keras_calls, layers=args.layers)
         forward, gradient, values = _step(backbone, args.rows, args.length)
         decoder = _float_decoder_bytes(backbone) if mode != "none" else 0
         calls = "" if mode == "none" else ("Keras'" if keras_calls else "kft's")
-        print(f"| {mode} | {calls} | {_temporaries(forward, values) / 1e9:.3f} | {_temporaries(gradient, values) / 1e9:.3f} "
-              f"| {decoder / 1e9:.3f} |", flush=True)
+        print(
+            f"| {mode} | {calls} | {_temporaries(forward, values) / 1e9:.3f} | {_temporaries(gradient, values) / 1e9:.3f} "
+            f"| {decoder / 1e9:.3f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

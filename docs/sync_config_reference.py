@@ -1,7 +1,7 @@
 """Regenerate docs/config.md's config reference from the dataclasses (the single source of key docs).
 
-    python docs/sync_config_reference.py          # rewrite docs/config.md in place
-    python docs/sync_config_reference.py --check  # exit 1 if docs/config.md is stale
+python docs/sync_config_reference.py          # rewrite docs/config.md in place
+python docs/sync_config_reference.py --check  # exit 1 if docs/config.md is stale
 """
 
 import re

@@ -23,7 +23,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("out_dir")
-    parser.add_argument("--peft", action="store_true", help="write the base model and a PEFT adapter instead")
+    parser.add_argument(
+        "--peft", action="store_true", help="write the base model and a PEFT adapter instead"
+    )
     args = parser.parse_args(argv)
     try:
         if args.peft:

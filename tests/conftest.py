@@ -26,8 +26,11 @@ def pytest_configure(config):
     # is faster (kft.generation.screened_argmax): every family's same-ids tests check its tokens.
     os.environ.setdefault("KFT_SCREENED_ARGMAX", "1")
     # Before any test initialises JAX's backend (fixtures do, lazily); kft subprocesses inherit it.
-    if (config.option.markexpr or "").strip() == "not slow" and FAST_COMPILES not in os.environ.get("XLA_FLAGS", ""):
+    if (config.option.markexpr or "").strip() == "not slow" and FAST_COMPILES not in os.environ.get(
+        "XLA_FLAGS", ""
+    ):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILES}".strip()
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -44,7 +47,9 @@ class TinyPresets(dict):
         from kft.models.tiny import build_tiny_preset
 
         self._root, self._build = root, build_tiny_preset
-        super().__init__({family: str(build_tiny_preset(family, root / family)) for family in DEFAULT_FAMILIES})
+        super().__init__(
+            {family: str(build_tiny_preset(family, root / family)) for family in DEFAULT_FAMILIES}
+        )
 
     def __missing__(self, family):
         self[family] = folder = str(self._build(family, self._root / family))
@@ -67,7 +72,10 @@ def tiny_presets(tmp_path_factory):
 def tokenizers(tiny_presets):
     import keras_hub
 
-    return {f: keras_hub.models.CausalLM.from_preset(p).preprocessor.tokenizer for f, p in tiny_presets.items()}
+    return {
+        f: keras_hub.models.CausalLM.from_preset(p).preprocessor.tokenizer
+        for f, p in tiny_presets.items()
+    }
 
 
 @pytest.fixture(scope="session", params=["gemma", "gemma2", "gemma3"])
@@ -76,13 +84,26 @@ def family_run(request, tiny_presets, tmp_path_factory):
     import kft
 
     preset = tiny_presets[request.param]
-    result = kft.train(os.path.join(CONFIGS, "tiny.yaml"), **{
-        "model.preset": preset, "train.epochs": None, "train.max_steps": 6, "train.lr": 0.02, "lora.rank": 2, "lora.alpha": 4.0,
-        "train.grad_accum": 2, "train.schedule": "cosine", "train.warmup_steps": 2, "train.clip_norm": 1.0,
-        "train.log_every": 3,
-        "output.samples": 0, "output.tensorboard": False, "data.eval_fraction": 0.25,
-        "output.dir": str(tmp_path_factory.mktemp("runs") / request.param),
-    })
+    result = kft.train(
+        os.path.join(CONFIGS, "tiny.yaml"),
+        **{
+            "model.preset": preset,
+            "train.epochs": None,
+            "train.max_steps": 6,
+            "train.lr": 0.02,
+            "lora.rank": 2,
+            "lora.alpha": 4.0,
+            "train.grad_accum": 2,
+            "train.schedule": "cosine",
+            "train.warmup_steps": 2,
+            "train.clip_norm": 1.0,
+            "train.log_every": 3,
+            "output.samples": 0,
+            "output.tensorboard": False,
+            "data.eval_fraction": 0.25,
+            "output.dir": str(tmp_path_factory.mktemp("runs") / request.param),
+        },
+    )
     return result, preset
 
 

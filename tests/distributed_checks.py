@@ -10,7 +10,9 @@ and asserts on the JSON it writes. (Multi-process runs go through `kft train` it
 
 import os
 
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("KFT_XLA_CACHE", "0")
 
@@ -38,16 +40,17 @@ def layout_case(path: str, mesh: str) -> dict:
     """Build under the distribution; report layouts, LoRA and optimizer placement, bytes per device."""
     import keras
 
-    from kft.distribute import distribution
+    from kft.config import TrainConfig
+    from kft.distribute import distribution, layouts
     from kft.evaluate import evaluation
-    from kft.distribute import layouts
     from kft.models import lora
     from kft.quant import frozen_base
     from kft.training import optim
-    from kft.config import TrainConfig
 
     kind, mesh_text = ("data", "") if mesh == "data" else ("model", mesh)
-    plan = distribution.setup(path, "float32", TrainConfig(distribution=kind, mesh=mesh_text, batch_size=8))
+    plan = distribution.setup(
+        path, "float32", TrainConfig(distribution=kind, mesh=mesh_text, batch_size=8)
+    )
     task, _, _ = frozen_base.load(path, "float32")
     held = distribution.verify(task, plan)
     current = keras.distribution.distribution()
@@ -60,42 +63,72 @@ def layout_case(path: str, mesh: str) -> dict:
     factors = lora.lora_variables(task.backbone)
     devices = plan.mesh[0] * plan.mesh[1]  # every device of the mesh holds a full copy
     return {
-        "plan": plan.kind, "mesh": list(plan.mesh),
-        "base_match_counts": {p: len(layouts.matches(patterns, p)) for p in base} if patterns else {},
+        "plan": plan.kind,
+        "mesh": list(plan.mesh),
+        "base_match_counts": {p: len(layouts.matches(patterns, p)) for p in base}
+        if patterns
+        else {},
         "lora_factors": len(factors),
-        "lora_replicated": all(v.value.sharding.is_fully_replicated and len(v.value.sharding.device_set) == devices
-                               for v in factors.values()),
+        "lora_replicated": all(
+            v.value.sharding.is_fully_replicated and len(v.value.sharding.device_set) == devices
+            for v in factors.values()
+        ),
         "optimizer_variables": len(optimizer.variables),
-        "optimizer_replicated": all(v.value.sharding.is_fully_replicated and len(v.value.sharding.device_set) == devices
-                                    for v in optimizer.variables),
-        "sharded_base": sum(not v.value.sharding.is_fully_replicated for v in task.backbone.weights),
+        "optimizer_replicated": all(
+            v.value.sharding.is_fully_replicated and len(v.value.sharding.device_set) == devices
+            for v in optimizer.variables
+        ),
+        "sharded_base": sum(
+            not v.value.sharding.is_fully_replicated for v in task.backbone.weights
+        ),
         "bytes_per_device": held,
     }
 
 
 def train_case(path: str, mesh: str, out: Path, **overrides) -> dict:
     """A short LoRA run (float32, trained-positions loss, grad accumulation, a short eval batch)."""
-    import kft
     from safetensors.numpy import load_file
+
+    import kft
 
     kind, mesh_text = {"single": ("single", ""), "data": ("data", "")}.get(mesh, ("model", mesh))
     settings = {
-        "model.preset": path, "model.precision": "float32", "data.source": "bundled:tiny_facts",
-        "data.template": "dolly", "data.seq_len": 64, "data.max_examples": 44, "data.eval_fraction": 0.25,
-        "lora.rank": 4, "lora.alpha": 8.0, "lora.targets": ["all-linear"],
-        "train.epochs": None, "train.max_steps": 3, "train.batch_size": 8, "train.grad_accum": 2,
-        "train.lr": 0.01, "train.log_every": 1, "train.distribution": kind, "train.mesh": mesh_text,
-        "output.samples": 1, "output.sample_max_new_tokens": 4, "output.tensorboard": False,
-        "output.dir": str(out / mesh), **overrides,
+        "model.preset": path,
+        "model.precision": "float32",
+        "data.source": "bundled:tiny_facts",
+        "data.template": "dolly",
+        "data.seq_len": 64,
+        "data.max_examples": 44,
+        "data.eval_fraction": 0.25,
+        "lora.rank": 4,
+        "lora.alpha": 8.0,
+        "lora.targets": ["all-linear"],
+        "train.epochs": None,
+        "train.max_steps": 3,
+        "train.batch_size": 8,
+        "train.grad_accum": 2,
+        "train.lr": 0.01,
+        "train.log_every": 1,
+        "train.distribution": kind,
+        "train.mesh": mesh_text,
+        "output.samples": 1,
+        "output.sample_max_new_tokens": 4,
+        "output.tensorboard": False,
+        "output.dir": str(out / mesh),
+        **overrides,
     }
     result = kft.train(**settings)
     tensors = load_file(str(result.run_dir / "adapter.safetensors"))
     meta = json.loads((result.run_dir / "adapter_config.json").read_text())
-    return {"losses": [r["loss"] for r in json_rows(result.run_dir)], "int4_rounding": meta.get("int4_rounding"),
-            "eval_loss_after": result.metrics.get("eval_loss_after"), "mesh": result.metrics["mesh"],
-            "adapter": {k: v.ravel().tolist() for k, v in tensors.items()},
-            "adapter_dtypes": sorted({str(v.dtype) for v in tensors.values()}),
-            "samples": (result.run_dir / "samples.jsonl").is_file()}
+    return {
+        "losses": [r["loss"] for r in json_rows(result.run_dir)],
+        "int4_rounding": meta.get("int4_rounding"),
+        "eval_loss_after": result.metrics.get("eval_loss_after"),
+        "mesh": result.metrics["mesh"],
+        "adapter": {k: v.ravel().tolist() for k, v in tensors.items()},
+        "adapter_dtypes": sorted({str(v.dtype) for v in tensors.values()}),
+        "samples": (result.run_dir / "samples.jsonl").is_file(),
+    }
 
 
 def built_first(root: Path) -> str | None:
@@ -108,7 +141,9 @@ def built_first(root: Path) -> str | None:
     try:
         from kft.config import TrainConfig
 
-        distribution.verify(task, distribution.setup(path, "float32", TrainConfig(distribution="model", mesh="1x8")))
+        distribution.verify(
+            task, distribution.setup(path, "float32", TrainConfig(distribution="model", mesh="1x8"))
+        )
     except Exception as e:  # noqa: BLE001 - the test checks the type and message
         return f"{type(e).__name__}: {e}"
     return None
@@ -123,16 +158,18 @@ def placement_case(root: Path, mesh: str = "") -> dict:
     import keras
     import numpy as np
 
-    from kft.distribute import distribution
-    from kft.quant import int4_refit
-    from kft.quant import frozen_base
-    from kft.distribute import placement
     from kft.config import TrainConfig
+    from kft.distribute import distribution, placement
     from kft.models.tiny import build_tiny_preset
+    from kft.quant import frozen_base, int4_refit
 
-    path = root / "gemma3_12_layers"  # enough blocks that one block's float weights are a small part
+    path = (
+        root / "gemma3_12_layers"
+    )  # enough blocks that one block's float weights are a small part
     if not (path / "config.json").is_file():
-        build_tiny_preset("gemma3", path, num_layers=12, hidden_dim=128, intermediate_dim=512, head_dim=32)
+        build_tiny_preset(
+            "gemma3", path, num_layers=12, hidden_dim=128, intermediate_dim=512, head_dim=32
+        )
     path = str(path)
     rng = np.random.default_rng(0)
     ids = rng.integers(3, 250, size=(12, 16)).astype("int32")
@@ -141,17 +178,24 @@ def placement_case(root: Path, mesh: str = "") -> dict:
     probe = {"token_ids": ids[:2], "padding_mask": np.ones((2, 16), bool)}
 
     def load():
-        task, _, _ = frozen_base.load(path, "float32", "int4", int4_rounding="gptq", calibration=calibration)
+        task, _, _ = frozen_base.load(
+            path, "float32", "int4", int4_rounding="gptq", calibration=calibration
+        )
         return task
 
     host, accelerator = jax.devices()[-1], jax.devices()[1]
     keras.distribution.set_distribution(None)
     with jax.default_device(host):  # the references stay off the devices watched below
         expected = np.asarray(load()(probe))
-        float_decoder = sum(v.value.nbytes for v in frozen_base.load(path, "float32")[0].backbone.weights
-                            if v.path.startswith("decoder_block"))
+        float_decoder = sum(
+            v.value.nbytes
+            for v in frozen_base.load(path, "float32")[0].backbone.weights
+            if v.path.startswith("decoder_block")
+        )
     if mesh:
-        distribution.setup(path, "float32", TrainConfig(distribution="model", mesh=mesh, batch_size=4), "int4")
+        distribution.setup(
+            path, "float32", TrainConfig(distribution="model", mesh=mesh, batch_size=4), "int4"
+        )
     seen = {"hessians": set(), "codes": set(), "peak": {}}
     refit, devices = int4_refit.refit, placement._devices
 
@@ -178,18 +222,29 @@ def placement_case(root: Path, mesh: str = "") -> dict:
     finally:
         placement._devices, int4_refit.refit = devices, refit
     final = held()
-    beyond = {str(d): (peak - final.get(d, 0)) / float_decoder for d, peak in seen["peak"].items() if d != host}
+    beyond = {
+        str(d): (peak - final.get(d, 0)) / float_decoder
+        for d, peak in seen["peak"].items()
+        if d != host
+    }
     logits = np.asarray(task(probe))
     keras.distribution.set_distribution(None)
-    return {"hessians": sorted(seen["hessians"]), "codes": sorted(seen["codes"]), "accelerator": str(accelerator),
-            # what each device held, beyond what it ends with, while the base was rounded
-            "peak_beyond_final": beyond,
-            "variables": sorted({str(d) for v in task.variables for d in v.value.sharding.device_set}),
-            "sharded": sum(not v.value.sharding.is_fully_replicated for v in task.variables),
-            "specs": {v.path: [a for a in getattr(v.value.sharding, "spec", ())] for v in task.variables
-                      if v.path.startswith("decoder_block_0/attention/")},
-            "logits_equal": bool(np.array_equal(logits, expected)),
-            "logits_rel": float(np.abs(logits - expected).max() / np.abs(expected).max())}
+    return {
+        "hessians": sorted(seen["hessians"]),
+        "codes": sorted(seen["codes"]),
+        "accelerator": str(accelerator),
+        # what each device held, beyond what it ends with, while the base was rounded
+        "peak_beyond_final": beyond,
+        "variables": sorted({str(d) for v in task.variables for d in v.value.sharding.device_set}),
+        "sharded": sum(not v.value.sharding.is_fully_replicated for v in task.variables),
+        "specs": {
+            v.path: [a for a in getattr(v.value.sharding, "spec", ())]
+            for v in task.variables
+            if v.path.startswith("decoder_block_0/attention/")
+        },
+        "logits_equal": bool(np.array_equal(logits, expected)),
+        "logits_rel": float(np.abs(logits - expected).max() / np.abs(expected).max()),
+    }
 
 
 def quantized_mesh_case(root: Path, family: str, mode: str, mesh: str) -> dict:
@@ -198,10 +253,10 @@ def quantized_mesh_case(root: Path, family: str, mode: str, mesh: str) -> dict:
     import keras
     import numpy as np
 
-    from kft.distribute import distribution
-    from kft.quant import frozen_base
     from kft.config import TrainConfig
+    from kft.distribute import distribution
     from kft.models.tiny import build_tiny_preset
+    from kft.quant import frozen_base
 
     keras.distribution.set_distribution(None)  # the cases before leave theirs set
     path = root / f"{family}_default"
@@ -213,13 +268,17 @@ def quantized_mesh_case(root: Path, family: str, mode: str, mesh: str) -> dict:
         x["position_ids"] = np.tile(np.arange(12, dtype="int32"), (4, 1))
     options = {"int4_rounding": "gptq", "calibration": dict(x)} if mode == "int4" else {}
     expected = np.asarray(frozen_base.load(str(path), "float32", mode, **options)[0](x))
-    plan = distribution.setup(str(path), "float32", TrainConfig(distribution="model", mesh=mesh, batch_size=8), mode)
+    plan = distribution.setup(
+        str(path), "float32", TrainConfig(distribution="model", mesh=mesh, batch_size=8), mode
+    )
     task = frozen_base.load(str(path), "float32", mode, **options)[0]
     distribution.verify(task, plan)
     logits = np.asarray(task(x))
     keras.distribution.set_distribution(None)
-    return {"logits_rel": float(np.abs(logits - expected).max() / np.abs(expected).max()),
-            "sharded": sum(not v.value.sharding.is_fully_replicated for v in task.variables)}
+    return {
+        "logits_rel": float(np.abs(logits - expected).max() / np.abs(expected).max()),
+        "sharded": sum(not v.value.sharding.is_fully_replicated for v in task.variables),
+    }
 
 
 def json_rows(run_dir: Path) -> list[dict]:
@@ -245,26 +304,58 @@ def main(check: str, out_file: str, root: str) -> None:
         if check == "grid":  # every family's layout, Gemma 3 on the hardest ratio
             results["gemma3 4/1 1x8"] = layout_case(preset(root, "4/1", "gemma3"), "1x8")
             results["gemma2 16/8 2x4"] = layout_case(preset(root, "16/8", "gemma2"), "2x4")
-            for family in ("gemma", "gemma2", "gemma3", "gemma4"):  # a quantized base, laid out after quantizing
+            for family in (
+                "gemma",
+                "gemma2",
+                "gemma3",
+                "gemma4",
+            ):  # a quantized base, laid out after quantizing
                 for mode in ("int8", "int4"):
                     for mesh in ("2x4", "1x8"):
-                        results[f"quantized {family} {mode} {mesh}"] = quantized_mesh_case(root, family, mode, mesh)
+                        results[f"quantized {family} {mode} {mesh}"] = quantized_mesh_case(
+                            root, family, mode, mesh
+                        )
     if check in ("fast", "train_grid"):
-        meshes = ("single", "2x4") if check == "fast" else ("single", "1x2", "2x4", "1x8", "8x1", "data")
-        for mesh in meshes:  # float32 greedy samples under each mesh of the full grid, and under 2x4 here
-            results[f"train {mesh}"] = train_case(preset(root, "8/1"), mesh, root / "runs" / check,
-                                                  **{"output.samples": 0 if check == "fast" and mesh == "single" else 1})
-        if check == "fast":  # an int4 base rounded by GPTQ (model.int4_rounding auto), alone and on meshes
+        meshes = (
+            ("single", "2x4") if check == "fast" else ("single", "1x2", "2x4", "1x8", "8x1", "data")
+        )
+        for (
+            mesh
+        ) in meshes:  # float32 greedy samples under each mesh of the full grid, and under 2x4 here
+            results[f"train {mesh}"] = train_case(
+                preset(root, "8/1"),
+                mesh,
+                root / "runs" / check,
+                **{"output.samples": 0 if check == "fast" and mesh == "single" else 1},
+            )
+        if (
+            check == "fast"
+        ):  # an int4 base rounded by GPTQ (model.int4_rounding auto), alone and on meshes
             for mesh in ("single", "data", "2x4"):
                 results[f"train {mesh} int4"] = train_case(
-                    preset(root, "8/1"), mesh, root / "runs" / f"{check}_int4",
-                    **{"model.quantize": "int4", "model.calibration_examples": 16, "output.samples": 0})
+                    preset(root, "8/1"),
+                    mesh,
+                    root / "runs" / f"{check}_int4",
+                    **{
+                        "model.quantize": "int4",
+                        "model.calibration_examples": 16,
+                        "output.samples": 0,
+                    },
+                )
         # Kaggle's TPU v5e-8 default: data parallel over 8 devices under mixed_bfloat16 (what
         # `model.precision: auto` picks on a TPU), with a sample generated after training.
-        results["train data mixed_bfloat16"] = train_case(preset(root, "8/1"), "data", root / "runs" / f"{check}_bf16",
-                                                          **{"model.precision": "mixed_bfloat16", "output.samples": 1})
+        results["train data mixed_bfloat16"] = train_case(
+            preset(root, "8/1"),
+            "data",
+            root / "runs" / f"{check}_bf16",
+            **{"model.precision": "mixed_bfloat16", "output.samples": 1},
+        )
     Path(out_file).write_text(json.dumps(results))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else os.path.join(os.environ["KFT_CACHE"], "grid"))
+    main(
+        sys.argv[1],
+        sys.argv[2],
+        sys.argv[3] if len(sys.argv) > 3 else os.path.join(os.environ["KFT_CACHE"], "grid"),
+    )

@@ -18,8 +18,21 @@ from conftest import REPO
 SRC = Path(REPO, "src")
 # Lowest first; a module may import its own layer and any layer before it. Layers on one rank
 # (training and export) may not import each other.
-LAYERS = [["core"], ["families"], ["config"], ["data"], ["models"], ["distribute"], ["quant"],
-          ["generation"], ["evaluate"], ["plan"], ["training", "export"], ["kft"], ["cli"]]
+LAYERS = [
+    ["core"],
+    ["families"],
+    ["config"],
+    ["data"],
+    ["models"],
+    ["distribute"],
+    ["quant"],
+    ["generation"],
+    ["evaluate"],
+    ["plan"],
+    ["training", "export"],
+    ["kft"],
+    ["cli"],
+]
 RANK = {layer: rank for rank, names in enumerate(LAYERS) for layer in names}
 
 
@@ -47,16 +60,25 @@ def imports(module: str, tree: ast.AST):
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1]
+                    + ([base] if base else [])
+                )
             if base.split(".")[0] != "kft":
                 continue
             for alias in node.names:
                 child = f"{base}.{alias.name}"
-                yield (node.lineno, child, None) if child in MODULES else (node.lineno, base, alias.name)
+                yield (
+                    (node.lineno, child, None)
+                    if child in MODULES
+                    else (node.lineno, base, alias.name)
+                )
 
 
 def import_graph(modules=MODULES) -> dict[str, list[tuple[int, str, str | None]]]:
-    return {m: list(imports(m, ast.parse(p.read_text(encoding="utf-8")))) for m, p in modules.items()}
+    return {
+        m: list(imports(m, ast.parse(p.read_text(encoding="utf-8")))) for m, p in modules.items()
+    }
 
 
 GRAPH = import_graph()
@@ -70,7 +92,9 @@ def upward_imports(graph) -> list[str]:
                 continue
             own, theirs = layer_of(module), layer_of(target)
             if own != theirs and RANK[theirs] >= RANK[own]:
-                found.append(f"{MODULES[module].relative_to(SRC)}:{line} ({own}) imports {target} ({theirs})")
+                found.append(
+                    f"{MODULES[module].relative_to(SRC)}:{line} ({own}) imports {target} ({theirs})"
+                )
     return found
 
 
@@ -107,9 +131,12 @@ def cycles(graph) -> list[list[str]]:
 
 
 def private_imports(graph) -> list[str]:
-    found = [f"{MODULES[m].relative_to(SRC)}:{line} imports {name} from {target}"
-             for m, edges in graph.items() for line, target, name in edges
-             if name and name.startswith("_") and not name.startswith("__") and target != m]
+    found = [
+        f"{MODULES[m].relative_to(SRC)}:{line} imports {name} from {target}"
+        for m, edges in graph.items()
+        for line, target, name in edges
+        if name and name.startswith("_") and not name.startswith("__") and target != m
+    ]
     for module, path in MODULES.items():  # module._private, through an imported kft module
         tree = ast.parse(path.read_text(encoding="utf-8"))
         aliases = {}
@@ -120,12 +147,21 @@ def private_imports(graph) -> list[str]:
                         aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
         # A name the module also binds itself (a parameter, an assignment) is not the module there.
         bound = {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
-        bound |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        bound |= {
+            n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+        }
         aliases = {k: v for k, v in aliases.items() if k not in bound}
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-                    and node.attr.startswith("_") and not node.attr.startswith("__")):
-                found.append(f"{path.relative_to(SRC)}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                found.append(
+                    f"{path.relative_to(SRC)}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}"
+                )
     return found
 
 
@@ -145,10 +181,13 @@ def test_no_private_name_crosses_modules():
     assert private_imports(GRAPH) == []
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("from kft.training import recipe\n", "imports kft.training.recipe (training)"),
-    ("from kft.quant.quantize import apply\n", "imports kft.quant.quantize (quant)"),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("from kft.training import recipe\n", "imports kft.training.recipe (training)"),
+        ("from kft.quant.quantize import apply\n", "imports kft.quant.quantize (quant)"),
+    ],
+)
 def test_an_upward_import_is_named(source, expected):
     graph = {**GRAPH, "kft.models.lora": list(imports("kft.models.lora", ast.parse(source)))}
     assert any(expected in line for line in upward_imports(graph))
@@ -162,15 +201,22 @@ def test_a_cycle_is_named():
 
 
 # A family's name or a KerasHub class of a family, in a string literal that is not a docstring.
-FAMILY_WORDS = re.compile(r"\bgemma\d?(_text|_moe)?\b|\bGemma\d?[A-Z]\w*|\bGemma\d?(Text)?(Backbone|CausalLM|Tokenizer)\b")
+FAMILY_WORDS = re.compile(
+    r"\bgemma\d?(_text|_moe)?\b|\bGemma\d?[A-Z]\w*|\bGemma\d?(Text)?(Backbone|CausalLM|Tokenizer)\b"
+)
 
 
 def prose(tree: ast.AST) -> set[int]:
     """ids of the string constants that are docs: docstrings, and help text (a `help=` argument, or
     the text of a config key: kft.config's `_key(default, help)`)."""
-    ids = {id(node.body[0].value) for node in ast.walk(tree)
-           if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-           and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    ids = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
     for call in ast.walk(tree):
         if isinstance(call, ast.Call):
             texts = [k.value for k in call.keywords if k.arg == "help"]
@@ -184,9 +230,14 @@ def family_literals(path: Path, root: Path = SRC) -> list[str]:
     """`file:line 'literal'` for each string in `path` naming a family or a family's KerasHub class."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     docs = prose(tree)
-    return [f"{path.relative_to(root)}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
-            and FAMILY_WORDS.search(node.value)]
+    return [
+        f"{path.relative_to(root)}:{node.lineno} {node.value!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docs
+        and FAMILY_WORDS.search(node.value)
+    ]
 
 
 OUTSIDE_FAMILIES = [p for m, p in MODULES.items() if layer_of(m) != "families"]
@@ -200,9 +251,13 @@ def test_a_family_branch_is_named(tmp_path):
     source = Path(SRC, "kft", "models", "lora.py").read_text(encoding="utf-8")
     copy = Path(SRC, "kft", "models", "lora.py")  # named as the module it stands for
     branched = tmp_path / "lora.py"
-    branched.write_text(source + '\n\ndef odd(family):\n    return family.name == "gemma4"\n', encoding="utf-8")
+    branched.write_text(
+        source + '\n\ndef odd(family):\n    return family.name == "gemma4"\n', encoding="utf-8"
+    )
     assert family_literals(copy) == []
-    assert [line.split(" ", 1)[1] for line in family_literals(branched, root=tmp_path)] == ["'gemma4'"]
+    assert [line.split(" ", 1)[1] for line in family_literals(branched, root=tmp_path)] == [
+        "'gemma4'"
+    ]
 
 
 def test_every_module_is_named_in_docs_architecture():

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import CONFIGS
 
 
@@ -29,9 +28,23 @@ def test_a_second_identical_run_takes_its_big_programs_from_the_persistent_cache
     env = {**os.environ, "KFT_CACHE": str(tmp_path / "cache")}
 
     def run(name: str) -> dict:
-        subprocess.run([sys.executable, "-m", "kft.cli", "train", "--config", os.path.join(CONFIGS, "tiny.yaml"),
-                        "--max-steps", "4", "--output-dir", str(tmp_path / name)], env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kft.cli",
+                "train",
+                "--config",
+                os.path.join(CONFIGS, "tiny.yaml"),
+                "--max-steps",
+                "4",
+                "--output-dir",
+                str(tmp_path / name),
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         return json.loads((tmp_path / name / "summary.json").read_text())["xla"]
 
     first, second = run("first"), run("second")

@@ -5,8 +5,8 @@ import os
 
 import pytest
 import yaml
-
 from conftest import CONFIGS, run_cli
+
 from kft import config as config_lib
 from kft.core.errors import ConfigError
 
@@ -36,13 +36,23 @@ def test_flags_and_set_override_yaml_keys(tmp_path):
     c = config_lib.load(str(path), {"lora.rank": 16, "data.columns": {"instruction": "q"}})
     assert c.lora.rank == 16 and c.train.lr == 0.001 and c.data.columns == {"instruction": "q"}
     assert config_lib.parse_set("train.max_steps=null") == ("train.max_steps", None)
-    assert config_lib.parse_set("lora.targets=query,value,key") == ("lora.targets", "query,value,key")
+    assert config_lib.parse_set("lora.targets=query,value,key") == (
+        "lora.targets",
+        "query,value,key",
+    )
     assert config_lib.load(None, {"lora.targets": "query,key"}).lora.targets == ["query", "key"]
 
 
 def test_resolved_config_round_trips_through_yaml():
-    c = config_lib.load(None, {"lora.alpha": 32, "data.prompt_format": "질문: {q}\n", "data.template": "custom",
-                               "data.response_format": "{a}"})
+    c = config_lib.load(
+        None,
+        {
+            "lora.alpha": 32,
+            "data.prompt_format": "질문: {q}\n",
+            "data.template": "custom",
+            "data.response_format": "{a}",
+        },
+    )
     again = config_lib.from_dict(yaml.safe_load(config_lib.to_yaml(c)))
     assert again == c
 
@@ -91,5 +101,9 @@ def test_errors_are_config_errors_not_crashes():
 
 
 def test_an_int4_group_size_below_8_is_refused_with_the_key_and_a_fix(capsys):
-    code, _, err = run_cli(["plan", "--set", "model.quantize=int4", "--set", "model.int4_block_size=4"], capsys)
-    assert code == 2 and "model.int4_block_size" in err and "try 64" in err and "Traceback" not in err
+    code, _, err = run_cli(
+        ["plan", "--set", "model.quantize=int4", "--set", "model.int4_block_size=4"], capsys
+    )
+    assert (
+        code == 2 and "model.int4_block_size" in err and "try 64" in err and "Traceback" not in err
+    )

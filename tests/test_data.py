@@ -5,15 +5,17 @@ import json
 import numpy as np
 import pytest
 
-from kft.data import dataset
 from kft.config import DataConfig
 from kft.core.errors import KftError
+from kft.data import dataset
 
 KOREAN = "벨모라는 일드라 여왕이 세웠습니다. Velmora!"
 
 
 def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
     return str(path)
 
 
@@ -23,7 +25,9 @@ def build(tmp_path, tokenizer, rows, **cfg):
     return dataset.build(dataset.load_records(config), tokenizer, config, seed=0, num_prompts=2)
 
 
-def test_prompt_tokens_carry_zero_loss_weight_and_response_plus_eos_weight_one(tmp_path, tokenizers):
+def test_prompt_tokens_carry_zero_loss_weight_and_response_plus_eos_weight_one(
+    tmp_path, tokenizers
+):
     tok = tokenizers["gemma"]
     ds = build(tmp_path, tok, [{"instruction": "Say hi", "response": KOREAN}], seq_len=64)
     split = ds.train
@@ -53,36 +57,58 @@ def test_chat_end_of_turn_is_a_trained_target_and_user_turns_are_not(tmp_path, t
 
 
 def test_loss_on_all_weights_every_real_token(tmp_path, tokenizers):
-    split = build(tmp_path, tokenizers["gemma"], [{"instruction": "a", "response": "b"}], seq_len=32, loss_on="all").train
+    split = build(
+        tmp_path,
+        tokenizers["gemma"],
+        [{"instruction": "a", "response": "b"}],
+        seq_len=32,
+        loss_on="all",
+    ).train
     assert split.loss_weights[0].sum() == split.padding_mask[0].sum()
 
 
 def test_overlong_examples_are_truncated_or_dropped_and_counted(tmp_path, tokenizers):
-    rows = [{"instruction": "short", "response": "ok"}, {"instruction": "x", "response": "long " * 40}]
+    rows = [
+        {"instruction": "short", "response": "ok"},
+        {"instruction": "x", "response": "long " * 40},
+    ]
     truncated = build(tmp_path, tokenizers["gemma"], rows, seq_len=32)
     assert truncated.stats["overlong"] == 1 and truncated.stats["examples"] == 2
-    assert truncated.train.token_ids.shape == (2, 32) and truncated.train.padding_mask.sum(axis=1).max() == 32
+    assert (
+        truncated.train.token_ids.shape == (2, 32)
+        and truncated.train.padding_mask.sum(axis=1).max() == 32
+    )
     dropped = build(tmp_path, tokenizers["gemma"], rows, seq_len=32, overlong="drop")
     assert dropped.stats["overlong"] == 1 and dropped.stats["examples"] == 1
 
 
-def test_examples_whose_response_is_cut_entirely_are_an_error_not_a_zero_loss_run(tmp_path, tokenizers):
+def test_examples_whose_response_is_cut_entirely_are_an_error_not_a_zero_loss_run(
+    tmp_path, tokenizers
+):
     rows = [{"instruction": "word " * 40, "response": "ok"}]
     with pytest.raises(KftError, match="lost its response"):
         build(tmp_path, tokenizers["gemma"], rows, seq_len=8)
 
 
 def test_missing_columns_are_named_with_the_ones_present(tmp_path, tokenizers):
-    with pytest.raises(KftError, match="missing column.*instruction.*columns present: question, answer"):
+    with pytest.raises(
+        KftError, match="missing column.*instruction.*columns present: question, answer"
+    ):
         build(tmp_path, tokenizers["gemma"], [{"question": "q", "answer": "a"}])
-    ds = build(tmp_path, tokenizers["gemma"], [{"question": "q", "answer": "a"}],
-               columns={"instruction": "question", "response": "answer"})
+    ds = build(
+        tmp_path,
+        tokenizers["gemma"],
+        [{"question": "q", "answer": "a"}],
+        columns={"instruction": "question", "response": "answer"},
+    )
     assert ds.train.prompts == ["Instruction:\nq\n\nResponse:\n"] and ds.train.references == ["a"]
 
 
 def test_bad_jsonl_line_is_reported_by_number(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"instruction": "a", "response": "b"}\n{"instruction": oops}\n', encoding="utf-8")
+    path.write_text(
+        '{"instruction": "a", "response": "b"}\n{"instruction": oops}\n', encoding="utf-8"
+    )
     with pytest.raises(KftError, match="line 2 is not valid JSON"):
         dataset.load_records(DataConfig(source=str(path)))
 
@@ -123,16 +149,28 @@ def test_batches_are_a_pure_function_of_seed_and_index(tmp_path, tokenizers):
     assert len(first) == 9
     seen = np.concatenate([first.indices(i) for i in range(3)])
     assert sorted(seen.tolist()) == sorted(set(seen.tolist()))  # an epoch never repeats an example
-    assert all(np.array_equal(first[i][0]["token_ids"], again[i][0]["token_ids"]) for i in (0, 4, 8))
+    assert all(
+        np.array_equal(first[i][0]["token_ids"], again[i][0]["token_ids"]) for i in (0, 4, 8)
+    )
     with pytest.raises(KftError, match="batch_size"):
         dataset.steps_per_epoch(split, 50)
 
 
 def test_a_held_out_eval_file_becomes_the_eval_split(tmp_path, tokenizers):
-    config = DataConfig(source=write_jsonl(tmp_path / "train.jsonl", [{"instruction": "a", "response": "b"}] * 3),
-                        eval_source=write_jsonl(tmp_path / "held.jsonl", [{"instruction": "c", "response": "서울"}]))
-    ds = dataset.build(dataset.load_records(config), tokenizers["gemma"], config, seed=0, num_prompts=1,
-                    eval_records=dataset.load_records(DataConfig(source=config.eval_source)))
+    config = DataConfig(
+        source=write_jsonl(tmp_path / "train.jsonl", [{"instruction": "a", "response": "b"}] * 3),
+        eval_source=write_jsonl(
+            tmp_path / "held.jsonl", [{"instruction": "c", "response": "서울"}]
+        ),
+    )
+    ds = dataset.build(
+        dataset.load_records(config),
+        tokenizers["gemma"],
+        config,
+        seed=0,
+        num_prompts=1,
+        eval_records=dataset.load_records(DataConfig(source=config.eval_source)),
+    )
     assert (len(ds.train), len(ds.eval)) == (3, 1) and ds.eval.references == ["서울"]
 
 
@@ -145,20 +183,36 @@ def test_a_batch_shape_that_saves_less_than_its_program_costs_runs_at_the_next_l
     assert dataset.run_lengths(cascade, 3).tolist() == [192] * 102
 
 
-def test_batches_of_a_short_run_share_one_shape_that_still_holds_every_example(tmp_path, tokenizers):
-    rows = [{"instruction": "q" * (1 + i % 7) * 3, "response": "a " * (1 + (i * 5) % 23)} for i in range(64)]
+def test_batches_of_a_short_run_share_one_shape_that_still_holds_every_example(
+    tmp_path, tokenizers
+):
+    rows = [
+        {"instruction": "q" * (1 + i % 7) * 3, "response": "a " * (1 + (i * 5) % 23)}
+        for i in range(64)
+    ]
     split = build(tmp_path, tokenizers["gemma"], rows, seq_len=96).train
     each = dataset.batches(split, 4, 6, seed=3, pad_to_multiple=8, group_by_length=True)
-    planned = dataset.batches(split, 4, 6, seed=3, pad_to_multiple=8, group_by_length=True, program_cost_steps=3)
+    planned = dataset.batches(
+        split, 4, 6, seed=3, pad_to_multiple=8, group_by_length=True, program_cost_steps=3
+    )
     assert len({each[i][0]["token_ids"].shape[1] for i in range(6)}) > 1
     widths = {planned[i][0]["token_ids"].shape[1] for i in range(6)}
     assert widths == {max(each[i][0]["token_ids"].shape[1] for i in range(6))}
-    resumed = dataset.batches(split, 4, 6, seed=3, pad_to_multiple=8, group_by_length=True, program_cost_steps=3, start=4)
-    assert resumed[0][0]["token_ids"].shape[1] in widths and np.array_equal(resumed[0][1], planned[4][1])
+    resumed = dataset.batches(
+        split, 4, 6, seed=3, pad_to_multiple=8, group_by_length=True, program_cost_steps=3, start=4
+    )
+    assert resumed[0][0]["token_ids"].shape[1] in widths and np.array_equal(
+        resumed[0][1], planned[4][1]
+    )
 
 
-def test_group_by_length_keeps_every_example_once_per_epoch_and_reduces_padding(tmp_path, tokenizers):
-    rows = [{"instruction": "q" * (1 + i % 7) * 3, "response": "a " * (1 + (i * 5) % 23)} for i in range(64)]
+def test_group_by_length_keeps_every_example_once_per_epoch_and_reduces_padding(
+    tmp_path, tokenizers
+):
+    rows = [
+        {"instruction": "q" * (1 + i % 7) * 3, "response": "a " * (1 + (i * 5) % 23)}
+        for i in range(64)
+    ]
     split = build(tmp_path, tokenizers["gemma"], rows, seq_len=96).train
     plain = dataset.batches(split, 4, 32, seed=3, pad_to_multiple=8)
     grouped = dataset.batches(split, 4, 32, seed=3, pad_to_multiple=8, group_by_length=True)
@@ -168,4 +222,6 @@ def test_group_by_length_keeps_every_example_once_per_epoch_and_reduces_padding(
     width = lambda ds: sum(ds[i][0]["token_ids"].size for i in range(32))  # noqa: E731
     assert width(grouped) < 0.9 * width(plain)
     again = dataset.batches(split, 4, 32, seed=3, pad_to_multiple=8, group_by_length=True, start=20)
-    assert np.array_equal(again.indices(0), grouped.indices(20))  # resumable: a pure function of the index
+    assert np.array_equal(
+        again.indices(0), grouped.indices(20)
+    )  # resumable: a pure function of the index

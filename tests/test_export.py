@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 
 IDS = np.array([[2, 300, 301, 302, 303, 304, 305, 306, 307, 308]], dtype="int32")
@@ -17,8 +16,9 @@ def exports(family_run, tmp_path_factory):
 
     result, _ = family_run
     root = tmp_path_factory.mktemp("exports")
-    return {fmt: export(str(result.run_dir), fmt, str(root / fmt)) for fmt in ("hf", "peft", "keras")} | {
-        "base": export(str(result.run_dir), "hf", str(root / "base"), base=True)}
+    return {
+        fmt: export(str(result.run_dir), fmt, str(root / fmt)) for fmt in ("hf", "peft", "keras")
+    } | {"base": export(str(result.run_dir), "hf", str(root / "base"), base=True)}
 
 
 def keras_logits(task, ids=IDS):
@@ -40,7 +40,9 @@ def hf_model(folder):
     import torch
     import transformers
 
-    return transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=torch.float32
+    ).eval()
 
 
 def keras_greedy(task, ids, n):
@@ -49,8 +51,10 @@ def keras_greedy(task, ids, n):
     token_ids[:, : ids.shape[1]] = ids
     mask = np.zeros_like(token_ids, dtype=bool)
     mask[:, : ids.shape[1]] = True
-    out = task.make_generate_function()({"token_ids": token_ids, "padding_mask": mask}, stop_token_ids=None)
-    return np.asarray(out["token_ids"])[0, ids.shape[1]:].tolist()
+    out = task.make_generate_function()(
+        {"token_ids": token_ids, "padding_mask": mask}, stop_token_ids=None
+    )
+    return np.asarray(out["token_ids"])[0, ids.shape[1] :].tolist()
 
 
 def torch_greedy(model, ids, n):
@@ -61,21 +65,25 @@ def torch_greedy(model, ids, n):
         for _ in range(n):
             next_id = model(tokens).logits[:, -1].argmax(-1, keepdim=True)
             tokens = torch.cat([tokens, next_id], dim=1)
-    return tokens[0, ids.shape[1]:].tolist()
+    return tokens[0, ids.shape[1] :].tolist()
 
 
 def test_hf_export_reproduces_the_tuned_model_logits_and_greedy_tokens(family_run, exports):
     result, _ = family_run
     model = hf_model(exports["hf"])
     config = json.loads((exports["hf"] / "config.json").read_text())
-    assert config["model_type"] == {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}[
-        result.metrics["family"]]
+    assert (
+        config["model_type"]
+        == {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}[result.metrics["family"]]
+    )
     assert rel(torch_logits(model), keras_logits(result.task)) <= 1e-4
     assert torch_greedy(model, IDS, 16) == keras_greedy(result.task, IDS, 16)
 
 
 def test_hf_export_is_the_fine_tune_not_the_base(exports):
-    assert rel(torch_logits(hf_model(exports["hf"])), torch_logits(hf_model(exports["base"]))) > 1e-3
+    assert (
+        rel(torch_logits(hf_model(exports["hf"])), torch_logits(hf_model(exports["base"]))) > 1e-3
+    )
 
 
 def test_peft_adapter_on_the_base_export_matches_and_merges_to_the_hf_export(family_run, exports):
@@ -94,7 +102,9 @@ def test_hf_tokenizer_encodes_mixed_english_korean_like_keras(family_run, export
     result, _ = family_run
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(exports["hf"]))
     keras_tokenizer = result.task.preprocessor.tokenizer
-    assert hf_tokenizer(MIXED, add_special_tokens=False)["input_ids"] == list(keras_tokenizer(MIXED))
+    assert hf_tokenizer(MIXED, add_special_tokens=False)["input_ids"] == list(
+        keras_tokenizer(MIXED)
+    )
     assert hf_tokenizer(MIXED)["input_ids"][0] == keras_tokenizer.start_token_id
 
 
@@ -107,12 +117,16 @@ def test_keras_export_reloads_as_the_merged_tuned_model(family_run, exports):
     assert not any("lora" in v.path for v in reloaded.weights)
 
 
-def test_exporting_onto_another_base_fails_cleanly_and_writes_nothing(family_run, tiny_presets, tmp_path, capsys):
+def test_exporting_onto_another_base_fails_cleanly_and_writes_nothing(
+    family_run, tiny_presets, tmp_path, capsys
+):
     result, preset = family_run
     other = next(p for p in tiny_presets.values() if p != preset)
     out = tmp_path / "export"
-    code, _, err = run_cli(["export", str(result.run_dir), "--format", "hf", "--out", str(out), "--preset", other],
-                           capsys)
+    code, _, err = run_cli(
+        ["export", str(result.run_dir), "--format", "hf", "--out", str(out), "--preset", other],
+        capsys,
+    )
     assert code == 2 and "does not fit this base model" in err and "Traceback" not in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
 

@@ -24,8 +24,10 @@ def test_with_the_full_range_only_it_is_keras_own_quantizer(monkeypatch):
     monkeypatch.setattr(int4_groups, "SHRINKS", np.array([1.0]))
     w = _trained_like(rows=200)  # a last group shorter than the block
     codes, scale, zero = int4_groups.fit(w, 64)
-    k_codes, k_scale, k_zero = (ops.convert_to_numpy(t) for t in
-                                abs_max_quantize_grouped_with_zero_point(w, block_size=64, to_numpy=True))
+    k_codes, k_scale, k_zero = (
+        ops.convert_to_numpy(t)
+        for t in abs_max_quantize_grouped_with_zero_point(w, block_size=64, to_numpy=True)
+    )
     np.testing.assert_array_equal(codes, k_codes)
     np.testing.assert_array_equal(zero, k_zero)
     np.testing.assert_allclose(scale, k_scale, rtol=1e-5)
@@ -45,7 +47,9 @@ def test_a_refitted_dense_layer_computes_with_less_error_through_keras_own_forwa
         layer = keras.layers.Dense(w.shape[1], use_bias=False, dtype="float32")
         layer.build((None, w.shape[0]))
         layer.kernel.assign(w)
-        layer.quantize("int4", config=Int4QuantizationConfig(activation_quantizer=None, block_size=block))
+        layer.quantize(
+            "int4", config=Int4QuantizationConfig(activation_quantizer=None, block_size=block)
+        )
         if refit:
             int4_refit.refit(layer, w)
         return np.asarray(layer(x))
@@ -60,26 +64,34 @@ def test_a_refitted_dense_layer_computes_with_less_error_through_keras_own_forwa
 def test_adapters_rebuild_the_int4_base_they_were_trained_on():
     import keras
     from keras.quantizers import Int4QuantizationConfig
-
-    from kft.quant import quantize
     from quantize_helpers import clone, tiny_backbone
 
-    assert quantize.rebuild_options(quantize.settings("int4", 32)) == {"int4_block_size": 32,
-                                                                      "int4_ranges": "least-squares"}
+    from kft.quant import quantize
+
+    assert quantize.rebuild_options(quantize.settings("int4", 32)) == {
+        "int4_block_size": 32,
+        "int4_ranges": "least-squares",
+    }
     # An adapter from before kft chose the ranges: Keras' own int4 in groups of 128, bit for bit.
     old = quantize.rebuild_options({"quantize": "int4", "int4_block_size": 128})
     assert old == {"int4_block_size": 128, "int4_ranges": "full"}
     base = tiny_backbone("gemma3")
     rebuilt, keras_own, refitted = clone(base), clone(base), clone(base)
     quantize.apply(rebuilt, "int4", **old)
-    keras_own.quantize("int4", config=Int4QuantizationConfig(activation_quantizer=None, block_size=128),
-                       filters=quantize.decoder_filter(keras_own))
+    keras_own.quantize(
+        "int4",
+        config=Int4QuantizationConfig(activation_quantizer=None, block_size=128),
+        filters=quantize.decoder_filter(keras_own),
+    )
     quantize.apply(refitted, "int4", int4_block_size=128)
     for a, b, c in zip(rebuilt.weights, keras_own.weights, refitted.weights):
         assert a.path == b.path
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    scales = [(np.asarray(a), np.asarray(c)) for a, c in zip(rebuilt.weights, refitted.weights)
-              if a.path.endswith("kernel_scale")]
+    scales = [
+        (np.asarray(a), np.asarray(c))
+        for a, c in zip(rebuilt.weights, refitted.weights)
+        if a.path.endswith("kernel_scale")
+    ]
     assert scales and any(not np.array_equal(a, c) for a, c in scales)  # kft's ranges are others
     assert isinstance(rebuilt, keras.Model)
 

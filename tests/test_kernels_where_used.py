@@ -14,11 +14,21 @@ def _wide_backbone(mode: str, keras_calls: bool = False, layers: int = 4):
     from kft.quant import quantize
 
     keras.utils.set_random_seed(0)
-    backbone = Gemma3Backbone(vocabulary_size=256, image_size=None, num_layers=layers, num_query_heads=8,
-                              num_key_value_heads=4, hidden_dim=1024, intermediate_dim=4096, head_dim=128,
-                              dtype="float32")
+    backbone = Gemma3Backbone(
+        vocabulary_size=256,
+        image_size=None,
+        num_layers=layers,
+        num_query_heads=8,
+        num_key_value_heads=4,
+        hidden_dim=1024,
+        intermediate_dim=4096,
+        head_dim=128,
+        dtype="float32",
+    )
     if mode != "none":
-        quantize.apply(backbone, mode, **({"int4_rounding": "least-squares"} if mode == "int4" else {}))
+        quantize.apply(
+            backbone, mode, **({"int4_rounding": "least-squares"} if mode == "int4" else {})
+        )
     if keras_calls:
         _use_keras_calls(backbone)
     lora.enable(backbone, 4, 8.0, ["all-linear"])
@@ -41,13 +51,18 @@ def _step(backbone, rows: int = 2, length: int = 128):
     rng = np.random.default_rng(0)
     tokens = rng.integers(1, 256, size=(rows, length)).astype("int32")
     inputs = {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
-    direction = rng.normal(size=(rows, length, 1024)).astype("float32")  # the final norm fixes |hidden|
+    direction = rng.normal(size=(rows, length, 1024)).astype(
+        "float32"
+    )  # the final norm fixes |hidden|
 
     def loss(values, frozen):
         hidden, _ = backbone.stateless_call(values, frozen, inputs)
         return jnp.mean(hidden.astype("float32") * direction)
 
-    args = ([v.value for v in backbone.trainable_variables], [v.value for v in backbone.non_trainable_variables])
+    args = (
+        [v.value for v in backbone.trainable_variables],
+        [v.value for v in backbone.non_trainable_variables],
+    )
     return jax.jit(loss), jax.jit(jax.value_and_grad(loss)), args
 
 
@@ -56,8 +71,11 @@ def _temporaries(function, args) -> int:
 
 
 def _float_decoder_bytes(backbone) -> int:
-    shapes = [getattr(layer, "original_kernel_shape", layer._kernel.shape) for layer in backbone._flatten_layers()
-              if getattr(layer, "quantization_mode", None) in ("int8", "int4")]  # int8 keeps the float shape
+    shapes = [
+        getattr(layer, "original_kernel_shape", layer._kernel.shape)
+        for layer in backbone._flatten_layers()
+        if getattr(layer, "quantization_mode", None) in ("int8", "int4")
+    ]  # int8 keeps the float shape
     return sum(int(np.prod(shape)) * 4 for shape in shapes)
 
 
@@ -76,7 +94,9 @@ def test_a_quantized_step_does_not_hold_the_float_decoder(mode):
     assert _temporaries(gradient, args) - float_temps < 0.25 * decoder
     _use_keras_calls(tied)  # the same codes, so the step is traced again with Keras' calls
     keras_forward, _, keras_args = _step(tied)
-    assert _temporaries(keras_forward, keras_args) > 0.9 * decoder  # what kft's call avoids (Keras 3.15, XLA CPU)
+    assert (
+        _temporaries(keras_forward, keras_args) > 0.9 * decoder
+    )  # what kft's call avoids (Keras 3.15, XLA CPU)
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
@@ -90,7 +110,9 @@ def test_kfts_call_computes_what_keras_call_does(mode):
         backbone = _wide_backbone(mode, keras_calls=keras_calls, layers=2)
         for variable in backbone.trainable_variables:
             if variable.path.endswith("lora_kernel_b"):
-                variable.assign(np.random.default_rng(1).normal(0, 0.02, variable.shape).astype("float32"))
+                variable.assign(
+                    np.random.default_rng(1).normal(0, 0.02, variable.shape).astype("float32")
+                )
         _, gradient, args = _step(backbone, length=32)
         loss, grads = gradient(*args)
         results.append((float(loss), [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)]))

@@ -57,7 +57,10 @@ def _transposed_copy(layer, kernel):
 
     from kft.generation import decode_kernels
 
-    order = [layer.equation.split("->")[0].split(",")[1].index(a) for a in decode_kernels.DECODE_ORDER[layer.equation]]
+    order = [
+        layer.equation.split("->")[0].split(",")[1].index(a)
+        for a in decode_kernels.DECODE_ORDER[layer.equation]
+    ]
     return ops.transpose(ops.convert_to_tensor(kernel), order)
 
 
@@ -98,18 +101,24 @@ def test_quantized_layers_tied_or_dequantized_equal_keras_own(keras, kind, mode)
     # int4: Keras' own arithmetic; int8: kft scales before the einsum, Keras after (2e-6 relative).
     tolerance = 0 if mode == "int4" else 5e-6
     for training in (True, False):  # a train step and a decode step call the same way
-        np.testing.assert_allclose(np.asarray(tied(x, training=training)), expected, rtol=tolerance,
-                                   atol=tolerance * np.abs(expected).max())
+        np.testing.assert_allclose(
+            np.asarray(tied(x, training=training)),
+            expected,
+            rtol=tolerance,
+            atol=tolerance * np.abs(expected).max(),
+        )
     _, dequantized = _pair(keras, kind, mode)
     layer_classes.add(dequantized, "dequantized")
     assert kernels_where_used.tie(dequantized) == 0  # a block reads its kernel: it keeps that class
-    read = np.asarray(ops.einsum(dequantized.equation, x, dequantized.kernel))  # what the block computes
+    read = np.asarray(
+        ops.einsum(dequantized.equation, x, dequantized.kernel)
+    )  # what the block computes
     np.testing.assert_allclose(read, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
 def test_the_class_is_the_same_whatever_order_behaviours_come_in(keras):
-    from kft.models import layer_classes, lora  # noqa: F401  (registers "lora")
     from kft.generation import decode_kernels  # noqa: F401  (registers "transposed")
+    from kft.models import layer_classes, lora  # noqa: F401  (registers "lora")
 
     one, other = _pair(keras, "query")
     layer_classes.add(one, "lora")
@@ -117,7 +126,9 @@ def test_the_class_is_the_same_whatever_order_behaviours_come_in(keras):
     layer_classes.add(other, "transposed")
     layer_classes.add(other, "lora")
     assert type(one) is type(other)
-    assert [c.__name__ for c in type(one).__mro__[:3]] == ["EinsumDense"] * 3  # a saved layer names Keras' class
+    assert [c.__name__ for c in type(one).__mro__[:3]] == [
+        "EinsumDense"
+    ] * 3  # a saved layer names Keras' class
     assert type(one).__module__ == keras.layers.EinsumDense.__module__
     assert layer_classes.keras_class(one) is keras.layers.EinsumDense
     layer_classes.remove(one, "lora")

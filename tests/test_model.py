@@ -7,11 +7,11 @@ import warnings
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
+from kft.core.errors import KftError
 from kft.models import model
 from kft.quant import frozen_base
-from kft.core.errors import KftError
 
 
 def test_tensorflow_never_sees_an_accelerator():
@@ -45,23 +45,47 @@ def test_float16_is_refused_on_cpu_and_warned_about_on_gpus(monkeypatch):
 
 
 def test_a_non_gemma_folder_is_refused_before_loading(tmp_path, capsys):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
-    code, _, err = run_cli(["train", "--preset", str(tmp_path), "--data", "bundled:tiny_facts",
-                            "--output-dir", str(tmp_path / "run")], capsys)
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    )
+    code, _, err = run_cli(
+        [
+            "train",
+            "--preset",
+            str(tmp_path),
+            "--data",
+            "bundled:tiny_facts",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ],
+        capsys,
+    )
     assert code == 2 and "'llama' model" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing written for a run that never started
 
 
 def test_a_missing_preset_folder_is_one_clear_line(tmp_path, capsys):
-    code, _, err = run_cli(["train", "--preset", str(tmp_path / "nope"), "--data", "bundled:tiny_facts"], capsys)
+    code, _, err = run_cli(
+        ["train", "--preset", str(tmp_path / "nope"), "--data", "bundled:tiny_facts"], capsys
+    )
     assert code == 2 and "is not a preset folder" in err
 
 
 def test_an_unreachable_kaggle_handle_is_one_clear_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("KAGGLE_USERNAME", "nobody")
     monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
-    code, _, err = run_cli(["train", "--preset", "kaggle://keras/gemma/keras/gemma_2b_en/2", "--data",
-                            "bundled:tiny_facts", "--output-dir", str(tmp_path / "run")], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--preset",
+            "kaggle://keras/gemma/keras/gemma_2b_en/2",
+            "--data",
+            "bundled:tiny_facts",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ],
+        capsys,
+    )
     assert code == 2 and "cannot load preset" in err and "Traceback" not in err
 
 
@@ -73,20 +97,36 @@ def _hf_folder(tmp_path, tiny_presets, family):
     import transformers
 
     torch.manual_seed(0)
-    common = dict(vocab_size=640, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    common = dict(
+        vocab_size=640,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
     if family == "gemma":
         hf = transformers.GemmaForCausalLM(transformers.GemmaConfig(**common))
     else:
-        hf = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(**common, sliding_window=32, query_pre_attn_scalar=16))
+        hf = transformers.Gemma3ForCausalLM(
+            transformers.Gemma3TextConfig(**common, sliding_window=32, query_pre_attn_scalar=16)
+        )
     folder = tmp_path / f"hf_{family}"
     hf.save_pretrained(folder)
-    shutil.copy(f"{tiny_presets[family]}/assets/tokenizer/vocabulary.spm", folder / "tokenizer.model")
+    shutil.copy(
+        f"{tiny_presets[family]}/assets/tokenizer/vocabulary.spm", folder / "tokenizer.model"
+    )
     return folder, hf.eval()
 
 
 @pytest.mark.parametrize("family", ["gemma", "gemma3"])
-def test_hugging_face_folders_load_through_the_same_path_with_matching_logits(tmp_path, tiny_presets, family):
+def test_hugging_face_folders_load_through_the_same_path_with_matching_logits(
+    tmp_path, tiny_presets, family
+):
     import torch
 
     folder, hf = _hf_folder(tmp_path, tiny_presets, family)
@@ -94,7 +134,9 @@ def test_hugging_face_folders_load_through_the_same_path_with_matching_logits(tm
     task, loaded_family, _ = frozen_base.load(str(folder), "float32")
     assert loaded_family == family
     ids = np.array([[2, 300, 301, 302, 303, 304]], dtype="int32")
-    keras_logits = np.asarray(task({"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)}))
+    keras_logits = np.asarray(
+        task({"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)})
+    )
     with torch.no_grad():
         hf_logits = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
     assert np.abs(keras_logits - hf_logits).max() <= 1e-4 * np.abs(hf_logits).max()
@@ -105,11 +147,15 @@ def test_loading_skips_random_init_but_every_weight_is_the_preset_s(tiny_presets
     import keras_hub
 
     task, _, _ = frozen_base.load(tiny_presets[family], "float32")
-    plain = keras_hub.models.CausalLM.from_preset(tiny_presets[family], dtype="float32")  # Keras' own path
+    plain = keras_hub.models.CausalLM.from_preset(
+        tiny_presets[family], dtype="float32"
+    )  # Keras' own path
     assert len(task.variables) == len(plain.variables) > 0
     for ours, theirs in zip(task.variables, plain.variables):
         assert ours._value is not None, ours.path
-        np.testing.assert_array_equal(np.asarray(ours.value), np.asarray(theirs.value), err_msg=ours.path)
+        np.testing.assert_array_equal(
+            np.asarray(ours.value), np.asarray(theirs.value), err_msg=ours.path
+        )
 
 
 def test_the_tokenizer_s_vocabulary_is_stored_untracked_and_tokenizes_as_keras_hub_s(tiny_presets):
@@ -121,14 +167,20 @@ def test_the_tokenizer_s_vocabulary_is_stored_untracked_and_tokenizes_as_keras_h
     ours = frozen_base.load(tiny_presets["gemma3"], "float32")[0].preprocessor.tokenizer
     theirs = keras_hub.models.CausalLM.from_preset(tiny_presets["gemma3"]).preprocessor.tokenizer
     assert type(ours._vocabulary) is list and type(ours._token_to_id_map) is dict
-    assert isinstance(theirs._vocabulary, TrackedList) and isinstance(theirs._token_to_id_map, TrackedDict)
+    assert isinstance(theirs._vocabulary, TrackedList) and isinstance(
+        theirs._token_to_id_map, TrackedDict
+    )
     text = ["The capital of France is Paris.", "Gemma <start_of_turn>user\nhi<end_of_turn>"]
     assert ours.tokenize(text) == theirs.tokenize(text)
-    assert ours._vocabulary == list(theirs._vocabulary) and ours.id_to_token(7) == theirs.id_to_token(7)
+    assert ours._vocabulary == list(theirs._vocabulary) and ours.id_to_token(
+        7
+    ) == theirs.id_to_token(7)
     before = keras_hub.tokenizers.SentencePieceTokenizer.set_proto
     with _vocabulary_untracked():
         pass
-    assert keras_hub.tokenizers.SentencePieceTokenizer.set_proto is before  # the class is left as it was
+    assert (
+        keras_hub.tokenizers.SentencePieceTokenizer.set_proto is before
+    )  # the class is left as it was
 
 
 def test_a_variable_the_preset_does_not_fill_is_initialised_after_loading():
@@ -152,13 +204,23 @@ def test_two_processes_preparing_the_same_preset_build_it_once(tmp_path):
 
     env = {**os.environ, "KFT_CACHE": str(tmp_path)}
     code = "from kft.models import presets; print(presets.prepare('tiny_gemma3'))"
-    runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(2)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     assert sum("preparing preset 'tiny_gemma3'" in err for _, err in outputs) == 1
     folder = tmp_path / "presets" / "tiny_gemma3"
-    assert {out.strip() for out, _ in outputs} == {str(folder)} and (folder / "config.json").is_file()
+    assert {out.strip() for out, _ in outputs} == {str(folder)} and (
+        folder / "config.json"
+    ).is_file()
     assert not (tmp_path / "presets" / "tiny_gemma3.partial").exists()
 
 
@@ -168,9 +230,9 @@ def test_lora_layers_add_their_update_factorized_with_the_same_values(family):
     adapted layers compute (x @ A) @ B: the same output, and no kernel-sized product in the gradient."""
     import jax
     import keras
+    from quantize_helpers import tiny_backbone
 
     from kft.models import lora
-    from quantize_helpers import tiny_backbone
 
     backbone = tiny_backbone(family)
     layers = lora.enable(backbone, 2, 4.0, ["query", "value"])
@@ -191,11 +253,17 @@ def test_lora_layers_add_their_update_factorized_with_the_same_values(family):
             return layer.stateless_call(trainable, frozen, x)[0].sum()
 
         jaxpr = jax.make_jaxpr(jax.grad(loss))([v.value for v in layer.trainable_variables])
-        return [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"
-                and tuple(e.outvars[0].aval.shape) == tuple(layer.kernel.shape)]
+        return [
+            e
+            for e in _equations(jaxpr.jaxpr)
+            if e.primitive.name == "dot_general"
+            and tuple(e.outvars[0].aval.shape) == tuple(layer.kernel.shape)
+        ]
 
     factorized = type(layer)
-    assert kernel_sized_products(keras.layers.EinsumDense)  # Keras' merged forward: x.T @ dy, kernel-sized
+    assert kernel_sized_products(
+        keras.layers.EinsumDense
+    )  # Keras' merged forward: x.T @ dy, kernel-sized
     assert not kernel_sized_products(factorized)
 
 

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -32,14 +31,21 @@ def executed(tiny_presets, tmp_path_factory):
     work = tmp_path_factory.mktemp("notebook")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     [index] = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
-    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(
-        f"PRESET = {tiny_presets['gemma3']!r}\nDATA = 'bundled:tiny_facts'\nMAX_STEPS = 40\nBATCH_SIZE = 4\nLR = 0.01\nMAX_EXAMPLES = None\n"
-        f"SEQ_LEN = 64\nRUN_DIR = {str(work / 'run')!r}\nINSTALL = False"))
+    nb.cells.insert(
+        index + 1,
+        nbformat.v4.new_code_cell(
+            f"PRESET = {tiny_presets['gemma3']!r}\nDATA = 'bundled:tiny_facts'\nMAX_STEPS = 40\nBATCH_SIZE = 4\nLR = 0.01\nMAX_EXAMPLES = None\n"
+            f"SEQ_LEN = 64\nRUN_DIR = {str(work / 'run')!r}\nINSTALL = False"
+        ),
+    )
     env_path = os.environ["PATH"]
-    os.environ["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{env_path}"  # `!kft` is this venv's
+    os.environ["PATH"] = (
+        f"{Path(os.sys.executable).parent}{os.pathsep}{env_path}"  # `!kft` is this venv's
+    )
     try:
-        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": str(work)}}).execute()
+        nbclient.NotebookClient(
+            nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}}
+        ).execute()
     finally:
         os.environ["PATH"] = env_path
     return nb, work

@@ -6,7 +6,9 @@ import pytest
 from kft.training import optim
 
 
-@pytest.mark.parametrize("kind,mid,end", [("constant", 1.0, 1.0), ("linear", 0.5, 0.0), ("cosine", 0.5, 0.0)])
+@pytest.mark.parametrize(
+    "kind,mid,end", [("constant", 1.0, 1.0), ("linear", 0.5, 0.0), ("cosine", 0.5, 0.0)]
+)
 def test_schedule_warms_up_then_decays(kind, mid, end):
     schedule = optim.make_schedule(1.0, total_steps=12, warmup_steps=2, kind=kind)
     values = [float(schedule(step)) for step in range(13)]

@@ -8,20 +8,36 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import CONFIGS, run_cli
-from kft.config import INT4_BLOCK_SIZE
+from quantize_helpers import (
+    batch,
+    clone,
+    cosine,
+    count_float_kernels_at_each_quantized_layer,
+    loss_and_lora_grads,
+    tiny_backbone,
+)
+
 from kft import families
+from kft.config import INT4_BLOCK_SIZE
 from kft.models import layer_classes
-from quantize_helpers import (batch, clone, cosine, count_float_kernels_at_each_quantized_layer, loss_and_lora_grads,
-                              tiny_backbone)
 
-FAMILY_PARAMS = [pytest.param(f, marks=() if f == "gemma3" else pytest.mark.slow)
-                 for f in ("gemma", "gemma2", "gemma3", "gemma4")]
+FAMILY_PARAMS = [
+    pytest.param(f, marks=() if f == "gemma3" else pytest.mark.slow)
+    for f in ("gemma", "gemma2", "gemma3", "gemma4")
+]
 
 
-@pytest.mark.parametrize("mode, extra", [("float8", []), ("gptq", []), ("awq", []), ("int2", []),
-                                         ("int8", ["--set", "model.precision=mixed_float16"])])
+@pytest.mark.parametrize(
+    "mode, extra",
+    [
+        ("float8", []),
+        ("gptq", []),
+        ("awq", []),
+        ("int2", []),
+        ("int8", ["--set", "model.precision=mixed_float16"]),
+    ],
+)
 def test_quantization_modes_that_cannot_train_lora_are_refused_in_one_line(mode, extra, capsys):
     code, _, err = run_cli(["train", "--set", f"model.quantize={mode}", *extra], capsys)
     assert code == 2
@@ -35,7 +51,9 @@ def _probe(base, mode, lora_source=None):
 
     model = clone(base)
     if mode == "naive-int8":  # the documented Keras recipe: everything, activations too
-        with quantize._one_garbage_collection():  # Keras' gc.collect per kernel: seconds of test time
+        with (
+            quantize._one_garbage_collection()
+        ):  # Keras' gc.collect per kernel: seconds of test time
             model.quantize("int8")
     else:
         quantize.apply(model, mode)
@@ -56,8 +74,11 @@ def _quantized_layer_bytes(model):
     sizes = {}
     for layer in model._flatten_layers():
         if getattr(layer, "quantization_mode", None) and layer.name in LORA_LAYER_NAMES:
-            sizes[layer.path] = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
-                                    for v in layer.weights if "lora" not in v.path)
+            sizes[layer.path] = sum(
+                int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+                for v in layer.weights
+                if "lora" not in v.path
+            )
     return sizes
 
 
@@ -158,16 +179,22 @@ def test_quantizing_reports_progress_on_stderr_layer_by_layer(mode, capsys):
     assert "left" in lines[0] and "quantizing" not in out
 
 
-@pytest.mark.parametrize("family, mode", [("gemma3", "int4"), pytest.param("gemma", "int8", marks=pytest.mark.slow),
-                                          pytest.param("gemma2", "int4", marks=pytest.mark.slow),
-                                          pytest.param("gemma4", "int4", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "family, mode",
+    [
+        ("gemma3", "int4"),
+        pytest.param("gemma", "int8", marks=pytest.mark.slow),
+        pytest.param("gemma2", "int4", marks=pytest.mark.slow),
+        pytest.param("gemma4", "int4", marks=pytest.mark.slow),
+    ],
+)
 def test_a_base_quantized_as_it_loads_holds_one_float_kernel_at_a_time_and_equals_quantizing_after(
-        tiny_presets, family, mode, monkeypatch, capsys):
+    tiny_presets, family, mode, monkeypatch, capsys
+):
     """kft.quant.quantize_on_load: each decoder layer is quantized as soon as the loader has filled its float
     kernel, so the host never holds the float decoder (a 9B's 37 GB in float32); the codes are the ones
     quantizing the loaded float model gives, bit for bit."""
-    from kft.quant import frozen_base
-    from kft.quant import quantize
+    from kft.quant import frozen_base, quantize
 
     path = tiny_presets[family]  # Gemma 4's is built on first use: before counting starts
     original = quantize.quantize_layer
@@ -175,7 +202,11 @@ def test_a_base_quantized_as_it_loads_holds_one_float_kernel_at_a_time_and_equal
     options = {"int4_rounding": "least-squares"} if mode == "int4" else {}
     task, _, _ = frozen_base.load(path, "float32", mode, **options)
     err = capsys.readouterr().err
-    quantized = [layer for layer in task._flatten_layers() if getattr(layer, "quantization_mode", None) == mode]
+    quantized = [
+        layer
+        for layer in task._flatten_layers()
+        if getattr(layer, "quantization_mode", None) == mode
+    ]
     assert f"kft: quantizing to {mode} as it loads: {len(quantized)}/{len(quantized)} layers" in err
     assert len(float_kernels) == len(quantized) and max(float_kernels) == 1, float_kernels
 
@@ -184,7 +215,9 @@ def test_a_base_quantized_as_it_loads_holds_one_float_kernel_at_a_time_and_equal
     quantize.apply(after, mode, **options)
     streamed = {v.path: np.asarray(v.value) for v in task.backbone.weights}
     reference = {v.path: np.asarray(v.value) for v in after.backbone.weights}
-    assert set(streamed) == set(reference) and all(np.array_equal(streamed[p], reference[p]) for p in reference)
+    assert set(streamed) == set(reference) and all(
+        np.array_equal(streamed[p], reference[p]) for p in reference
+    )
 
 
 # --- Gemma 4's feed-forward projections, which its decoder block reads via `.kernel` -------------------
@@ -206,10 +239,19 @@ def gemma4_ffw():
     factors, out = None, {}
     for mode, model in models.items():
         quantize.apply(model, mode)
-        lora.enable(model, 4, 8.0, ["all-linear"] if mode != "int4" else ["ffw_gating", "ffw_gating_2", "ffw_linear"])
+        lora.enable(
+            model,
+            4,
+            8.0,
+            ["all-linear"] if mode != "int4" else ["ffw_gating", "ffw_gating_2", "ffw_linear"],
+        )
         if factors is None:  # B non-zero, so the forward pass carries the LoRA delta too
-            factors = {p: v.numpy() if p.endswith("lora_kernel_a") else rng.normal(0, 0.02, v.shape).astype("float32")
-                       for p, v in lora.lora_variables(model).items()}
+            factors = {
+                p: v.numpy()
+                if p.endswith("lora_kernel_a")
+                else rng.normal(0, 0.02, v.shape).astype("float32")
+                for p, v in lora.lora_variables(model).items()
+            }
         for path, variable in lora.lora_variables(model).items():
             variable.assign(factors[path])
         if mode == "int4":
@@ -220,7 +262,9 @@ def gemma4_ffw():
     return out
 
 
-def test_gemma4_feed_forward_projections_read_via_kernel_are_quantized_and_compute_correctly(gemma4_ffw):
+def test_gemma4_feed_forward_projections_read_via_kernel_are_quantized_and_compute_correctly(
+    gemma4_ffw,
+):
     # KerasHub 0.32's Gemma4TextDecoderBlock multiplies by `gating_ffw.kernel` etc. itself (kft.quant.quantize).
     import keras
 
@@ -228,22 +272,43 @@ def test_gemma4_feed_forward_projections_read_via_kernel_are_quantized_and_compu
     x = np.random.default_rng(2).normal(size=(2, 5, 64)).astype("float32")
     for mode, byte_ratio in (("int8", 0.30), ("int4", 0.17)):
         model = gemma4_ffw[mode][0]
-        blocks = [layer for layer in model._flatten_layers() if type(layer).__name__ == "Gemma4TextDecoderBlock"]
+        blocks = [
+            layer
+            for layer in model._flatten_layers()
+            if type(layer).__name__ == "Gemma4TextDecoderBlock"
+        ]
         assert len(blocks) == 2
         quantized_bytes = float_bytes = 0
         for block in blocks:
             for name in FFW:
                 layer = getattr(block, name)
                 # (a) quantized, stored as integers ...
-                assert layer.quantization_mode == mode and "int" in str(layer._kernel.dtype), (mode, layer.path)
+                assert layer.quantization_mode == mode and "int" in str(layer._kernel.dtype), (
+                    mode,
+                    layer.path,
+                )
                 # ... and `.kernel`, what the block multiplies by, gives Keras' own quantized forward, LoRA included.
                 h = x if name != "ffw_linear" else np.concatenate([x, x], -1)
                 expected = np.asarray(layer(h))
-                np.testing.assert_allclose(np.asarray(keras.ops.matmul(h, layer.kernel)), expected,
-                                           rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
-                quantized_bytes += sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
-                                       for v in layer.weights if "lora" not in v.path)
-                float_bytes += int(np.prod(layer.original_kernel_shape if mode == "int4" else layer._kernel.shape)) * 4
+                np.testing.assert_allclose(
+                    np.asarray(keras.ops.matmul(h, layer.kernel)),
+                    expected,
+                    rtol=1e-5,
+                    atol=1e-5 * float(np.abs(expected).max()),
+                )
+                quantized_bytes += sum(
+                    int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+                    for v in layer.weights
+                    if "lora" not in v.path
+                )
+                float_bytes += (
+                    int(
+                        np.prod(
+                            layer.original_kernel_shape if mode == "int4" else layer._kernel.shape
+                        )
+                    )
+                    * 4
+                )
         # (d) a fraction of their float32 bytes (measured: int8 0.26, int4 0.15).
         assert quantized_bytes / float_bytes <= byte_ratio, (mode, quantized_bytes / float_bytes)
     # (b) int8 logits are the float model's up to rounding: max error / max |logit| measured 0.016 (attention
@@ -269,13 +334,24 @@ def quantized_runs(tiny_presets, tmp_path_factory):
     class Runs(dict):
         def __missing__(self, key):
             family, mode, precision = (*key, "float32")[:3]
-            self[key] = kft.train(os.path.join(CONFIGS, "tiny.yaml"), **{
-                "model.preset": tiny_presets[family], "model.quantize": mode, "model.precision": precision,
-                "train.epochs": None,
-                "train.max_steps": STEPS, "train.lr": 0.01, "lora.rank": 4, "train.log_every": STEPS,
-                "output.samples": 0, "output.tensorboard": False,
-                "output.dir": str(tmp_path_factory.mktemp("qruns") / f"{family}-{mode}-{precision}"),
-            })
+            self[key] = kft.train(
+                os.path.join(CONFIGS, "tiny.yaml"),
+                **{
+                    "model.preset": tiny_presets[family],
+                    "model.quantize": mode,
+                    "model.precision": precision,
+                    "train.epochs": None,
+                    "train.max_steps": STEPS,
+                    "train.lr": 0.01,
+                    "lora.rank": 4,
+                    "train.log_every": STEPS,
+                    "output.samples": 0,
+                    "output.tensorboard": False,
+                    "output.dir": str(
+                        tmp_path_factory.mktemp("qruns") / f"{family}-{mode}-{precision}"
+                    ),
+                },
+            )
             return self[key]
 
     return Runs()
@@ -288,23 +364,33 @@ WHOLE_PATH_FAMILIES = ("gemma3", "gemma4")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", WHOLE_PATH_FAMILIES)
-def test_a_short_run_on_a_quantized_base_learns_as_much_as_on_the_float_base(quantized_runs, family):
+def test_a_short_run_on_a_quantized_base_learns_as_much_as_on_the_float_base(
+    quantized_runs, family
+):
     float_run = quantized_runs[family, "none"].metrics
     assert float_run["final_loss"] < 0.9 * float_run["first_loss"]  # it did learn
     for mode, tolerance in (("int8", 0.05), ("int4", 0.10)):
         final = quantized_runs[family, mode].metrics["final_loss"]
-        assert abs(final - float_run["final_loss"]) / float_run["final_loss"] <= tolerance, (mode, final)
+        assert abs(final - float_run["final_loss"]) / float_run["final_loss"] <= tolerance, (
+            mode,
+            final,
+        )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", WHOLE_PATH_FAMILIES)
-def test_an_int4_base_under_mixed_bfloat16_trains_and_reloads_to_identical_logits(quantized_runs, family):
+def test_an_int4_base_under_mixed_bfloat16_trains_and_reloads_to_identical_logits(
+    quantized_runs, family
+):
     # QLoRA on a TPU: `model.precision: auto` is mixed_bfloat16 there.
     import kft
 
     float_run = quantized_runs[family, "none"].metrics
     result = quantized_runs[family, "int4", "mixed_bfloat16"]
-    assert abs(result.metrics["final_loss"] - float_run["final_loss"]) / float_run["final_loss"] <= 0.10
+    assert (
+        abs(result.metrics["final_loss"] - float_run["final_loss"]) / float_run["final_loss"]
+        <= 0.10
+    )
     reloaded = kft.load(result.run_dir)
     assert reloaded.backbone.dtype_policy.name == "mixed_bfloat16"
     np.testing.assert_array_equal(_logits(reloaded), _logits(result.task))
@@ -320,7 +406,9 @@ def _logits(task):
 
 @pytest.mark.slow  # trains a quantized run (~45 s); the default suite keeps the probes above
 @pytest.mark.parametrize("family", WHOLE_PATH_FAMILIES)
-def test_the_adapter_records_the_quantization_and_reloads_to_identical_logits(quantized_runs, family):
+def test_the_adapter_records_the_quantization_and_reloads_to_identical_logits(
+    quantized_runs, family
+):
     import kft
     from kft.models import adapter
 
@@ -330,24 +418,33 @@ def test_the_adapter_records_the_quantization_and_reloads_to_identical_logits(qu
     assert meta["int4_block_size"] == INT4_BLOCK_SIZE and meta["int4_ranges"] == "least-squares"
     assert meta["int4_rounding"] == "gptq"  # model.int4_rounding auto, on one device
     reloaded = kft.load(result.run_dir)
-    assert reloaded.backbone.get_layer("decoder_block_0").attention.query_dense.quantization_mode == "int4"
-    if family == "gemma4":  # the feed-forward projections read by the block read dequantized kernels again
+    assert (
+        reloaded.backbone.get_layer("decoder_block_0").attention.query_dense.quantization_mode
+        == "int4"
+    )
+    if (
+        family == "gemma4"
+    ):  # the feed-forward projections read by the block read dequantized kernels again
         block = reloaded.backbone.get_layer("decoder_block_0")
-        assert all(layer_classes.has(getattr(block, name), "dequantized")
-                   for name in families.KERNEL_READERS[type(block).__name__].layers)
+        assert all(
+            layer_classes.has(getattr(block, name), "dequantized")
+            for name in families.KERNEL_READERS[type(block).__name__].layers
+        )
     np.testing.assert_array_equal(_logits(reloaded), _logits(result.task))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", WHOLE_PATH_FAMILIES)
-def test_export_merges_the_adapter_into_the_float_base_not_into_integer_kernels(quantized_runs, tmp_path, family):
+def test_export_merges_the_adapter_into_the_float_base_not_into_integer_kernels(
+    quantized_runs, tmp_path, family
+):
     import keras_hub
 
     from kft import families
-    from kft.models import adapter
-    from kft.generation import loading
-    from kft.quant import frozen_base
     from kft.export import export
+    from kft.generation import loading
+    from kft.models import adapter
+    from kft.quant import frozen_base
 
     result = quantized_runs[family, "int4"]
     folder = export(str(result.run_dir), "keras", str(tmp_path / "keras"))
@@ -363,4 +460,6 @@ def test_export_merges_the_adapter_into_the_float_base_not_into_integer_kernels(
     # 4-bit rounding of a random 64-wide model: measured 0.106 (gemma3) and 0.304 (gemma4) of the largest
     # logit with the nearest codes; 0.409 on gemma4 with GPTQ's (the default), which fits the calibration
     # examples, not this probe's arbitrary tokens. A merge into integer kernels would be off by far more.
-    assert np.abs(_logits(result.task) - expected).max() / np.abs(expected).max() < {"gemma4": 0.5}.get(family, 0.25)
+    assert np.abs(_logits(result.task) - expected).max() / np.abs(expected).max() < {
+        "gemma4": 0.5
+    }.get(family, 0.25)

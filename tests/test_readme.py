@@ -11,7 +11,11 @@ CI = Path(REPO, ".ci", "run").read_text(encoding="utf-8")
 
 
 def test_ci_runs_the_readme_commands_verbatim():
-    commands = [line for line in CI.splitlines() if line and not line.startswith(("#", "set ", "cd ", "export ", "rm "))]
+    commands = [
+        line
+        for line in CI.splitlines()
+        if line and not line.startswith(("#", "set ", "cd ", "export ", "rm "))
+    ]
     assert len(commands) == 2
     blocks = README.split("```")[1::2]  # the fenced blocks' contents
     for command in commands:
@@ -21,4 +25,6 @@ def test_ci_runs_the_readme_commands_verbatim():
 
 def test_config_reference_is_in_sync_with_the_dataclasses():
     script = Path(REPO, "docs", "sync_config_reference.py")
-    assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0, "run docs/sync_config_reference.py"
+    assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0, (
+        "run docs/sync_config_reference.py"
+    )

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, USER_KFT_CACHE
 
 
@@ -17,8 +16,11 @@ def _script_results(script, tmp_path, *args):
     if USER_KFT_CACHE:
         env["KFT_CACHE"] = USER_KFT_CACHE
     out = tmp_path / "results.json"
-    subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", script), *args, "--json", str(out)], env=env,
-                   check=True)
+    subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", script), *args, "--json", str(out)],
+        env=env,
+        check=True,
+    )
     return json.loads(out.read_text())
 
 
@@ -30,7 +32,10 @@ def test_lora_teaches_gemma3_270m_to_answer_in_json_and_the_adapter_reloads_exac
     assert r["tuned_metric"] >= r["base_metric"] + 40
     assert r["reloaded_metric"] == r["tuned_metric"] and r["reloaded_generations_identical"]
     run = tmp_path / "run"
-    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    samples = [
+        json.loads(line)
+        for line in (run / "samples.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert len(samples) == 64 and all({"before", "after", "reference"} <= set(s) for s in samples)
 
 
@@ -38,7 +43,9 @@ def test_lora_teaches_gemma3_270m_to_answer_in_json_and_the_adapter_reloads_exac
 def test_gptq_rounding_brings_the_int4_base_of_gemma3_270m_back_toward_the_float_one(tmp_path):
     # docs/performance.md: held-out loss before training, float 0.8534, int4 1.0368, int4 + GPTQ 0.8905 (~5 min)
     loss = _script_results("int4_heldout.py", tmp_path)
-    assert loss["least-squares"] > 1.15 * loss["float"]  # what int4 with the nearest codes costs this model
+    assert (
+        loss["least-squares"] > 1.15 * loss["float"]
+    )  # what int4 with the nearest codes costs this model
     assert loss["gptq"] < 1.08 * loss["float"]
 
 
@@ -50,4 +57,7 @@ def test_a_base_quantized_as_it_loads_equals_one_read_whole_and_peaks_lower(tmp_
     real = _script_results("load_memory.py", tmp_path, "--modes", "int8")["int8"]
     assert real["same_weights"] and real["as_it_loads"]["peak_gb"] < real["read_whole"]["peak_gb"]
     wide = _script_results("load_memory.py", tmp_path, "--wide", "--modes", "int8")["int8"]
-    assert wide["same_weights"] and wide["as_it_loads"]["peak_gb"] < wide["read_whole"]["peak_gb"] - 0.2
+    assert (
+        wide["same_weights"]
+        and wide["as_it_loads"]["peak_gb"] < wide["read_whole"]["peak_gb"] - 0.2
+    )

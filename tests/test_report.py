@@ -3,9 +3,8 @@
 import json
 
 import numpy as np
-from PIL import Image
-
 from conftest import run_cli
+from PIL import Image
 
 
 def _drawn(path):

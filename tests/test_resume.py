@@ -9,21 +9,38 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CONFIGS, run_cli
 from safetensors.numpy import load_file
 
-from conftest import CONFIGS, run_cli
-
-ARGS = ["--config", os.path.join(CONFIGS, "tiny.yaml"), "--max-steps", "150", "--set", "train.checkpoint_every=10",
-        "--set", "train.log_every=10", "--set", "output.samples=1", "--set", "output.tensorboard=false"]
+ARGS = [
+    "--config",
+    os.path.join(CONFIGS, "tiny.yaml"),
+    "--max-steps",
+    "150",
+    "--set",
+    "train.checkpoint_every=10",
+    "--set",
+    "train.log_every=10",
+    "--set",
+    "output.samples=1",
+    "--set",
+    "output.tensorboard=false",
+]
 
 
 def start(run_dir, *extra):
-    return subprocess.Popen([sys.executable, "-m", "kft.cli", "train", *ARGS, "--output-dir", str(run_dir), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kft.cli", "train", *ARGS, "--output-dir", str(run_dir), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(*args):
-    done = subprocess.run([sys.executable, "-m", "kft.cli", "train", *args], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "kft.cli", "train", *args], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done
 
@@ -38,13 +55,18 @@ def checkpoint_step(run_dir):
 def wait_for_checkpoint(proc, run_dir, at_least, timeout=180):
     deadline = time.time() + timeout
     while checkpoint_step(run_dir) < at_least:
-        assert proc.poll() is None, f"training ended before step {at_least}: {proc.stderr.read()[-2000:]}"
+        assert proc.poll() is None, (
+            f"training ended before step {at_least}: {proc.stderr.read()[-2000:]}"
+        )
         assert time.time() < deadline, "no checkpoint in time"
         time.sleep(0.01)
 
 
 def same_adapter(a, b):
-    x, y = load_file(str(Path(a) / "adapter.safetensors")), load_file(str(Path(b) / "adapter.safetensors"))
+    x, y = (
+        load_file(str(Path(a) / "adapter.safetensors")),
+        load_file(str(Path(b) / "adapter.safetensors")),
+    )
     return set(x) == set(y) and all(np.array_equal(x[k], y[k]) for k in x)
 
 
@@ -55,8 +77,12 @@ def uninterrupted(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("kill_at", [(20,), pytest.param((20, 70), marks=pytest.mark.slow)])  # slow: resume twice
-def test_sigkill_at_several_steps_then_resume_gives_a_bit_identical_adapter(uninterrupted, tmp_path, kill_at):
+@pytest.mark.parametrize(
+    "kill_at", [(20,), pytest.param((20, 70), marks=pytest.mark.slow)]
+)  # slow: resume twice
+def test_sigkill_at_several_steps_then_resume_gives_a_bit_identical_adapter(
+    uninterrupted, tmp_path, kill_at
+):
     run = tmp_path / "killed"
     kills = []
     for at_least in kill_at:
@@ -80,7 +106,11 @@ def test_sigterm_writes_a_checkpoint_exits_3_and_resumes_exactly(uninterrupted, 
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err[-2000:]
-    assert "interrupted (resumable)" in err and f"kft train --resume {run}" in err and "Traceback" not in err
+    assert (
+        "interrupted (resumable)" in err
+        and f"kft train --resume {run}" in err
+        and "Traceback" not in err
+    )
     finish("--resume", str(run))
     assert same_adapter(run, uninterrupted)
 
@@ -107,11 +137,13 @@ def test_a_run_on_an_int8_base_stopped_at_a_checkpoint_resumes_to_the_same_adapt
     assert same_adapter(run, reference)
 
 
-def test_a_failed_checkpoint_write_leaves_the_previous_one_loadable(family_run, tmp_path, monkeypatch):
+def test_a_failed_checkpoint_write_leaves_the_previous_one_loadable(
+    family_run, tmp_path, monkeypatch
+):
     import safetensors.numpy
 
-    from kft.training import checkpoint
     from kft.models import lora
+    from kft.training import checkpoint
 
     result, _ = family_run
     task = result.task
@@ -129,11 +161,16 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_loadable(family_run, 
     before = {p: np.asarray(v.numpy()) for p, v in lora.lora_variables(task.backbone).items()}
     state = checkpoint.restore(first, task)
     assert state["micro_step"] == 2
-    assert all(np.array_equal(np.asarray(v.numpy()), before[p]) for p, v in lora.lora_variables(task.backbone).items())
+    assert all(
+        np.array_equal(np.asarray(v.numpy()), before[p])
+        for p, v in lora.lora_variables(task.backbone).items()
+    )
 
 
 def test_resume_refuses_a_config_change_that_alters_the_result(uninterrupted, capsys):
-    code, _, err = run_cli(["train", "--resume", str(uninterrupted), "--rank", "16", "--seed", "5"], capsys)
+    code, _, err = run_cli(
+        ["train", "--resume", str(uninterrupted), "--rank", "16", "--seed", "5"], capsys
+    )
     assert code == 2 and "lora.rank: 8 -> 16" in err and "train.seed: 0 -> 5" in err
 
 
@@ -145,6 +182,8 @@ def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
 
 
 def test_nan_loss_stops_within_a_step_and_says_so(tmp_path, capsys):
-    code, out, err = run_cli(["train", *ARGS, "--lr", "1e12", "--output-dir", str(tmp_path / "nan")], capsys)
+    code, out, err = run_cli(
+        ["train", *ARGS, "--lr", "1e12", "--output-dir", str(tmp_path / "nan")], capsys
+    )
     assert code == 4 and "NaN/Inf" in err and "Traceback" not in err
     assert not (tmp_path / "nan" / "adapter.safetensors").exists()

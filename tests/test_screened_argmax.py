@@ -25,7 +25,9 @@ def _run(hidden, embeddings):
 def test_clear_winners_are_proven_by_the_screening_alone():
     rng = np.random.default_rng(0)
     embeddings = (rng.standard_normal((5000, 64)) / 8).astype("float32")
-    hidden = (embeddings[rng.integers(0, 5000, 12)] * 40 + rng.standard_normal((12, 64))).astype("float32")
+    hidden = (embeddings[rng.integers(0, 5000, 12)] * 40 + rng.standard_normal((12, 64))).astype(
+        "float32"
+    )
     token, proven, full = _run(hidden, embeddings)
     assert proven
     np.testing.assert_array_equal(token, full)
@@ -59,8 +61,12 @@ def test_the_error_bound_holds_where_every_rounding_goes_the_same_way():
     hidden = np.full((1, depth), value, dtype="float32")
     embeddings = np.full((2, depth), value, dtype="float32")
     bf16, norm_max = screened_argmax.bfloat16_copy(jnp.asarray(embeddings))
-    approx = jax.lax.dot_general(jnp.asarray(hidden).astype(jnp.bfloat16), bf16, (((1,), (1,)), ((), ())),
-                                 preferred_element_type=jnp.float32)
+    approx = jax.lax.dot_general(
+        jnp.asarray(hidden).astype(jnp.bfloat16),
+        bf16,
+        (((1,), (1,)), ((), ())),
+        preferred_element_type=jnp.float32,
+    )
     exact = hidden @ embeddings.T
     error = float(np.max(np.abs(np.asarray(approx) - exact)))
     scale = float(np.linalg.norm(hidden) * norm_max)
@@ -71,14 +77,16 @@ def test_the_error_bound_holds_where_every_rounding_goes_the_same_way():
 def test_greedy_generation_keeps_a_bfloat16_vocabulary_and_a_random_sampler_does_not(tiny_presets):
     import keras_hub
 
-    from kft.generation import engine
+    from kft.generation import engine, samplers
     from kft.quant import frozen_base
-    from kft.generation import samplers
 
     task = frozen_base.load(str(tiny_presets["gemma3"]), "float32")[0]
     task.compile(sampler=samplers.make_sampler("greedy"))
     kept = engine.kept_inputs(task)["decode_vocabulary"]
-    assert kept[0].dtype.name == "bfloat16" and kept[0].shape == task.backbone.token_embedding.embeddings.shape
+    assert (
+        kept[0].dtype.name == "bfloat16"
+        and kept[0].shape == task.backbone.token_embedding.embeddings.shape
+    )
     assert engine.kept_inputs(task)["decode_vocabulary"] is kept  # kept between calls
     task.compile(sampler=keras_hub.samplers.TopKSampler(k=2, seed=0))
     assert "decode_vocabulary" not in engine.kept_inputs(task)

@@ -1,7 +1,7 @@
 """Templates render exactly, keep any UTF-8 text, and mark only responses as trainable."""
 
-from kft.data import templates
 from kft.config import DataConfig
+from kft.data import templates
 
 
 def render(record, **data):
@@ -19,8 +19,13 @@ def test_dolly_with_context_adds_a_context_block():
 
 
 def test_korean_text_passes_unharmed():
-    segments = render({"instruction": "한국어로 번역하세요: good morning", "response": "좋은 아침입니다."})
-    assert "".join(t for t, _ in segments) == "Instruction:\n한국어로 번역하세요: good morning\n\nResponse:\n좋은 아침입니다."
+    segments = render(
+        {"instruction": "한국어로 번역하세요: good morning", "response": "좋은 아침입니다."}
+    )
+    assert (
+        "".join(t for t, _ in segments)
+        == "Instruction:\n한국어로 번역하세요: good morning\n\nResponse:\n좋은 아침입니다."
+    )
 
 
 def test_gemma_chat_multi_turn_trains_every_model_turn_through_end_of_turn():
@@ -36,17 +41,26 @@ def test_gemma_chat_multi_turn_trains_every_model_turn_through_end_of_turn():
         "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
         "<start_of_turn>user\n안녕?<end_of_turn>\n<start_of_turn>model\n안녕하세요.<end_of_turn>"
     )
-    assert [t for t, trainable in segments if trainable] == ["Hello!<end_of_turn>", "안녕하세요.<end_of_turn>"]
+    assert [t for t, trainable in segments if trainable] == [
+        "Hello!<end_of_turn>",
+        "안녕하세요.<end_of_turn>",
+    ]
 
 
 def test_gemma_chat_from_prompt_response_columns_with_mapping():
-    segments = render({"q": "2+2?", "a": "4"}, template="gemma-chat", columns={"prompt": "q", "response": "a"})
-    assert segments == [("<start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n", False),
-                        ("4<end_of_turn>", True)]
+    segments = render(
+        {"q": "2+2?", "a": "4"}, template="gemma-chat", columns={"prompt": "q", "response": "a"}
+    )
+    assert segments == [
+        ("<start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n", False),
+        ("4<end_of_turn>", True),
+    ]
 
 
 def test_custom_format_strings_and_prompt_wrapping():
-    t = templates.from_config(DataConfig(template="custom", prompt_format="<usr> {q}\n<bot> ", response_format="{a}"))
+    t = templates.from_config(
+        DataConfig(template="custom", prompt_format="<usr> {q}\n<bot> ", response_format="{a}")
+    )
     assert t.render({"q": "뭐?", "a": "응"}) == [("<usr> 뭐?\n<bot> ", False), ("응", True)]
     assert t.wrap_prompt("hi") == "<usr> hi\n<bot> "
     assert templates.from_config(DataConfig()).wrap_prompt("x") == "Instruction:\nx\n\nResponse:\n"
@@ -55,4 +69,6 @@ def test_custom_format_strings_and_prompt_wrapping():
 def test_split_for_generation_gives_prompt_and_reference():
     segments = render({"prompt": "Hi", "response": "Yo"}, template="gemma-chat")
     assert templates.split_for_generation(segments) == (
-        "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n", "Yo")
+        "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n",
+        "Yo",
+    )

@@ -6,7 +6,6 @@ import struct
 import time
 
 import pytest
-
 from conftest import CONFIGS
 
 
@@ -19,8 +18,8 @@ def wandb_records(path):
         if block - pos % block < 7:
             pos += block - pos % block
             continue
-        length, kind = struct.unpack("<HB", raw[pos + 4:pos + 7])
-        parts, pos = parts + raw[pos + 7:pos + 7 + length], pos + 7 + length
+        length, kind = struct.unpack("<HB", raw[pos + 4 : pos + 7])
+        parts, pos = parts + raw[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 4):  # a full record, or the last chunk of one
             record = pb.Record()
             record.ParseFromString(parts)
@@ -38,9 +37,19 @@ def test_wandb_run_gets_config_metrics_and_samples_offline(tiny_presets, tmp_pat
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_dir = tmp_path / "run"
-    result = kft.train(os.path.join(CONFIGS, "tiny.yaml"), **{
-        "model.preset": tiny_presets["gemma3"], "train.epochs": None, "train.max_steps": 4, "train.log_every": 2,
-        "output.samples": 2, "output.tensorboard": False, "output.wandb": "kft-test", "output.dir": str(run_dir)})
+    result = kft.train(
+        os.path.join(CONFIGS, "tiny.yaml"),
+        **{
+            "model.preset": tiny_presets["gemma3"],
+            "train.epochs": None,
+            "train.max_steps": 4,
+            "train.log_every": 2,
+            "output.samples": 2,
+            "output.tensorboard": False,
+            "output.wandb": "kft-test",
+            "output.dir": str(run_dir),
+        },
+    )
     [log] = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     # wandb's service process may still be writing the file when `finish` returns (seen once with the
     # suite's two workers busy: no run record yet); the run's last record is its exit.
@@ -49,7 +58,9 @@ def test_wandb_run_gets_config_metrics_and_samples_offline(tiny_presets, tmp_pat
         if any(r.WhichOneof("record_type") == "exit" for r in records):
             break
         time.sleep(0.5)
-    config = next(items(r.run.config.update) for r in records if r.WhichOneof("record_type") == "run")
+    config = next(
+        items(r.run.config.update) for r in records if r.WhichOneof("record_type") == "run"
+    )
     assert config["lora"]["rank"] == 8 and config["output"]["wandb"] == "kft-test"
     history = [items(r.history.item) for r in records if r.WhichOneof("record_type") == "history"]
     logged = {h["_step"]: h["loss"] for h in history if "loss" in h}
@@ -57,7 +68,9 @@ def test_wandb_run_gets_config_metrics_and_samples_offline(tiny_presets, tmp_pat
     assert logged == {r["step"]: pytest.approx(r["loss"]) for r in rows}
     [table_path] = list(log.parent.glob("files/media/table/samples_*.table.json"))
     table = json.loads(table_path.read_text())
-    assert table["columns"] == ["prompt", "reference", "before", "after"] and len(table["data"]) == 2
+    assert (
+        table["columns"] == ["prompt", "reference", "before", "after"] and len(table["data"]) == 2
+    )
     summaries = {}
     for r in records:
         if r.WhichOneof("record_type") == "summary":

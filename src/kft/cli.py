@@ -35,7 +35,9 @@ COMMON_FLAGS = {
 def _help(key: str) -> str:
     section, name = key.split(".")
     cls = config_lib.section_classes()[section]
-    return f"[{key}] " + next(f.metadata["help"] for f in config_lib.dataclasses.fields(cls) if f.name == name)
+    return f"[{key}] " + next(
+        f.metadata["help"] for f in config_lib.dataclasses.fields(cls) if f.name == name
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +47,12 @@ def cli():
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file (defaults: the Keras Gemma LoRA tutorial).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="YAML config file (defaults: the Keras Gemma LoRA tutorial).",
+)
 @click.option("--preset", help=_help("model.preset"))
 @click.option("--data", help=_help("data.source"))
 @click.option("--rank", type=int, help=_help("lora.rank"))
@@ -58,18 +65,48 @@ def cli():
 @click.option("--output-dir", help=_help("output.dir"))
 @click.option("--seed", type=int, help=_help("train.seed"))
 @click.option("--mesh", metavar="BxM", help=_help("train.mesh"))
-@click.option("--coordinator", metavar="HOST:PORT", help="Multi-host: process 0's address (KERAS_DISTRIBUTION_JOB_ADDRESSES).")
-@click.option("--num-processes", type=int, help="Multi-host: how many processes (KERAS_DISTRIBUTION_NUM_PROCESSES).")
-@click.option("--process-id", type=int, help="Multi-host: this process's index, 0 writes the run (KERAS_DISTRIBUTION_PROCESS_ID).")
-@click.option("--overwrite", is_flag=True, help="Allow writing into a run folder that already holds files.")
-@click.option("--resume", metavar="RUN_DIR|auto", help="Continue a run from its newest checkpoint ('auto': output.dir if it has one).")
-@click.option("--set", "assignments", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config key (repeatable).")
-def train(config_path, overwrite, resume, assignments, coordinator, num_processes, process_id, **flags):
+@click.option(
+    "--coordinator",
+    metavar="HOST:PORT",
+    help="Multi-host: process 0's address (KERAS_DISTRIBUTION_JOB_ADDRESSES).",
+)
+@click.option(
+    "--num-processes",
+    type=int,
+    help="Multi-host: how many processes (KERAS_DISTRIBUTION_NUM_PROCESSES).",
+)
+@click.option(
+    "--process-id",
+    type=int,
+    help="Multi-host: this process's index, 0 writes the run (KERAS_DISTRIBUTION_PROCESS_ID).",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Allow writing into a run folder that already holds files."
+)
+@click.option(
+    "--resume",
+    metavar="RUN_DIR|auto",
+    help="Continue a run from its newest checkpoint ('auto': output.dir if it has one).",
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override any config key (repeatable).",
+)
+def train(
+    config_path, overwrite, resume, assignments, coordinator, num_processes, process_id, **flags
+):
     """Fine-tune a Gemma preset with LoRA and write a run folder."""
     import os
 
     # Per-process settings, not part of the run's config: keras.distribution.initialize() reads them.
-    for name, value in (("JOB_ADDRESSES", coordinator), ("NUM_PROCESSES", num_processes), ("PROCESS_ID", process_id)):
+    for name, value in (
+        ("JOB_ADDRESSES", coordinator),
+        ("NUM_PROCESSES", num_processes),
+        ("PROCESS_ID", process_id),
+    ):
         if value is not None:
             os.environ[f"KERAS_DISTRIBUTION_{name}"] = str(value)
     overrides = dict(config_lib.parse_set(a) for a in assignments)
@@ -96,13 +133,34 @@ def train(config_path, overwrite, resume, assignments, coordinator, num_processe
 @click.option("--rank", type=int, help=_help("lora.rank"))
 @click.option("--seq-len", type=int, help=_help("data.seq_len"))
 @click.option("--batch-size", type=int, help=_help("train.batch_size"))
-@click.option("--set", "assignments", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config key (repeatable).")
-@click.option("--device-memory", metavar="SIZE", help="Memory per device, e.g. 16GB (default: detected; on CPU the available RAM).")
-@click.option("--device", "accelerator", type=click.Choice(["cpu", "gpu", "gpu-bf16", "tpu"]),
-              help="What computes (default: detected; 'gpu' with --device-memory). precision auto = bf16 on tpu/gpu-bf16.")
-@click.option("--devices", type=click.IntRange(1), default=1, show_default=True, help="Devices in the mesh.")
-@click.option("--model-axis", type=click.IntRange(1), default=1, show_default=True,
-              help="Devices the weights are sharded over (the rest split the batch).")
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override any config key (repeatable).",
+)
+@click.option(
+    "--device-memory",
+    metavar="SIZE",
+    help="Memory per device, e.g. 16GB (default: detected; on CPU the available RAM).",
+)
+@click.option(
+    "--device",
+    "accelerator",
+    type=click.Choice(["cpu", "gpu", "gpu-bf16", "tpu"]),
+    help="What computes (default: detected; 'gpu' with --device-memory). precision auto = bf16 on tpu/gpu-bf16.",
+)
+@click.option(
+    "--devices", type=click.IntRange(1), default=1, show_default=True, help="Devices in the mesh."
+)
+@click.option(
+    "--model-axis",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Devices the weights are sharded over (the rest split the batch).",
+)
 def plan(config_path, assignments, device_memory, accelerator, devices, model_axis, **flags):
     """Predict peak memory per device from the preset's config.json, before loading anything."""
     from kft import plan as plan_lib
@@ -127,16 +185,35 @@ def _model_and_sampling_options(max_new_tokens: int):
     """The options `kft generate` and `kft chat` share: which model, and how to sample from it."""
     options = [
         click.option("--preset", help="Base preset (with --adapter, or to override the run's)."),
-        click.option("--adapter", "adapter_dir", type=click.Path(file_okay=False),
-                     help="An adapter folder (adapter.safetensors + adapter_config.json)."),
-        click.option("--max-new-tokens", type=click.IntRange(1), default=max_new_tokens, show_default=True),
-        click.option("--sampler", "strategy", type=click.Choice(["greedy", "random"]), default="greedy",
-                     show_default=True),
+        click.option(
+            "--adapter",
+            "adapter_dir",
+            type=click.Path(file_okay=False),
+            help="An adapter folder (adapter.safetensors + adapter_config.json).",
+        ),
+        click.option(
+            "--max-new-tokens", type=click.IntRange(1), default=max_new_tokens, show_default=True
+        ),
+        click.option(
+            "--sampler",
+            "strategy",
+            type=click.Choice(["greedy", "random"]),
+            default="greedy",
+            show_default=True,
+        ),
         click.option("--temperature", type=click.FloatRange(0), default=1.0, show_default=True),
-        click.option("--top-k", type=click.IntRange(0), default=0,
-                     help="Sample among the k most likely tokens (random sampler)."),
-        click.option("--top-p", type=click.FloatRange(0, 1), default=0.0,
-                     help="Nucleus sampling threshold (random sampler)."),
+        click.option(
+            "--top-k",
+            type=click.IntRange(0),
+            default=0,
+            help="Sample among the k most likely tokens (random sampler).",
+        ),
+        click.option(
+            "--top-p",
+            type=click.FloatRange(0, 1),
+            default=0.0,
+            help="Nucleus sampling threshold (random sampler).",
+        ),
         click.option("--seed", type=int, default=0, show_default=True),
     ]
 
@@ -150,16 +227,42 @@ def _model_and_sampling_options(max_new_tokens: int):
 
 @cli.command()
 @click.argument("prompts", nargs=-1, required=True)
-@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A kft run folder (base preset + adapter).")
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(file_okay=False),
+    help="A kft run folder (base preset + adapter).",
+)
 @_model_and_sampling_options(max_new_tokens=64)
 @click.option("--raw", is_flag=True, help="Send prompts as they are, without the run's template.")
-def generate(prompts, run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, top_k, top_p, seed, raw):
+def generate(
+    prompts,
+    run_dir,
+    preset,
+    adapter_dir,
+    max_new_tokens,
+    strategy,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+    raw,
+):
     """Generate from a fine-tuned model: base preset + LoRA adapter."""
     import kft
 
     lm = kft.load(run_dir=run_dir, preset=preset, adapter_dir=adapter_dir)
-    outputs = kft.generate(lm, list(prompts), max_new_tokens=max_new_tokens, template=None if raw else "auto",
-                           strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    outputs = kft.generate(
+        lm,
+        list(prompts),
+        max_new_tokens=max_new_tokens,
+        template=None if raw else "auto",
+        strategy=strategy,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+    )
     for prompt, output in zip(prompts, outputs):
         if len(prompts) > 1:
             click.echo(f"### {prompt}")
@@ -182,25 +285,61 @@ def chat(run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, to
 
 @cli.command("export")
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False, exists=True))
-@click.option("--format", "fmt", type=click.Choice(["keras", "hf", "peft"]), required=True,
-              help="keras: merged Keras preset; hf: merged transformers checkpoint; peft: PEFT adapter.")
-@click.option("--out", required=True, type=click.Path(), help="Folder to write (must be new or empty).")
-@click.option("--preset", help="Base preset, if not the one recorded in the run's adapter_config.json.")
-@click.option("--base", is_flag=True, help="Export the base model alone (the base for a PEFT adapter).")
-@click.option("--with-base", is_flag=True, help="With --format peft: also export the base model into OUT/base "
-              "and name it as the adapter's base (AutoPeftModelForCausalLM.from_pretrained(OUT) then works offline).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["keras", "hf", "peft"]),
+    required=True,
+    help="keras: merged Keras preset; hf: merged transformers checkpoint; peft: PEFT adapter.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(), help="Folder to write (must be new or empty)."
+)
+@click.option(
+    "--preset", help="Base preset, if not the one recorded in the run's adapter_config.json."
+)
+@click.option(
+    "--base", is_flag=True, help="Export the base model alone (the base for a PEFT adapter)."
+)
+@click.option(
+    "--with-base",
+    is_flag=True,
+    help="With --format peft: also export the base model into OUT/base "
+    "and name it as the adapter's base (AutoPeftModelForCausalLM.from_pretrained(OUT) then works offline).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
 def export_cmd(run_dir, fmt, out, preset, base, with_base, overwrite):
     """Export a run: merged Keras preset, transformers checkpoint, or PEFT adapter."""
     from kft.export import export
 
-    click.echo(str(export(run_dir, fmt, out, preset=preset, base=base, overwrite=overwrite, with_base=with_base)))
+    click.echo(
+        str(
+            export(
+                run_dir,
+                fmt,
+                out,
+                preset=preset,
+                base=base,
+                overwrite=overwrite,
+                with_base=with_base,
+            )
+        )
+    )
 
 
 @cli.command()
 @click.argument("folder", type=click.Path(file_okay=False, exists=True))
-@click.option("--to", required=True, metavar="URI", help="kaggle://OWNER/MODEL/keras/VARIANT or hf://OWNER/REPO")
-@click.option("--dry-run", is_flag=True, help="Validate by reloading, print files and the model card, upload nothing.")
+@click.option(
+    "--to",
+    required=True,
+    metavar="URI",
+    help="kaggle://OWNER/MODEL/keras/VARIANT or hf://OWNER/REPO",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate by reloading, print files and the model card, upload nothing.",
+)
 def publish(folder, to, dry_run):
     """Upload a run (as a merged Keras preset) or an export folder, with its model card."""
     from kft.export.publish import publish as run_publish
@@ -211,8 +350,17 @@ def publish(folder, to, dry_run):
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--base", is_flag=True, help="Measure the base model without the adapter.")
-@click.option("--metric", type=click.Choice(["none", "exact", "json"]), help="Override the run's output.metric.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Also write the result (with generations) as JSON.")
+@click.option(
+    "--metric",
+    type=click.Choice(["none", "exact", "json"]),
+    help="Override the run's output.metric.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    help="Also write the result (with generations) as JSON.",
+)
 def eval_cmd(run_dir, base, metric, out_path):
     """Re-measure a run on its eval split: loss, greedy answers and the task metric."""
     import json
@@ -228,8 +376,13 @@ def eval_cmd(run_dir, base, metric, out_path):
 
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
-@click.option("--out", type=click.Path(dir_okay=False), help="With several runs: the comparison plot to write.",
-              default="compare.png", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="With several runs: the comparison plot to write.",
+    default="compare.png",
+    show_default=True,
+)
 def report(run_dirs, out):
     """Print runs' summaries; draw a run's loss.png, or several runs on one plot."""
     from kft.training import report as report_lib
@@ -252,7 +405,9 @@ def prepare(name):
 
 @cli.command("config")
 @click.argument("config_path", required=False, type=click.Path(dir_okay=False))
-@click.option("--reference", is_flag=True, help="Print every key with its default and meaning (Markdown).")
+@click.option(
+    "--reference", is_flag=True, help="Print every key with its default and meaning (Markdown)."
+)
 def config_cmd(config_path, reference):
     """Validate a config file and print it resolved (or the key reference)."""
     if reference:

@@ -50,21 +50,29 @@ AUTO = "auto"
 def check_quantize(mode: str, policy: str | None = None) -> None:
     """Refuse a quantization kft cannot train under LoRA, in one line."""
     if mode in QUANTIZE_REFUSED:
-        raise KftError(f"model.quantize {mode} is not supported: {QUANTIZE_REFUSED[mode]}; use int8 or int4")
+        raise KftError(
+            f"model.quantize {mode} is not supported: {QUANTIZE_REFUSED[mode]}; use int8 or int4"
+        )
     if mode not in QUANTIZE_MODES:
         raise KftError(f"model.quantize must be one of {', '.join(QUANTIZE_MODES)}, got '{mode}'")
     if mode == "int8" and policy is not None and "float16" in policy and "bfloat16" not in policy:
-        raise KftError("model.quantize int8 with float16 compute is not supported (int8 kernels scaled into "
-                       "float16 overflow); use model.precision float32 or mixed_bfloat16, or model.quantize int4")
+        raise KftError(
+            "model.quantize int8 with float16 compute is not supported (int8 kernels scaled into "
+            "float16 overflow); use model.precision float32 or mixed_bfloat16, or model.quantize int4"
+        )
 
 
 def quantized_bytes_per_param(mode: str, int4_block_size: int) -> float:
-    return {"int8": 1.0, "int4": 0.5 + 5.0 / int4_block_size}[mode]  # int4: float32 scale + int8 zero per group
+    return {"int8": 1.0, "int4": 0.5 + 5.0 / int4_block_size}[
+        mode
+    ]  # int4: float32 scale + int8 zero per group
 
 
 def check_rounding(mode: str, int4_rounding: str, choices=(AUTO, *INT4_ROUNDINGS)) -> None:
     if int4_rounding not in choices:
-        raise KftError(f"model.int4_rounding must be one of {', '.join(choices)}, got '{int4_rounding}'")
+        raise KftError(
+            f"model.int4_rounding must be one of {', '.join(choices)}, got '{int4_rounding}'"
+        )
     if int4_rounding == "gptq" and mode != "int4":
         raise KftError(f"model.int4_rounding gptq applies to model.quantize int4, not {mode}")
 
@@ -105,13 +113,17 @@ class ModelConfig:
         "or auto: gptq where kft plan says its work at load fits, else least-squares.",
     )
     calibration_examples: int = _key(
-        64, "int4_rounding gptq (or auto) only: how many of the first training examples calibrate it (saved with the adapter).")
+        64,
+        "int4_rounding gptq (or auto) only: how many of the first training examples calibrate it (saved with the adapter).",
+    )
 
 
 @dataclass
 class LoraConfig:
     rank: int = _key(4, "LoRA rank (> 0).")
-    alpha: Optional[float] = _key(None, "LoRA alpha; the update is scaled by alpha/rank. null = rank.")
+    alpha: Optional[float] = _key(
+        None, "LoRA alpha; the update is scaled by alpha/rank. null = rank."
+    )
     targets: list = _key(
         ["query", "value"],
         "Layers to adapt: any of query, key, value, attention_output, ffw_gating, ffw_gating_2, "
@@ -132,56 +144,101 @@ class DataConfig:
         "gemma-chat <start_of_turn>...<end_of_turn> for Gemma 1-3, gemma4-chat <|turn>...<turn|> for Gemma 4), "
         "or custom (prompt_format + response_format).",
     )
-    prompt_format: str = _key("", "custom template: Python format string for the prompt, e.g. 'Q: {question}\\nA: '.")
-    response_format: str = _key("", "custom template: format string for the trained response, e.g. '{answer}'.")
+    prompt_format: str = _key(
+        "", "custom template: Python format string for the prompt, e.g. 'Q: {question}\\nA: '."
+    )
+    response_format: str = _key(
+        "", "custom template: format string for the trained response, e.g. '{answer}'."
+    )
     columns: dict = _key(
         {},
         "Map template fields to dataset columns, e.g. {instruction: question, response: answer}. "
         "Fields: dolly uses instruction/context/response, chat uses messages.",
     )
-    drop_with_context: bool = _key(False, "dolly: drop records with a non-empty context (as the Keras tutorial does).")
+    drop_with_context: bool = _key(
+        False, "dolly: drop records with a non-empty context (as the Keras tutorial does)."
+    )
     seq_len: int = _key(256, "Tokens per training example (>= 8).")
     overlong: str = _key("truncate", "Examples longer than seq_len: truncate or drop.")
-    max_examples: Optional[int] = _key(None, "Use at most this many examples (after shuffling). null = all.")
+    max_examples: Optional[int] = _key(
+        None, "Use at most this many examples (after shuffling). null = all."
+    )
     eval_fraction: float = _key(0.0, "Fraction of examples held out for evaluation (0 <= x < 1).")
-    eval_source: str = _key("", "A separate held-out dataset (same forms as source) to evaluate on; replaces eval_fraction.")
-    loss_on: str = _key("response", "response (prompt tokens get loss weight 0) or all (full-sequence loss).")
-    shuffle: bool = _key(True, "Shuffle examples (with train.seed) before max_examples and the eval split.")
-    packing: bool = _key(False, "Pack several training examples into each seq_len row; each attends only to itself "
-                                "(block-diagonal mask, positions restarting), so the loss is unchanged and little "
-                                "padding is computed. Needs train.logits_on: trained.")
+    eval_source: str = _key(
+        "",
+        "A separate held-out dataset (same forms as source) to evaluate on; replaces eval_fraction.",
+    )
+    loss_on: str = _key(
+        "response", "response (prompt tokens get loss weight 0) or all (full-sequence loss)."
+    )
+    shuffle: bool = _key(
+        True, "Shuffle examples (with train.seed) before max_examples and the eval split."
+    )
+    packing: bool = _key(
+        False,
+        "Pack several training examples into each seq_len row; each attends only to itself "
+        "(block-diagonal mask, positions restarting), so the loss is unchanged and little "
+        "padding is computed. Needs train.logits_on: trained.",
+    )
 
 
 @dataclass
 class TrainConfig:
-    epochs: Optional[int] = _key(None, "Passes over the training examples (null = 1 unless max_steps is set).")
-    max_steps: Optional[int] = _key(None, "Train for exactly this many optimizer steps instead of epochs.")
+    epochs: Optional[int] = _key(
+        None, "Passes over the training examples (null = 1 unless max_steps is set)."
+    )
+    max_steps: Optional[int] = _key(
+        None, "Train for exactly this many optimizer steps instead of epochs."
+    )
     batch_size: int = _key(1, "Examples per micro-batch.")
     grad_accum: int = _key(1, "Micro-batches per optimizer step (gradient accumulation).")
     lr: float = _key(5e-5, "Peak learning rate (AdamW).")
     weight_decay: float = _key(0.01, "AdamW decoupled weight decay; bias and scale are excluded.")
-    schedule: str = _key("constant", "Learning-rate schedule after warmup: constant, linear or cosine.")
+    schedule: str = _key(
+        "constant", "Learning-rate schedule after warmup: constant, linear or cosine."
+    )
     warmup_steps: int = _key(0, "Linear warmup, in optimizer steps.")
-    clip_norm: Optional[float] = _key(None, "Clip gradients to this global norm. null = no clipping.")
+    clip_norm: Optional[float] = _key(
+        None, "Clip gradients to this global norm. null = no clipping."
+    )
     seed: int = _key(0, "Seed for shuffling, LoRA initialisation and sampling.")
     log_every: int = _key(10, "Print and record metrics every N optimizer steps.")
-    logits_on: str = _key("trained", "Loss from vocabulary logits at trained positions only, 32 positions at a "
-                                     "time (trained: same loss, less compute and memory) or from full logits at "
-                                     "every position (all: KerasHub's plain path).")
-    pad_to_multiple: int = _key(64, "Cut each batch to its longest example rounded up to this multiple "
-                                   "(a few compiled shapes, little padding; a shape that saves the run less than "
-                                   "3 batches' work runs at the next longer one); 0 = always pad to data.seq_len.")
-    group_by_length: bool = _key(True, "Batch examples of similar length together (seeded), so little padding is computed.")
-    checkpoint_every: int = _key(50, "Write a resumable checkpoint every N optimizer steps (and at the end).")
+    logits_on: str = _key(
+        "trained",
+        "Loss from vocabulary logits at trained positions only, 32 positions at a "
+        "time (trained: same loss, less compute and memory) or from full logits at "
+        "every position (all: KerasHub's plain path).",
+    )
+    pad_to_multiple: int = _key(
+        64,
+        "Cut each batch to its longest example rounded up to this multiple "
+        "(a few compiled shapes, little padding; a shape that saves the run less than "
+        "3 batches' work runs at the next longer one); 0 = always pad to data.seq_len.",
+    )
+    group_by_length: bool = _key(
+        True, "Batch examples of similar length together (seeded), so little padding is computed."
+    )
+    checkpoint_every: int = _key(
+        50, "Write a resumable checkpoint every N optimizer steps (and at the end)."
+    )
     checkpoint_keep: int = _key(2, "How many of the newest checkpoints to keep.")
-    memory_check: bool = _key(True, "Before loading, estimate the peak memory per device (as `kft plan` prints) and "
-                                    "stop with advice if it does not fit; false = try anyway.")
-    distribution: str = _key("auto", "Devices to train on: auto (one device: single; several: data parallel if the "
-                                     "model fits one device, else model parallel with the smallest model axis that "
-                                     "fits), single, data (model replicated, batch split) or model (weights sharded "
-                                     "by kft's layouts on the mesh).")
-    mesh: str = _key("", "Device mesh BATCHxMODEL, e.g. 1x8 or 2x4, on the first BATCH*MODEL devices (all of them "
-                         "on several hosts); empty = chosen by train.distribution. train.batch_size must divide by BATCH.")
+    memory_check: bool = _key(
+        True,
+        "Before loading, estimate the peak memory per device (as `kft plan` prints) and "
+        "stop with advice if it does not fit; false = try anyway.",
+    )
+    distribution: str = _key(
+        "auto",
+        "Devices to train on: auto (one device: single; several: data parallel if the "
+        "model fits one device, else model parallel with the smallest model axis that "
+        "fits), single, data (model replicated, batch split) or model (weights sharded "
+        "by kft's layouts on the mesh).",
+    )
+    mesh: str = _key(
+        "",
+        "Device mesh BATCHxMODEL, e.g. 1x8 or 2x4, on the first BATCH*MODEL devices (all of them "
+        "on several hosts); empty = chosen by train.distribution. train.batch_size must divide by BATCH.",
+    )
 
 
 @dataclass
@@ -190,9 +247,15 @@ class OutputConfig:
     samples: int = _key(3, "Eval prompts to generate from before and after training (0 = none).")
     sample_max_new_tokens: int = _key(64, "New tokens per sample generation.")
     tensorboard: bool = _key(True, "Write TensorBoard logs to RUN/tensorboard.")
-    wandb: str = _key("", "Weights & Biases project to log config, metrics and the samples table to ('' = off; "
-                          "pip install 'kft[wandb]'; WANDB_MODE=offline keeps it local).")
-    metric: str = _key("none", "Score the before/after samples: none, exact (string match) or json (parsed JSON equal).")
+    wandb: str = _key(
+        "",
+        "Weights & Biases project to log config, metrics and the samples table to ('' = off; "
+        "pip install 'kft[wandb]'; WANDB_MODE=offline keeps it local).",
+    )
+    metric: str = _key(
+        "none",
+        "Score the before/after samples: none, exact (string match) or json (parsed JSON equal).",
+    )
     overwrite: bool = _key(False, "Allow writing into a run folder that already holds files.")
 
 
@@ -219,7 +282,9 @@ def section_classes() -> dict:
 
 def all_keys() -> list[str]:
     """Every valid dotted key, e.g. 'lora.rank'."""
-    return [f"{s}.{f.name}" for s, cls in section_classes().items() for f in dataclasses.fields(cls)]
+    return [
+        f"{s}.{f.name}" for s, cls in section_classes().items() for f in dataclasses.fields(cls)
+    ]
 
 
 def _suggest(bad: str, candidates: list[str]) -> str:
@@ -235,8 +300,14 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if value is None:
             return None
         return _coerce(key, value, args[0])
-    expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-                list: "a list", dict: "a mapping"}[hint]
+    expected = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+        dict: "a mapping",
+    }[hint]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is list and isinstance(value, str):
@@ -250,7 +321,9 @@ def from_dict(raw: dict | None) -> Config:
     """Build a Config from a nested mapping, rejecting unknown keys and wrong types."""
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise ConfigError("the config file must be a mapping of sections (model, lora, data, train, output)")
+        raise ConfigError(
+            "the config file must be a mapping of sections (model, lora, data, train, output)"
+        )
     classes = section_classes()
     sections = {}
     for name, values in raw.items():
@@ -258,7 +331,9 @@ def from_dict(raw: dict | None) -> Config:
             if isinstance(values, dict) and values:
                 dotted = f"{name}.{next(iter(values))}"
                 raise ConfigError(f"unknown config key '{dotted}'{_suggest(dotted, all_keys())}")
-            raise ConfigError(f"unknown config section '{name}'{_suggest(str(name), list(classes))}")
+            raise ConfigError(
+                f"unknown config section '{name}'{_suggest(str(name), list(classes))}"
+            )
         if values is None:
             values = {}
         if not isinstance(values, dict):
@@ -282,7 +357,9 @@ def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
     merged = {k: dict(v or {}) if isinstance(v, dict) else v for k, v in (raw or {}).items()}
     for dotted, value in overrides.items():
         if "." not in dotted:
-            raise ConfigError(f"override '{dotted}' must be section.key=value{_suggest(dotted, all_keys())}")
+            raise ConfigError(
+                f"override '{dotted}' must be section.key=value{_suggest(dotted, all_keys())}"
+            )
         section, key = dotted.split(".", 1)
         target = merged.setdefault(section, {})
         if not isinstance(target, dict):
@@ -320,8 +397,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise ConfigError(f"the key '{key}' appears twice in the config (lines {seen[key]} and "
-                                  f"{key_node.start_mark.line + 1}); keep one")
+                raise ConfigError(
+                    f"the key '{key}' appears twice in the config (lines {seen[key]} and "
+                    f"{key_node.start_mark.line + 1}); keep one"
+                )
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
@@ -337,11 +416,15 @@ def read_yaml(path: str) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(
+            f"config file '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}"
+        ) from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file '{path}' is not UTF-8 text") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file '{path}' must be a mapping of sections (model, lora, data, train, output)")
+        raise ConfigError(
+            f"config file '{path}' must be a mapping of sections (model, lora, data, train, output)"
+        )
     return raw
 
 
@@ -353,16 +436,29 @@ def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Co
 
 # Keys a resumed run may change: they shape logs and outputs, not the trained weights.
 # train.distribution and train.mesh: any mesh gives the same result up to float reduction order.
-RESUMABLE_CHANGES = ("output.dir", "output.overwrite", "output.tensorboard", "output.wandb", "train.log_every",
-                     "train.checkpoint_every", "train.checkpoint_keep", "train.memory_check",
-                     "train.distribution", "train.mesh")
+RESUMABLE_CHANGES = (
+    "output.dir",
+    "output.overwrite",
+    "output.tensorboard",
+    "output.wandb",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.checkpoint_keep",
+    "train.memory_check",
+    "train.distribution",
+    "train.mesh",
+)
 
 
 def differences(old: Config, new: Config) -> list[str]:
     """'key: old -> new' for every key that differs, except those a resume may change."""
     a, b = old.to_dict(), new.to_dict()
-    return [f"{s}.{k}: {a[s][k]!r} -> {b[s][k]!r}" for s in a for k in a[s]
-            if a[s][k] != b[s][k] and f"{s}.{k}" not in RESUMABLE_CHANGES]
+    return [
+        f"{s}.{k}: {a[s][k]!r} -> {b[s][k]!r}"
+        for s in a
+        for k in a[s]
+        if a[s][k] != b[s][k] and f"{s}.{k}" not in RESUMABLE_CHANGES
+    ]
 
 
 def to_yaml(config: Config) -> str:
@@ -376,13 +472,21 @@ def _fail(key: str, message: str):
 def validate(c: Config) -> None:
     """Reject values kft cannot run with, naming the key and the fix."""
     if c.model.precision not in PRECISIONS:
-        _fail("model.precision", f"must be one of {', '.join(PRECISIONS)}, got '{c.model.precision}'")
+        _fail(
+            "model.precision", f"must be one of {', '.join(PRECISIONS)}, got '{c.model.precision}'"
+        )
     check_quantize(c.model.quantize, c.model.precision)
     if not isinstance(c.model.int4_block_size, int) or c.model.int4_block_size < 8:
-        _fail("model.int4_block_size", f"must be a whole number >= 8, got {c.model.int4_block_size!r}; try 64")
+        _fail(
+            "model.int4_block_size",
+            f"must be a whole number >= 8, got {c.model.int4_block_size!r}; try 64",
+        )
     check_rounding(c.model.quantize, c.model.int4_rounding)
     if not isinstance(c.model.calibration_examples, int) or c.model.calibration_examples < 1:
-        _fail("model.calibration_examples", f"must be a whole number >= 1, got {c.model.calibration_examples!r}; try 64")
+        _fail(
+            "model.calibration_examples",
+            f"must be a whole number >= 1, got {c.model.calibration_examples!r}; try 64",
+        )
     if not c.model.preset:
         _fail("model.preset", "is empty; name a preset or a local preset folder")
     if c.lora.rank <= 0:
@@ -394,12 +498,18 @@ def validate(c: Config) -> None:
         _fail("lora.targets", "is empty; use [query, value] or [all-linear]")
     for t in targets:
         if t != ALL_LINEAR and t not in LORA_LAYER_NAMES:
-            _fail("lora.targets", f"has unknown layer '{t}'{_suggest(t, [*LORA_LAYER_NAMES, ALL_LINEAR])}")
+            _fail(
+                "lora.targets",
+                f"has unknown layer '{t}'{_suggest(t, [*LORA_LAYER_NAMES, ALL_LINEAR])}",
+            )
     d = c.data
     if d.template not in TEMPLATES:
         _fail("data.template", f"must be one of {', '.join(TEMPLATES)}, got '{d.template}'")
     if d.template == "custom" and not (d.prompt_format and d.response_format):
-        _fail("data.prompt_format", "and data.response_format must both be set when data.template is custom")
+        _fail(
+            "data.prompt_format",
+            "and data.response_format must both be set when data.template is custom",
+        )
     if d.seq_len < 8:
         _fail("data.seq_len", f"must be >= 8, got {d.seq_len}; Gemma prompts need room (try 256)")
     if d.overlong not in ("truncate", "drop"):
@@ -412,22 +522,44 @@ def validate(c: Config) -> None:
         _fail("data.eval_fraction", f"must be in [0, 1), got {d.eval_fraction}")
     for key, source in (("data.source", d.source), ("data.eval_source", d.eval_source)):
         if source and os.path.isdir(os.path.expanduser(source)):
-            _fail(key, f"points to the folder '{source}', not a file; give a .jsonl, .json, .csv or .parquet file")
-        if source and os.path.isfile(os.path.expanduser(source)) and not source.lower().endswith(DATA_SUFFIXES):
+            _fail(
+                key,
+                f"points to the folder '{source}', not a file; give a .jsonl, .json, .csv or .parquet file",
+            )
+        if (
+            source
+            and os.path.isfile(os.path.expanduser(source))
+            and not source.lower().endswith(DATA_SUFFIXES)
+        ):
             suffix = os.path.splitext(source)[1] or "(no extension)"
-            _fail(key, f"points to '{source}': {suffix} files are not supported; use one of "
-                       f"{', '.join(DATA_SUFFIXES)} (e.g. one JSON object per line in a .jsonl file)")
+            _fail(
+                key,
+                f"points to '{source}': {suffix} files are not supported; use one of "
+                f"{', '.join(DATA_SUFFIXES)} (e.g. one JSON object per line in a .jsonl file)",
+            )
         if source and _looks_like_file(source) and not os.path.isfile(os.path.expanduser(source)):
-            _fail(key, f"points to '{source}', which does not exist; give an existing file or a datasets name")
+            _fail(
+                key,
+                f"points to '{source}', which does not exist; give an existing file or a datasets name",
+            )
     if d.eval_source and d.eval_fraction:
         _fail("data.eval_fraction", "must be 0 when data.eval_source names a held-out dataset")
     t = c.train
     if t.epochs is not None and t.max_steps is not None:
-        _fail("train.epochs", f"({t.epochs}) and train.max_steps ({t.max_steps}) are both set; keep one of them")
-    for key, value, low in (("epochs", t.epochs or 1, 1), ("batch_size", t.batch_size, 1),
-                            ("grad_accum", t.grad_accum, 1), ("log_every", t.log_every, 1),
-                            ("warmup_steps", t.warmup_steps, 0), ("checkpoint_every", t.checkpoint_every, 1),
-                            ("checkpoint_keep", t.checkpoint_keep, 1), ("pad_to_multiple", t.pad_to_multiple, 0)):
+        _fail(
+            "train.epochs",
+            f"({t.epochs}) and train.max_steps ({t.max_steps}) are both set; keep one of them",
+        )
+    for key, value, low in (
+        ("epochs", t.epochs or 1, 1),
+        ("batch_size", t.batch_size, 1),
+        ("grad_accum", t.grad_accum, 1),
+        ("log_every", t.log_every, 1),
+        ("warmup_steps", t.warmup_steps, 0),
+        ("checkpoint_every", t.checkpoint_every, 1),
+        ("checkpoint_keep", t.checkpoint_keep, 1),
+        ("pad_to_multiple", t.pad_to_multiple, 0),
+    ):
         if value < low:
             _fail(f"train.{key}", f"must be >= {low}, got {value}")
     if t.max_steps is not None and t.max_steps <= 0:
@@ -441,15 +573,21 @@ def validate(c: Config) -> None:
     if t.logits_on not in ("trained", "all"):
         _fail("train.logits_on", f"must be trained or all, got '{t.logits_on}'")
     if d.packing and t.logits_on != "trained":
-        _fail("data.packing", "needs train.logits_on: trained (the packed mask goes through kft's loss path); "
-                              "set train.logits_on: trained or data.packing: false")
+        _fail(
+            "data.packing",
+            "needs train.logits_on: trained (the packed mask goes through kft's loss path); "
+            "set train.logits_on: trained or data.packing: false",
+        )
     if t.distribution not in ("auto", "single", "data", "model"):
         _fail("train.distribution", f"must be auto, single, data or model, got '{t.distribution}'")
     if t.mesh and not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", t.mesh):
         _fail("train.mesh", f"must be BATCHxMODEL such as 1x8 or 2x4 (or empty), got '{t.mesh}'")
     if t.mesh and t.batch_size % int(t.mesh.split("x")[0]):
-        _fail("train.batch_size", f"{t.batch_size} does not divide by the mesh's batch axis {t.mesh.split('x')[0]} "
-                                  f"(train.mesh {t.mesh}); use a multiple of {t.mesh.split('x')[0]}")
+        _fail(
+            "train.batch_size",
+            f"{t.batch_size} does not divide by the mesh's batch axis {t.mesh.split('x')[0]} "
+            f"(train.mesh {t.mesh}); use a multiple of {t.mesh.split('x')[0]}",
+        )
     if t.clip_norm is not None and t.clip_norm <= 0:
         _fail("train.clip_norm", f"must be > 0 or null, got {t.clip_norm}")
     o = c.output
@@ -475,6 +613,8 @@ def reference_markdown() -> str:
         lines.append("| key | default | meaning |\n|---|---|---|")
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"| `{section}.{f.name}` | `{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}` | {f.metadata['help']} |")
+            lines.append(
+                f"| `{section}.{f.name}` | `{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}` | {f.metadata['help']} |"
+            )
         lines.append("")
     return "\n".join(lines)

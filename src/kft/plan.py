@@ -35,7 +35,9 @@ GB = 1e9
 # Imports 0.72 + tokenizer 0.15 + compiled programs (train, eval, generate) + allocator slack: fitted to
 # Gemma 3 270M's measured peaks (benchmarks/calibrate_plan.py, docs/performance.md).
 CPU_RUNTIME_GB = 2.1
-ACCELERATOR_RUNTIME_GB = 0.5  # CUDA/XLA context, programs, workspace: an estimate, not measured on a GPU
+ACCELERATOR_RUNTIME_GB = (
+    0.5  # CUDA/XLA context, programs, workspace: an estimate, not measured on a GPU
+)
 CHUNK = 32  # positions per vocabulary projection in kft.models.trained_logits
 # Tensors kept for the backward pass, per token and layer: counts fitted to Gemma 3 270M's measured
 # peaks on CPU, not derived from the graph (benchmarks/calibrate_plan.py: planned / measured
@@ -67,8 +69,12 @@ class Architecture:
 
 # KerasHub Kaggle presets (keras_hub/src/models/*/..._presets.py names): {name: (family, the sizes of
 # its text decoder)} from each family's table (kft/families/<name>/presets.py), and their other names.
-KNOWN_PRESETS = {name: (f, sizes) for f in families.FAMILIES.values() for name, sizes in f.preset_sizes.items()}
-ALIASES = {alias: name for f in families.FAMILIES.values() for alias, name in f.preset_aliases.items()}
+KNOWN_PRESETS = {
+    name: (f, sizes) for f in families.FAMILIES.values() for name, sizes in f.preset_sizes.items()
+}
+ALIASES = {
+    alias: name for f in families.FAMILIES.values() for alias, name in f.preset_aliases.items()
+}
 
 
 def known(name: str) -> Architecture | None:
@@ -78,8 +84,12 @@ def known(name: str) -> Architecture | None:
     f, sizes = KNOWN_PRESETS[name]
     if f.preset_sizes_approximate:
         return Architecture(family=f.name, **sizes, source=f"kft's table, approximate ({name})")
-    return Architecture(family=f.name, **sizes, context=families.context_length(f.name, {}),
-                        source=f"kft's table of KerasHub presets ({name})")
+    return Architecture(
+        family=f.name,
+        **sizes,
+        context=families.context_length(f.name, {}),
+        source=f"kft's table of KerasHub presets ({name})",
+    )
 
 
 def from_config_json(config: dict, source: str = "config.json") -> Architecture:
@@ -89,31 +99,62 @@ def from_config_json(config: dict, source: str = "config.json") -> Architecture:
         model_type = config["model_type"]
         family = families.HF_MODEL_TYPES.get(model_type)
         if family is None:
-            raise KftError(f"kft plan knows {families.SUPPORTED} configs, not model_type '{model_type}'")
+            raise KftError(
+                f"kft plan knows {families.SUPPORTED} configs, not model_type '{model_type}'"
+            )
         layers = c["num_hidden_layers"]
         return Architecture(
-            family=family, vocab=c["vocab_size"], hidden=c["hidden_size"], layers=layers,
-            query_heads=c["num_attention_heads"], kv_heads=c["num_key_value_heads"],
-            head_dim=c.get("head_dim", c["hidden_size"] // c["num_attention_heads"]), ffw=c["intermediate_size"]
-            if isinstance(c["intermediate_size"], int) else max(c["intermediate_size"]),
-            per_layer_vocab=c.get("vocab_size_per_layer_input") or (c["vocab_size"] if c.get("hidden_size_per_layer_input") else 0),
+            family=family,
+            vocab=c["vocab_size"],
+            hidden=c["hidden_size"],
+            layers=layers,
+            query_heads=c["num_attention_heads"],
+            kv_heads=c["num_key_value_heads"],
+            head_dim=c.get("head_dim", c["hidden_size"] // c["num_attention_heads"]),
+            ffw=c["intermediate_size"]
+            if isinstance(c["intermediate_size"], int)
+            else max(c["intermediate_size"]),
+            per_layer_vocab=c.get("vocab_size_per_layer_input")
+            or (c["vocab_size"] if c.get("hidden_size_per_layer_input") else 0),
             per_layer_dim=c.get("hidden_size_per_layer_input") or 0,
-            double_wide_layers=c.get("num_kv_shared_layers", 0) if c.get("use_double_wide_mlp") else 0,
-            global_head_dim=c.get("global_head_dim") or 0, context=families.context_length(family, c), source=source)
+            double_wide_layers=c.get("num_kv_shared_layers", 0)
+            if c.get("use_double_wide_mlp")
+            else 0,
+            global_head_dim=c.get("global_head_dim") or 0,
+            context=families.context_length(family, c),
+            source=source,
+        )
     name, c = config.get("class_name", ""), config.get("config", {})
     family = families.of_keras_config(name, c)
     if family is None:
-        raise KftError(f"kft plan knows {families.SUPPORTED} backbones, not {name or 'this config'}")
+        raise KftError(
+            f"kft plan knows {families.SUPPORTED} backbones, not {name or 'this config'}"
+        )
     # KerasHub's Gemma/Gemma 2 count gate + up in intermediate_dim; Gemma 3 and 4 do not.
-    ffw = c["intermediate_dim"] // 2 if families.get(family).keras_ffw_counts_gate_and_up else c["intermediate_dim"]
+    ffw = (
+        c["intermediate_dim"] // 2
+        if families.get(family).keras_ffw_counts_gate_and_up
+        else c["intermediate_dim"]
+    )
     per_layer_dim = c.get("hidden_size_per_layer_input") or 0
     return Architecture(
-        family=family, vocab=c["vocabulary_size"], hidden=c["hidden_dim"], layers=c["num_layers"],
-        query_heads=c["num_query_heads"], kv_heads=c["num_key_value_heads"], head_dim=c["head_dim"], ffw=ffw,
-        per_layer_vocab=(c.get("vocab_size_per_layer_input") or c["vocabulary_size"]) if per_layer_dim else 0,
+        family=family,
+        vocab=c["vocabulary_size"],
+        hidden=c["hidden_dim"],
+        layers=c["num_layers"],
+        query_heads=c["num_query_heads"],
+        kv_heads=c["num_key_value_heads"],
+        head_dim=c["head_dim"],
+        ffw=ffw,
+        per_layer_vocab=(c.get("vocab_size_per_layer_input") or c["vocabulary_size"])
+        if per_layer_dim
+        else 0,
         per_layer_dim=per_layer_dim,
         double_wide_layers=c.get("num_kv_shared_layers", 0) if c.get("use_double_wide_mlp") else 0,
-        global_head_dim=c.get("global_head_dim") or 0, context=families.context_length(family, c), source=source)
+        global_head_dim=c.get("global_head_dim") or 0,
+        context=families.context_length(family, c),
+        source=source,
+    )
 
 
 def architecture(preset: str) -> Architecture:
@@ -136,19 +177,27 @@ def architecture(preset: str) -> Architecture:
         return from_config_json(json.loads(path.read_text(encoding="utf-8")), str(path))
     found = known(name)
     if found is None:
-        names = sorted(KNOWN_PRESETS, key=lambda p: (KNOWN_PRESETS[p][0].preset_sizes_approximate, p))  # exact first
-        raise KftError(f"kft plan has no sizes for preset '{preset}'; give a local preset folder (its config.json) "
-                       f"or one of: {', '.join(names)}")
+        names = sorted(
+            KNOWN_PRESETS, key=lambda p: (KNOWN_PRESETS[p][0].preset_sizes_approximate, p)
+        )  # exact first
+        raise KftError(
+            f"kft plan has no sizes for preset '{preset}'; give a local preset folder (its config.json) "
+            f"or one of: {', '.join(names)}"
+        )
     return found
 
 
 def parameters(a: Architecture) -> dict:
     """{part: parameter count}: embedding, decoder projections (quantizable / kept float), the rest."""
     attention = a.hidden * a.head_dim * (2 * a.query_heads + 2 * a.kv_heads)
-    ffw_width = a.layers * a.ffw + a.double_wide_layers * a.ffw  # KV-shared Gemma 4 layers are 2x wide
+    ffw_width = (
+        a.layers * a.ffw + a.double_wide_layers * a.ffw
+    )  # KV-shared Gemma 4 layers are 2x wide
     ffw = 3 * a.hidden * ffw_width
     per_layer = a.per_layer_vocab * a.layers * a.per_layer_dim
-    per_layer_proj = 2 * a.layers * a.hidden * a.per_layer_dim + a.hidden * a.layers * a.per_layer_dim
+    per_layer_proj = (
+        2 * a.layers * a.hidden * a.per_layer_dim + a.hidden * a.layers * a.per_layer_dim
+    )
     return {
         "embedding": a.vocab * a.hidden,
         "attention": a.layers * attention,
@@ -195,7 +244,9 @@ class Plan:
 
 
 def _storage_bytes(precision: str) -> int:
-    return 2 if precision in ("bfloat16", "float16") else 4  # mixed_* policies keep float32 variables
+    return (
+        2 if precision in ("bfloat16", "float16") else 4
+    )  # mixed_* policies keep float32 variables
 
 
 def _compute_bytes(precision: str, accelerator: str) -> int:
@@ -204,8 +255,16 @@ def _compute_bytes(precision: str, accelerator: str) -> int:
     return 4 if precision == "float32" else 2
 
 
-def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, model_axis: int = 1,
-             accelerator: str = "cpu", host_memory_gb: float | None = None, disk_gb: float | None = None) -> Plan:
+def estimate(
+    a: Architecture,
+    c,
+    device_memory_gb: float,
+    devices: int = 1,
+    model_axis: int = 1,
+    accelerator: str = "cpu",
+    host_memory_gb: float | None = None,
+    disk_gb: float | None = None,
+) -> Plan:
     """The memory plan for config `c` on `devices` devices of `device_memory_gb` each (and, where
     known, `host_memory_gb` of RAM free and `disk_gb` free in the temporary folder, which
     `model.int4_rounding: auto` heeds)."""
@@ -218,8 +277,12 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     p = parameters(a)
     quantizable = p["attention"] + p["feed-forward"]
     floating = sum(p.values()) - quantizable - (p["per-layer embedding"] if mode != "none" else 0)
-    per_param = quantized_bytes_per_param(mode, c.model.int4_block_size) if mode != "none" else store
-    widest = a.hidden * a.ffw * (2 if a.double_wide_layers else 1)  # parameters of the widest kernel
+    per_param = (
+        quantized_bytes_per_param(mode, c.model.int4_block_size) if mode != "none" else store
+    )
+    widest = (
+        a.hidden * a.ffw * (2 if a.double_wide_layers else 1)
+    )  # parameters of the widest kernel
     base = floating * store
     if mode == "none":
         base += quantizable * store
@@ -227,16 +290,27 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
         base += (quantizable + p["per-layer embedding"]) * per_param
     base /= model_axis
     lora = lora_parameters(a, c.lora.rank, c.lora.targets) * 4
-    optimizer = lora * (3 + (1 if c.train.grad_accum > 1 else 0))  # gradients + AdamW moments (+ accumulator)
+    optimizer = lora * (
+        3 + (1 if c.train.grad_accum > 1 else 0)
+    )  # gradients + AdamW moments (+ accumulator)
     batch = math.ceil(c.train.batch_size / batch_axis)
     tokens = batch * c.data.seq_len
     # On a model axis kft's layouts split the heads and the feed-forward width but not the residual
     # stream: about half the hidden-wide tensors stay whole on every device (benchmarks/plan_vs_mesh.py).
     whole = HIDDEN_WIDE_KEPT // 2 * a.hidden
-    split = ((HIDDEN_WIDE_KEPT - HIDDEN_WIDE_KEPT // 2) * a.hidden
-             + FFW_WIDE_KEPT * a.ffw * (1 + a.double_wide_layers / a.layers) + HEADS_WIDE_KEPT * a.query_heads * a.head_dim)
-    activations = a.layers * tokens * ((whole + split / model_axis) * compute
-                                       + SCORES_KEPT * a.query_heads * c.data.seq_len * 4 / model_axis)
+    split = (
+        (HIDDEN_WIDE_KEPT - HIDDEN_WIDE_KEPT // 2) * a.hidden
+        + FFW_WIDE_KEPT * a.ffw * (1 + a.double_wide_layers / a.layers)
+        + HEADS_WIDE_KEPT * a.query_heads * a.head_dim
+    )
+    activations = (
+        a.layers
+        * tokens
+        * (
+            (whole + split / model_axis) * compute
+            + SCORES_KEPT * a.query_heads * c.data.seq_len * 4 / model_axis
+        )
+    )
     trained_logits = CHUNK * a.vocab * 4 * LOGITS_KEPT
     all_logits = tokens * a.vocab * 4 * LOGITS_KEPT
     logits = trained_logits if c.train.logits_on == "trained" else all_logits
@@ -245,12 +319,17 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
     runtime = (CPU_RUNTIME_GB if accelerator == "cpu" else ACCELERATOR_RUNTIME_GB) * GB
     plan = Plan(memory=device_memory_gb)
     plan.lines = [
-        ("base weights" + (f" ({mode} decoder, float embedding)" if mode != "none" else ""), base / GB),
+        (
+            "base weights" + (f" ({mode} decoder, float embedding)" if mode != "none" else ""),
+            base / GB,
+        ),
         (f"LoRA factors (rank {c.lora.rank})", lora / GB),
         ("gradients + optimizer state", optimizer / GB),
         (f"activations ({batch} x {c.data.seq_len} x {a.layers} layers)", activations / GB),
-        (f"logits ({'trained positions, 32 at a time' if c.train.logits_on == 'trained' else 'every position'})",
-         logits / GB),
+        (
+            f"logits ({'trained positions, 32 at a time' if c.train.logits_on == 'trained' else 'every position'})",
+            logits / GB,
+        ),
         ("compile temporaries and runtime", (temporaries + runtime) / GB),
     ]
     rounding = c.model.int4_rounding
@@ -269,21 +348,34 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
         plan.quantizing = (held + sum(gb * GB for _, gb in plan.quantizing_lines)) / GB
         plan.disk = quantizable * store / GB
         gptq_host = (floating + lookup) * store + max(block, lookup * per_param)
-        short = [where for where, need, free in (("on the device", plan.quantizing, device_memory_gb),
-                                                  ("in host memory", gptq_host / GB if accelerator != "cpu" else 0, host_memory_gb),
-                                                  ("on disk", plan.disk, disk_gb))
-                 if free is not None and need > free]
+        short = [
+            where
+            for where, need, free in (
+                ("on the device", plan.quantizing, device_memory_gb),
+                ("in host memory", gptq_host / GB if accelerator != "cpu" else 0, host_memory_gb),
+                ("on disk", plan.disk, disk_gb),
+            )
+            if free is not None and need > free
+        ]
         if rounding == "auto" and short:  # the nearest codes instead
-            plan.quantizing_lines = [(f"GPTQ at load: does not fit {short[0]}, so int4_rounding auto = least-squares",
-                                      0.0)]
+            plan.quantizing_lines = [
+                (
+                    f"GPTQ at load: does not fit {short[0]}, so int4_rounding auto = least-squares",
+                    0.0,
+                )
+            ]
             plan.quantizing = plan.disk = 0.0
     plan.training = sum(gb for _, gb in plan.lines)
     shared = base + lora + optimizer + temporaries + runtime  # what both phases hold
     plan.measuring_lines = measuring(a, c, devices, accelerator)
-    plan.measuring = (shared / GB + sum(gb for _, gb in plan.measuring_lines)) if plan.measuring_lines else 0.0
+    plan.measuring = (
+        (shared / GB + sum(gb for _, gb in plan.measuring_lines)) if plan.measuring_lines else 0.0
+    )
     plan.peak = max(plan.training, plan.measuring, plan.quantizing)
     plan.fits = plan.peak <= device_memory_gb
-    if mode != "none" and accelerator != "cpu":  # the host holds the base before it is placed (kft.distribute.placement)
+    if (
+        mode != "none" and accelerator != "cpu"
+    ):  # the host holds the base before it is placed (kft.distribute.placement)
         # Quantized kernels go to the devices; a lookup table (Gemma 4's per-layer embedding) is
         # quantized where it is, so the host holds it quantized, and in float while that happens.
         kept = floating * store + lookup * per_param
@@ -312,7 +404,12 @@ def estimate(a: Architecture, c, device_memory_gb: float, devices: int = 1, mode
         if c.train.logits_on != "trained":
             tries.append("train.logits_on trained")
         tries.append(f"{max(2, devices * 2)} devices")
-        plan.advice = "does not fit: try " + ", ".join(tries[:-1]) + (", or " if len(tries) > 1 else "") + tries[-1]
+        plan.advice = (
+            "does not fit: try "
+            + ", ".join(tries[:-1])
+            + (", or " if len(tries) > 1 else "")
+            + tries[-1]
+        )
     return plan
 
 
@@ -330,14 +427,22 @@ def quantizing(a: Architecture, c, accelerator: str = "cpu") -> list:
     compute = _compute_bytes(c.model.precision, accelerator)
     seq = c.data.seq_len
     hidden_states = 2 * c.model.calibration_examples * seq * a.hidden * compute
-    chunk = CALIBRATION_CHUNK * seq * (2 * a.query_heads * seq * 4 + 3 * a.ffw * compute + 6 * a.hidden * compute)
+    chunk = (
+        CALIBRATION_CHUNK
+        * seq
+        * (2 * a.query_heads * seq * 4 + 3 * a.ffw * compute + 6 * a.hidden * compute)
+    )
     kernel = 2 * a.hidden * a.ffw * _storage_bytes(c.model.precision)
     widths = [a.hidden] * 5 + [a.query_heads * a.head_dim, a.ffw]
-    hessians = max(sum(n * n for n in widths) + 4 * a.hidden ** 2, 5 * max(widths) ** 2) * 4
+    hessians = max(sum(n * n for n in widths) + 4 * a.hidden**2, 5 * max(widths) ** 2) * 4
     examples = f"{c.model.calibration_examples} x {seq}"
-    return [(f"GPTQ at load: hidden states ({examples}) and a block's activations ({CALIBRATION_CHUNK} x {seq})",
-             (hidden_states + chunk) / GB),
-            ("GPTQ at load: Hessians and solve, largest float kernel", (hessians + kernel) / GB)]
+    return [
+        (
+            f"GPTQ at load: hidden states ({examples}) and a block's activations ({CALIBRATION_CHUNK} x {seq})",
+            (hidden_states + chunk) / GB,
+        ),
+        ("GPTQ at load: Hessians and solve, largest float kernel", (hessians + kernel) / GB),
+    ]
 
 
 # The cache counts 1.5 times: fitted to Gemma 3 270M on CPU, where the peak rose 1.4 times the
@@ -353,9 +458,9 @@ def measuring(a: Architecture, c, devices: int = 1, accelerator: str = "cpu") ->
     if not c.output.samples:
         return []
     from kft.evaluate.evaluation import GENERATE_BATCH
+    from kft.generation.decode_kernels import TRANSPOSED_BUDGET
     from kft.generation.sampling import CACHE_BUDGET
     from kft.generation.screened_argmax import COPY_BUDGET, cpu_has_bfloat16_dots
-    from kft.generation.decode_kernels import TRANSPOSED_BUDGET
 
     compute = _compute_bytes(c.model.precision, accelerator)
     # Prompts end at most at seq_len (rounded up to 16); the answers' loss pass spans the same.
@@ -366,8 +471,10 @@ def measuring(a: Architecture, c, devices: int = 1, accelerator: str = "cpu") ->
     rows = max(1, min(GENERATE_BATCH, CACHE_BUDGET // per_row))
     cache = CACHE_COPIES * rows * per_row
     logits = (2 * rows + 2 * EVAL_CHUNK) * a.vocab * 4
-    lines = [(f"measuring: key/value cache ({rows} prompts x {width} positions)", cache / GB),
-             ("measuring: logits (decoding, answers' loss)", logits / GB)]
+    lines = [
+        (f"measuring: key/value cache ({rows} prompts x {width} positions)", cache / GB),
+        ("measuring: logits (decoding, answers' loss)", logits / GB),
+    ]
     if accelerator == "cpu":
         p = parameters(a)
         copies = 0
@@ -383,7 +490,9 @@ def measuring(a: Architecture, c, devices: int = 1, accelerator: str = "cpu") ->
 
 
 def render(plan: Plan, devices: int = 1, model_axis: int = 1) -> str:
-    width = max(len(label) for label, _ in plan.lines + plan.measuring_lines + plan.quantizing_lines)
+    width = max(
+        len(label) for label, _ in plan.lines + plan.measuring_lines + plan.quantizing_lines
+    )
     lines = [plan.header, f"per device ({devices} device(s), model axis {model_axis}):"]
     lines += [f"  {label:<{width}}  {gb:8.3f} GB" for label, gb in plan.lines]
     phases = plan.measuring_lines or plan.quantizing_lines
@@ -391,22 +500,36 @@ def render(plan: Plan, devices: int = 1, model_axis: int = 1) -> str:
         lines.append(f"  {'training':<{width}}  {plan.training:8.3f} GB")
     if plan.measuring_lines:
         lines += [f"  {label:<{width}}  {gb:8.3f} GB" for label, gb in plan.measuring_lines]
-        lines.append(f"  {'measuring (base, LoRA, runtime and the above)':<{width}}  {plan.measuring:8.3f} GB")
+        lines.append(
+            f"  {'measuring (base, LoRA, runtime and the above)':<{width}}  {plan.measuring:8.3f} GB"
+        )
     if plan.quantizing_lines:
         lines += [f"  {label:<{width}}  {gb:8.3f} GB" for label, gb in plan.quantizing_lines]
-        lines.append(f"  {'GPTQ at load (quantized decoder, runtime and the above)':<{width}}  "
-                     f"{plan.quantizing:8.3f} GB")
-    lines.append(f"  {'total' if not phases else 'peak (the largest)':<{width}}  {plan.peak:8.3f} GB"
-                 f"  -> {plan.advice}")
+        lines.append(
+            f"  {'GPTQ at load (quantized decoder, runtime and the above)':<{width}}  "
+            f"{plan.quantizing:8.3f} GB"
+        )
+    lines.append(
+        f"  {'total' if not phases else 'peak (the largest)':<{width}}  {plan.peak:8.3f} GB"
+        f"  -> {plan.advice}"
+    )
     if plan.host:
-        what = f"what stays float and one block's float kernels; {plan.host_as_it_loads:.2f} GB with least-squares " \
-            "rounding" if plan.quantizing else "what stays float and one float kernel: the rest is quantized as it loads"
+        what = (
+            f"what stays float and one block's float kernels; {plan.host_as_it_loads:.2f} GB with least-squares "
+            "rounding"
+            if plan.quantizing
+            else "what stays float and one float kernel: the rest is quantized as it loads"
+        )
         lines.append(f"host memory at load: {plan.host:.2f} GB beside the process ({what})")
     if plan.disk:
-        lines.append(f"disk at load: up to {plan.disk:.2f} GB, where GPTQ parks the float decoder kernels until it "
-                     "rounds them (TMPDIR; $KFT_CACHE/parking where TMPDIR is in memory)")
-    lines.append(f"kft plan: peak {plan.peak:.2f} GB per device, {'fits' if plan.fits else 'does not fit'} "
-                 f"in {plan.memory:.2f} GB")
+        lines.append(
+            f"disk at load: up to {plan.disk:.2f} GB, where GPTQ parks the float decoder kernels until it "
+            "rounds them (TMPDIR; $KFT_CACHE/parking where TMPDIR is in memory)"
+        )
+    lines.append(
+        f"kft plan: peak {plan.peak:.2f} GB per device, {'fits' if plan.fits else 'does not fit'} "
+        f"in {plan.memory:.2f} GB"
+    )
     return "\n".join(lines)
 
 
@@ -418,7 +541,10 @@ def parse_memory(text: str) -> float:
     if not m:
         raise KftError(f"--device-memory must look like 16GB or 800MB, got '{text}'")
     value, unit = float(m.group(1)), m.group(2) or "gb"
-    return value * {"gb": 1, "g": 1, "gib": 1.073741824, "mb": 1e-3, "m": 1e-3, "mib": 1.048576e-3}[unit]
+    return (
+        value
+        * {"gb": 1, "g": 1, "gib": 1.073741824, "mb": 1e-3, "m": 1e-3, "mib": 1.048576e-3}[unit]
+    )
 
 
 def detect_device() -> tuple[float, str]:
@@ -450,8 +576,13 @@ def _available_ram() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def make(c, device_memory: str | float | None = None, devices: int = 1, model_axis: int = 1,
-         accelerator: str | None = None) -> Plan:
+def make(
+    c,
+    device_memory: str | float | None = None,
+    devices: int = 1,
+    model_axis: int = 1,
+    accelerator: str | None = None,
+) -> Plan:
     """The plan for config `c`: memory per device given (e.g. '16GB') or detected; `accelerator`
     (cpu, gpu, gpu-bf16, tpu) is detected too, or 'gpu' for a given memory size."""
     host = disk = None
@@ -460,9 +591,13 @@ def make(c, device_memory: str | float | None = None, devices: int = 1, model_ax
         accelerator = accelerator or detected
         host, disk = _available_ram() / GB, _free_disk() / GB
     else:
-        memory = parse_memory(device_memory) if isinstance(device_memory, str) else float(device_memory)
+        memory = (
+            parse_memory(device_memory) if isinstance(device_memory, str) else float(device_memory)
+        )
         accelerator = accelerator or "gpu"
-    return estimate(architecture(c.model.preset), c, memory, devices, model_axis, accelerator, host, disk)
+    return estimate(
+        architecture(c.model.preset), c, memory, devices, model_axis, accelerator, host, disk
+    )
 
 
 def _free_disk() -> float:
@@ -474,7 +609,9 @@ def _free_disk() -> float:
     return shutil.disk_usage(parking.default_root()).free
 
 
-def int4_rounding(c, devices: int = 1, model_axis: int = 1, device_memory: str | None = None) -> str:
+def int4_rounding(
+    c, devices: int = 1, model_axis: int = 1, device_memory: str | None = None
+) -> str:
     """`model.int4_rounding` as a run applies it. `auto` is gptq where the plan says GPTQ's work at
     load fits (on the first device: the base is rounded before it is laid out on a mesh), else
     least-squares; the choice is printed."""
@@ -486,10 +623,16 @@ def int4_rounding(c, devices: int = 1, model_axis: int = 1, device_memory: str |
     except KftError:  # no config.json to plan from: GPTQ's memory is the user's to watch
         gptq = True
     if gptq:
-        print(f"kft: int4 rounding: gptq, calibrated on the first {c.model.calibration_examples} training "
-              "examples (model.int4_rounding least-squares skips it)", flush=True)
+        print(
+            f"kft: int4 rounding: gptq, calibrated on the first {c.model.calibration_examples} training "
+            "examples (model.int4_rounding least-squares skips it)",
+            flush=True,
+        )
         return "gptq"
-    print("kft: int4 rounding: least-squares (GPTQ's work at load would not fit in memory; see kft plan)", flush=True)
+    print(
+        "kft: int4 rounding: least-squares (GPTQ's work at load would not fit in memory; see kft plan)",
+        flush=True,
+    )
     return "least-squares"
 
 
@@ -507,17 +650,25 @@ def check_before_training(c, devices: int = 1, model_axis: int = 1) -> None:
         return
     if context:
         families.check_seq_len(c.data.seq_len, context)
-    print(f"kft: memory plan: peak {plan.peak:.2f} GB of {plan.memory:.2f} GB per device", flush=True)
+    print(
+        f"kft: memory plan: peak {plan.peak:.2f} GB of {plan.memory:.2f} GB per device", flush=True
+    )
     if not plan.fits:
-        raise KftError(f"predicted peak {plan.peak:.2f} GB per device > {plan.memory:.2f} GB available; "
-                       f"{plan.advice} (see `kft plan`; train.memory_check: false to try anyway)")
+        raise KftError(
+            f"predicted peak {plan.peak:.2f} GB per device > {plan.memory:.2f} GB available; "
+            f"{plan.advice} (see `kft plan`; train.memory_check: false to try anyway)"
+        )
     disk = _free_disk() / GB
     if plan.disk > disk:
-        raise KftError(f"GPTQ parks up to {plan.disk:.2f} GB of float kernels on disk while the base "
-                       f"loads, and that disk has {disk:.2f} GB free; set TMPDIR to a folder on a larger disk, or use "
-                       "model.int4_rounding least-squares (train.memory_check: false to try anyway)")
+        raise KftError(
+            f"GPTQ parks up to {plan.disk:.2f} GB of float kernels on disk while the base "
+            f"loads, and that disk has {disk:.2f} GB free; set TMPDIR to a folder on a larger disk, or use "
+            "model.int4_rounding least-squares (train.memory_check: false to try anyway)"
+        )
     free = _available_ram() / GB
     if plan.host > free:
-        raise KftError(f"loading the {c.model.quantize} base takes {plan.host:.2f} GB of host memory, and this machine "
-                       f"has {free:.2f} GB of RAM free; use a machine with more RAM or a smaller model (see `kft plan`; "
-                       "train.memory_check: false to try anyway)")
+        raise KftError(
+            f"loading the {c.model.quantize} base takes {plan.host:.2f} GB of host memory, and this machine "
+            f"has {free:.2f} GB of RAM free; use a machine with more RAM or a smaller model (see `kft plan`; "
+            "train.memory_check: false to try anyway)"
+        )

@@ -17,7 +17,11 @@ from kft.core.errors import KftError
 
 _ready = False
 # Set by a multi-process launch (keras.distribution.initialize reads them).
-ENV = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES", "KERAS_DISTRIBUTION_PROCESS_ID")
+ENV = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
 
 
 def cache_dir() -> Path:
@@ -34,7 +38,9 @@ def setup() -> None:
     _few_malloc_arenas()
     backend = os.environ.setdefault("KERAS_BACKEND", "jax")
     if backend != "jax":
-        raise KftError(f"kft trains on JAX, but KERAS_BACKEND={backend}; set KERAS_BACKEND=jax before importing keras")
+        raise KftError(
+            f"kft trains on JAX, but KERAS_BACKEND={backend}; set KERAS_BACKEND=jax before importing keras"
+        )
     with native_logs_filtered():
         _import_stack()
     _ready = True
@@ -57,19 +63,32 @@ def _import_stack() -> None:
             f"keras was imported with the {keras.config.backend()} backend before kft; "
             "set KERAS_BACKEND=jax at the top of the notebook and restart it"
         )
-    if not any(os.environ.get(name) for name in ENV):  # multi-host: jax.distributed must start the backend
+    if not any(
+        os.environ.get(name) for name in ENV
+    ):  # multi-host: jax.distributed must start the backend
         jax.devices()  # platform probing (and its C++ log lines) happens here, inside the filter
 
 
 # C++ start-up chatter of TensorFlow, XLA, absl and SentencePiece that says nothing to a kft user.
-_NATIVE_NOISE = re.compile("|".join((
-    r"All log messages before absl::InitializeLog\(\) is called",
-    r"cudart_stub\.cc", r"cuInit", r"cuda_(platform|executor|diagnostics|dnn|fft|blas)\.cc",
-    r"Unable to register cu(DNN|FFT|BLAS) factory", r"computation_placer\.cc",
-    r"oneDNN custom operations are on", r"TF_ENABLE_ONEDNN_OPTS", r"This TensorFlow binary is optimized",
-    r"rebuild TensorFlow with the appropriate compiler flags", r"TF-TRT Warning",
-    r"LOG\(INFO\)", r"^\s*$",
-)))
+_NATIVE_NOISE = re.compile(
+    "|".join(
+        (
+            r"All log messages before absl::InitializeLog\(\) is called",
+            r"cudart_stub\.cc",
+            r"cuInit",
+            r"cuda_(platform|executor|diagnostics|dnn|fft|blas)\.cc",
+            r"Unable to register cu(DNN|FFT|BLAS) factory",
+            r"computation_placer\.cc",
+            r"oneDNN custom operations are on",
+            r"TF_ENABLE_ONEDNN_OPTS",
+            r"This TensorFlow binary is optimized",
+            r"rebuild TensorFlow with the appropriate compiler flags",
+            r"TF-TRT Warning",
+            r"LOG\(INFO\)",
+            r"^\s*$",
+        )
+    )
+)
 
 
 @contextlib.contextmanager
@@ -83,15 +102,22 @@ def native_logs_filtered():
     try:
         python_on_fd2 = sys.stderr.fileno() == 2
     except (AttributeError, OSError, io.UnsupportedOperation):
-        python_on_fd2 = False  # a notebook or a captured stream: C++ output does not reach it anyway
+        python_on_fd2 = (
+            False  # a notebook or a captured stream: C++ output does not reach it anyway
+        )
     sys.stderr.flush()
     saved = os.dup(2)
     python_stderr = sys.stderr
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         if python_on_fd2:
-            sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding,
-                              errors="backslashreplace")
+            sys.stderr = open(
+                os.dup(saved),
+                "w",
+                buffering=1,
+                encoding=python_stderr.encoding,
+                errors="backslashreplace",
+            )
         try:
             yield
         finally:
@@ -101,8 +127,11 @@ def native_logs_filtered():
             os.dup2(saved, 2)
             os.close(saved)
             capture.seek(0)
-            kept = [line for line in capture.read().decode("utf-8", "replace").splitlines()
-                    if not _NATIVE_NOISE.search(line)]
+            kept = [
+                line
+                for line in capture.read().decode("utf-8", "replace").splitlines()
+                if not _NATIVE_NOISE.search(line)
+            ]
             if kept:
                 print("\n".join(kept), file=sys.stderr, flush=True)
 
@@ -141,7 +170,11 @@ def host_peak_gb() -> float:
     import resource
     import sys
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e9
+    return (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        * (1 if sys.platform == "darwin" else 1024)
+        / 1e9
+    )
 
 
 def _few_malloc_arenas() -> None:

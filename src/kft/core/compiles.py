@@ -51,10 +51,16 @@ class Compiles:
         self.stop()
 
     def as_dict(self) -> dict:
-        return {"compiled": self.compiled, "compile_s": round(self.seconds, 1), "xla_cache_hits": self.cache_hits}
+        return {
+            "compiled": self.compiled,
+            "compile_s": round(self.seconds, 1),
+            "xla_cache_hits": self.cache_hits,
+        }
 
     def summary(self) -> str:
-        return f"{self.compiled} compiled ({self.seconds:.1f} s), {self.cache_hits} from the XLA cache"
+        return (
+            f"{self.compiled} compiled ({self.seconds:.1f} s), {self.cache_hits} from the XLA cache"
+        )
 
 
 def _install() -> None:

@@ -7,6 +7,7 @@ import sys
 import time
 
 import keras
+
 from kft.core.arithmetic import ceil_div
 
 
@@ -39,7 +40,11 @@ class Counter:
             line = f"kft: {self.label}: {self.done}/{self.total} {self.unit}"
             if self.timed:
                 elapsed = time.perf_counter() - self.start
-                left = "" if self.done == self.total else f", ~{_duration(elapsed * (self.total / self.done - 1))} left"
+                left = (
+                    ""
+                    if self.done == self.total
+                    else f", ~{_duration(elapsed * (self.total / self.done - 1))} left"
+                )
                 line += f" ({_duration(elapsed)}{left})"
             print(line, file=self.stream or sys.stdout, flush=True)
 
@@ -50,7 +55,11 @@ class Counter:
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 class Progress(keras.callbacks.Callback):
@@ -62,8 +71,17 @@ class Progress(keras.callbacks.Callback):
     starts at `start_micro` with the rows its checkpoint recorded.
     """
 
-    def __init__(self, batches, total_micro_steps: int, accum: int, log_every: int, schedule, metrics_path,
-                 start_micro: int = 0, records: list[dict] | None = None):
+    def __init__(
+        self,
+        batches,
+        total_micro_steps: int,
+        accum: int,
+        log_every: int,
+        schedule,
+        metrics_path,
+        start_micro: int = 0,
+        records: list[dict] | None = None,
+    ):
         super().__init__()
         self.batches, self.total, self.accum = batches, total_micro_steps, accum
         self.log_every, self.schedule, self.metrics_path = log_every, schedule, metrics_path
@@ -80,8 +98,12 @@ class Progress(keras.callbacks.Callback):
         if in_notebook():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total // self.accum, initial=self.start_micro // self.accum, desc="training",
-                            unit=" step")
+            self.bar = tqdm(
+                total=self.total // self.accum,
+                initial=self.start_micro // self.accum,
+                desc="training",
+                unit=" step",
+            )
 
     def on_train_end(self, logs=None):
         if self.bar is not None:
@@ -102,7 +124,9 @@ class Progress(keras.callbacks.Callback):
         loss = (mean * local - self.prev_mean * self.window_first) / (local - self.window_first)
         elapsed = now - self.window_start
         record = {
-            "step": step, "micro_step": micro, "loss": round(loss, 6),
+            "step": step,
+            "micro_step": micro,
+            "loss": round(loss, 6),
             "lr": float(self.schedule(max(micro - 1, 0))),
             "tokens_per_s": round(self.window_tokens / elapsed, 1) if elapsed > 0 else None,
             "elapsed_s": round(self.elapsed_before + now - self.start, 2),
@@ -112,7 +136,11 @@ class Progress(keras.callbacks.Callback):
             f.write(json.dumps(record) + "\n")
         rate = (now - self.start) / local
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s'] or 0:.0f}")
+            self.bar.set_postfix(
+                loss=f"{loss:.4f}",
+                lr=f"{record['lr']:.2e}",
+                tok_s=f"{record['tokens_per_s'] or 0:.0f}",
+            )
         else:
             print(
                 f"step {step}/{self.total // self.accum}  loss {loss:.4f}  lr {record['lr']:.2e}  "
@@ -120,4 +148,9 @@ class Progress(keras.callbacks.Callback):
                 f"eta {_duration(rate * (self.total - micro))}",
                 flush=True,
             )
-        self.window_first, self.prev_mean, self.window_tokens, self.window_start = local, mean, 0, now
+        self.window_first, self.prev_mean, self.window_tokens, self.window_start = (
+            local,
+            mean,
+            0,
+            now,
+        )

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from kft import families
-from kft.core import network
-from kft.data import templates
 from kft.config import DataConfig
-from kft.core.errors import KftError
-
-from kft.data.bundled import FOLDER as BUNDLED  # noqa: E402
+from kft.core import network
 from kft.core.arithmetic import ceil_div, round_up
+from kft.core.errors import KftError
+from kft.data import templates
+from kft.data.bundled import FOLDER as BUNDLED  # noqa: E402
+
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -36,8 +36,11 @@ def gather_trained(loss_weights: np.ndarray, targets: np.ndarray):
     positions[: len(where)] = where
     picked_targets[: len(where)] = targets.reshape(-1)[where]
     weights[: len(where)] = flat[where]
-    return positions.reshape(loss_weights.shape), picked_targets.reshape(loss_weights.shape), weights.reshape(
-        loss_weights.shape)
+    return (
+        positions.reshape(loss_weights.shape),
+        picked_targets.reshape(loss_weights.shape),
+        weights.reshape(loss_weights.shape),
+    )
 
 
 @dataclass
@@ -48,9 +51,13 @@ class Split:
     padding_mask: np.ndarray
     targets: np.ndarray
     loss_weights: np.ndarray
-    prompts: list[str] = field(default_factory=list)  # for generation: everything before the last response
+    prompts: list[str] = field(
+        default_factory=list
+    )  # for generation: everything before the last response
     references: list[str] = field(default_factory=list)
-    with_position_ids: bool = False  # Gemma 4's backbone takes positions as an input (0..L-1: right padding)
+    with_position_ids: bool = (
+        False  # Gemma 4's backbone takes positions as an input (0..L-1: right padding)
+    )
     # Packed rows (data.packing): which example each position belongs to (0 = padding), and its
     # position within that example (see packing.py).
     segment_ids: np.ndarray | None = None
@@ -61,23 +68,40 @@ class Split:
 
     def select(self, index) -> "Split":
         """The examples at `index`, without sample prompts."""
+
         def pick(a):
             return None if a is None else a[index]
-        return Split(self.token_ids[index], self.padding_mask[index], self.targets[index], self.loss_weights[index],
-                     with_position_ids=self.with_position_ids, segment_ids=pick(self.segment_ids),
-                     token_positions=pick(self.token_positions))
+
+        return Split(
+            self.token_ids[index],
+            self.padding_mask[index],
+            self.targets[index],
+            self.loss_weights[index],
+            with_position_ids=self.with_position_ids,
+            segment_ids=pick(self.segment_ids),
+            token_positions=pick(self.token_positions),
+        )
 
     def inputs(self, index=slice(None)) -> dict:
         x = {"token_ids": self.token_ids[index], "padding_mask": self.padding_mask[index]}
         if self.segment_ids is not None:
-            x["segment_ids"], x["token_positions"] = self.segment_ids[index], self.token_positions[index]
+            x["segment_ids"], x["token_positions"] = (
+                self.segment_ids[index],
+                self.token_positions[index],
+            )
         if self.with_position_ids:
-            x["position_ids"] = (x["token_positions"] if self.segment_ids is not None else np.broadcast_to(
-                np.arange(self.token_ids.shape[1], dtype="int32"), x["token_ids"].shape).copy())
+            x["position_ids"] = (
+                x["token_positions"]
+                if self.segment_ids is not None
+                else np.broadcast_to(
+                    np.arange(self.token_ids.shape[1], dtype="int32"), x["token_ids"].shape
+                ).copy()
+            )
         return x
 
-    def batch(self, index, trained_only: bool = False, pad_to_multiple: int = 0,
-              length: int | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    def batch(
+        self, index, trained_only: bool = False, pad_to_multiple: int = 0, length: int | None = None
+    ) -> tuple[dict, np.ndarray, np.ndarray]:
         """(inputs, targets, weights) for the examples at `index`. With `pad_to_multiple`, cut to
         the longest example rounded up to that multiple (padding is on the right, so the cut
         removes only padding); `length` cuts to that length instead (at least the longest example).
@@ -131,7 +155,9 @@ def _check_text_file(path: Path) -> None:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise KftError(f"{path} is not UTF-8 (first bad byte on line {line}); re-save it as UTF-8") from None
+        raise KftError(
+            f"{path} is not UTF-8 (first bad byte on line {line}); re-save it as UTF-8"
+        ) from None
     if not text.strip():
         raise KftError(f"{path} is empty; it needs at least one example")
     if path.suffix.lower() == ".jsonl":
@@ -141,23 +167,31 @@ def _check_text_file(path: Path) -> None:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise KftError(f"{path} line {number} is not valid JSON ({e.msg}); fix or remove that line") from None
+                raise KftError(
+                    f"{path} line {number} is not valid JSON ({e.msg}); fix or remove that line"
+                ) from None
             if not isinstance(row, dict):
-                raise KftError(f"{path} line {number} is not a JSON object; each line must be one record")
+                raise KftError(
+                    f"{path} line {number} is not a JSON object; each line must be one record"
+                )
 
 
 def load_records(config: DataConfig):
     """A `datasets.Dataset` of raw records from a local file, a bundled dataset or the Hub."""
     path = local_path(config.source)
     if path is None and not network.reachable("huggingface.co"):
-        os.environ["HF_HUB_OFFLINE"] = "1"  # use the local cache if it has the dataset; fail fast if not
+        os.environ["HF_HUB_OFFLINE"] = (
+            "1"  # use the local cache if it has the dataset; fail fast if not
+        )
     import datasets
 
     datasets.disable_progress_bars()
     if path is not None:
         _check_text_file(path)
         try:
-            return datasets.load_dataset(FILE_BUILDERS.get(path.suffix.lower(), "json"), data_files=str(path), split="train")
+            return datasets.load_dataset(
+                FILE_BUILDERS.get(path.suffix.lower(), "json"), data_files=str(path), split="train"
+            )
         except Exception as e:  # datasets wraps parser errors in several types
             raise KftError(f"could not read {path}: {str(e).splitlines()[0][:200]}") from None
     try:
@@ -168,14 +202,18 @@ def load_records(config: DataConfig):
             f"({type(e).__name__}); use a local file (--data my.jsonl) or bundled:tiny_facts"
         ) from None
     except Exception as e:
-        raise KftError(f"could not load dataset '{config.source}' split '{config.split}': {str(e).splitlines()[0][:200]}") from None
+        raise KftError(
+            f"could not load dataset '{config.source}' split '{config.split}': {str(e).splitlines()[0][:200]}"
+        ) from None
 
 
 def load_sources(config: DataConfig):
     """(training records, held-out records or None) as `data.source` and `data.eval_source` name them."""
     from dataclasses import replace
 
-    held_out = load_records(replace(config, source=config.eval_source)) if config.eval_source else None
+    held_out = (
+        load_records(replace(config, source=config.eval_source)) if config.eval_source else None
+    )
     return load_records(config), held_out
 
 
@@ -198,11 +236,15 @@ def _select(records, template: templates.Template, config: DataConfig, seed: int
     if config.max_examples is not None:
         records = records.select(range(min(config.max_examples, len(records))))
     if len(records) == 0:
-        raise KftError("no records left after data.drop_with_context; set it to false or use other data")
+        raise KftError(
+            "no records left after data.drop_with_context; set it to false or use other data"
+        )
     return records
 
 
-def _tokenize(segment_lists: list[list[templates.Segment]], tokenizer, ends_with_eos: bool, loss_on: str):
+def _tokenize(
+    segment_lists: list[list[templates.Segment]], tokenizer, ends_with_eos: bool, loss_on: str
+):
     """Token ids and per-token loss weights for each example (weights align with ids)."""
     texts = [text for segments in segment_lists for text, _ in segments]
     pieces = iter(tokenizer(texts) if texts else [])
@@ -244,7 +286,9 @@ def _encode(records, template: templates.Template, tokenizer, config: DataConfig
     for index, record in enumerate(records):
         segments = template.render(record)
         if not any(trainable for _, trainable in segments):
-            raise KftError(f"record {index} has no response to train on (template '{template.name}')")
+            raise KftError(
+                f"record {index} has no response to train on (template '{template.name}')"
+            )
         segment_lists.append(segments)
     sequences = _tokenize(segment_lists, tokenizer, template.ends_with_eos, config.loss_on)
     limit = config.seq_len + 1
@@ -260,8 +304,13 @@ def _encode(records, template: templates.Template, tokenizer, config: DataConfig
             continue
         kept_segments.append(segments)
         kept.append((ids, weights))
-    stats = {"records": len(segment_lists), "overlong": overlong, "overlong_action": config.overlong,
-             "dropped_no_response_tokens": no_response, "examples": len(kept)}
+    stats = {
+        "records": len(segment_lists),
+        "overlong": overlong,
+        "overlong_action": config.overlong,
+        "dropped_no_response_tokens": no_response,
+        "examples": len(kept),
+    }
     if not kept:
         raise KftError(
             f"every example lost its response at data.seq_len={config.seq_len} ({overlong} of "
@@ -276,7 +325,14 @@ def _packed_split(sequences, seq_len: int, pad_id: int) -> Split:
     return Split(**packing.packed_arrays(sequences, seq_len, pad_id))
 
 
-def _split(segment_lists, sequences, config: DataConfig, pad_id: int, num_prompts: int, packed: bool = False) -> Split:
+def _split(
+    segment_lists,
+    sequences,
+    config: DataConfig,
+    pad_id: int,
+    num_prompts: int,
+    packed: bool = False,
+) -> Split:
     split = (_packed_split if packed else _to_split)(sequences, config.seq_len, pad_id)
     for segments in segment_lists[:num_prompts]:
         prompt, reference = templates.split_for_generation(segments)
@@ -285,44 +341,67 @@ def _split(segment_lists, sequences, config: DataConfig, pad_id: int, num_prompt
     return split
 
 
-def build(records, tokenizer, config: DataConfig, seed: int, num_prompts: int = 0, eval_records=None) -> Dataset:
+def build(
+    records, tokenizer, config: DataConfig, seed: int, num_prompts: int = 0, eval_records=None
+) -> Dataset:
     """Render, tokenize, cut and split `records` into training and eval arrays.
 
     The eval split is `eval_records` when given (a held-out file), else the first
     `data.eval_fraction` of the shuffled records.
     """
     template = templates.for_tokenizer(templates.from_config(config), tokenizer)
-    segment_lists, sequences, stats = _encode(_select(records, template, config, seed), template, tokenizer, config)
+    segment_lists, sequences, stats = _encode(
+        _select(records, template, config, seed), template, tokenizer, config
+    )
     n_eval = int(round(len(sequences) * config.eval_fraction))
     if config.eval_fraction > 0 and n_eval == 0:
         n_eval = 1
     if n_eval >= len(sequences):
-        raise KftError(f"data.eval_fraction={config.eval_fraction} leaves no training examples out of {len(sequences)}")
+        raise KftError(
+            f"data.eval_fraction={config.eval_fraction} leaves no training examples out of {len(sequences)}"
+        )
     pad = tokenizer.pad_token_id
-    train = _split(segment_lists[n_eval:], sequences[n_eval:], config, pad, num_prompts, packed=config.packing)
-    eval_ = _split(segment_lists[:n_eval], sequences[:n_eval], config, pad, num_prompts) if n_eval else None
+    train = _split(
+        segment_lists[n_eval:], sequences[n_eval:], config, pad, num_prompts, packed=config.packing
+    )
+    eval_ = (
+        _split(segment_lists[:n_eval], sequences[:n_eval], config, pad, num_prompts)
+        if n_eval
+        else None
+    )
     if eval_records is not None:
         held = _select(eval_records, template, config, seed)
         eval_segments, eval_sequences, eval_stats = _encode(held, template, tokenizer, config)
         eval_ = _split(eval_segments, eval_sequences, config, pad, num_prompts)
         stats["eval_overlong"] = eval_stats["overlong"]
-    if families.of_tokenizer(tokenizer) and families.get(families.of_tokenizer(tokenizer)).needs_position_ids:
+    if (
+        families.of_tokenizer(tokenizer)
+        and families.get(families.of_tokenizer(tokenizer)).needs_position_ids
+    ):
         for split in (train, eval_):
             if split is not None:
                 split.with_position_ids = True
-    stats.update(train_examples=len(sequences) - n_eval, eval_examples=len(eval_) if eval_ else 0,
-                 train_tokens=int(train.padding_mask.sum()), trained_tokens=int(train.loss_weights.sum()))
+    stats.update(
+        train_examples=len(sequences) - n_eval,
+        eval_examples=len(eval_) if eval_ else 0,
+        train_tokens=int(train.padding_mask.sum()),
+        trained_tokens=int(train.loss_weights.sum()),
+    )
     if config.packing:
         stats["packed_rows"] = len(train)
     if stats["trained_tokens"] == 0:
-        raise KftError("every loss weight is zero (nothing would be trained); check data.loss_on and the template")
+        raise KftError(
+            "every loss weight is zero (nothing would be trained); check data.loss_on and the template"
+        )
     return Dataset(train=train, eval=eval_, stats=stats)
 
 
 def steps_per_epoch(split: Split, batch_size: int) -> int:
     if len(split) < batch_size:
         what = "packed rows" if split.segment_ids is not None else "training examples"
-        raise KftError(f"train.batch_size={batch_size} is larger than the {len(split)} {what}; lower it")
+        raise KftError(
+            f"train.batch_size={batch_size} is larger than the {len(split)} {what}; lower it"
+        )
     return len(split) // batch_size
 
 
@@ -331,8 +410,17 @@ def steps_per_epoch(split: Split, batch_size: int) -> int:
 PROGRAM_COST_STEPS = 3
 
 
-def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: int = 0, trained_only: bool = False,
-            pad_to_multiple: int = 0, group_by_length: bool = False, program_cost_steps: float = 0):
+def batches(
+    split: Split,
+    batch_size: int,
+    num_batches: int,
+    seed: int,
+    start: int = 0,
+    trained_only: bool = False,
+    pad_to_multiple: int = 0,
+    group_by_length: bool = False,
+    program_cost_steps: float = 0,
+):
     """A Keras PyDataset of micro-batches `start..num_batches-1`; epoch e uses permutation seed+e.
 
     Indexing is a pure function of (seed, batch index), so a resumed run picks up its data
@@ -364,8 +452,12 @@ def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: i
                 return order
             lengths = split.padding_mask.sum(axis=1)
             window = batch_size * 16
-            grouped = np.concatenate([sorted(order[i:i + window], key=lambda j: -lengths[j])
-                                      for i in range(0, len(order), window)])
+            grouped = np.concatenate(
+                [
+                    sorted(order[i : i + window], key=lambda j: -lengths[j])
+                    for i in range(0, len(order), window)
+                ]
+            )
             per_batch = grouped[: per_epoch * batch_size].reshape(per_epoch, batch_size)
             return per_batch[rng.permutation(per_epoch)].reshape(-1)
 
@@ -387,9 +479,17 @@ def batches(split: Split, batch_size: int, num_batches: int, seed: int, start: i
                 return None
             longest = split.padding_mask.sum(axis=1)
             epochs = ceil_div(num_batches, per_epoch)
-            per_batch = np.concatenate([longest[self.epoch_order(e)[: per_epoch * batch_size]]
-                                        .reshape(per_epoch, batch_size).max(axis=1) for e in range(epochs)])
-            cuts = np.minimum(round_up(per_batch[:num_batches], pad_to_multiple), split.token_ids.shape[1])
+            per_batch = np.concatenate(
+                [
+                    longest[self.epoch_order(e)[: per_epoch * batch_size]]
+                    .reshape(per_epoch, batch_size)
+                    .max(axis=1)
+                    for e in range(epochs)
+                ]
+            )
+            cuts = np.minimum(
+                round_up(per_batch[:num_batches], pad_to_multiple), split.token_ids.shape[1]
+            )
             return run_lengths(cuts, program_cost_steps)
 
     return Batches()
@@ -419,8 +519,13 @@ def packed_for_eval(split: Split, length: int) -> Split:
     """`split`'s examples packed several to a row of `length` positions (see packing.py): the same
     tokens, weights and per-example attention, in fewer rows. Generation prompts are not carried."""
     lengths = split.padding_mask.sum(axis=1)
-    sequences = [(np.append(split.token_ids[i, :n], split.targets[i, n - 1]), np.append(0.0, split.loss_weights[i, :n]))
-                 for i, n in enumerate(lengths)]
+    sequences = [
+        (
+            np.append(split.token_ids[i, :n], split.targets[i, n - 1]),
+            np.append(0.0, split.loss_weights[i, :n]),
+        )
+        for i, n in enumerate(lengths)
+    ]
     packed = _packed_split(sequences, length, pad_id=0)  # padding is masked: its id is never read
     packed.with_position_ids = split.with_position_ids
     return packed

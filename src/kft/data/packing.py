@@ -47,9 +47,13 @@ def packed_arrays(sequences, seq_len: int, pad_id: int) -> dict:
     lengths = [len(ids) - 1 for ids, _ in sequences]  # the last token is only a target
     rows = pack(lengths, seq_len)
     n = len(rows)
-    out = {"token_ids": np.full((n, seq_len), pad_id, "int32"), "targets": np.full((n, seq_len), pad_id, "int32"),
-           "loss_weights": np.zeros((n, seq_len), "float32"), "segment_ids": np.zeros((n, seq_len), "int32"),
-           "token_positions": np.zeros((n, seq_len), "int32")}
+    out = {
+        "token_ids": np.full((n, seq_len), pad_id, "int32"),
+        "targets": np.full((n, seq_len), pad_id, "int32"),
+        "loss_weights": np.zeros((n, seq_len), "float32"),
+        "segment_ids": np.zeros((n, seq_len), "int32"),
+        "token_positions": np.zeros((n, seq_len), "int32"),
+    }
     for r, row in enumerate(rows):
         at = 0
         for segment, i in enumerate(row, 1):
@@ -73,9 +77,14 @@ def segments(backbone, segment_ids, positions):
     from keras import ops
 
     same = ops.equal(ops.expand_dims(segment_ids, 2), ops.expand_dims(segment_ids, 1))  # (B, L, L)
-    rope_needed = "position_ids" not in backbone.input  # Gemma 4's backbone takes the positions itself
-    return families.attention_hooks(backbone, mask=lambda m: ops.logical_and(ops.cast(m, "bool"), same),
-                                    positions=(lambda x, start_index: positions) if rope_needed else None)
+    rope_needed = (
+        "position_ids" not in backbone.input
+    )  # Gemma 4's backbone takes the positions itself
+    return families.attention_hooks(
+        backbone,
+        mask=lambda m: ops.logical_and(ops.cast(m, "bool"), same),
+        positions=(lambda x, start_index: positions) if rope_needed else None,
+    )
 
 
 def padding_share(padding_mask: np.ndarray) -> float:

@@ -21,7 +21,13 @@ START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
 CHAT = "chat"  # the family's own chat template
 DOLLY_PROMPT = "Instruction:\n{instruction}\n\nResponse:\n"
 DOLLY_PROMPT_WITH_CONTEXT = "Instruction:\n{instruction}\n\nContext:\n{context}\n\nResponse:\n"
-CHAT_ROLES = {"user": "user", "human": "user", "model": "model", "assistant": "model", "gpt": "model"}
+CHAT_ROLES = {
+    "user": "user",
+    "human": "user",
+    "model": "model",
+    "assistant": "model",
+    "gpt": "model",
+}
 
 Segment = tuple[str, bool]
 
@@ -56,9 +62,13 @@ class Template:
         if self.name == "dolly":
             wanted = ["instruction", "response"]
         elif self.is_chat:
-            wanted = ["messages"] if self.column("messages") in available else ["prompt", "response"]
+            wanted = (
+                ["messages"] if self.column("messages") in available else ["prompt", "response"]
+            )
         else:
-            wanted = sorted(set(_field_names(self.prompt_format) + _field_names(self.response_format)))
+            wanted = sorted(
+                set(_field_names(self.prompt_format) + _field_names(self.response_format))
+            )
         return [self.column(f) for f in wanted]
 
     def column(self, field: str) -> str:
@@ -77,14 +87,21 @@ class Template:
             return [(prompt, False), (str(self._get(record, "response")), True)]
         if self.is_chat:
             return _chat_segments(self._messages(record), self.family)
-        mapped = {f: self._get(record, f) for f in _field_names(self.prompt_format + self.response_format)}
-        return [(self.prompt_format.format(**mapped), False), (self.response_format.format(**mapped), True)]
+        mapped = {
+            f: self._get(record, f) for f in _field_names(self.prompt_format + self.response_format)
+        }
+        return [
+            (self.prompt_format.format(**mapped), False),
+            (self.response_format.format(**mapped), True),
+        ]
 
     def _messages(self, record: dict) -> list[dict]:
         if self.column("messages") in record:
             return list(record[self.column("messages")])
-        return [{"role": "user", "content": self._get(record, "prompt")},
-                {"role": "model", "content": self._get(record, "response")}]
+        return [
+            {"role": "user", "content": self._get(record, "prompt")},
+            {"role": "model", "content": self._get(record, "response")},
+        ]
 
     def wrap_prompt(self, text: str) -> str:
         """Put raw user text where the template's prompt goes (for `kft generate`)."""
@@ -95,7 +112,6 @@ class Template:
         names = _field_names(self.prompt_format)
         return self.prompt_format.format(**{names[0]: text}) if len(set(names)) == 1 else text
 
-
     def conversation_prompt(self, turns: list[dict]) -> str:
         """The prompt for the model's next reply after `turns` ({role, content}, user and model
         alternating, the last from the user): chat turns, or for plain templates each exchange in
@@ -103,8 +119,10 @@ class Template:
         if self.is_chat:
             return "".join(text for text, _ in _chat_segments(turns, self.family))
         replies = [t["content"] for t in turns[1::2]] + [None]
-        return "".join(self.wrap_prompt(user["content"]) + (f"{reply}\n\n" if reply is not None else "")
-                       for user, reply in zip(turns[0::2], replies))
+        return "".join(
+            self.wrap_prompt(user["content"]) + (f"{reply}\n\n" if reply is not None else "")
+            for user, reply in zip(turns[0::2], replies)
+        )
 
 
 def _chat_segments(messages: list[dict], family: families.Family) -> list[Segment]:
@@ -121,7 +139,9 @@ def _chat_segments(messages: list[dict], family: families.Family) -> list[Segmen
             system = f"{start}system\n{content}{end}\n" if system_turn else content + "\n\n"
             continue
         if role not in CHAT_ROLES:
-            raise KftError(f"chat message {i} has role '{role}'; use user, model (or assistant) or system")
+            raise KftError(
+                f"chat message {i} has role '{role}'; use user, model (or assistant) or system"
+            )
         if CHAT_ROLES[role] == "user":
             if system_turn:
                 segments.append((f"{system}{start}user\n{content}{end}\n{start}model\n", False))
@@ -148,8 +168,10 @@ def for_tokenizer(template: Template, tokenizer) -> Template:
     if template.name == CHAT:
         return replace(template, name=family.chat_template)
     if template.is_chat and template.family.end_of_turn not in tokenizer.get_vocabulary():
-        raise KftError(f"data.template {template.name} uses {template.family.end_of_turn}, which this "
-                       f"{family.name} tokenizer lacks; use data.template: chat (the model family's own turns)")
+        raise KftError(
+            f"data.template {template.name} uses {template.family.end_of_turn}, which this "
+            f"{family.name} tokenizer lacks; use data.template: chat (the model family's own turns)"
+        )
     return template
 
 

@@ -23,11 +23,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kft.core import backend
 from kft.config import quantized_bytes_per_param
+from kft.core import backend
+from kft.core.arithmetic import ceil_div
 from kft.core.errors import KftError
 from kft.distribute import layouts
-from kft.core.arithmetic import ceil_div
 
 KINDS = ("auto", "single", "data", "model")
 # Weights may take this share of a device's memory; the rest is for activations, LoRA and optimizer
@@ -59,6 +59,7 @@ def parse_mesh(text: str) -> tuple[int, int] | None:
 
 # ---- multi-host ------------------------------------------------------------------------------
 
+
 def connect() -> None:
     """Join the other processes of a multi-host run when KERAS_DISTRIBUTION_* are set (before any JAX work)."""
     import jax
@@ -68,8 +69,11 @@ def connect() -> None:
     import keras
 
     keras.distribution.initialize()
-    print(f"kft: process {jax.process_index()} of {jax.process_count()}, "
-          f"{jax.local_device_count()} local / {jax.device_count()} devices", flush=True)
+    print(
+        f"kft: process {jax.process_index()} of {jax.process_count()}, "
+        f"{jax.local_device_count()} local / {jax.device_count()} devices",
+        flush=True,
+    )
 
 
 def is_primary() -> bool:
@@ -118,7 +122,9 @@ def run_folder(run_dir: Path) -> tuple[Path, Path]:
     raw = np.zeros(4096, dtype=np.uint8)
     encoded = str(run_dir).encode()
     raw[: len(encoded)] = np.frombuffer(encoded, dtype=np.uint8)
-    shared = Path(bytes(np.asarray(multihost_utils.broadcast_one_to_all(raw))).rstrip(b"\0").decode())
+    shared = Path(
+        bytes(np.asarray(multihost_utils.broadcast_one_to_all(raw))).rstrip(b"\0").decode()
+    )
     if is_primary():
         return shared, shared
     scratch = tempfile.mkdtemp(prefix=f"kft-process{jax.process_index()}-")
@@ -127,6 +133,7 @@ def run_folder(run_dir: Path) -> tuple[Path, Path]:
 
 
 # ---- choosing --------------------------------------------------------------------------------
+
 
 def abstract_weights(path: str, policy: str) -> dict:
     """{variable path: (shape, bytes per element)} of the preset's backbone, built without values."""
@@ -140,7 +147,9 @@ def abstract_weights(path: str, policy: str) -> dict:
     keras.distribution.set_distribution(None)  # so that no variable gets a value
     kwargs, _ = text_only_build(get_preset_loader(path))  # Gemma 4: no image and audio towers
     with weights_from_preset_only():
-        backbone = keras_hub.models.Backbone.from_preset(path, dtype=policy, load_weights=False, **kwargs)
+        backbone = keras_hub.models.Backbone.from_preset(
+            path, dtype=policy, load_weights=False, **kwargs
+        )
     weights = {v.path: (tuple(v.shape), np.dtype(v.dtype).itemsize) for v in backbone.weights}
     del backbone
     return weights
@@ -153,9 +162,16 @@ def quantized(weights: dict, mode: str, int4_block_size: int) -> dict:
     if mode == "none":
         return weights
     size = quantized_bytes_per_param(mode, int4_block_size)
-    return {p: (shape, size if (p.startswith("decoder_block") and p.endswith("/kernel"))
-                or p.endswith("per_layer_token_embedding/embeddings") else itemsize)
-            for p, (shape, itemsize) in weights.items()}
+    return {
+        p: (
+            shape,
+            size
+            if (p.startswith("decoder_block") and p.endswith("/kernel"))
+            or p.endswith("per_layer_token_embedding/embeddings")
+            else itemsize,
+        )
+        for p, (shape, itemsize) in weights.items()
+    }
 
 
 def shapes(weights: dict) -> dict:
@@ -170,7 +186,10 @@ def bytes_per_device(weights: dict, mesh: tuple[int, int]) -> int:
     for path, (shape, itemsize) in weights.items():
         found = layouts.matches(specs, path)
         spec = specs[found[0]] if found else (None,) * len(shape)
-        total += math.prod(ceil_div(size, (mesh_shape[a] if a else 1)) for size, a in zip(shape, spec)) * itemsize
+        total += (
+            math.prod(ceil_div(size, (mesh_shape[a] if a else 1)) for size, a in zip(shape, spec))
+            * itemsize
+        )
     return int(total)
 
 
@@ -195,14 +214,20 @@ def choose(kind: str, mesh_text: str, weights: dict, devices: int, memory: int |
     mesh = parse_mesh(mesh_text)
     if kind == "single":
         if mesh and mesh != (1, 1):
-            raise KftError(f"train.mesh {mesh_text} conflicts with train.distribution single; leave train.mesh empty")
+            raise KftError(
+                f"train.mesh {mesh_text} conflicts with train.distribution single; leave train.mesh empty"
+            )
         return Plan("single", (1, 1), total, "asked for one device")
     if mesh is not None and mesh[0] * mesh[1] > devices:
-        raise KftError(f"train.mesh {mesh_text} needs {mesh[0] * mesh[1]} devices, but JAX sees {devices}; "
-                       f"use a mesh whose sizes multiply to at most {devices}")
+        raise KftError(
+            f"train.mesh {mesh_text} needs {mesh[0] * mesh[1]} devices, but JAX sees {devices}; "
+            f"use a mesh whose sizes multiply to at most {devices}"
+        )
     if kind == "data":
         if mesh and mesh[1] != 1:
-            raise KftError(f"train.distribution data replicates the model: train.mesh must be Nx1, got {mesh_text}")
+            raise KftError(
+                f"train.distribution data replicates the model: train.mesh must be Nx1, got {mesh_text}"
+            )
         return Plan("data", mesh or (devices, 1), total, "asked for data parallel")
     if mesh is not None:  # model, or auto with a mesh
         if kind == "auto" and mesh[1] == 1:
@@ -213,13 +238,23 @@ def choose(kind: str, mesh_text: str, weights: dict, devices: int, memory: int |
     if kind == "auto" and fits(total, memory):
         return Plan("data", (devices, 1), total, "the model fits one device")
     # Smallest model axis that fits; first those that divide the query heads (heads stay whole).
-    heads = min((s[0] for p, s in shapes(weights).items() if p.endswith("attention/query/kernel")), default=1)
+    heads = min(
+        (s[0] for p, s in shapes(weights).items() if p.endswith("attention/query/kernel")),
+        default=1,
+    )
     axes = [m for m in range(2, devices + 1) if devices % m == 0]
     for m in sorted(axes, key=lambda m: (heads % m != 0, m)):
         if fits(bytes_per_device(weights, (devices // m, m)), memory):
-            return Plan("model", (devices // m, m), total, f"model axis {m}: the smallest that fits")
+            return Plan(
+                "model", (devices // m, m), total, f"model axis {m}: the smallest that fits"
+            )
     m = max(axes, default=1)
-    return Plan("model", (devices // m, m), total, f"even model axis {m} may not fit ({_size(memory)} per device)")
+    return Plan(
+        "model",
+        (devices // m, m),
+        total,
+        f"even model axis {m} may not fit ({_size(memory)} per device)",
+    )
 
 
 def _size(n: int | None) -> str:
@@ -245,44 +280,66 @@ def activate(plan: Plan, weights: dict) -> None:
         import jax
 
         if jax.process_count() > 1:
-            raise KftError(f"train.mesh {plan.mesh[0]}x{plan.mesh[1]} leaves devices out; a multi-host mesh must use "
-                           f"all {len(devices)}")
+            raise KftError(
+                f"train.mesh {plan.mesh[0]}x{plan.mesh[1]} leaves devices out; a multi-host mesh must use "
+                f"all {len(devices)}"
+            )
         devices = devices[:used]  # a mesh on the first devices only (say 2 GPUs of 4)
     if plan.kind == "data":
-        dist.set_distribution(dist.DataParallel(devices=devices, auto_shard_dataset=False))  # kft feeds per process
+        dist.set_distribution(
+            dist.DataParallel(devices=devices, auto_shard_dataset=False)
+        )  # kft feeds per process
         return
     mesh = dist.DeviceMesh(plan.mesh, layouts.AXES, devices)
-    dist.set_distribution(dist.ModelParallel(layout_map=layouts.layout_map(shapes(weights), mesh),
-                                             batch_dim_name=layouts.B, auto_shard_dataset=False))
+    dist.set_distribution(
+        dist.ModelParallel(
+            layout_map=layouts.layout_map(shapes(weights), mesh),
+            batch_dim_name=layouts.B,
+            auto_shard_dataset=False,
+        )
+    )
 
 
-def setup(preset: str, precision: str, train, quantize: str = "none", int4_block_size: int = 64) -> Plan:
+def setup(
+    preset: str, precision: str, train, quantize: str = "none", int4_block_size: int = 64
+) -> Plan:
     """Choose and set the distribution `train` (the config's TrainConfig) asks for, before the preset
     loads, for weights quantized as `quantize` says; check its batch size against the mesh; print the
     decision."""
     import jax
 
-    from kft.models import model
-    from kft.models import presets
+    from kft.models import model, presets
 
     policy = model.resolve_precision(precision)
     path = presets.resolve(preset)
     model.family_of_config(path)  # a non-Gemma preset is refused before anything is built
     with model.preset_errors(preset, path):
         weights = abstract_weights(path, policy)
-    plan = choose(train.distribution, train.mesh, quantized(weights, quantize, int4_block_size), jax.device_count(),
-                  device_memory())
+    plan = choose(
+        train.distribution,
+        train.mesh,
+        quantized(weights, quantize, int4_block_size),
+        jax.device_count(),
+        device_memory(),
+    )
     check_batch(train.batch_size, plan)
     activate(plan, weights)
     what = {"single": "one device", "data": "data parallel", "model": "model parallel"}[plan.kind]
-    layout = f"; layouts: {layouts.describe(shapes(weights), dict(zip(layouts.AXES, plan.mesh)))}" \
-        if plan.kind == "model" else ""
-    print(f"kft: {what} on {plan.mesh[0] * plan.mesh[1]} of {jax.device_count()} {jax.default_backend()} device(s), mesh {plan.mesh[0]}x{plan.mesh[1]} "
-          f"(batch x model): {plan.reason}{layout}", flush=True)
+    layout = (
+        f"; layouts: {layouts.describe(shapes(weights), dict(zip(layouts.AXES, plan.mesh)))}"
+        if plan.kind == "model"
+        else ""
+    )
+    print(
+        f"kft: {what} on {plan.mesh[0] * plan.mesh[1]} of {jax.device_count()} {jax.default_backend()} device(s), mesh {plan.mesh[0]}x{plan.mesh[1]} "
+        f"(batch x model): {plan.reason}{layout}",
+        flush=True,
+    )
     return plan
 
 
 # ---- after loading ---------------------------------------------------------------------------
+
 
 def measured_bytes_per_device(model) -> int:
     """The largest share of `model`'s weights one device holds, from the arrays' own shardings."""
@@ -306,22 +363,29 @@ def verify(model, plan: Plan) -> int:
     wanted = 1 if plan.kind == "single" else plan.mesh[0] * plan.mesh[1]
     for v in model.weights:
         if len(v.value.sharding.device_set) != wanted:
-            raise KftError(f"the model was built before the {plan.kind}-parallel distribution was set ({v.path} is "
-                           f"on {len(v.value.sharding.device_set)} device(s), not {wanted}); set the distribution "
-                           "first, then load the preset (kft.train does so)")
+            raise KftError(
+                f"the model was built before the {plan.kind}-parallel distribution was set ({v.path} is "
+                f"on {len(v.value.sharding.device_set)} device(s), not {wanted}); set the distribution "
+                "first, then load the preset (kft.train does so)"
+            )
     if plan.kind == "model":
         layouts.check(current._layout_map, layouts.weight_shapes(model))
     held = measured_bytes_per_device(model)
-    print(f"kft: weights {_size(plan.weight_bytes)}, {_size(held)} per device "
-          f"(device memory: {_size(device_memory())})", flush=True)
+    print(
+        f"kft: weights {_size(plan.weight_bytes)}, {_size(held)} per device "
+        f"(device memory: {_size(device_memory())})",
+        flush=True,
+    )
     return held
 
 
 def check_batch(batch_size: int, plan: Plan) -> None:
     """The global batch must split evenly over the batch axis (and so over the processes feeding it)."""
     if batch_size % plan.batch_axis:
-        raise KftError(f"train.batch_size {batch_size} does not divide by the mesh's batch axis {plan.batch_axis} "
-                       f"(mesh {plan.mesh[0]}x{plan.mesh[1]}); use a multiple of {plan.batch_axis}")
+        raise KftError(
+            f"train.batch_size {batch_size} does not divide by the mesh's batch axis {plan.batch_axis} "
+            f"(mesh {plan.mesh[0]}x{plan.mesh[1]}); use a multiple of {plan.batch_axis}"
+        )
 
 
 def local_batches(batches):
@@ -351,17 +415,35 @@ def local_batch(x: dict, y, w):
     current = keras.distribution.distribution()
     if current is None:
         return x, y, w
-    multiple = dict(zip(current.device_mesh.axis_names, current.device_mesh.shape))[current.batch_dim_name]
+    multiple = dict(zip(current.device_mesh.axis_names, current.device_mesh.shape))[
+        current.batch_dim_name
+    ]
     short = -len(w) % multiple
     if short:  # copies of row 0 that weigh nothing: no trained position (-1), no loss weight
         fill = {"positions": -1, "targets": 0}
-        x = {k: np.concatenate([v, np.full((short, *v.shape[1:]), fill[k], v.dtype) if k in fill
-                                else np.repeat(v[:1], short, 0)]) for k, v in x.items()}
-        y, w = np.concatenate([y, np.repeat(y[:1], short, 0)]), np.concatenate([w, np.zeros((short, *w.shape[1:]), w.dtype)])
+        x = {
+            k: np.concatenate(
+                [
+                    v,
+                    np.full((short, *v.shape[1:]), fill[k], v.dtype)
+                    if k in fill
+                    else np.repeat(v[:1], short, 0),
+                ]
+            )
+            for k, v in x.items()
+        }
+        y, w = (
+            np.concatenate([y, np.repeat(y[:1], short, 0)]),
+            np.concatenate([w, np.zeros((short, *w.shape[1:]), w.dtype)]),
+        )
     if jax.process_count() == 1:
         return x, y, w
     # The rows this process's devices hold; make_array_from_process_local_data joins them.
     shape = (len(w), x["token_ids"].shape[1])
-    index = current.get_data_layout(shape).backend_layout.addressable_devices_indices_map(shape).values()
+    index = (
+        current.get_data_layout(shape)
+        .backend_layout.addressable_devices_indices_map(shape)
+        .values()
+    )
     rows = slice(min(i[0].start or 0 for i in index), max(i[0].stop or shape[0] for i in index))
     return {k: v[rows] for k, v in x.items()}, y[rows], w[rows]

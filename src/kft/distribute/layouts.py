@@ -30,16 +30,36 @@ AXES = (B, M)
 
 # (role, pattern, candidate layouts, most sharded first); replication is always the last resort.
 ROLES = (
-    ("embeddings", r"(.*/)?(per_layer_)?token_embedding/embeddings", [(M, B), (M, None), (None, M)]),
+    (
+        "embeddings",
+        r"(.*/)?(per_layer_)?token_embedding/embeddings",
+        [(M, B), (M, None), (None, M)],
+    ),
     ("query", r".*attention/query/kernel", [(M, B, None), (M, None, None), (None, M, None)]),
-    ("key_value", r".*attention/(key|value)/kernel", [(M, B, None), (M, None, None), (None, B, None)]),
-    ("attention_output", r".*attention/attention_output/kernel", [(M, None, B), (M, None, None), (None, None, M)]),
+    (
+        "key_value",
+        r".*attention/(key|value)/kernel",
+        [(M, B, None), (M, None, None), (None, B, None)],
+    ),
+    (
+        "attention_output",
+        r".*attention/attention_output/kernel",
+        [(M, None, B), (M, None, None), (None, None, M)],
+    ),
     ("ffw_in", r".*ffw_gating(_2)?/kernel", [(B, M), (None, M)]),
     ("ffw_out", r".*ffw_linear/kernel", [(M, B), (M, None)]),
-    ("experts_in", r".*moe_expert_bank/(gate_proj|up_proj)", [(M, B, None), (None, B, M), (None, None, M)]),
+    (
+        "experts_in",
+        r".*moe_expert_bank/(gate_proj|up_proj)",
+        [(M, B, None), (None, B, M), (None, None, M)],
+    ),
     ("experts_out", r".*moe_expert_bank/down_proj", [(M, None, B), (None, M, B), (None, M, None)]),
     # Small per-layer projections (Gemma 4's per-layer inputs, the MoE router): replicated on purpose.
-    ("small", r".*(moe_router/proj|per_layer_input_gate|per_layer_up_proj|per_layer_model_projection)/kernel", []),
+    (
+        "small",
+        r".*(moe_router/proj|per_layer_input_gate|per_layer_up_proj|per_layer_model_projection)/kernel",
+        [],
+    ),
     # Image/audio towers (where a preset keeps them) are small beside the decoder: replicated.
     ("encoders", r"(?!.*lora_kernel_)(.*encoder.*|.*interleave_embeddings/.*)", []),
 )
@@ -50,7 +70,9 @@ QUANTIZATION_AUXILIARIES = ("kernel_scale", "kernel_zero", "embeddings_scale", "
 
 def is_base_weight(path: str, shape) -> bool:
     """A weight the layout map must place: >= 2-D, not a LoRA factor nor a quantized layer's scale."""
-    return len(shape) >= 2 and path.rsplit("/", 1)[-1] not in LORA_FACTORS + QUANTIZATION_AUXILIARIES
+    return (
+        len(shape) >= 2 and path.rsplit("/", 1)[-1] not in LORA_FACTORS + QUANTIZATION_AUXILIARIES
+    )
 
 
 def matches(patterns, path: str) -> list[str]:
@@ -61,8 +83,10 @@ def matches(patterns, path: str) -> list[str]:
 
 
 def _fits(spec, shape, mesh_shape: dict) -> bool:
-    return len(spec) == len(shape) and all(axis is None or mesh_shape[axis] == 1 or size % mesh_shape[axis] == 0
-                                           for axis, size in zip(spec, shape))
+    return len(spec) == len(shape) and all(
+        axis is None or mesh_shape[axis] == 1 or size % mesh_shape[axis] == 0
+        for axis, size in zip(spec, shape)
+    )
 
 
 def specs(weights: dict, mesh_shape: dict) -> dict:
@@ -70,16 +94,22 @@ def specs(weights: dict, mesh_shape: dict) -> dict:
     mesh {"batch": B, "model": M}. Only roles present in the model get a pattern."""
     chosen = {}
     for role, pattern, candidates in ROLES:
-        paths = {p: s for p, s in weights.items() if is_base_weight(p, s) and re.fullmatch(pattern, p)}
+        paths = {
+            p: s for p, s in weights.items() if is_base_weight(p, s) and re.fullmatch(pattern, p)
+        }
         if not paths:
             continue
         if len({len(s) for s in paths.values()}) > 1:
-            raise KftError(f"layout role {role} matches weights of different ranks; kft's layout table needs an entry")
+            raise KftError(
+                f"layout role {role} matches weights of different ranks; kft's layout table needs an entry"
+            )
         best = {p: _best(candidates, s, mesh_shape) for p, s in paths.items()}
         # One pattern for the role, laid out as most of its weights can be; weights that cannot
         # (Gemma 4's global layers with fewer KV heads) get an exact-path entry of their own.
         chosen[pattern] = common = max(set(best.values()), key=list(best.values()).count)
-        chosen.update({p: spec for p, spec in best.items() if not _fits(common, paths[p], mesh_shape)})
+        chosen.update(
+            {p: spec for p, spec in best.items() if not _fits(common, paths[p], mesh_shape)}
+        )
     check(chosen, weights)
     return chosen
 
@@ -113,7 +143,10 @@ def int4_specs(float_spec, layer, device_mesh) -> dict:
     row, column = float_spec[0], float_spec[-1]
 
     def even(spec, variable):
-        return tuple(a if a is None or size % sizes[a] == 0 else None for a, size in zip(spec, variable.shape))
+        return tuple(
+            a if a is None or size % sizes[a] == 0 else None
+            for a, size in zip(spec, variable.shape)
+        )
 
     specs = {layer._kernel.path: even((row, column), layer._kernel)}
     for name in ("kernel_scale", "kernel_zero"):
@@ -144,7 +177,9 @@ def check(patterns, weights: dict) -> None:
         elif path.rsplit("/", 1)[-1] in LORA_FACTORS and found:
             problems.append(f"LoRA factor {path} matches {found}; it must stay replicated")
     if problems:
-        raise KftError(f"layout map does not cover the model exactly ({len(problems)} weights): {problems[0]}")
+        raise KftError(
+            f"layout map does not cover the model exactly ({len(problems)} weights): {problems[0]}"
+        )
 
 
 def weight_shapes(model) -> dict:
@@ -168,6 +203,12 @@ def describe(weights: dict, mesh_shape: dict) -> str:
     """One line: how each role present is laid out, e.g. 'query (model, batch, -), key_value (-, batch, -)'."""
     chosen = specs(weights, mesh_shape)
     names = {pattern: role for role, pattern, _ in ROLES}
-    shown = [f"{names[p]} ({', '.join(a or '-' for a in spec)})" for p, spec in chosen.items() if p in names]
+    shown = [
+        f"{names[p]} ({', '.join(a or '-' for a in spec)})"
+        for p, spec in chosen.items()
+        if p in names
+    ]
     exact = len(chosen) - len(shown)
-    return ", ".join(shown) + (f"; {exact} weights laid out on their own (other head counts)" if exact else "")
+    return ", ".join(shown) + (
+        f"; {exact} weights laid out on their own (other head counts)" if exact else ""
+    )

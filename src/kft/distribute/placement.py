@@ -76,7 +76,9 @@ def settle(layer) -> None:
     if getattr(layer, "quantization_mode", None) == "int4" and hasattr(layer, "_kernel"):
         from kft.distribute import layouts
 
-        float_spec = distribution.get_variable_layout(layer._kernel).axes  # by path: the float kernel's
+        float_spec = distribution.get_variable_layout(
+            layer._kernel
+        ).axes  # by path: the float kernel's
         specs = layouts.int4_specs(float_spec, layer, distribution.device_mesh)
     for variable in layer.variables:
         _lay_out(variable, distribution, specs.get(variable.path))
@@ -107,8 +109,12 @@ def _lay_out(variable, distribution, spec=None) -> None:
     if getattr(variable, "_layout", None) is not None:
         return  # laid out already (`settle`)
     mesh = distribution.device_mesh
-    layout = TensorLayout(spec, mesh) if spec is not None else distribution.get_variable_layout(variable)
-    if not layouts.fits(layout.axes, variable.shape, mesh):  # a quantized variable no float layout describes
+    layout = (
+        TensorLayout(spec, mesh) if spec is not None else distribution.get_variable_layout(variable)
+    )
+    if not layouts.fits(
+        layout.axes, variable.shape, mesh
+    ):  # a quantized variable no float layout describes
         layout = TensorLayout(layouts.quantized_spec(variable.shape, mesh), mesh)
     variable._layout = layout
     variable._direct_assign(variable._value)

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from kft.data import dataset
-from kft.generation import engine
-from kft.generation import sampling
-from kft.data.dataset import gather_trained
 from kft.core.arithmetic import round_up
+from kft.data import dataset
+from kft.data.dataset import gather_trained
+from kft.generation import engine, sampling
 
 
 def rows_for(split: dataset.Split, tokenizer) -> list[list[int]] | None:
@@ -34,13 +33,19 @@ def rows_for(split: dataset.Split, tokenizer) -> list[list[int]] | None:
     prompts = sampling.encode(tokenizer, split.prompts)
     for row, ids in enumerate(prompts):
         length = int(split.padding_mask[row].sum())
-        if len(ids) > length or split.token_ids[row, :len(ids)].tolist() != ids:
+        if len(ids) > length or split.token_ids[row, : len(ids)].tolist() != ids:
             return None
     return prompts
 
 
-def measure(task, split: dataset.Split, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-            progress=None) -> tuple[list[list[int]], float, float, int]:
+def measure(
+    task,
+    split: dataset.Split,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    progress=None,
+) -> tuple[list[list[int]], float, float, int]:
     """(new ids per prompt, sum of weighted nll, sum of weights, examples covered): the loss covers
     the len(prompts) first examples and the examples after them that fit the chunks' free rows."""
     tokenizer = task.preprocessor.tokenizer
@@ -56,15 +61,22 @@ def measure(task, split: dataset.Split, prompts: list[list[int]], max_new_tokens
         covered += 1
     # A riding example's prompt (its tokens before the first trained one) ends at `end` where it fits.
     first_trained = [int(np.argmax(split.loss_weights[r] > 0)) + 1 for r in range(count, covered)]
-    pads = np.array([end - len(ids) for ids in prompts]
-                    + [min(max(end - p, 0), span - int(lengths[r])) for p, r in zip(first_trained, range(count, covered))],
-                    dtype="int32")
+    pads = np.array(
+        [end - len(ids) for ids in prompts]
+        + [
+            min(max(end - p, 0), span - int(lengths[r]))
+            for p, r in zip(first_trained, range(count, covered))
+        ],
+        dtype="int32",
+    )
     size = sampling.chunk_size(covered, most)
     prefixes = groups = None
     if size == covered:  # one chunk: see kft.generation.sampling
         # The loss reads hidden states from each row's first trained position on: no prefix past it.
-        prefixes = engine.shared_prefixes([split.token_ids[r, :lengths[r]].tolist() for r in range(covered)],
-                                                [int(np.argmax(split.loss_weights[r] > 0)) for r in range(covered)])
+        prefixes = engine.shared_prefixes(
+            [split.token_ids[r, : lengths[r]].tolist() for r in range(covered)],
+            [int(np.argmax(split.loss_weights[r] > 0)) for r in range(covered)],
+        )
         groups = engine.prefill_groups(pads + engine.prefix_lengths(prefixes, covered), span)
     engine.install(task, end, max_new_tokens, groups, prefixes)
     stops = sampling.stop_token_ids(tokenizer)
@@ -78,21 +90,32 @@ def measure(task, split: dataset.Split, prompts: list[list[int]], max_new_tokens
         weights = np.zeros((size, span), dtype="float32")
         for i, r in enumerate(rows):
             at = pads[r]
-            token_ids[i, at:at + lengths[r]] = split.token_ids[r, :lengths[r]]
-            targets[i, at:at + lengths[r]] = split.targets[r, :lengths[r]]
-            weights[i, at:at + lengths[r]] = split.loss_weights[r, :lengths[r]] * real[i]
+            token_ids[i, at : at + lengths[r]] = split.token_ids[r, : lengths[r]]
+            targets[i, at : at + lengths[r]] = split.targets[r, : lengths[r]]
+            weights[i, at : at + lengths[r]] = split.loss_weights[r, : lengths[r]] * real[i]
         padding_mask = np.zeros(token_ids.shape, dtype=bool)
         padding_mask[:, :end] = True
         positions, picked, picked_weights = gather_trained(weights, targets)
         out = task.make_generate_function()(
-            {"token_ids": token_ids, "padding_mask": padding_mask, "left_padding": pads[rows],
-             "loss_positions": positions, "loss_targets": picked, **engine.kept_inputs(task)},
-            stop_token_ids=stops)
+            {
+                "token_ids": token_ids,
+                "padding_mask": padding_mask,
+                "left_padding": pads[rows],
+                "loss_positions": positions,
+                "loss_targets": picked,
+                **engine.kept_inputs(task),
+            },
+            stop_token_ids=stops,
+        )
         total += float((np.asarray(out["loss_nll"], dtype="float64") * picked_weights).sum())
         weight += float(picked_weights.sum())
         generated = np.asarray(out["token_ids"])
-        asked = [i for i, r in enumerate(rows) if real[i] and r < count]  # sample prompts, not riding rows
-        answers += [sampling.until_stop(generated[i, end:end + max_new_tokens], stops) for i in asked]
+        asked = [
+            i for i, r in enumerate(rows) if real[i] and r < count
+        ]  # sample prompts, not riding rows
+        answers += [
+            sampling.until_stop(generated[i, end : end + max_new_tokens], stops) for i in asked
+        ]
         if progress is not None:
             progress.advance(len(asked))
     return answers, total, weight, covered

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from kft.data import dataset
 from kft.distribute import distribution
-from kft.generation import sampling
-from kft.generation import samplers
 from kft.evaluate import scoring
+from kft.generation import samplers, sampling
 
 
 def compile_task(task, optimizer=None, logits_on: str = "all"):
@@ -23,14 +22,22 @@ def compile_task(task, optimizer=None, logits_on: str = "all"):
 
     task.compile(sampler=samplers.make_sampler("greedy"))
     _build_preprocessor(task)
-    if logits_on == "trained" and optimizer is not None and task.backbone.token_embedding.trainable_weights:
+    if (
+        logits_on == "trained"
+        and optimizer is not None
+        and task.backbone.token_embedding.trainable_weights
+    ):
         # The trained-position loss gives the token embeddings no gradient (kft's LoRA freezes them).
-        raise KftError("train.logits_on: trained cannot train the token embeddings; set train.logits_on: all")
+        raise KftError(
+            "train.logits_on: trained cannot train the token embeddings; set train.logits_on: all"
+        )
     if logits_on == "trained":
         model, loss = TrainedPositionsLM(task), PositionLoss()
     else:
         model = task
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
+        loss = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight"
+        )
     keras.Model.compile(model, optimizer=optimizer or "adam", loss=loss)
     _build_compiled_loss(model)
     return model
@@ -91,22 +98,37 @@ def _loss_sums(model, split: dataset.Split, batch_size: int, label: str) -> tupl
 
     from kft.core.progress import Counter
 
-    batches = dataset.eval_batches(split, EVAL_BATCH_SCALE * batch_size, uses_trained_positions(model))
+    batches = dataset.eval_batches(
+        split, EVAL_BATCH_SCALE * batch_size, uses_trained_positions(model)
+    )
     progress = Counter(f"{label}: eval loss", len(batches), "batches")
     total = weight = 0.0
     for x, y, w in batches:
         batch_weight = float(w.sum())
         if batch_weight > 0:
-            x, y, w = distribution.local_batch(x, y, w)  # padded to the batch axis; this process's rows
-            total += keras.Model.test_on_batch(model, x, y, sample_weight=w, return_dict=True)["loss"] * batch_weight
+            x, y, w = distribution.local_batch(
+                x, y, w
+            )  # padded to the batch axis; this process's rows
+            total += (
+                keras.Model.test_on_batch(model, x, y, sample_weight=w, return_dict=True)["loss"]
+                * batch_weight
+            )
             weight += batch_weight
         progress.advance()
     progress.close()
     return total, weight
 
 
-def measure(task, model, split: dataset.Split, metric: str, batch_size: int, max_new_tokens: int,
-            with_loss: bool, label: str = "measuring") -> dict:
+def measure(
+    task,
+    model,
+    split: dataset.Split,
+    metric: str,
+    batch_size: int,
+    max_new_tokens: int,
+    with_loss: bool,
+    label: str = "measuring",
+) -> dict:
     """{'loss'?, 'generations', 'score', 'xla'}: greedy answers of `task`, loss of `model` (see compile_task).
 
     The sample prompts' examples get their answers and loss from one prefill where that applies
@@ -114,9 +136,9 @@ def measure(task, model, split: dataset.Split, metric: str, batch_size: int, max
     `kft: LABEL: 32/64 prompts` (one bar in a notebook)."""
     import jax
 
-    from kft.evaluate import answers_and_loss
     from kft.core.compiles import Compiles
     from kft.core.progress import Counter
+    from kft.evaluate import answers_and_loss
 
     tokenizer = task.preprocessor.tokenizer
     with Compiles() as compiles:
@@ -126,14 +148,24 @@ def measure(task, model, split: dataset.Split, metric: str, batch_size: int, max
         total = weight = 0.0
         covered = 0
         if prompts is not None:
-            ids, total, weight, covered = answers_and_loss.measure(task, split, prompts, max_new_tokens,
-                                                                   GENERATE_BATCH, progress)
+            ids, total, weight, covered = answers_and_loss.measure(
+                task, split, prompts, max_new_tokens, GENERATE_BATCH, progress
+            )
             generations = [sampling.detokenize(tokenizer, new) for new in ids]
         else:
-            generations = sampling.generate(task, tokenizer, split.prompts, max_new_tokens,
-                                            batch_size=GENERATE_BATCH, progress=progress)
+            generations = sampling.generate(
+                task,
+                tokenizer,
+                split.prompts,
+                max_new_tokens,
+                batch_size=GENERATE_BATCH,
+                progress=progress,
+            )
         progress.close()
-        result = {"generations": generations, "score": scoring.score(metric, generations, split.references)}
+        result = {
+            "generations": generations,
+            "score": scoring.score(metric, generations, split.references),
+        }
         if with_loss:
             rest = split.select(slice(covered, None))
             if len(rest):
@@ -149,10 +181,9 @@ def evaluate_run(run_dir, base: bool = False, metric: str | None = None) -> dict
     from pathlib import Path
 
     from kft import config as config_lib
-    from kft.models import adapter
     from kft.generation import loading
-    from kft.quant import frozen_base
-    from kft.quant import quantize
+    from kft.models import adapter
+    from kft.quant import frozen_base, quantize
 
     c = config_lib.load(str(Path(run_dir) / "config.yaml"))
     records, eval_records = dataset.load_sources(c.data)
@@ -161,11 +192,29 @@ def evaluate_run(run_dir, base: bool = False, metric: str | None = None) -> dict
         task = frozen_base.load(c.model.preset, c.model.precision, c.model.quantize, **options)[0]
     else:
         task = loading.load_tuned(run_dir)
-    built = dataset.build(records, task.preprocessor.tokenizer, c.data, c.train.seed, num_prompts=c.output.samples,
-                          eval_records=eval_records)
+    built = dataset.build(
+        records,
+        task.preprocessor.tokenizer,
+        c.data,
+        c.train.seed,
+        num_prompts=c.output.samples,
+        eval_records=eval_records,
+    )
     model_for_loss = compile_task(task, logits_on=c.train.logits_on)
     split = built.eval or built.train
     metric = metric or c.output.metric
-    result = measure(task, model_for_loss, split, metric, c.train.batch_size, c.output.sample_max_new_tokens,
-                     with_loss=built.eval is not None)
-    return {"model": "base" if base else "tuned", "metric": metric, "examples": len(split.prompts), **result}
+    result = measure(
+        task,
+        model_for_loss,
+        split,
+        metric,
+        c.train.batch_size,
+        c.output.sample_max_new_tokens,
+        with_loss=built.eval is not None,
+    )
+    return {
+        "model": "base" if base else "tuned",
+        "metric": metric,
+        "examples": len(split.prompts),
+        **result,
+    }

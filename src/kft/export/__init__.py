@@ -20,30 +20,38 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise KftError(f"--out '{out}' is a file; choose a folder path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise KftError(f"--out '{out}' already holds files; choose another folder or pass --overwrite")
+        raise KftError(
+            f"--out '{out}' already holds files; choose another folder or pass --overwrite"
+        )
 
 
-def export(run_dir: str | None, fmt: str, out: str, preset: str | None = None, base: bool = False,
-           overwrite: bool = False, with_base: bool = False) -> Path:
+def export(
+    run_dir: str | None,
+    fmt: str,
+    out: str,
+    preset: str | None = None,
+    base: bool = False,
+    overwrite: bool = False,
+    with_base: bool = False,
+) -> Path:
     """Write the export; return its folder. `base=True` exports the base preset without the adapter.
 
     A PEFT adapter names its base (`base_model_name_or_path`): with `with_base`, the base model is
     exported into OUT/base and named by that folder; otherwise the Hugging Face twin of the
     preset (see presets.hf_twin), if it has one."""
-    from kft.models import adapter
+    from kft.export import hf, merge, model_card, peft
     from kft.generation import loading
-    from kft.models import model
+    from kft.models import adapter, model, presets
     from kft.quant import frozen_base
-    from kft.export import model_card
-    from kft.models import presets
-    from kft.export import hf, merge, peft
 
     if fmt not in FORMATS:
         raise KftError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     if base and fmt == "peft":
         raise KftError("--base exports the base model alone; a PEFT export needs the run's adapter")
     if with_base and fmt != "peft":
-        raise KftError("--with-base goes with --format peft (the adapter and its base model together)")
+        raise KftError(
+            "--with-base goes with --format peft (the adapter and its base model together)"
+        )
     out = Path(out).expanduser()
     _check_out(out, overwrite)
     meta = adapter.read_config(run_dir) if run_dir else {}
@@ -55,23 +63,37 @@ def export(run_dir: str | None, fmt: str, out: str, preset: str | None = None, b
         if not run_dir:
             raise KftError("give the run folder to export")
         # A quantized run's LoRA merges into the float base, never into integer kernels.
-        task = loading.load_tuned(run_dir=run_dir, preset=preset, precision="float32", quantize="none")
+        task = loading.load_tuned(
+            run_dir=run_dir, preset=preset, precision="float32", quantize="none"
+        )
         family = model.family_of(task.backbone)
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        print(f"kft: writing {fmt} export of {'the base model' if base else run_dir}", file=sys.stderr, flush=True)
+        print(
+            f"kft: writing {fmt} export of {'the base model' if base else run_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
         if fmt == "peft":
             base_preset = preset or meta["base_preset"]
             base_ref = str((out / "base").absolute()) if with_base else presets.hf_twin(base_preset)
             peft.write(task.backbone, meta, base_ref, partial)
             if with_base:
                 base_task, base_family, _ = frozen_base.load(base_preset, "float32")
-                hf.write(base_task.backbone, base_task.preprocessor.tokenizer, base_family, partial / "base")
+                hf.write(
+                    base_task.backbone,
+                    base_task.preprocessor.tokenizer,
+                    base_family,
+                    partial / "base",
+                )
             elif base_ref is None:
-                print(f"kft: '{base_preset}' has no known Hugging Face twin; adapter_config.json names no base "
-                      "(export it with --with-base, or load the adapter onto `kft export --base --format hf`)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"kft: '{base_preset}' has no known Hugging Face twin; adapter_config.json names no base "
+                    "(export it with --with-base, or load the adapter onto `kft export --base --format hf`)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         else:
             merge.merge_lora(task.backbone)
             if fmt == "keras":

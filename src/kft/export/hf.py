@@ -26,7 +26,11 @@ def _exporting(family: str) -> families.Family:
 def hf_config(backbone, family: str, tokenizer) -> dict:
     """transformers config.json for `backbone`."""
     f = _exporting(family)
-    return {"architectures": [f.hf_architecture], "model_type": f.hf_model_type, **f.hf_config(backbone, tokenizer)}
+    return {
+        "architectures": [f.hf_architecture],
+        "model_type": f.hf_model_type,
+        **f.hf_config(backbone, tokenizer),
+    }
 
 
 def hf_weights(backbone, family: str) -> dict[str, np.ndarray]:
@@ -37,17 +41,36 @@ def hf_weights(backbone, family: str) -> dict[str, np.ndarray]:
 def write_tokenizer(tokenizer, folder: Path, tokenizer_class: str) -> None:
     """tokenizer.model (the SentencePiece proto itself) plus transformers' tokenizer files."""
     proto = tokenizer.proto
-    (folder / "tokenizer.model").write_bytes(proto if isinstance(proto, bytes) else Path(proto).read_bytes())
-    specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    (folder / "tokenizer.model").write_bytes(
+        proto if isinstance(proto, bytes) else Path(proto).read_bytes()
+    )
+    specials = {
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+    }
     vocabulary = set(tokenizer.get_vocabulary())
-    extra = [t for f in families.FAMILIES.values() for t in (f.start_of_turn, f.end_of_turn) if t in vocabulary]
+    extra = [
+        t
+        for f in families.FAMILIES.values()
+        for t in (f.start_of_turn, f.end_of_turn)
+        if t in vocabulary
+    ]
     extra = list(dict.fromkeys(extra))
-    config = {"tokenizer_class": tokenizer_class, **specials, "add_bos_token": True, "add_eos_token": False,
-              "clean_up_tokenization_spaces": False, "additional_special_tokens": extra,
-              "model_max_length": 1_000_000}
+    config = {
+        "tokenizer_class": tokenizer_class,
+        **specials,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "additional_special_tokens": extra,
+        "model_max_length": 1_000_000,
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (folder / "special_tokens_map.json").write_text(json.dumps({**specials, "additional_special_tokens": extra},
-                                                               indent=2) + "\n")
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps({**specials, "additional_special_tokens": extra}, indent=2) + "\n"
+    )
 
 
 def write(backbone, tokenizer, family: str, folder: str | os.PathLike) -> None:
@@ -56,14 +79,21 @@ def write(backbone, tokenizer, family: str, folder: str | os.PathLike) -> None:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(hf_config(backbone, family, tokenizer), indent=2) + "\n")
+    (folder / "config.json").write_text(
+        json.dumps(hf_config(backbone, family, tokenizer), indent=2) + "\n"
+    )
     # safetensors writes an array's memory as it lies: transposed views must be made contiguous first.
-    weights = {name: np.ascontiguousarray(array) for name, array in hf_weights(backbone, family).items()}
+    weights = {
+        name: np.ascontiguousarray(array) for name, array in hf_weights(backbone, family).items()
+    }
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     from kft.generation.sampling import stop_token_ids
 
     stops = list(stop_token_ids(tokenizer))
-    generation = {"bos_token_id": tokenizer.start_token_id, "eos_token_id": stops,
-                  "pad_token_id": tokenizer.pad_token_id}
+    generation = {
+        "bos_token_id": tokenizer.start_token_id,
+        "eos_token_id": stops,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     write_tokenizer(tokenizer, folder, families.get(family).hf_tokenizer_class)

@@ -19,5 +19,3 @@ def merge_lora(backbone) -> int:
             layer.lora_kernel_b.assign(np.zeros(layer.lora_kernel_b.shape, dtype="float32"))
             merged += 1
     return merged
-
-

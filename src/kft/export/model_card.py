@@ -10,11 +10,12 @@ import yaml
 from kft import families
 
 
-
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
@@ -22,13 +23,15 @@ def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
     run = Path(run_dir)
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     adapter = json.loads((run / "adapter_config.json").read_text(encoding="utf-8"))
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    summary = (
+        json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    )
     data, train = config["data"], config["train"]
     stats = summary.get("data", {})
     usage = {
         "keras": 'import keras_hub\nlm = keras_hub.models.CausalLM.from_preset("PATH")\nprint(lm.generate("...", max_length=128))',
-        "hf": 'from transformers import AutoModelForCausalLM, AutoTokenizer\n'
-              'model = AutoModelForCausalLM.from_pretrained("PATH")\ntokenizer = AutoTokenizer.from_pretrained("PATH")',
+        "hf": "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        'model = AutoModelForCausalLM.from_pretrained("PATH")\ntokenizer = AutoTokenizer.from_pretrained("PATH")',
         "peft": 'from peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, "PATH")  # base: the HF export of the base',
     }[fmt]
     lines = [
@@ -46,7 +49,8 @@ def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
         "",
         "## Training data",
         "",
-        f"- Source: `{data['source']}`" + (f" (held out: `{data['eval_source']}`)" if data.get("eval_source") else ""),
+        f"- Source: `{data['source']}`"
+        + (f" (held out: `{data['eval_source']}`)" if data.get("eval_source") else ""),
         f"- Examples: {stats.get('train_examples', '?')} for training, {stats.get('eval_examples', 0)} for evaluation; "
         f"{stats.get('trained_tokens', '?')} trained tokens",
         f"- Template: `{data['template']}`; loss on {data['loss_on']} tokens; sequence length {data['seq_len']}",
@@ -55,7 +59,8 @@ def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
         "",
         f"- LoRA: rank {adapter['rank']}, alpha {adapter['alpha']}, on {', '.join(adapter['targets'])}",
         f"- Trainable parameters: {summary.get('trainable_parameters', '?'):,} of {summary.get('parameters', '?'):,}"
-        if summary else "- Trainable parameters: see the run",
+        if summary
+        else "- Trainable parameters: see the run",
         f"- Optimizer: AdamW, lr {train['lr']}, weight decay {train['weight_decay']}, {train['schedule']} schedule, "
         f"warmup {train['warmup_steps']} steps, clip norm {train['clip_norm']}",
         f"- Batch {train['batch_size']} x accumulation {train['grad_accum']}, "
@@ -64,16 +69,28 @@ def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
         "## Results",
         "",
     ]
-    results = [(k, v) for k, v in summary.items() if k.endswith(("_loss", "_before", "_after")) and v is not None]
-    lines += [f"- {k.replace('_', ' ')}: {v:.4f}" if isinstance(v, float) else f"- {k.replace('_', ' ')}: {v}"
-              for k, v in results] or ["- (no metrics recorded)"]
+    results = [
+        (k, v)
+        for k, v in summary.items()
+        if k.endswith(("_loss", "_before", "_after")) and v is not None
+    ]
+    lines += [
+        f"- {k.replace('_', ' ')}: {v:.4f}"
+        if isinstance(v, float)
+        else f"- {k.replace('_', ' ')}: {v}"
+        for k, v in results
+    ] or ["- (no metrics recorded)"]
     if (run / "loss.png").is_file():
         lines += ["", "![Training loss, eval loss before/after and learning rate](loss.png)"]
     shown = _read_jsonl(run / "samples.jsonl")[:samples]
     if shown:
         lines += ["", "## Sample generations (greedy)", ""]
         for s in shown:
-            lines += [f"**Prompt:**\n```\n{s['prompt'].rstrip()}\n```",
-                      f"- before: {s['before'].strip()!r}", f"- after: {s['after'].strip()!r}", ""]
+            lines += [
+                f"**Prompt:**\n```\n{s['prompt'].rstrip()}\n```",
+                f"- before: {s['before'].strip()!r}",
+                f"- after: {s['after'].strip()!r}",
+                "",
+            ]
     lines += ["", "## License", "", families.get(adapter["family"]).license, ""]
     return "\n".join(lines)

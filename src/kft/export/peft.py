@@ -26,7 +26,7 @@ def _factors(per_head: bool, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, 
         lora_a = a.transpose(0, 2, 1).reshape(heads * r, hidden)
         lora_b = np.zeros((heads * head_dim, heads * r), dtype=a.dtype)
         for n in range(heads):
-            lora_b[n * head_dim:(n + 1) * head_dim, n * r:(n + 1) * r] = b.T
+            lora_b[n * head_dim : (n + 1) * head_dim, n * r : (n + 1) * r] = b.T
         return lora_a, lora_b
     # The attention output's a: (heads, head_dim, r), b: (r, hidden); the MLP's a: (in, r), b: (r, out).
     return a.reshape(-1, a.shape[-1]).T, b.T
@@ -59,8 +59,11 @@ def write(backbone, meta: dict, base_hf_dir: str | None, folder: str | Path) -> 
             path = family.hf_lora_modules[name]  # e.g. self_attn.q_proj
             hf_name = path.rsplit(".", 1)[-1]
             targets.add(hf_name)
-            lora_a, lora_b = _factors(name in family.per_head, np.asarray(layer.lora_kernel_a.numpy(), "float32"),
-                                      np.asarray(layer.lora_kernel_b.numpy(), "float32"))
+            lora_a, lora_b = _factors(
+                name in family.per_head,
+                np.asarray(layer.lora_kernel_a.numpy(), "float32"),
+                np.asarray(layer.lora_kernel_b.numpy(), "float32"),
+            )
             module = f"base_model.model.model.layers.{i}.{path}"
             tensors[f"{module}.lora_A.weight"] = np.ascontiguousarray(lora_a)
             tensors[f"{module}.lora_B.weight"] = np.ascontiguousarray(lora_b)
@@ -71,9 +74,19 @@ def write(backbone, meta: dict, base_hf_dir: str | None, folder: str | Path) -> 
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_hf_dir,
-        "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0, "bias": "none", "use_rslora": False,
-        "target_modules": sorted(targets), "rank_pattern": ranks, "alpha_pattern": alphas,
-        "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_hf_dir,
+        "r": rank,
+        "lora_alpha": alpha,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "use_rslora": False,
+        "target_modules": sorted(targets),
+        "rank_pattern": ranks,
+        "alpha_pattern": alphas,
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
     }
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -25,30 +25,41 @@ def _kind(folder: Path) -> str:
     config = folder / "config.json"
     if config.is_file():
         return "hf" if "model_type" in json.loads(config.read_text()) else "keras"
-    raise KftError(f"'{folder}' is neither a kft run folder nor an export (no config.json / adapter files)")
+    raise KftError(
+        f"'{folder}' is neither a kft run folder nor an export (no config.json / adapter files)"
+    )
 
 
 def _target(uri: str) -> tuple[str, str]:
     for scheme in ("kaggle", "hf"):
         if uri.startswith(f"{scheme}://") and uri.count("/") >= (5 if scheme == "kaggle" else 3):
             return scheme, uri.split("://", 1)[1]
-    raise KftError(f"--to must look like kaggle://OWNER/MODEL/keras/VARIANT or hf://OWNER/REPO, got '{uri}'")
+    raise KftError(
+        f"--to must look like kaggle://OWNER/MODEL/keras/VARIANT or hf://OWNER/REPO, got '{uri}'"
+    )
 
 
 def check_credentials(scheme: str) -> None:
     """Fail in one line, before any work, when the destination cannot be authenticated or reached."""
     if scheme == "kaggle":
-        has = (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or \
-            os.environ.get("KAGGLE_API_TOKEN") or Path("~/.kaggle/kaggle.json").expanduser().is_file()
+        has = (
+            (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"))
+            or os.environ.get("KAGGLE_API_TOKEN")
+            or Path("~/.kaggle/kaggle.json").expanduser().is_file()
+        )
         if not has:
-            raise KftError("no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY, or put kaggle.json in ~/.kaggle/")
+            raise KftError(
+                "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY, or put kaggle.json in ~/.kaggle/"
+            )
     else:
         from huggingface_hub import get_token
 
         if not get_token():
             raise KftError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     if not network.reachable(HOSTS[scheme], timeout=5):
-        raise KftError(f"cannot reach {HOSTS[scheme]} (offline?); publish from a machine with network access")
+        raise KftError(
+            f"cannot reach {HOSTS[scheme]} (offline?); publish from a machine with network access"
+        )
 
 
 def _validate(folder: Path, kind: str) -> None:
@@ -76,7 +87,9 @@ def publish(folder: str, to: str, dry_run: bool = False, echo=print) -> None:
         raise KftError(f"'{folder}' is not a folder; give a run folder or an export folder")
     kind = _kind(path)
     if scheme == "kaggle" and kind not in ("run", "keras"):
-        raise KftError("Kaggle Models takes Keras presets: publish the run folder or a `kft export --format keras` folder")
+        raise KftError(
+            "Kaggle Models takes Keras presets: publish the run folder or a `kft export --format keras` folder"
+        )
     if not dry_run:
         check_credentials(scheme)
     backend.setup()
@@ -100,7 +113,9 @@ def publish(folder: str, to: str, dry_run: bool = False, echo=print) -> None:
         try:
             _upload(path, kind, to)
         except Exception as e:  # auth, quota, name clashes: the service's own words, on one line
-            raise KftError(f"upload to {to} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+            raise KftError(
+                f"upload to {to} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            ) from None
         echo(f"kft: published to {to}")
 
 

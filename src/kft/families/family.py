@@ -17,9 +17,15 @@ MLP = ("ffw_gating", "ffw_gating_2", "ffw_linear")
 LORA_LAYERS = ATTENTION + MLP
 # transformers' module for each, inside a decoder layer (`model.layers.<i>.<module>`), and the layers
 # whose Keras LoRA factors are per head (A: heads x hidden x r): what the PEFT export writes.
-HF_LORA_MODULES = {"query": "self_attn.q_proj", "key": "self_attn.k_proj", "value": "self_attn.v_proj",
-                   "attention_output": "self_attn.o_proj", "ffw_gating": "mlp.gate_proj",
-                   "ffw_gating_2": "mlp.up_proj", "ffw_linear": "mlp.down_proj"}
+HF_LORA_MODULES = {
+    "query": "self_attn.q_proj",
+    "key": "self_attn.k_proj",
+    "value": "self_attn.v_proj",
+    "attention_output": "self_attn.o_proj",
+    "ffw_gating": "mlp.gate_proj",
+    "ffw_gating_2": "mlp.up_proj",
+    "ffw_linear": "mlp.down_proj",
+}
 PER_HEAD = ("query", "key", "value")
 
 
@@ -27,9 +33,15 @@ def block_layers(block) -> dict:
     """{kft layer name: the layer of a KerasHub Gemma decoder `block`, None where it has none (a
     Gemma 4 layer reusing another's K/V)}: the layers LoRA may adapt and the PEFT export reads."""
     attention = block.attention
-    return {"query": attention.query_dense, "key": attention.key_dense, "value": attention.value_dense,
-            "attention_output": attention.output_dense, "ffw_gating": block.gating_ffw,
-            "ffw_gating_2": block.gating_ffw_2, "ffw_linear": block.ffw_linear}
+    return {
+        "query": attention.query_dense,
+        "key": attention.key_dense,
+        "value": attention.value_dense,
+        "attention_output": attention.output_dense,
+        "ffw_gating": block.gating_ffw,
+        "ffw_gating_2": block.gating_ffw_2,
+        "ffw_linear": block.ffw_linear,
+    }
 
 
 class KernelReaders(NamedTuple):
@@ -69,7 +81,9 @@ class Family:
     matches_keras_config: Callable[[dict], bool] = lambda config: True
     # Tokens attended over, from a backbone or HF config when it does not say (None: the base context).
     context_length: Callable[[int, dict], int] = scaled_context
-    lora_layers: tuple[str, ...] = LORA_LAYERS  # names `all-linear` adapts, inside decoder blocks only
+    lora_layers: tuple[str, ...] = (
+        LORA_LAYERS  # names `all-linear` adapts, inside decoder blocks only
+    )
     # Sub-layers of a decoder block that stay frozen even when their names match (MoE experts, router).
     frozen_blocks: tuple[str, ...] = ()
     needs_position_ids: bool = False  # backbone input `position_ids` (Gemma 4); kft passes 0..L-1
@@ -87,7 +101,9 @@ class Family:
     # fields}, so `kft plan` works offline; approximate when they leave something out (see the table).
     preset_sizes: dict[str, dict] = field(default_factory=dict)
     preset_sizes_approximate: bool = False
-    preset_aliases: dict[str, str] = field(default_factory=dict)  # {other name: the preset of the same sizes}
+    preset_aliases: dict[str, str] = field(
+        default_factory=dict
+    )  # {other name: the preset of the same sizes}
     # {Kaggle preset: the Hugging Face checkpoint of the same weights} (PEFT adapters name their base by it).
     hf_twins: dict[str, str] = field(default_factory=dict)
     # The Keras backbone config's `intermediate_dim` counts gate + up (one projection is half of it).
@@ -96,7 +112,9 @@ class Family:
     # arguments over the common tiny sizes}, and what its SentencePiece vocabulary holds as single tokens.
     tiny: dict[str, dict] = field(default_factory=dict)
     tiny_symbols: tuple[str, ...] = ()
-    gguf_presets: dict[str, GgufPreset] = field(default_factory=dict)  # {kft-prepared preset name: its GGUF}
+    gguf_presets: dict[str, GgufPreset] = field(
+        default_factory=dict
+    )  # {kft-prepared preset name: its GGUF}
     # The transformers export (kft.export.hf): config.json less `architectures` and `model_type` (those are
     # hf_architecture and hf_model_type) and {parameter name: float32 array}, from a backbone whose LoRA
     # is merged; and tokenizer_config.json's tokenizer_class. None: the family has no transformers export.

@@ -27,8 +27,13 @@ class Session:
 
     def reply(self, text: str) -> str:
         prompt = self.prompt_for(text)
-        answer = sampling.generate(self.task, self.task.preprocessor.tokenizer, [prompt], self.max_new_tokens)[0]
-        self.history += [{"role": "user", "content": text}, {"role": "model", "content": answer.strip()}]
+        answer = sampling.generate(
+            self.task, self.task.preprocessor.tokenizer, [prompt], self.max_new_tokens
+        )[0]
+        self.history += [
+            {"role": "user", "content": text},
+            {"role": "model", "content": answer.strip()},
+        ]
         return answer.strip()
 
     def reset(self) -> None:

@@ -36,10 +36,16 @@ def float_layers(backbone) -> list:
 
     from kft import families
 
-    return [layer for block in families.decoder_blocks(backbone) for layer in block._flatten_layers(include_self=False)
-            if layer_classes.keras_class(layer) is keras.layers.EinsumDense and layer_classes.behaviours(layer) <= {"lora"}
-            and layer.quantization_mode is None and layer.weights
-            and layer.equation in DECODE_ORDER]
+    return [
+        layer
+        for block in families.decoder_blocks(backbone)
+        for layer in block._flatten_layers(include_self=False)
+        if layer_classes.keras_class(layer) is keras.layers.EinsumDense
+        and layer_classes.behaviours(layer) <= {"lora"}
+        and layer.quantization_mode is None
+        and layer.weights
+        and layer.equation in DECODE_ORDER
+    ]
 
 
 def applies(backbone) -> bool:
@@ -52,7 +58,10 @@ def applies(backbone) -> bool:
     if jax.default_backend() != "cpu":
         return False
     layers = float_layers(backbone)
-    return bool(layers) and sum(math.prod(layer._kernel.shape) * 4 for layer in layers) <= TRANSPOSED_BUDGET
+    return (
+        bool(layers)
+        and sum(math.prod(layer._kernel.shape) * 4 for layer in layers) <= TRANSPOSED_BUDGET
+    )
 
 
 # The order of its axes each Gemma einsum's kernel is stored in while decoding (Keras': the order
@@ -84,7 +93,11 @@ def kept_copies(backbone) -> tuple | None:
         return None
     sources = tuple(layer._kernel.value for layer in layers)
     kept = vars(backbone).get("_kft_kernels_t")
-    if kept is not None and len(kept[0]) == len(sources) and all(a is b for a, b in zip(kept[0], sources)):
+    if (
+        kept is not None
+        and len(kept[0]) == len(sources)
+        and all(a is b for a, b in zip(kept[0], sources))
+    ):
         return kept[1]
     release(backbone)  # the stale copies go before the new ones are made
     made = _transpose_all(tuple((layer.equation, layer.compute_dtype) for layer in layers))(sources)
@@ -102,8 +115,10 @@ def _transpose_all(specs: tuple):
     import jax
 
     def transpose(sources):
-        return tuple(jax.numpy.transpose(source.astype(dtype), _order(equation))
-                     for source, (equation, dtype) in zip(sources, specs))
+        return tuple(
+            jax.numpy.transpose(source.astype(dtype), _order(equation))
+            for source, (equation, dtype) in zip(sources, specs)
+        )
 
     return jax.jit(transpose)
 
@@ -119,8 +134,16 @@ def stored_transposed(backbone, kernels: tuple | None = None):
     layers = float_layers(backbone)
     if kernels is None:
         # A LoRA layer kft did not factorize (kft.models.lora) contracts against its merged kernel.
-        kernels = [ops.transpose(ops.cast(layer._kernel if layer_classes.has(layer, "lora") else layer.kernel,
-                                          layer.compute_dtype), _order(layer.equation)) for layer in layers]
+        kernels = [
+            ops.transpose(
+                ops.cast(
+                    layer._kernel if layer_classes.has(layer, "lora") else layer.kernel,
+                    layer.compute_dtype,
+                ),
+                _order(layer.equation),
+            )
+            for layer in layers
+        ]
         kernels = jax.lax.optimization_barrier(tuple(kernels))
     for layer, kernel_t in zip(layers, kernels):
         vars(layer)["_kft_kernel_t"] = kernel_t
@@ -139,9 +162,15 @@ def _transposed_class(cls):
 
     def call(self, inputs, training=None):
         operands, output = self.equation.split("->")
-        x = ops.einsum(f"{operands.split(',')[0]},{DECODE_ORDER[self.equation]}->{output}", inputs, self._kft_kernel_t)
+        x = ops.einsum(
+            f"{operands.split(',')[0]},{DECODE_ORDER[self.equation]}->{output}",
+            inputs,
+            self._kft_kernel_t,
+        )
         # A factorized LoRA layer adds its update; Keras' own has it merged into the copied kernel.
-        return lora.finish(self, inputs, x, with_lora=self.lora_enabled and layer_classes.has(cls, "lora"))
+        return lora.finish(
+            self, inputs, x, with_lora=self.lora_enabled and layer_classes.has(cls, "lora")
+        )
 
     return type(cls.__name__, (cls,), {"call": call, "__module__": cls.__module__})
 

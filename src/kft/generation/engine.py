@@ -21,9 +21,8 @@ import itertools
 import numpy as np
 
 from kft import families
-from kft.generation import screened_argmax
-from kft.generation import decode_kernels
 from kft.core.arithmetic import ceil_div
+from kft.generation import decode_kernels, screened_argmax
 
 
 def _hiding(backbone, padding, rows: dict):
@@ -35,7 +34,9 @@ def _hiding(backbone, padding, rows: dict):
     padding = ops.cast(padding, "int32")
 
     def current():
-        if rows.get("prefixes") is not None:  # the shared prefixes' own rows: no padding (_fill_prefixes)
+        if (
+            rows.get("prefixes") is not None
+        ):  # the shared prefixes' own rows: no padding (_fill_prefixes)
             return ops.zeros((rows["prefixes"],), dtype="int32")
         return padding if rows.get("now") is None else ops.take(padding, rows["now"], axis=0)
 
@@ -74,10 +75,15 @@ def prefill_groups(pads, length: int) -> tuple | None:
         return None
     order = sorted(range(count), key=lambda r: -pads[r])  # most padding (shortest prompt) first
     one = count * (length - min(pads))
-    two, split = min((k * (length - pads[order[k - 1]]) + (count - k) * (length - min(pads)), k)
-                     for k in range(1, count))
+    two, split = min(
+        (k * (length - pads[order[k - 1]]) + (count - k) * (length - min(pads)), k)
+        for k in range(1, count)
+    )
     if two <= one - GROUP_SAVING * count * length:
-        return ((tuple(sorted(order[:split])), pads[order[split - 1]]), (tuple(sorted(order[split:])), min(pads)))
+        return (
+            (tuple(sorted(order[:split])), pads[order[split - 1]]),
+            (tuple(sorted(order[split:])), min(pads)),
+        )
     return ((tuple(range(count)), min(pads)),) if min(pads) > 0 else None
 
 
@@ -112,10 +118,13 @@ def shared_prefixes(rows: list[list[int]], limits: list[int] | None = None) -> t
     limits = limits or [longest] * count
 
     # What neighbours in sorted order share: a run of sorted rows shares the least of it.
-    adjacent = [min(_common_length(rows[a], rows[b]), limits[a], limits[b]) for a, b in zip(order, order[1:])]
+    adjacent = [
+        min(_common_length(rows[a], rows[b]), limits[a], limits[b])
+        for a, b in zip(order, order[1:])
+    ]
 
     def run_prefix(a, b):  # what rows order[a:b] share
-        return min(adjacent[a:b - 1]) if b - a > 1 else 0
+        return min(adjacent[a : b - 1]) if b - a > 1 else 0
 
     # Runs are cut where neighbours share least (between templates or instructions).
     places = sorted(sorted(range(1, count), key=lambda i: adjacent[i - 1])[:16])
@@ -123,10 +132,17 @@ def shared_prefixes(rows: list[list[int]], limits: list[int] | None = None) -> t
     for cut in (c for k in range(MAX_PREFIXES) for c in itertools.combinations(places, k)):
         runs = list(zip((0, *cut), (*cut, count)))
         shared = [run_prefix(a, b) for a, b in runs]
-        rest = max(len(rows[order[i]]) - length for (a, b), length in zip(runs, shared) for i in range(a, b))
+        rest = max(
+            len(rows[order[i]]) - length
+            for (a, b), length in zip(runs, shared)
+            for i in range(a, b)
+        )
         cost = count * rest + sum(shared)
         if cost < best_cost:
-            best_cost, best = cost, [(tuple(sorted(order[a:b])), length) for (a, b), length in zip(runs, shared)]
+            best_cost, best = (
+                cost,
+                [(tuple(sorted(order[a:b])), length) for (a, b), length in zip(runs, shared)],
+            )
     if best is None or best_cost > (1 - GROUP_SAVING) * count * longest:
         return None
     return tuple(group for group in best if group[1] > 1) or None
@@ -150,7 +166,11 @@ CHUNK_ROWS = 700
 
 def prefill_chunks(rows: int, positions: int) -> int:
     """How many position chunks a prefill of `rows` x `positions` runs in (1: one call)."""
-    return min(positions, round(rows * positions / CHUNK_ROWS)) if rows * positions >= 2 * CHUNK_ROWS else 1
+    return (
+        min(positions, round(rows * positions / CHUNK_ROWS))
+        if rows * positions >= 2 * CHUNK_ROWS
+        else 1
+    )
 
 
 def _prefill(task, original, token_ids, cache, start: int, stop: int, args, kwargs):
@@ -173,11 +193,19 @@ def _prefill(task, original, token_ids, cache, start: int, stop: int, args, kwar
         return ops.pad(states, [[0, 0], [start, 0], [0, 0]]), cache
 
     def chunk(cache, at):
-        _, states, cache = original(task, jax.lax.dynamic_slice_in_dim(token_ids, at, size, axis=1), cache, at,
-                                    *args, **kwargs)
+        _, states, cache = original(
+            task,
+            jax.lax.dynamic_slice_in_dim(token_ids, at, size, axis=1),
+            cache,
+            at,
+            *args,
+            **kwargs,
+        )
         return cache, states
 
-    cache, states = jax.lax.scan(chunk, cache, first + size * jax.numpy.arange(count, dtype="int32"))
+    cache, states = jax.lax.scan(
+        chunk, cache, first + size * jax.numpy.arange(count, dtype="int32")
+    )
     states = ops.reshape(ops.moveaxis(states, 0, 1), (rows, count * size, -1))[:, : stop - first]
     return ops.pad(states, [[0, 0], [first, 0], [0, 0]]), cache
 
@@ -194,22 +222,33 @@ def _fill_prefixes(task, original, token_ids, cache, prefixes, padding, rows: di
     width = max(length for _, length in prefixes)
     # Padded on the right first: a slice that ran past the row would be moved back (clamped).
     ids = jax.vmap(lambda row, at: jax.lax.dynamic_slice_in_dim(row, at, width))(
-        ops.pad(ops.take(token_ids, firsts, axis=0), [[0, 0], [0, width]]), ops.take(padding, firsts, axis=0))
+        ops.pad(ops.take(token_ids, firsts, axis=0), [[0, 0], [0, width]]),
+        ops.take(padding, firsts, axis=0),
+    )
     take = lambda x: None if x is None else ops.take(x, firsts, axis=0)  # noqa: E731
     rows["prefixes"] = len(prefixes)
     try:
-        _, _, computed = original(task, ids, tree.map_structure(take, cache), 0, *map(take, args),
-                                  **{k: take(v) for k, v in kwargs.items()})
+        _, _, computed = original(
+            task,
+            ids,
+            tree.map_structure(take, cache),
+            0,
+            *map(take, args),
+            **{k: take(v) for k, v in kwargs.items()},
+        )
     finally:
         rows["prefixes"] = None
 
     def place(full, ours):
-        axis = len(full.shape) - 4  # positions, in a row: (S, K, H) per layer or (layers, 2, S, K, H)
+        axis = (
+            len(full.shape) - 4
+        )  # positions, in a row: (S, K, H) per layer or (layers, 2, S, K, H)
         for g, (group, length) in enumerate(prefixes):
             at = np.array(group)
             part = jax.lax.slice_in_dim(ours[g], 0, length, axis=axis)
-            written = jax.vmap(lambda row, offset: jax.lax.dynamic_update_slice_in_dim(row, part, offset, axis))(
-                ops.take(full, at, axis=0), ops.take(padding, at, axis=0))
+            written = jax.vmap(
+                lambda row, offset: jax.lax.dynamic_update_slice_in_dim(row, part, offset, axis)
+            )(ops.take(full, at, axis=0), ops.take(padding, at, axis=0))
             full = full.at[at].set(written)
         return full
 
@@ -234,18 +273,31 @@ def _prefill_until(task, end: int, groups, prefixes, rows: dict):
             return original(task, token_ids, cache, cache_update_index, *args, **kwargs)
         stop = min(end, token_ids.shape[1])
         if prefixes is not None:
-            cache = _fill_prefixes(task, original, token_ids, cache, prefixes, rows["padding"], rows, args, kwargs)
+            cache = _fill_prefixes(
+                task, original, token_ids, cache, prefixes, rows["padding"], rows, args, kwargs
+            )
         if groups is None:
             hidden, cache = _prefill(task, original, token_ids, cache, 0, stop, args, kwargs)
             return None, hidden, cache
         hidden, caches, order = [], [], []
         for group, start in groups:
-            take = (lambda x: x) if group == tuple(range(token_ids.shape[0])) else (
-                lambda x, at=np.array(group): None if x is None else ops.take(x, at, axis=0))
+            take = (
+                (lambda x: x)
+                if group == tuple(range(token_ids.shape[0]))
+                else (lambda x, at=np.array(group): None if x is None else ops.take(x, at, axis=0))
+            )
             rows["now"] = np.array(group)
             try:
-                states, part = _prefill(task, original, take(token_ids), tree.map_structure(take, cache), start, stop,
-                                        tuple(map(take, args)), {k: take(v) for k, v in kwargs.items()})
+                states, part = _prefill(
+                    task,
+                    original,
+                    take(token_ids),
+                    tree.map_structure(take, cache),
+                    start,
+                    stop,
+                    tuple(map(take, args)),
+                    {k: take(v) for k, v in kwargs.items()},
+                )
             finally:
                 rows["now"] = None
             hidden.append(states)
@@ -278,25 +330,36 @@ class _RowLimit:
 
     def run_loop(self, cond, body, model=None, loop_vars=None, maximum_iterations=None):
         if self.max_new_tokens is None:
-            return super().run_loop(cond, body, model=model, loop_vars=loop_vars, maximum_iterations=maximum_iterations)
+            return super().run_loop(
+                cond, body, model=model, loop_vars=loop_vars, maximum_iterations=maximum_iterations
+            )
         from keras import ops
         from keras_hub.src.utils.tensor_utils import any_equal
 
         def within_limit(prompt, cache, index, mask):
             done = index >= ops.sum(ops.cast(mask, "int32"), axis=-1) + self.max_new_tokens
             if self._stops is not None:
-                done = done | ops.any(any_equal(prompt, self._stops, ops.logical_not(mask)), axis=-1)
+                done = done | ops.any(
+                    any_equal(prompt, self._stops, ops.logical_not(mask)), axis=-1
+                )
             return ops.logical_not(ops.all(done))
 
-        return super().run_loop(within_limit, body, model=model, loop_vars=loop_vars,
-                                maximum_iterations=maximum_iterations)
+        return super().run_loop(
+            within_limit,
+            body,
+            model=model,
+            loop_vars=loop_vars,
+            maximum_iterations=maximum_iterations,
+        )
 
 
 @contextlib.contextmanager
 def _row_limit(sampler, max_new_tokens):
     if not isinstance(sampler, _RowLimit):
         # Swapping the class keeps the sampler's state (a random sampler's seed generator).
-        sampler.__class__ = type(f"RowLimited{type(sampler).__name__}", (_RowLimit, type(sampler)), {})
+        sampler.__class__ = type(
+            f"RowLimited{type(sampler).__name__}", (_RowLimit, type(sampler)), {}
+        )
     sampler.max_new_tokens = max_new_tokens
     try:
         yield
@@ -325,8 +388,13 @@ def _loss_from_prefill(task, positions, targets, out: list):
         hidden, cache = original(*bound.args, **bound.kwargs)
         flat = ops.reshape(positions, (-1,))
         picked = ops.take(ops.reshape(hidden, (-1, hidden.shape[-1])), ops.maximum(flat, 0), axis=0)
-        nll = nll_no_grad(picked, task.backbone.token_embedding.embeddings.value, ops.reshape(targets, (-1,)),
-                          ops.sum(ops.cast(flat >= 0, "int32")), soft_caps(task))
+        nll = nll_no_grad(
+            picked,
+            task.backbone.token_embedding.embeddings.value,
+            ops.reshape(targets, (-1,)),
+            ops.sum(ops.cast(flat >= 0, "int32")),
+            soft_caps(task),
+        )
         out.append(ops.reshape(nll, ops.shape(positions)))
         return hidden, cache
 
@@ -341,12 +409,16 @@ def kept_inputs(task) -> dict:
     """The generate program's inputs kept between calls, where they can be kept: the decoder's
     kernels laid out for decoding (kft.generation.decode_kernels.kept_copies) and the vocabulary for
     greedy decoding's screened argmax (kft.generation.screened_argmax.kept_copy)."""
-    kept = {"decode_kernels": decode_kernels.kept_copies(task.backbone),
-            "decode_vocabulary": screened_argmax.kept_copy(task)}
+    kept = {
+        "decode_kernels": decode_kernels.kept_copies(task.backbone),
+        "decode_vocabulary": screened_argmax.kept_copy(task),
+    }
     return {name: value for name, value in kept.items() if value is not None}
 
 
-def install(task, end: int, max_new_tokens: int, groups: tuple | None = None, prefixes: tuple | None = None) -> None:
+def install(
+    task, end: int, max_new_tokens: int, groups: tuple | None = None, prefixes: tuple | None = None
+) -> None:
     """Make `task`'s generate program take `left_padding` (B,) with its inputs: rows left-padded to
     end at `end`, `padding_mask` True up to it for every row (see the module doc); the prefill
     stops at `end` and every row after `max_new_tokens` new tokens. With `loss_positions` and

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import yaml
 
+from kft.core.errors import KftError
+from kft.data import templates
+from kft.generation import samplers, sampling
 from kft.models import adapter
 from kft.quant import frozen_base
-from kft.generation import sampling
-from kft.generation import samplers
-from kft.data import templates
 from kft.quant import quantize as quantize_lib
-from kft.core.errors import KftError
 
 
 def load_tuned(run_dir=None, preset=None, adapter_dir=None, precision=None, quantize=None):
@@ -32,7 +31,9 @@ def load_tuned(run_dir=None, preset=None, adapter_dir=None, precision=None, quan
     quantize = quantize or meta.get("quantize", "none")
     task, _, _ = frozen_base.load(preset or meta["base_preset"], precision, quantize, **options)
     adapter.apply(folder, task.backbone)
-    task.kft_template = templates.for_tokenizer(_run_template(run_config, meta), task.preprocessor.tokenizer)
+    task.kft_template = templates.for_tokenizer(
+        _run_template(run_config, meta), task.preprocessor.tokenizer
+    )
     return task
 
 
@@ -50,8 +51,17 @@ def _run_template(run_config: dict, meta: dict):
     return templates.Template(name=meta.get("template", "custom"), columns={})
 
 
-def generate_text(task, prompts, max_new_tokens=64, template=None, strategy="greedy", temperature=1.0,
-                  top_k=0, top_p=0.0, seed=0):
+def generate_text(
+    task,
+    prompts,
+    max_new_tokens=64,
+    template=None,
+    strategy="greedy",
+    temperature=1.0,
+    top_k=0,
+    top_p=0.0,
+    seed=0,
+):
     """Completions for `prompts`, wrapped by `template` ('auto' = the run's own) unless None."""
     single = isinstance(prompts, str)
     prompts = [prompts] if single else list(prompts)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import functools
 
 
-def make_sampler(strategy: str = "greedy", temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, seed: int = 0):
+def make_sampler(
+    strategy: str = "greedy",
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    seed: int = 0,
+):
     """A keras_hub sampler: greedy, or random with optional top-k / top-p truncation."""
     import keras_hub
 

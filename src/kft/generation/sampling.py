@@ -11,7 +11,6 @@ least padding on (`engine.prefill_groups`).
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from kft import families
@@ -23,7 +22,11 @@ def stop_token_ids(tokenizer) -> tuple[int, ...]:
     """EOS and every family's end-of-turn marker the vocabulary holds (`<end_of_turn>`, `<turn|>`)."""
     vocabulary = set(tokenizer.get_vocabulary())
     ids = [tokenizer.end_token_id]
-    ids += [tokenizer.token_to_id(marker) for marker in families.end_of_turn_markers() if marker in vocabulary]
+    ids += [
+        tokenizer.token_to_id(marker)
+        for marker in families.end_of_turn_markers()
+        if marker in vocabulary
+    ]
     return tuple(ids)
 
 
@@ -38,7 +41,11 @@ def cache_rows(backbone, length: int) -> int:
     import keras
 
     head = max(backbone.head_dim, getattr(backbone, "global_head_dim", None) or 0)
-    itemsize = 2 if keras.backend.standardize_dtype(backbone.compute_dtype) in ("bfloat16", "float16") else 4
+    itemsize = (
+        2
+        if keras.backend.standardize_dtype(backbone.compute_dtype) in ("bfloat16", "float16")
+        else 4
+    )
     per_row = backbone.num_layers * 2 * length * backbone.num_key_value_heads * head * itemsize
     return max(1, CACHE_BUDGET // per_row)
 
@@ -60,18 +67,30 @@ def chunk_size(count: int, most: int) -> int:
 def until_stop(tokens, stops) -> list[int]:
     """`tokens` as ints up to the first stop token (left out)."""
     tokens = [int(t) for t in tokens]
-    return tokens[:next((i for i, t in enumerate(tokens) if t in stops), len(tokens))]
+    return tokens[: next((i for i, t in enumerate(tokens) if t in stops), len(tokens))]
 
 
-def generate(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int | None = None,
-             progress=None) -> list[str]:
+def generate(
+    task,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 64,
+    batch_size: int | None = None,
+    progress=None,
+) -> list[str]:
     """Completions (without the prompt) for `prompts` as text; see `generate_ids`."""
     ids = generate_ids(task, tokenizer, prompts, max_new_tokens, batch_size, progress)
     return [detokenize(tokenizer, new) for new in ids]
 
 
-def generate_ids(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int | None = None,
-                 progress=None) -> list[list[int]]:
+def generate_ids(
+    task,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 64,
+    batch_size: int | None = None,
+    progress=None,
+) -> list[list[int]]:
     """New token ids (up to a stop token, which is left out) for `prompts`, with the task's compiled sampler.
 
     Prompts go through in chunks of at most `batch_size` (default: all) and of at most the rows
@@ -82,8 +101,13 @@ def generate_ids(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, 
     if not prompts:
         return []
     encoded = encode(tokenizer, prompts)
-    end = round_up(max(len(ids) for ids in encoded))  # every prompt ends here; nearby lengths share a program
-    size = chunk_size(len(encoded), min(batch_size or len(encoded), cache_rows(task.backbone, end + max_new_tokens)))
+    end = round_up(
+        max(len(ids) for ids in encoded)
+    )  # every prompt ends here; nearby lengths share a program
+    size = chunk_size(
+        len(encoded),
+        min(batch_size or len(encoded), cache_rows(task.backbone, end + max_new_tokens)),
+    )
     # One chunk (a measurement's prompts): its prefill computes shared prefixes once and skips the
     # rows' padding, in groups.
     prefixes = groups = None
@@ -95,9 +119,10 @@ def generate_ids(task, tokenizer, prompts: list[str], max_new_tokens: int = 64, 
     stops = stop_token_ids(tokenizer)
     completions: list[list[int]] = []
     for start in range(0, len(encoded), size):
-        rows = encoded[start:start + size]
-        completions += _generate_rows(task, tokenizer, rows + [rows[-1]] * (size - len(rows)), end, max_new_tokens,
-                                      stops)[:len(rows)]
+        rows = encoded[start : start + size]
+        completions += _generate_rows(
+            task, tokenizer, rows + [rows[-1]] * (size - len(rows)), end, max_new_tokens, stops
+        )[: len(rows)]
         if progress is not None:
             progress.advance(len(rows))
     return completions
@@ -107,16 +132,22 @@ def _generate_rows(task, tokenizer, encoded, end, max_new_tokens, stops) -> list
     """New ids for rows of prompt ids, each left-padded to end at `end` (see kft.generation.engine)."""
     token_ids = np.full((len(encoded), end + max_new_tokens), tokenizer.pad_token_id, dtype="int32")
     for row, ids in enumerate(encoded):
-        token_ids[row, end - len(ids):end] = ids
+        token_ids[row, end - len(ids) : end] = ids
     # True over the prompts' span for every row: KerasHub's loop starts at `end` and keeps it.
     padding_mask = np.zeros(token_ids.shape, dtype=bool)
     padding_mask[:, :end] = True
     padding = np.array([end - len(ids) for ids in encoded], dtype="int32")
     # The compiled function, not `task.generate`: with token ids as input, KerasHub 0.32's Gemma 3
     # `generate` fails concatenating its `images: None` output.
-    out = task.make_generate_function()({"token_ids": token_ids, "padding_mask": padding_mask,
-                                         "left_padding": padding, **engine.kept_inputs(task)},
-                                        stop_token_ids=stops)
+    out = task.make_generate_function()(
+        {
+            "token_ids": token_ids,
+            "padding_mask": padding_mask,
+            "left_padding": padding,
+            **engine.kept_inputs(task),
+        },
+        stop_token_ids=stops,
+    )
     return [until_stop(row[end:], stops) for row in np.asarray(out["token_ids"])]
 
 

@@ -39,7 +39,9 @@ COPY_BUDGET = 2 * 1024**3  # the bfloat16 copy's bytes
 def cpu_has_bfloat16_dots() -> bool:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            flags = next(
+                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
+            )
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
@@ -49,7 +51,11 @@ def applies(task) -> bool:
     import keras
 
     switch = os.environ.get("KFT_SCREENED_ARGMAX", "auto")
-    if keras.backend.backend() != "jax" or switch == "0" or (switch != "1" and not cpu_has_bfloat16_dots()):
+    if (
+        keras.backend.backend() != "jax"
+        or switch == "0"
+        or (switch != "1" and not cpu_has_bfloat16_dots())
+    ):
         return False
     import jax
 
@@ -57,13 +63,18 @@ def applies(task) -> bool:
 
     embedding = task.backbone.token_embedding
     # One device only: under a distribution XLA:CPU aborts compiling the TopK (TopkDecomposer).
-    return (jax.default_backend() == "cpu" and keras.distribution.distribution() is None
-            and isinstance(task.sampler, samplers.argmax_sampler_class())
-            and getattr(embedding, "tie_weights", False) and embedding.quantization_mode is None
-            and keras.backend.standardize_dtype(embedding.compute_dtype) == "float32"
-            and getattr(embedding, "reverse_dtype", None) in (None, "float32")
-            and embedding.input_dim > CANDIDATES + 1 and embedding.input_dim * embedding.output_dim * 2 <= COPY_BUDGET
-            and len(embedding.embeddings.value.sharding.device_set) == 1)
+    return (
+        jax.default_backend() == "cpu"
+        and keras.distribution.distribution() is None
+        and isinstance(task.sampler, samplers.argmax_sampler_class())
+        and getattr(embedding, "tie_weights", False)
+        and embedding.quantization_mode is None
+        and keras.backend.standardize_dtype(embedding.compute_dtype) == "float32"
+        and getattr(embedding, "reverse_dtype", None) in (None, "float32")
+        and embedding.input_dim > CANDIDATES + 1
+        and embedding.input_dim * embedding.output_dim * 2 <= COPY_BUDGET
+        and len(embedding.embeddings.value.sharding.device_set) == 1
+    )
 
 
 def kept_copy(task) -> tuple | None:
@@ -117,8 +128,12 @@ def argmax(hidden, embeddings, embeddings_bf16, norm_max, screened_out: list | N
     import jax
     import jax.numpy as jnp
 
-    approx = jax.lax.dot_general(hidden.astype(jnp.bfloat16), embeddings_bf16, (((1,), (1,)), ((), ())),
-                                 preferred_element_type=jnp.float32)
+    approx = jax.lax.dot_general(
+        hidden.astype(jnp.bfloat16),
+        embeddings_bf16,
+        (((1,), (1,)), ((), ())),
+        preferred_element_type=jnp.float32,
+    )
     # The barrier keeps XLA:CPU's TopK: with its indices feeding a gather in the same fusion
     # scope, XLA turns it into a sort of the whole vocabulary (~3.6 s instead of ~20 ms).
     values, indices = jax.lax.optimization_barrier(jax.lax.top_k(approx, CANDIDATES + 1))
@@ -126,14 +141,19 @@ def argmax(hidden, embeddings, embeddings_bf16, norm_max, screened_out: list | N
     exact = jnp.einsum("bd,bkd->bk", hidden, jnp.take(embeddings, candidates, axis=0))
     best = jnp.max(exact, axis=-1)
     # Ties go to the smallest index, as jnp.argmax's.
-    token = jnp.min(jnp.where(exact == best[:, None], candidates, jnp.iinfo(jnp.int32).max), axis=-1)
+    token = jnp.min(
+        jnp.where(exact == best[:, None], candidates, jnp.iinfo(jnp.int32).max), axis=-1
+    )
     # Slack for the norms' own rounding and for products flushed to zero (subnormal).
     scale = jnp.sqrt(jnp.sum(hidden * hidden, axis=-1)) * norm_max * (1 + 1e-5) + 1e-30
     proven = values[:, CANDIDATES] + error_bound(hidden.shape[-1]) * scale < best
     if screened_out is not None:
         screened_out.append(jnp.all(proven))
-    return jax.lax.cond(jnp.all(proven), lambda: token.astype("int32"),
-                        lambda: jnp.argmax(hidden @ embeddings.T, axis=-1).astype("int32"))
+    return jax.lax.cond(
+        jnp.all(proven),
+        lambda: token.astype("int32"),
+        lambda: jnp.argmax(hidden @ embeddings.T, axis=-1).astype("int32"),
+    )
 
 
 @contextlib.contextmanager

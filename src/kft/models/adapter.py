@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kft.models import lora
 from kft.core.errors import KftError
 from kft.core.version import __version__
+from kft.models import lora
 
 WEIGHTS, CONFIG = "adapter.safetensors", "adapter_config.json"
 
@@ -27,7 +27,9 @@ def fingerprint(backbone) -> str:
     """
     import hashlib
 
-    config = {k: v for k, v in backbone.get_config().items() if k not in ("dtype", "name", "trainable")}
+    config = {
+        k: v for k, v in backbone.get_config().items() if k not in ("dtype", "name", "trainable")
+    }
     scale = np.asarray(backbone.get_layer("final_normalization").scale.numpy(), dtype="float32")
     text = json.dumps(config, sort_keys=True, default=str) + repr(np.round(scale[:32], 2).tolist())
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -37,19 +39,30 @@ def save(folder: str | Path, backbone, meta: dict) -> None:
     """Write the adapter of `backbone` and its config (`meta` plus kft's version) into `folder`."""
     from safetensors.numpy import save_file
 
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {path: np.asarray(v.numpy(), dtype="float32") for path, v in lora.lora_variables(backbone).items()}
+    tensors = {
+        path: np.asarray(v.numpy(), dtype="float32")
+        for path, v in lora.lora_variables(backbone).items()
+    }
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "kft-lora"})
-    config = {**meta, "base_fingerprint": fingerprint(backbone), "kft_version": __version__, "tensors": len(tensors)}
-    (folder / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    config = {
+        **meta,
+        "base_fingerprint": fingerprint(backbone),
+        "kft_version": __version__,
+        "tensors": len(tensors),
+    }
+    (folder / CONFIG).write_text(
+        json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
 
 
 def read_config(folder: str | Path) -> dict:
     path = Path(folder) / CONFIG
     if not path.is_file():
-        raise KftError(f"'{folder}' holds no {CONFIG}; point at a kft run folder or an adapter folder")
+        raise KftError(
+            f"'{folder}' holds no {CONFIG}; point at a kft run folder or an adapter folder"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -67,7 +80,10 @@ def apply(folder: str | Path, backbone) -> dict:
     tensors = load_file(str(Path(folder) / WEIGHTS))
     variables = lora.lora_variables(backbone)
     if set(tensors) != set(variables):
-        missing, extra = sorted(set(variables) - set(tensors)), sorted(set(tensors) - set(variables))
+        missing, extra = (
+            sorted(set(variables) - set(tensors)),
+            sorted(set(tensors) - set(variables)),
+        )
         raise KftError(
             f"the adapter in '{folder}' does not fit this base model (trained on {config.get('base_preset')}): "
             f"{len(missing)} layer(s) missing, {len(extra)} unknown, e.g. {(missing or extra)[0]}"

@@ -73,10 +73,15 @@ def build(folder: Path, name: str) -> None:
         package.assemble(gguf, overwrite=True)
     hf = hf_folder(folder)
     if not (hf / "config.json").is_file():
-        _log("[2/4] dequantizing GGUF to float32 with transformers (about 2 minutes, mostly the tokenizer)")
-        hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(work), gguf_file=package.MODEL_NAME,
-                                                                     dtype=torch.float32)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(work), gguf_file=package.MODEL_NAME)
+        _log(
+            "[2/4] dequantizing GGUF to float32 with transformers (about 2 minutes, mostly the tokenizer)"
+        )
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(work), gguf_file=package.MODEL_NAME, dtype=torch.float32
+        )
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            str(work), gguf_file=package.MODEL_NAME
+        )
         # The weights are plain float32 after loading; forget the GGUF "quantization" so they can be saved.
         hf_model.hf_quantizer = None
         if hasattr(hf_model.config, "quantization_config"):
@@ -89,9 +94,14 @@ def build(folder: Path, name: str) -> None:
     task = getattr(keras_hub.models, family.causal_lm).from_preset(str(hf), dtype="float32")
 
     _log("[4/4] checking Keras logits against transformers")
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval()
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(hf), dtype=torch.float32
+    ).eval()
     hf_ids = transformers.AutoTokenizer.from_pretrained(str(hf))(CHECK_PROMPT)["input_ids"]
-    keras_ids = [task.preprocessor.tokenizer.start_token_id, *task.preprocessor.tokenizer(CHECK_PROMPT)]
+    keras_ids = [
+        task.preprocessor.tokenizer.start_token_id,
+        *task.preprocessor.tokenizer(CHECK_PROMPT),
+    ]
     if hf_ids != keras_ids:
         raise RuntimeError(f"tokenizers disagree on the check prompt: {hf_ids} vs {keras_ids}")
     ids = np.array([keras_ids], dtype="int32")
@@ -100,6 +110,10 @@ def build(folder: Path, name: str) -> None:
     got = np.asarray(task({"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)}))
     error = relative_error(got, expected)
     if error > MAX_RELATIVE_ERROR:
-        raise RuntimeError(f"Keras and transformers logits differ by {error:.2e} (relative); preset rejected")
+        raise RuntimeError(
+            f"Keras and transformers logits differ by {error:.2e} (relative); preset rejected"
+        )
     task.save_to_preset(str(folder))
-    _log(f"prepared in {time.perf_counter() - started:.0f} s; Keras vs transformers logits: {error:.1e} relative")
+    _log(
+        f"prepared in {time.perf_counter() - started:.0f} s; Keras vs transformers logits: {error:.1e} relative"
+    )

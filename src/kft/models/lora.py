@@ -16,12 +16,11 @@ embedding projections and MoE experts/router (families.Family.frozen_blocks) sta
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from kft import families
-from kft.models import layer_classes
 from kft.config import ALL_LINEAR, LORA_LAYER_NAMES
+from kft.models import layer_classes
 
 
 def target_names(targets: list[str]) -> list[str]:
@@ -52,7 +51,11 @@ def factorize(layer) -> bool:
     output's last, where `(x @ A) @ B` would not line up)."""
     import keras
 
-    if type(layer) is not keras.layers.EinsumDense or not layer.lora_enabled or layer.quantization_mode is not None:
+    if (
+        type(layer) is not keras.layers.EinsumDense
+        or not layer.lora_enabled
+        or layer.quantization_mode is not None
+    ):
         return False
     inputs, output = layer.equation.split("->")
     if inputs.split(",")[1][-1] != output[-1]:
@@ -64,12 +67,25 @@ def factorize(layer) -> bool:
 def _factorized_class(cls):
     from keras import ops
 
-    def call(self, inputs, training=None):  # quantized layers never get here: Keras calls `quantized_call`
-        return finish(self, inputs, ops.einsum(self.equation, inputs, ops.cast(self._kernel, self.compute_dtype)))
+    def call(
+        self, inputs, training=None
+    ):  # quantized layers never get here: Keras calls `quantized_call`
+        return finish(
+            self,
+            inputs,
+            ops.einsum(self.equation, inputs, ops.cast(self._kernel, self.compute_dtype)),
+        )
 
     # Same name and module: saved and serialized, the layer is still a Keras EinsumDense.
-    return type(cls.__name__, (cls,), {"call": call, "__module__": cls.__module__,
-                                       "__doc__": "EinsumDense adding its LoRA update as (x @ A) @ B (kft.models.lora)."})
+    return type(
+        cls.__name__,
+        (cls,),
+        {
+            "call": call,
+            "__module__": cls.__module__,
+            "__doc__": "EinsumDense adding its LoRA update as (x @ A) @ B (kft.models.lora).",
+        },
+    )
 
 
 layer_classes.register("lora", _factorized_class)
@@ -81,8 +97,10 @@ def finish(layer, inputs, x, with_lora: bool = True):
     from keras import ops
 
     if with_lora:
-        update = ops.matmul(ops.einsum(layer.equation, inputs, ops.cast(layer.lora_kernel_a, layer.compute_dtype)),
-                            ops.cast(layer.lora_kernel_b, layer.compute_dtype))
+        update = ops.matmul(
+            ops.einsum(layer.equation, inputs, ops.cast(layer.lora_kernel_a, layer.compute_dtype)),
+            ops.cast(layer.lora_kernel_b, layer.compute_dtype),
+        )
         x = ops.add(x, (layer.lora_alpha / layer.lora_rank) * update)
     if layer.bias is not None:
         x = ops.add(x, layer.bias)
@@ -98,18 +116,35 @@ def target_layers(backbone, names) -> list:
     names, frozen = set(names) & set(family.lora_layers), set(family.frozen_blocks)
     found = []
     for block in families.decoder_blocks(backbone):
-        skip = {id(sub) for name in frozen if getattr(block, name, None) is not None
-                for sub in getattr(block, name)._flatten_layers()}
-        named = {id(layer) for name, layer in family.block_layers(block).items() if name in names and layer is not None}
-        found.extend(layer for layer in block._flatten_layers(include_self=False)
-                     if id(layer) in named and id(layer) not in skip and hasattr(layer, "enable_lora")
-                     and layer.weights)
+        skip = {
+            id(sub)
+            for name in frozen
+            if getattr(block, name, None) is not None
+            for sub in getattr(block, name)._flatten_layers()
+        }
+        named = {
+            id(layer)
+            for name, layer in family.block_layers(block).items()
+            if name in names and layer is not None
+        }
+        found.extend(
+            layer
+            for layer in block._flatten_layers(include_self=False)
+            if id(layer) in named
+            and id(layer) not in skip
+            and hasattr(layer, "enable_lora")
+            and layer.weights
+        )
     return found
 
 
 def lora_variables(backbone) -> dict:
     """{variable path: variable} for every LoRA factor, in a stable order."""
-    return {v.path: v for v in backbone.weights if v.path.rsplit("/", 1)[-1] in ("lora_kernel_a", "lora_kernel_b")}
+    return {
+        v.path: v
+        for v in backbone.weights
+        if v.path.rsplit("/", 1)[-1] in ("lora_kernel_a", "lora_kernel_b")
+    }
 
 
 def parameter_counts(model) -> tuple[int, int]:

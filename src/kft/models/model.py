@@ -10,9 +10,8 @@ from pathlib import Path
 
 from kft import families
 from kft.core import backend
-from kft.models import presets
 from kft.core.errors import KftError
-
+from kft.models import presets
 
 
 def resolve_precision(precision: str) -> str:
@@ -21,14 +20,19 @@ def resolve_precision(precision: str) -> str:
         return "mixed_bfloat16" if backend.bf16_capable() else "float32"
     if "float16" in precision and "bfloat16" not in precision:
         if backend.accelerator() == "cpu":
-            raise KftError(f"model.precision {precision} is not supported on CPU (emulated, and Gemma overflows "
-                           "float16); use float32")
+            raise KftError(
+                f"model.precision {precision} is not supported on CPU (emulated, and Gemma overflows "
+                "float16); use float32"
+            )
         warnings.warn(
             "Gemma's activations overflow float16; prefer mixed_bfloat16 (TPU, Ampere+ GPUs) or float32",
             stacklevel=2,
         )
     if "bfloat16" in precision and backend.accelerator() == "gpu" and not backend.bf16_capable():
-        warnings.warn("this GPU lacks native bfloat16; it will be emulated slowly. Consider float32", stacklevel=2)
+        warnings.warn(
+            "this GPU lacks native bfloat16; it will be emulated slowly. Consider float32",
+            stacklevel=2,
+        )
     return precision
 
 
@@ -41,12 +45,16 @@ def family_of_config(folder: str) -> str | None:
     if "model_type" in config:  # Hugging Face format
         model_type = config["model_type"]
         if model_type not in families.HF_MODEL_TYPES:
-            raise KftError(f"preset '{folder}' is a '{model_type}' model; kft fine-tunes {families.SUPPORTED} only")
+            raise KftError(
+                f"preset '{folder}' is a '{model_type}' model; kft fine-tunes {families.SUPPORTED} only"
+            )
         return families.HF_MODEL_TYPES[model_type]
     name = config.get("class_name", "")
     family = families.of_keras_config(name, config.get("config", {}))
     if family is None:
-        raise KftError(f"preset '{folder}' holds a {name or 'unknown'} model; kft fine-tunes {families.SUPPORTED} only")
+        raise KftError(
+            f"preset '{folder}' holds a {name or 'unknown'} model; kft fine-tunes {families.SUPPORTED} only"
+        )
     return family
 
 
@@ -56,7 +64,9 @@ def family_of(backbone) -> str:
 
 def check_seq_len(backbone, seq_len: int) -> None:
     """Refuse a sequence length beyond the loaded model's context (see families.context_length)."""
-    families.check_seq_len(seq_len, families.context_length(family_of(backbone), backbone.get_config()))
+    families.check_seq_len(
+        seq_len, families.context_length(family_of(backbone), backbone.get_config())
+    )
 
 
 @contextlib.contextmanager
@@ -144,8 +154,11 @@ def _task_from_preset(path: str, policy: str):
         return keras_hub.models.CausalLM.from_preset(path, dtype=policy)
     backbone = keras_hub.models.Backbone.from_preset(path, dtype=policy, **backbone_kwargs)
     if left_out:
-        print(f"kft: text fine-tuning: left out the {' and '.join(left_out)} (not built, not loaded)",
-              file=sys.stderr, flush=True)
+        print(
+            f"kft: text fine-tuning: left out the {' and '.join(left_out)} (not built, not loaded)",
+            file=sys.stderr,
+            flush=True,
+        )
     # The backbone's weights are loaded; the task only adds the preprocessor around it.
     task_cls = getattr(keras_hub.models, families.get(families.of_backbone(backbone)).causal_lm)
     return task_cls.from_preset(path, backbone=backbone, load_weights=False)
@@ -164,9 +177,11 @@ def preset_errors(preset: str, path: str):
         raise  # already one line for the user (a full disk while GPTQ parks kernels, say)
     except ValueError as e:
         raise KftError(f"cannot load preset '{preset}': {str(e).splitlines()[0][:200]}") from None
-    except (Exception if remote else (OSError, ConnectionError)) as e:
+    except Exception if remote else (OSError, ConnectionError) as e:
         if not remote:
-            raise KftError(f"cannot read preset folder '{preset}': {str(e).splitlines()[0][:200]}") from None
+            raise KftError(
+                f"cannot read preset folder '{preset}': {str(e).splitlines()[0][:200]}"
+            ) from None
         raise KftError(
             f"cannot load preset '{preset}' ({type(e).__name__}): Kaggle presets need network "
             "access and credentials (KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json); offline, use a "

@@ -39,7 +39,11 @@ def _gguf_builder(name: str):
 # {name: its builder}: each family's real models prepared from GGUF, then its tiny random presets.
 PREPARED = {
     **{name: _gguf_builder(name) for f in families.FAMILIES.values() for name in f.gguf_presets},
-    **{f"tiny_{variant}": _tiny_builder(variant) for f in families.FAMILIES.values() for variant in f.tiny},
+    **{
+        f"tiny_{variant}": _tiny_builder(variant)
+        for f in families.FAMILIES.values()
+        for variant in f.tiny
+    },
 }
 
 
@@ -52,7 +56,11 @@ def prepare(name: str) -> Path:
     with _exclusive(folder.with_name(folder.name + ".lock")):  # another process may be preparing it
         if (folder / "config.json").is_file():
             return folder
-        print(f"kft: preparing preset '{name}' into {folder} (first use only)", file=sys.stderr, flush=True)
+        print(
+            f"kft: preparing preset '{name}' into {folder} (first use only)",
+            file=sys.stderr,
+            flush=True,
+        )
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         from kft.core.backend import native_logs_filtered
@@ -96,7 +104,11 @@ def hf_twin(preset: str) -> str | None:
     if preset in HF_TWINS:
         return HF_TWINS[preset]
     folder = Path(preset).expanduser()
-    if is_local(preset) and (folder / "config.json").is_file() and '"model_type"' in (folder / "config.json").read_text():
+    if (
+        is_local(preset)
+        and (folder / "config.json").is_file()
+        and '"model_type"' in (folder / "config.json").read_text()
+    ):
         return str(folder.absolute())
     return None
 

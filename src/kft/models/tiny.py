@@ -17,9 +17,17 @@ from pathlib import Path
 from kft import families
 from kft.data.bundled import FOLDER as BUNDLED
 
-FAMILIES = tuple(variant for f in families.FAMILIES.values() for variant in f.tiny)  # the tiny variants
-COMMON = dict(num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=64, intermediate_dim=128,
-              head_dim=16)
+FAMILIES = tuple(
+    variant for f in families.FAMILIES.values() for variant in f.tiny
+)  # the tiny variants
+COMMON = dict(
+    num_layers=2,
+    num_query_heads=4,
+    num_key_value_heads=2,
+    hidden_dim=64,
+    intermediate_dim=128,
+    head_dim=16,
+)
 EMBEDDING_SCALE = 4.0
 
 
@@ -49,8 +57,14 @@ def train_sentencepiece(lines: list[str], symbols, vocab_size: int = 640) -> byt
         model_writer=model,
         vocab_size=vocab_size,
         model_type="bpe",
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
         user_defined_symbols=list(symbols),
         byte_fallback=True,
         character_coverage=1.0,
@@ -74,8 +88,9 @@ def backbone(variant: str, vocab: int, **overrides):
     return getattr(keras_hub.models, family.backbone)(**arguments)
 
 
-def build_tiny_preset(family: str, folder: str | Path, seed: int = 0, sequence_length: int = 256,
-                      **backbone_overrides) -> Path:
+def build_tiny_preset(
+    family: str, folder: str | Path, seed: int = 0, sequence_length: int = 256, **backbone_overrides
+) -> Path:
     """Write a tiny random causal LM of the variant `family` (one of FAMILIES) as a KerasHub preset
     into `folder` (backbone arguments such as num_query_heads may be overridden)."""
     from kft.core import backend

@@ -36,7 +36,9 @@ def _logits(hidden, embeddings, soft_caps):
     import jax
     import jax.numpy as jnp
 
-    logits = jax.lax.dot_general(hidden, embeddings, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    logits = jax.lax.dot_general(
+        hidden, embeddings, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+    )
     slope = None
     for cap in soft_caps:
         capped = jnp.tanh(logits / cap)
@@ -54,7 +56,9 @@ def _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_cap, with_grad
 
     n, d = hidden.shape
     chunk = min(CHUNK if with_grad else EVAL_CHUNK, n)
-    embeddings = embeddings.astype(hidden.dtype)  # once, not per chunk (bfloat16 compute on accelerators)
+    embeddings = embeddings.astype(
+        hidden.dtype
+    )  # once, not per chunk (bfloat16 compute on accelerators)
     pad = (-n) % chunk
     hidden = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(-1, chunk, d)
     targets = jnp.pad(targets, (0, pad)).reshape(-1, chunk)
@@ -70,8 +74,12 @@ def _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_cap, with_grad
         d_logits = jnp.exp(logits - lse[:, None]).at[jnp.arange(chunk), t].add(-1.0)
         if slope is not None:
             d_logits = d_logits * slope
-        d_hidden = jax.lax.dot_general(d_logits.astype(h.dtype), embeddings, (((1,), (0,)), ((), ())),
-                                       preferred_element_type=jnp.float32)
+        d_hidden = jax.lax.dot_general(
+            d_logits.astype(h.dtype),
+            embeddings,
+            (((1,), (0,)), ((), ())),
+            preferred_element_type=jnp.float32,
+        )
         return carry[0].at[i].set(nll), carry[1].at[i].set(d_hidden.astype(h.dtype))
 
     chunks = (count + chunk - 1) // chunk
@@ -120,10 +128,16 @@ class TrainedPositionsLM(keras.Model):
         self.task = task
         self.built = True  # every variable belongs to the (built) task
         if not getattr(task.backbone.token_embedding, "tie_weights", True):
-            raise KftError("train.logits_on: trained needs tied token embeddings; set train.logits_on: all")
-        if getattr(task.backbone.token_embedding, "quantization_mode", None):  # kft.quant.quantize keeps it float
-            raise KftError("train.logits_on: trained reads the token embedding matrix and needs it float; "
-                           "set train.logits_on: all")
+            raise KftError(
+                "train.logits_on: trained needs tied token embeddings; set train.logits_on: all"
+            )
+        if getattr(
+            task.backbone.token_embedding, "quantization_mode", None
+        ):  # kft.quant.quantize keeps it float
+            raise KftError(
+                "train.logits_on: trained reads the token embedding matrix and needs it float; "
+                "set train.logits_on: all"
+            )
         self._token_nll = _token_nll()
         self.soft_caps = soft_caps(task)
 
@@ -143,8 +157,13 @@ class TrainedPositionsLM(keras.Model):
         positions = ops.reshape(inputs["positions"], (-1,))
         picked = ops.take(hidden, ops.maximum(positions, 0), axis=0)
         embedding = self.task.backbone.token_embedding
-        nll = self._token_nll(picked, embedding.embeddings.value, ops.reshape(inputs["targets"], (-1,)),
-                              ops.sum(ops.cast(positions >= 0, "int32")), self.soft_caps)
+        nll = self._token_nll(
+            picked,
+            embedding.embeddings.value,
+            ops.reshape(inputs["targets"], (-1,)),
+            ops.sum(ops.cast(positions >= 0, "int32")),
+            self.soft_caps,
+        )
         return ops.reshape(nll, ops.shape(inputs["positions"]))
 
 

@@ -30,16 +30,24 @@ def load(preset: str, precision: str = "auto", quantize: str = "none", **quantiz
         # in float, then placed on the accelerator or the mesh (kft.distribute.placement).
         # Its layers are quantized as they load (kft.quant.quantize_on_load); for GPTQ their float kernels
         # wait on disk for the calibration pass instead (kft.quant.parking).
-        with placement.on_host(quantize != "none") as on_host, \
-                quantize_lib.parking(quantize, **quantize_options) as parked:
-            with model.weights_from_preset_only(), backend.native_logs_filtered(), \
-                    quantize_lib.while_loading(quantize, parked=parked, **quantize_options):
+        with (
+            placement.on_host(quantize != "none") as on_host,
+            quantize_lib.parking(quantize, **quantize_options) as parked,
+        ):
+            with (
+                model.weights_from_preset_only(),
+                backend.native_logs_filtered(),
+                quantize_lib.while_loading(quantize, parked=parked, **quantize_options),
+            ):
                 task = model.from_preset(path, policy)
             model.initialise_unfilled(task, parked or ())
             quantize_lib.apply(task, quantize, parked=parked, **quantize_options)
         if on_host:
             placement.place(task)
     if quantize != "none":  # what loading it took in host memory (kft plan predicts it)
-        print(f"kft: {quantize} base in place; host memory peak so far {backend.host_peak_gb():.2f} GB",
-              file=sys.stderr, flush=True)
+        print(
+            f"kft: {quantize} base in place; host memory peak so far {backend.host_peak_gb():.2f} GB",
+            file=sys.stderr,
+            flush=True,
+        )
     return task, model.family_of(task.backbone), policy

@@ -66,8 +66,10 @@ def codes_on_grid(weights, scale, zero, hessian) -> np.ndarray:
 
     n = weights.shape[1]
     pad = -n % BLOCK  # padded inputs: weight 0 on a grid that rounds it exactly, no coupling
-    weights, scale, zero = (np.pad(np.asarray(a, np.float32), ((0, 0), (0, pad)), constant_values=v)
-                            for a, v in ((weights, 0.0), (scale, 1.0), (zero, 0.0)))
+    weights, scale, zero = (
+        np.pad(np.asarray(a, np.float32), ((0, 0), (0, pad)), constant_values=v)
+        for a, v in ((weights, 0.0), (scale, 1.0), (zero, 0.0))
+    )
     codes = _gptq_jitted(pad)(weights, scale, zero, jnp.asarray(hessian, jnp.float32))
     return np.asarray(codes)[:, :n]
 
@@ -79,7 +81,9 @@ def _inverse_cholesky(h):
     import jax.numpy as jnp
 
     lower = jnp.linalg.cholesky(h)
-    inverse_lower = jax.scipy.linalg.solve_triangular(lower, jnp.eye(len(h), dtype=h.dtype), lower=True)
+    inverse_lower = jax.scipy.linalg.solve_triangular(
+        lower, jnp.eye(len(h), dtype=h.dtype), lower=True
+    )
     return jnp.linalg.cholesky(jnp.matmul(inverse_lower.T, inverse_lower, precision=HIGHEST)).T
 
 
@@ -97,11 +101,16 @@ def _gptq_jitted(pad: int):
         def block(b, state):
             weights, codes = state
             start = b * BLOCK
-            w, s, z = (jax.lax.dynamic_slice(a, (0, start), (outputs, BLOCK)) for a in (weights, scale, zero))
+            w, s, z = (
+                jax.lax.dynamic_slice(a, (0, start), (outputs, BLOCK))
+                for a in (weights, scale, zero)
+            )
             u = jax.lax.dynamic_slice(upper, (start, start), (BLOCK, BLOCK))
             zeros = jnp.zeros((outputs, BLOCK), weights.dtype)
             _, q, err = _round_columns(w, zeros, zeros, u, s, z, 0, BLOCK)
-            return _lazy_update(weights, err, upper, start), jax.lax.dynamic_update_slice(codes, q, (0, start))
+            return _lazy_update(weights, err, upper, start), jax.lax.dynamic_update_slice(
+                codes, q, (0, start)
+            )
 
         _, codes = jax.lax.fori_loop(0, n // BLOCK, block, (weights, jnp.zeros_like(weights)))
         return codes.astype(jnp.int8)
@@ -109,20 +118,25 @@ def _gptq_jitted(pad: int):
     return jax.jit(run)
 
 
-def codes_and_grid(weights: np.ndarray, hessian: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def codes_and_grid(
+    weights: np.ndarray, hessian: np.ndarray, group: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(codes [outputs, inputs], scale and zero [inputs / group, outputs]) for `weights` whose groups
     run along each output's inputs: each group's grid is fitted when GPTQ reaches it, on the weights
     as the errors fed forward so far have left them (GPTQ's own order)."""
     n = weights.shape[1]
     if n % BLOCK or BLOCK % group:
-        raise ValueError(f"{n} inputs in groups of {group}: GPTQ's regrouping needs multiples of {BLOCK}")
+        raise ValueError(
+            f"{n} inputs in groups of {group}: GPTQ's regrouping needs multiples of {BLOCK}"
+        )
     import jax.numpy as jnp
 
     from kft.quant import int4_groups
 
     shrinks = tuple(float(x) for x in int4_groups.SHRINKS)
-    codes, scale, zero = _gptq_regrouped_jitted(group, shrinks)(np.asarray(weights, np.float32),
-                                                                jnp.asarray(hessian, jnp.float32))
+    codes, scale, zero = _gptq_regrouped_jitted(group, shrinks)(
+        np.asarray(weights, np.float32), jnp.asarray(hessian, jnp.float32)
+    )
     return np.asarray(codes), np.asarray(scale), np.asarray(zero)
 
 
@@ -186,18 +200,25 @@ def _gptq_regrouped_jitted(group: int, shrinks: tuple):
             q = err = jnp.zeros((outputs, BLOCK), weights.dtype)
             for g in range(per_block):
                 lo = g * group
-                _, scale, zero = int4_groups.fit_groups(w[:, lo:lo + group].T, group, shrinks, LEVELS)
+                _, scale, zero = int4_groups.fit_groups(
+                    w[:, lo : lo + group].T, group, shrinks, LEVELS
+                )
                 scale, zero = scale[0], zero[0].astype(weights.dtype)
                 w, q, err = _round_columns(w, q, err, u, scale, zero, lo, lo + group)
                 index = b * per_block + g
                 scales = jax.lax.dynamic_update_slice(scales, scale[None], (index, 0))
                 zeros = jax.lax.dynamic_update_slice(zeros, zero[None], (index, 0))
-            return (_lazy_update(weights, err, upper, start), jax.lax.dynamic_update_slice(codes, q, (0, start)),
-                    scales, zeros)
+            return (
+                _lazy_update(weights, err, upper, start),
+                jax.lax.dynamic_update_slice(codes, q, (0, start)),
+                scales,
+                zeros,
+            )
 
         empty = jnp.zeros((n // group, outputs), weights.dtype)
-        _, codes, scales, zeros = jax.lax.fori_loop(0, n // BLOCK, block,
-                                                    (weights, jnp.zeros_like(weights), empty, empty))
+        _, codes, scales, zeros = jax.lax.fori_loop(
+            0, n // BLOCK, block, (weights, jnp.zeros_like(weights), empty, empty)
+        )
         return codes.astype(jnp.int8), scales, zeros.astype(jnp.int8)
 
     return jax.jit(run)
@@ -211,7 +232,9 @@ class Hessians:
     inputs and outputs, are held at a time. Everything between the blocks (embeddings, final norm)
     runs where it would have. `before_block(block)`, if given, is called as each block starts."""
 
-    def __init__(self, blocks, layers, padding_mask, on_done, chunk: int = CHUNK, before_block=None):
+    def __init__(
+        self, blocks, layers, padding_mask, on_done, chunk: int = CHUNK, before_block=None
+    ):
         self.mask = np.asarray(padding_mask, bool)
         self.before_block = before_block  # called with each block before it runs
         self.blocks, self.layers = list(blocks), list(layers)
@@ -230,7 +253,9 @@ class Hessians:
             readers = families.KERNEL_READERS.get(type(block).__name__)
             norm = getattr(block, readers.norm, None) if readers else None
             if norm is not None:
-                self._wrap(norm, functools.partial(self._read_kernels_inputs, block, readers, norm.call))
+                self._wrap(
+                    norm, functools.partial(self._read_kernels_inputs, block, readers, norm.call)
+                )
         return self
 
     def __exit__(self, *exc):
@@ -245,7 +270,9 @@ class Hessians:
         """Add X^T X of `x`'s real tokens to `layer`'s sum."""
         import jax.numpy as jnp
 
-        flat = jnp.reshape(jnp.asarray(x, jnp.float32), (self.rows.shape[0], -1)) * self.rows[:, None]
+        flat = (
+            jnp.reshape(jnp.asarray(x, jnp.float32), (self.rows.shape[0], -1)) * self.rows[:, None]
+        )
         total = jnp.matmul(flat.T, flat, precision=HIGHEST)
         _, before, tokens = self.sums.get(id(layer), (layer, 0.0, 0))
         self.sums[id(layer)] = (layer, before + total, tokens + int(self.rows.sum()))
@@ -279,12 +306,16 @@ class Hessians:
             self.before_block(block)
 
         def rows(start):
-            return lambda a: a[start:start + self.chunk] if np.ndim(a) and np.shape(a)[0] == batch else a
+            return lambda a: (
+                a[start : start + self.chunk] if np.ndim(a) and np.shape(a)[0] == batch else a
+            )
 
         outs = []
         with placement.on_accelerator():
             for start in range(0, batch, self.chunk):
-                self.rows = jnp.asarray(self.mask[start:start + self.chunk].reshape(-1), jnp.float32)
+                self.rows = jnp.asarray(
+                    self.mask[start : start + self.chunk].reshape(-1), jnp.float32
+                )
                 piece, piece_kwargs = jax.tree_util.tree_map(rows(start), ((x, *args), kwargs))
                 outs.append(call(*piece, **piece_kwargs))
             self.rows = None

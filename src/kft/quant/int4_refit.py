@@ -21,20 +21,35 @@ def refit(layer, float_kernel: np.ndarray, hessian: np.ndarray | None = None) ->
     if hessian is None:
         codes, scale, zero = int4_groups.fit(flat, block)
     else:
-        if reduced == list(range(len(reduced))) and rows % gptq.BLOCK == 0 and gptq.BLOCK % block == 0:
+        if (
+            reduced == list(range(len(reduced)))
+            and rows % gptq.BLOCK == 0
+            and gptq.BLOCK % block == 0
+        ):
             # Groups run along each output's inputs: GPTQ fits each group's grid when it reaches it.
             codes, scale, zero = gptq.codes_and_grid(flat.T, hessian, block)
             codes = codes.T
         else:  # Keras' memory-order groups straddle outputs (q/k/v): GPTQ's codes on the least-squares grid
             codes, scale, zero = int4_groups.fit(flat, block)
             group = np.arange(rows) // block
-            per_weight = [np.asarray(a)[group].reshape(float_kernel.shape) for a in (scale, zero.astype(np.float32))]
-            weights, moved_shape, order = gptq.out_in_view(np.asarray(float_kernel, np.float32), reduced)
+            per_weight = [
+                np.asarray(a)[group].reshape(float_kernel.shape)
+                for a in (scale, zero.astype(np.float32))
+            ]
+            weights, moved_shape, order = gptq.out_in_view(
+                np.asarray(float_kernel, np.float32), reduced
+            )
             grid = [gptq.out_in_view(a, reduced)[0] for a in per_weight]
             chosen = gptq.codes_on_grid(weights, *grid, hessian)
             codes = gptq.from_out_in(chosen, moved_shape, order).reshape(rows, -1)
     packed, _, _ = quantizers.pack_int4(codes, axis=-1)
-    for variable, value in ((layer._kernel, packed), (layer.kernel_scale, scale), (layer.kernel_zero, zero)):
+    for variable, value in (
+        (layer._kernel, packed),
+        (layer.kernel_scale, scale),
+        (layer.kernel_zero, zero),
+    ):
         if tuple(variable.shape) != tuple(value.shape):
-            raise AssertionError(f"{layer.path}: Keras' int4 layout changed ({variable.path} {variable.shape})")
+            raise AssertionError(
+                f"{layer.path}: Keras' int4 layout changed ({variable.path} {variable.shape})"
+            )
         variable.assign(np.asarray(value).astype(variable.dtype))

@@ -12,7 +12,10 @@ def quantized_values(layer) -> list:
     from keras import ops
 
     names = ["_kernel", "kernel_scale"]
-    if layer.quantization_mode == "int4" and getattr(layer, "_int4_block_size", None) not in (None, -1):
+    if layer.quantization_mode == "int4" and getattr(layer, "_int4_block_size", None) not in (
+        None,
+        -1,
+    ):
         names += ["kernel_zero", "g_idx"]
     return [ops.convert_to_tensor(getattr(layer, name)) for name in names]
 
@@ -45,12 +48,21 @@ def _dequantizing_class(cls):
             return cls.kernel.fget(self)
         value = dequantized_kernel(self)
         if self.lora_enabled:
-            value = value + (self.lora_alpha / self.lora_rank) * ops.matmul(self.lora_kernel_a, self.lora_kernel_b)
+            value = value + (self.lora_alpha / self.lora_rank) * ops.matmul(
+                self.lora_kernel_a, self.lora_kernel_b
+            )
         return ops.cast(value, self.compute_dtype)
 
     # Same name and module: serialized, the layer is still a Keras `cls`.
-    return type(cls.__name__, (cls,), {"kernel": property(kernel), "__module__": cls.__module__,
-                                       "__doc__": _dequantizing_class.__doc__})
+    return type(
+        cls.__name__,
+        (cls,),
+        {
+            "kernel": property(kernel),
+            "__module__": cls.__module__,
+            "__doc__": _dequantizing_class.__doc__,
+        },
+    )
 
 
 layer_classes.register("dequantized", _dequantizing_class)

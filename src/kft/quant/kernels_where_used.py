@@ -19,6 +19,7 @@ from __future__ import annotations
 from kft.models import layer_classes
 from kft.quant import kernels
 
+
 def _tie(values, tensor):
     """`values` plus a zero that depends on `tensor` (one element of it)."""
     from keras import ops
@@ -32,7 +33,9 @@ def _quantized_einsum(layer, inputs, values):
     from keras import ops
 
     def kernel(values, tensor):
-        return ops.cast(kernels.dequantized_kernel(layer, _tie(values, tensor)), layer.compute_dtype)
+        return ops.cast(
+            kernels.dequantized_kernel(layer, _tie(values, tensor)), layer.compute_dtype
+        )
 
     @jax.custom_vjp
     def einsum(x, values):
@@ -54,7 +57,9 @@ def _call(self, inputs, training=None):
 
     x = _quantized_einsum(self, inputs, kernels.quantized_values(self))
     if self.lora_enabled:
-        lora_x = ops.matmul(ops.einsum(self.equation, inputs, self.lora_kernel_a), self.lora_kernel_b)
+        lora_x = ops.matmul(
+            ops.einsum(self.equation, inputs, self.lora_kernel_a), self.lora_kernel_b
+        )
         x = ops.cast(ops.add(x, (self.lora_alpha / self.lora_rank) * lora_x), self.compute_dtype)
     if self.bias is not None:
         x = ops.add(x, self.bias)
@@ -66,8 +71,16 @@ def _call(self, inputs, training=None):
 def _tied_class(cls):
     """`cls` (an EinsumDense class) whose int8 and int4 calls make the kernel where it is used."""
     # Same name and module: serialized, the layer is still a Keras `cls`.
-    return type(cls.__name__, (cls,), {"_int8_call": _call, "_int4_call": _call, "__module__": cls.__module__,
-                                       "__doc__": _tied_class.__doc__})
+    return type(
+        cls.__name__,
+        (cls,),
+        {
+            "_int8_call": _call,
+            "_int4_call": _call,
+            "__module__": cls.__module__,
+            "__doc__": _tied_class.__doc__,
+        },
+    )
 
 
 layer_classes.register("tied", _tied_class)
@@ -81,9 +94,12 @@ def tie(model) -> int:
 
     tied = 0
     for layer in model._flatten_layers():
-        if (getattr(layer, "quantization_mode", None) in ("int8", "int4") and isinstance(layer, keras.layers.EinsumDense)
-                and getattr(layer, "inputs_quantizer", None) is None
-                and not layer_classes.behaviours(layer) & {"tied", "dequantized"}):
+        if (
+            getattr(layer, "quantization_mode", None) in ("int8", "int4")
+            and isinstance(layer, keras.layers.EinsumDense)
+            and getattr(layer, "inputs_quantizer", None) is None
+            and not layer_classes.behaviours(layer) & {"tied", "dequantized"}
+        ):
             layer_classes.add(layer, "tied")
             tied += 1
     return tied

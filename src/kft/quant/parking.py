@@ -56,10 +56,12 @@ class Parking:
         stored = (value.view(np.uint32) >> 16).astype(np.uint16) if halved else value
         free = shutil.disk_usage(self.folder).free
         if free < stored.nbytes + MARGIN:
-            raise KftError(f"model.int4_rounding gptq parks the float decoder on disk while the base loads "
-                           f"({self.written / GB:.2f} GB so far in {self.folder}), and that disk has "
-                           f"{free / GB:.2f} GB free; set TMPDIR to a folder on a larger disk, "
-                           "or use model.int4_rounding least-squares")
+            raise KftError(
+                f"model.int4_rounding gptq parks the float decoder on disk while the base loads "
+                f"({self.written / GB:.2f} GB so far in {self.folder}), and that disk has "
+                f"{free / GB:.2f} GB free; set TMPDIR to a folder on a larger disk, "
+                "or use model.int4_rounding least-squares"
+            )
         path = self.folder / f"{self.files}.bin"
         self.files += 1
         stored.tofile(path)
@@ -83,8 +85,12 @@ class Parking:
 
     def close(self) -> None:
         if self.written:
-            print(f"kft: GPTQ parked {self.written / GB:.2f} GB of float kernels on disk ({self.folder}) while "
-                  "the base loaded", file=sys.stderr, flush=True)
+            print(
+                f"kft: GPTQ parked {self.written / GB:.2f} GB of float kernels on disk ({self.folder}) while "
+                "the base loaded",
+                file=sys.stderr,
+                flush=True,
+            )
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -92,7 +98,6 @@ def default_root() -> Path:
     """The temporary folder, unless it lives in memory; then `$KFT_CACHE/parking`."""
     root = Path(tempfile.gettempdir())
     if in_memory(root):
-
         root = cache_dir() / "parking"
         root.mkdir(parents=True, exist_ok=True)
     return root
@@ -119,7 +124,7 @@ def in_memory(path: Path, mounts: str = "/proc/mounts") -> bool:
 def _remove_orphans(root: Path) -> None:
     """Remove parking folders whose process is gone (killed before it could remove them)."""
     for folder in root.glob(f"{PREFIX}*-*"):
-        pid = folder.name[len(PREFIX):].split("-")[0]
+        pid = folder.name[len(PREFIX) :].split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 

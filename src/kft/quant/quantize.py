@@ -32,10 +32,10 @@ import contextlib
 import gc
 
 from kft import families
-from kft.models import layer_classes
-from kft.quant import kernels_where_used
 from kft.config import INT4_BLOCK_SIZE, INT4_RANGES, INT4_ROUNDINGS, check_quantize, check_rounding
 from kft.core.errors import KftError
+from kft.models import layer_classes
+from kft.quant import kernels_where_used
 
 CALIBRATION_FILE = "calibration.npz"  # beside an adapter whose base was rounded by GPTQ
 
@@ -49,8 +49,6 @@ def keras_config(mode: str, int4_block_size: int = INT4_BLOCK_SIZE):
     return Int4QuantizationConfig(activation_quantizer=None, block_size=int4_block_size)
 
 
-
-
 def decoder_filter(model):
     """Keras `filters` for `model`: projections inside decoder blocks, and plain (lookup-only)
     embeddings; not the tied token embedding (a ReversibleEmbedding)."""
@@ -60,7 +58,9 @@ def decoder_filter(model):
         kind = type(layer)
         if kind is keras.layers.Embedding:
             return True
-        return kind in (keras.layers.Dense, keras.layers.EinsumDense) and layer.path.startswith("decoder_block")
+        return kind in (keras.layers.Dense, keras.layers.EinsumDense) and layer.path.startswith(
+            "decoder_block"
+        )
 
     return wanted
 
@@ -74,18 +74,30 @@ def dequantize_kernel_readers(model) -> int:
         readers = families.KERNEL_READERS.get(type(block).__name__)
         for name in readers.layers if readers else ():
             layer = getattr(block, name, None)
-            if getattr(layer, "quantization_mode", None) not in ("int8", "int4") or layer_classes.has(layer, "dequantized"):
+            if getattr(layer, "quantization_mode", None) not in (
+                "int8",
+                "int4",
+            ) or layer_classes.has(layer, "dequantized"):
                 continue
             if not isinstance(layer, keras.layers.EinsumDense):  # a KerasHub other than 0.32
-                raise KftError(f"model.quantize: {layer.path} is read by its block directly and is not an EinsumDense")
+                raise KftError(
+                    f"model.quantize: {layer.path} is read by its block directly and is not an EinsumDense"
+                )
             layer_classes.add(layer, "dequantized")
             swapped += 1
     return swapped
 
 
-def apply(task, mode: str, filters="decoder", int4_block_size: int = INT4_BLOCK_SIZE,
-          int4_ranges: str = "least-squares", int4_rounding: str = "least-squares", calibration=None,
-          parked=None) -> int:
+def apply(
+    task,
+    mode: str,
+    filters="decoder",
+    int4_block_size: int = INT4_BLOCK_SIZE,
+    int4_ranges: str = "least-squares",
+    int4_rounding: str = "least-squares",
+    calibration=None,
+    parked=None,
+) -> int:
     """Quantize `task`'s frozen base in place (before LoRA is enabled); return how many layers.
 
     `filters` is Keras' own argument ("decoder": `decoder_filter`). int4 comes in groups of
@@ -107,14 +119,24 @@ def apply(task, mode: str, filters="decoder", int4_block_size: int = INT4_BLOCK_
         raise KftError("model.int4_rounding gptq works on kft's least-squares int4 ranges only")
     calibration = (calibration(task) if callable(calibration) else calibration) if gptq else None
     with _one_garbage_collection():
-        _quantize_layers(task, mode, wanted, keras_config(mode, int4_block_size),
-                         refit=mode == "int4" and int4_ranges == "least-squares", calibration=calibration,
-                         parked=parked)
+        _quantize_layers(
+            task,
+            mode,
+            wanted,
+            keras_config(mode, int4_block_size),
+            refit=mode == "int4" and int4_ranges == "least-squares",
+            calibration=calibration,
+            parked=parked,
+        )
     if gptq:
         task.kft_calibration = calibration
     dequantize_kernel_readers(task)
     kernels_where_used.tie(task)
-    quantized = [layer for layer in task._flatten_layers() if getattr(layer, "quantization_mode", None) == mode]
+    quantized = [
+        layer
+        for layer in task._flatten_layers()
+        if getattr(layer, "quantization_mode", None) == mode
+    ]
     if not quantized:
         raise KftError(f"model.quantize {mode}: no layer of this model could be quantized")
     return len(quantized)
@@ -137,8 +159,14 @@ def parking(mode: str, int4_rounding: str = "least-squares", **_):
 
 
 @contextlib.contextmanager
-def while_loading(mode: str, int4_block_size: int = INT4_BLOCK_SIZE, int4_ranges: str = "least-squares",
-                  int4_rounding: str = "least-squares", parked=None, **_):
+def while_loading(
+    mode: str,
+    int4_block_size: int = INT4_BLOCK_SIZE,
+    int4_ranges: str = "least-squares",
+    int4_rounding: str = "least-squares",
+    parked=None,
+    **_,
+):
     """Around a preset's loading: quantize the decoder's layers as their float kernels arrive
     (kft.quant.quantize_on_load), as `apply` would after; `apply` then does what is left. For GPTQ, whose
     calibration pass needs a block's float kernels when the block runs, the kernels go to `parked`
@@ -153,8 +181,9 @@ def while_loading(mode: str, int4_block_size: int = INT4_BLOCK_SIZE, int4_ranges
     from kft.quant import quantize_on_load
 
     refit = mode == "int4" and int4_ranges == "least-squares"
-    layer_quantizer = functools.partial(quantize_layer, mode=mode, config=keras_config(mode, int4_block_size),
-                                        refit=refit)
+    layer_quantizer = functools.partial(
+        quantize_layer, mode=mode, config=keras_config(mode, int4_block_size), refit=refit
+    )
     wanted, label = decoder_filter(None), f"quantizing to {mode} as it loads"
     if mode == "int4" and int4_rounding == "gptq":
         # Lookup tables stay float until GPTQ's calibration pass has run, as on a whole read: the pass
@@ -165,7 +194,10 @@ def while_loading(mode: str, int4_block_size: int = INT4_BLOCK_SIZE, int4_ranges
         def wanted(layer):
             return decoder(layer) and not isinstance(layer, keras.layers.Embedding)
 
-        layer_quantizer, label = parked.park, "int4 (GPTQ): parking float kernels on disk as they load"
+        layer_quantizer, label = (
+            parked.park,
+            "int4 (GPTQ): parking float kernels on disk as they load",
+        )
     with _one_garbage_collection(), quantize_on_load.quantizing(wanted, layer_quantizer, label):
         yield
 
@@ -185,7 +217,9 @@ def _one_garbage_collection():
         gc.collect()
 
 
-def _quantize_layers(model, mode: str, wanted, config, refit: bool, calibration=None, parked=None) -> None:
+def _quantize_layers(
+    model, mode: str, wanted, config, refit: bool, calibration=None, parked=None
+) -> None:
     """`Model.quantize(mode, config=config, filters=wanted)` one layer at a time, for the layers not
     quantized yet (kft.quant.quantize_on_load does most of them while the preset loads), with progress on
     stderr (a 9B model's 294 kernels take minutes on a host CPU). With `calibration` (backbone inputs),
@@ -197,16 +231,22 @@ def _quantize_layers(model, mode: str, wanted, config, refit: bool, calibration=
     import keras
     from keras.src.quantizers.utils import should_quantize_layer
 
-    from kft.quant import gptq
     from kft.core.progress import Counter
+    from kft.quant import gptq
 
-    layers = [layer for layer in model._flatten_layers()
-              if should_quantize_layer(layer, wanted) and len(list(layer._flatten_layers())) == 1
-              and getattr(layer, "quantization_mode", None) is None]
+    layers = [
+        layer
+        for layer in model._flatten_layers()
+        if should_quantize_layer(layer, wanted)
+        and len(list(layer._flatten_layers())) == 1
+        and getattr(layer, "quantization_mode", None) is None
+    ]
     if not layers:
         return
     how = " (GPTQ)" if calibration is not None else ""
-    counter = Counter(f"quantizing to {mode}{how}", len(layers), "layers", timed=True, stream=sys.stderr)
+    counter = Counter(
+        f"quantizing to {mode}{how}", len(layers), "layers", timed=True, stream=sys.stderr
+    )
     done = set()
 
     def restore(block):
@@ -221,10 +261,19 @@ def _quantize_layers(model, mode: str, wanted, config, refit: bool, calibration=
         counter.advance()
 
     if calibration is not None:
-        called = [layer for layer in layers if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))]
+        called = [
+            layer
+            for layer in layers
+            if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))
+        ]
         backbone = getattr(model, "backbone", model)
-        with gptq.Hessians(backbone.transformer_layers, called, calibration["padding_mask"], quantize_one,
-                           before_block=restore if parked is not None else None):
+        with gptq.Hessians(
+            backbone.transformer_layers,
+            called,
+            calibration["padding_mask"],
+            quantize_one,
+            before_block=restore if parked is not None else None,
+        ):
             backbone(dict(calibration))
     for layer in layers:
         if id(layer) not in done:
@@ -241,28 +290,39 @@ def quantize_layer(layer, mode: str, config, refit: bool, hessian=None) -> None:
     import keras
     import numpy as np
 
-    from kft.quant import int4_refit
     from kft.distribute import placement
+    from kft.quant import int4_refit
 
     lookup = isinstance(layer, keras.layers.Embedding)
     with contextlib.nullcontext() if lookup else placement.on_accelerator():
-        float_kernel = np.asarray(layer.kernel) if refit and not lookup else None  # Embedding: no groups
+        float_kernel = (
+            np.asarray(layer.kernel) if refit and not lookup else None
+        )  # Embedding: no groups
         try:
             layer.quantize(mode, config=config)
         except (NotImplementedError, AttributeError):  # as Model.quantize: such layers stay float
             pass
         else:
-            if float_kernel is not None and getattr(layer, "_int4_block_size", None) not in (None, -1):
+            if float_kernel is not None and getattr(layer, "_int4_block_size", None) not in (
+                None,
+                -1,
+            ):
                 int4_refit.refit(layer, float_kernel, hessian)
     placement.settle(layer)  # under a distribution: onto the mesh now, not all on the first device
 
 
-def settings(mode: str, int4_block_size: int = INT4_BLOCK_SIZE, int4_rounding: str = "least-squares") -> dict:
+def settings(
+    mode: str, int4_block_size: int = INT4_BLOCK_SIZE, int4_rounding: str = "least-squares"
+) -> dict:
     """What an adapter records so the same base can be rebuilt on reload (`rebuild_options`); a GPTQ
     base also needs its calibration tokens, saved beside the adapter (`save_calibration`)."""
     if mode == "none":
         return {"quantize": "none"}
-    extra = {"int4_block_size": int4_block_size, "int4_ranges": "least-squares"} if mode == "int4" else {}
+    extra = (
+        {"int4_block_size": int4_block_size, "int4_ranges": "least-squares"}
+        if mode == "int4"
+        else {}
+    )
     if mode == "int4" and int4_rounding == "gptq":
         extra.update(int4_rounding="gptq", calibration=CALIBRATION_FILE)
     return {"quantize": mode, "quantize_weights_only": True, "quantize_layers": "decoder", **extra}
@@ -286,7 +346,10 @@ def rebuild_options(meta: dict, folder=None) -> dict:
     ranges: their base is rebuilt as it was then."""
     if meta.get("quantize") != "int4":
         return {}
-    options = {"int4_block_size": int(meta.get("int4_block_size", 128)), "int4_ranges": meta.get("int4_ranges", "full")}
+    options = {
+        "int4_block_size": int(meta.get("int4_block_size", 128)),
+        "int4_ranges": meta.get("int4_ranges", "full"),
+    }
     if meta.get("int4_rounding") == "gptq":
         options.update(int4_rounding="gptq", calibration=load_calibration(folder, meta))
     return options
@@ -294,21 +357,28 @@ def rebuild_options(meta: dict, folder=None) -> dict:
 
 def save_calibration(folder, task) -> None:
     """Write the calibration tokens a GPTQ base was rounded on, if it was, beside the adapter."""
-    import numpy as np
     from pathlib import Path
 
+    import numpy as np
+
     if getattr(task, "kft_calibration", None) is not None:
-        np.savez(Path(folder) / CALIBRATION_FILE, **{k: np.asarray(v) for k, v in task.kft_calibration.items()})
+        np.savez(
+            Path(folder) / CALIBRATION_FILE,
+            **{k: np.asarray(v) for k, v in task.kft_calibration.items()},
+        )
 
 
 def load_calibration(folder, meta: dict) -> dict:
-    import numpy as np
     from pathlib import Path
+
+    import numpy as np
 
     path = Path(folder or ".") / meta.get("calibration", CALIBRATION_FILE)
     if not path.is_file():
-        raise KftError(f"this adapter's int4 base was rounded by GPTQ on calibration tokens saved as {path.name}, "
-                       f"which is missing from '{folder}'; copy it back beside adapter_config.json")
+        raise KftError(
+            f"this adapter's int4 base was rounded by GPTQ on calibration tokens saved as {path.name}, "
+            f"which is missing from '{folder}'; copy it back beside adapter_config.json"
+        )
     with np.load(path) as saved:
         return {name: saved[name] for name in saved.files}
 

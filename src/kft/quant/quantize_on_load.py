@@ -39,10 +39,14 @@ def quantizing(wanted, quantize, label: str = "quantizing as it loads"):
         @functools.wraps(original)  # Keras reads build's signature to record its input shapes
         def build(self, *args, **kwargs):
             original(self, *args, **kwargs)
-            variable = getattr(self, "_kernel", None) if not isinstance(self, keras.layers.Embedding) \
+            variable = (
+                getattr(self, "_kernel", None)
+                if not isinstance(self, keras.layers.Embedding)
                 else getattr(self, "_embeddings", None)
+            )
             if variable is not None and self.quantization_mode is None and wanted(self):
                 owners[id(variable)] = (weakref.ref(variable), self)
+
         return build
 
     assign = JaxVariable.assign
@@ -54,7 +58,9 @@ def quantizing(wanted, quantize, label: str = "quantizing as it loads"):
         variable, layer = owners.pop(id(self), (None, None))
         if variable is not None and variable() is self:
             if not counter:
-                counter.append(Counter(label, len(owners) + 1, "layers", timed=True, stream=sys.stderr))
+                counter.append(
+                    Counter(label, len(owners) + 1, "layers", timed=True, stream=sys.stderr)
+                )
             try:
                 quantize(layer)
             except Exception as e:

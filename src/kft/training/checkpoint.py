@@ -20,8 +20,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kft.models import lora
 from kft.core.errors import KftError
+from kft.models import lora
 
 DIR = "checkpoints"
 
@@ -45,11 +45,17 @@ def _name(micro_step: int) -> str:
 def latest(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint folder of a run, or None."""
     folder = Path(run_dir) / DIR
-    done = sorted(p for p in folder.glob("step-*") if (p / "state.json").is_file()) if folder.is_dir() else []
+    done = (
+        sorted(p for p in folder.glob("step-*") if (p / "state.json").is_file())
+        if folder.is_dir()
+        else []
+    )
     return done[-1] if done else None
 
 
-def save(run_dir: Path, model, micro_step: int, optimizer_step: int, metrics_rows: list[dict], keep: int) -> Path:
+def save(
+    run_dir: Path, model, micro_step: int, optimizer_step: int, metrics_rows: list[dict], keep: int
+) -> Path:
     from safetensors.numpy import save_file
 
     root = Path(run_dir) / DIR
@@ -59,12 +65,20 @@ def save(run_dir: Path, model, micro_step: int, optimizer_step: int, metrics_row
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        save_file({p: np.asarray(v.numpy()) for p, v in lora.lora_variables(model.backbone).items()},
-                  str(tmp / "lora.safetensors"))
-        save_file({f"{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)},
-                  str(tmp / "optimizer.safetensors"))
-        state = {"micro_step": micro_step, "optimizer_step": optimizer_step, "metrics": metrics_rows,
-                 "optimizer_variables": [v.path for v in model.optimizer.variables]}
+        save_file(
+            {p: np.asarray(v.numpy()) for p, v in lora.lora_variables(model.backbone).items()},
+            str(tmp / "lora.safetensors"),
+        )
+        save_file(
+            {f"{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)},
+            str(tmp / "optimizer.safetensors"),
+        )
+        state = {
+            "micro_step": micro_step,
+            "optimizer_step": optimizer_step,
+            "metrics": metrics_rows,
+            "optimizer_variables": [v.path for v in model.optimizer.variables],
+        }
         (tmp / "state.json").write_text(json.dumps(state) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
@@ -83,12 +97,16 @@ def restore(folder: Path, model) -> dict:
     lora_values = load_file(str(folder / "lora.safetensors"))
     variables = lora.lora_variables(model.backbone)
     if set(lora_values) != set(variables):
-        raise KftError(f"checkpoint {folder} does not match this model's LoRA layers; was the config changed?")
+        raise KftError(
+            f"checkpoint {folder} does not match this model's LoRA layers; was the config changed?"
+        )
     for path, variable in variables.items():
         variable.assign(lora_values[path])
     optimizer_values = load_file(str(folder / "optimizer.safetensors"))
     if [v.path for v in model.optimizer.variables] != state["optimizer_variables"]:
-        raise KftError(f"checkpoint {folder} was written by a different optimizer setup; was the config changed?")
+        raise KftError(
+            f"checkpoint {folder} was written by a different optimizer setup; was the config changed?"
+        )
     for i, variable in enumerate(model.optimizer.variables):
         variable.assign(optimizer_values[f"{i:05d}"])
     return state
@@ -97,8 +115,16 @@ def restore(folder: Path, model) -> dict:
 class Checkpointer(keras.callbacks.Callback):
     """Checkpoints every `every` optimizer steps and at the end; stops cleanly on SIGTERM/SIGINT and NaN."""
 
-    def __init__(self, run_dir: Path, every: int, keep: int, accum: int, total_micro: int, start_micro: int,
-                 progress):
+    def __init__(
+        self,
+        run_dir: Path,
+        every: int,
+        keep: int,
+        accum: int,
+        total_micro: int,
+        start_micro: int,
+        progress,
+    ):
         super().__init__()
         self.run_dir, self.every, self.keep, self.accum = Path(run_dir), every, keep, accum
         self.total, self.start, self.progress = total_micro, start_micro, progress
@@ -125,7 +151,9 @@ class Checkpointer(keras.callbacks.Callback):
 
         self.model.jax_state_sync()
         save(self.run_dir, self.model, micro, micro // self.accum, self.progress.records, self.keep)
-        distribution.barrier(f"checkpoint {micro}")  # process 0's checkpoint is complete before any process goes on
+        distribution.barrier(
+            f"checkpoint {micro}"
+        )  # process 0's checkpoint is complete before any process goes on
 
     def on_train_batch_end(self, batch, logs=None):
         micro = self.start + batch + 1
@@ -140,5 +168,7 @@ class Checkpointer(keras.callbacks.Callback):
             self.signal_received = self.signal_received or "a signal to another process"
             self._save(micro)
             self.model.stop_training = True
-        elif micro == self.total or (micro % self.accum == 0 and (micro // self.accum) % self.every == 0):
+        elif micro == self.total or (
+            micro % self.accum == 0 and (micro // self.accum) % self.every == 0
+        ):
             self._save(micro)

@@ -14,7 +14,9 @@ def make_schedule(peak: float, total_steps: int, warmup_steps: int, kind: str):
         def __call__(self, step):
             step = ops.cast(step, "float32")
             warm = ops.minimum((step + 1.0) / max(warmup_steps, 1), 1.0) if warmup_steps else 1.0
-            progress = ops.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+            progress = ops.clip(
+                (step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0
+            )
             if kind == "linear":
                 decay = 1.0 - progress
             elif kind == "cosine":
@@ -24,7 +26,12 @@ def make_schedule(peak: float, total_steps: int, warmup_steps: int, kind: str):
             return peak * warm * decay
 
         def get_config(self):
-            return {"peak": peak, "total_steps": total_steps, "warmup_steps": warmup_steps, "kind": kind}
+            return {
+                "peak": peak,
+                "total_steps": total_steps,
+                "warmup_steps": warmup_steps,
+                "kind": kind,
+            }
 
     return WarmupDecay()
 
@@ -35,8 +42,12 @@ def make_optimizer(train_config, optimizer_steps: int):
 
     accum = train_config.grad_accum
     # Keras evaluates the schedule on micro-steps when accumulating gradients.
-    schedule = make_schedule(train_config.lr, optimizer_steps * accum, train_config.warmup_steps * accum,
-                             train_config.schedule)
+    schedule = make_schedule(
+        train_config.lr,
+        optimizer_steps * accum,
+        train_config.warmup_steps * accum,
+        train_config.schedule,
+    )
     optimizer = keras.optimizers.AdamW(
         learning_rate=schedule,
         weight_decay=train_config.weight_decay,

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from kft import config as config_lib
 from kft import plan
+from kft.config import Config
 from kft.core import backend
+from kft.core.errors import KftError
 from kft.data import dataset as data_lib
 from kft.data import packing
 from kft.distribute import distribution
@@ -25,8 +27,6 @@ from kft.generation import decode_kernels, screened_argmax
 from kft.models import adapter, lora, model
 from kft.quant import frozen_base, quantize
 from kft.training import optim, report, step_ahead
-from kft.config import Config
-from kft.core.errors import KftError
 
 
 @dataclass
@@ -34,24 +34,34 @@ class TrainResult:
     task: object  # the fine-tuned keras_hub CausalLM, LoRA enabled
     run_dir: Path
     metrics: dict = field(default_factory=dict)
-    fit_model: object = None  # what `fit` trained: the task, or its trained-positions wrapper (holds the optimizer)
+    fit_model: object = (
+        None  # what `fit` trained: the task, or its trained-positions wrapper (holds the optimizer)
+    )
 
 
 def run_dir_for(config: Config) -> Path:
     """The run folder `output.dir` names, checked (not yet created) so a bad path fails before any work."""
     name = Path(config.model.preset.rstrip("/")).name.replace(":", "_") or "model"
-    folder = Path(config.output.dir.format(preset=name, time=datetime.now().strftime("%Y%m%d-%H%M%S"))).expanduser()
+    folder = Path(
+        config.output.dir.format(preset=name, time=datetime.now().strftime("%Y%m%d-%H%M%S"))
+    ).expanduser()
     if folder.exists() and not folder.is_dir():
         raise KftError(f"output.dir '{folder}' is a file; choose a folder path")
     if folder.is_dir() and any(folder.iterdir()) and not config.output.overwrite:
-        raise KftError(f"output.dir '{folder}' already holds files; choose another folder or pass --overwrite")
+        raise KftError(
+            f"output.dir '{folder}' already holds files; choose another folder or pass --overwrite"
+        )
     existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
     try:
         if not existing.is_dir():
             raise NotADirectoryError
-        tempfile.TemporaryFile(dir=existing).close()  # os.access says yes to root even where writes fail
+        tempfile.TemporaryFile(
+            dir=existing
+        ).close()  # os.access says yes to root even where writes fail
     except OSError:
-        raise KftError(f"cannot write to output.dir '{folder}': '{existing}' is not a writable folder") from None
+        raise KftError(
+            f"cannot write to output.dir '{folder}': '{existing}' is not a writable folder"
+        ) from None
     return folder
 
 
@@ -63,17 +73,25 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def _report(metrics: dict, run_dir: Path, shown: int = 3) -> None:
     """The end-of-run summary: losses, the metric, and a few before/after samples."""
-    print(f"kft: training loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}", flush=True)
+    print(
+        f"kft: training loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}", flush=True
+    )
     if "eval_loss_before" in metrics:
-        print(f"kft: eval loss {metrics['eval_loss_before']:.4f} -> {metrics['eval_loss_after']:.4f}")
+        print(
+            f"kft: eval loss {metrics['eval_loss_before']:.4f} -> {metrics['eval_loss_after']:.4f}"
+        )
     name = metrics["metric"]
     if f"{name}_before" in metrics:
-        print(f"kft: {name} match {metrics[f'{name}_before']:.1f}% -> {metrics[f'{name}_after']:.1f}%")
+        print(
+            f"kft: {name} match {metrics[f'{name}_before']:.1f}% -> {metrics[f'{name}_after']:.1f}%"
+        )
     with open(run_dir / "samples.jsonl", encoding="utf-8") as f:
         for line in list(f)[:shown]:
             sample = json.loads(line)
-            print(f"--- prompt:\n{sample['prompt'].rstrip()}\n--- before: {sample['before'].strip()!r}\n"
-                  f"--- after:  {sample['after'].strip()!r}")
+            print(
+                f"--- prompt:\n{sample['prompt'].rstrip()}\n--- before: {sample['before'].strip()!r}\n"
+                f"--- after:  {sample['after'].strip()!r}"
+            )
     print(f"kft: adapter, samples, metrics and {report.LOSS_PNG} saved to {run_dir}", flush=True)
 
 
@@ -100,17 +118,23 @@ def _resume_point(c: Config, resume: str | None) -> tuple[Config, Path, Path | N
     saved = config_lib.load(str(saved_path))
     changed = config_lib.differences(saved, c)
     if changed:
-        raise KftError(f"cannot resume {run_dir} with a different config ({'; '.join(changed)}); "
-                       "start a new run (--output-dir) or undo the changes")
+        raise KftError(
+            f"cannot resume {run_dir} with a different config ({'; '.join(changed)}); "
+            "start a new run (--output-dir) or undo the changes"
+        )
     latest = checkpoint.latest(run_dir)
     if latest is None:
         if resume == "auto":
             return c, run_dir_for(replace(c, output=replace(c.output, overwrite=True))), None
-        raise KftError(f"{run_dir} has no complete checkpoint to resume from; start it again with --overwrite")
+        raise KftError(
+            f"{run_dir} has no complete checkpoint to resume from; start it again with --overwrite"
+        )
     return c, run_dir, latest
 
 
-def train(config: Config | dict | str | None = None, resume: str | None = None, **overrides) -> TrainResult:
+def train(
+    config: Config | dict | str | None = None, resume: str | None = None, **overrides
+) -> TrainResult:
     """Fine-tune with LoRA as `config` says (a Config, a dict, or a YAML path; dotted overrides allowed).
 
     `resume` continues a run from its newest checkpoint: a run folder, or "auto" for
@@ -118,7 +142,9 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
     result is refused.
     """
     if resume not in (None, "auto") and config is None:
-        config = str(Path(resume) / "config.yaml") if (Path(resume) / "config.yaml").is_file() else None
+        config = (
+            str(Path(resume) / "config.yaml") if (Path(resume) / "config.yaml").is_file() else None
+        )
     c = _resolve(config, overrides)
     backend.setup()
     distribution.connect()  # multi-host: join the other processes before any JAX work
@@ -128,7 +154,9 @@ def train(config: Config | dict | str | None = None, resume: str | None = None, 
 
     xla = Compiles().start()
     c, run_dir, resume_from = _resume_point(c, resume)
-    run_dir, out = distribution.run_folder(run_dir)  # out: where this process writes (process 0: run_dir)
+    run_dir, out = distribution.run_folder(
+        run_dir
+    )  # out: where this process writes (process 0: run_dir)
 
     keras.utils.set_random_seed(c.train.seed)
     run = _load_base_and_data(c)
@@ -172,26 +200,51 @@ def _load_base_and_data(c: Config) -> _Run:
     """The records, the device mesh, the frozen base (quantized and placed as the config says) and
     the tokenized dataset."""
     records, eval_records = data_lib.load_sources(c.data)
-    mesh_plan = distribution.setup(c.model.preset, c.model.precision, c.train,  # before the preset loads
-                                   c.model.quantize, c.model.int4_block_size)
+    mesh_plan = distribution.setup(
+        c.model.preset,
+        c.model.precision,
+        c.train,  # before the preset loads
+        c.model.quantize,
+        c.model.int4_block_size,
+    )
     devices = mesh_plan.mesh[0] * mesh_plan.mesh[1]
     plan.check_before_training(c, devices=devices, model_axis=mesh_plan.mesh[1])
-    rounding = plan.int4_rounding(c, devices, mesh_plan.mesh[1])  # config.yaml keeps `auto`; the adapter records it
+    rounding = plan.int4_rounding(
+        c, devices, mesh_plan.mesh[1]
+    )  # config.yaml keeps `auto`; the adapter records it
     built = {}  # the run's dataset, where GPTQ's calibration built it first
     calibration = functools.partial(_calibration, c, records, eval_records, built)
-    task, family, policy = frozen_base.load(c.model.preset, c.model.precision, c.model.quantize,
-                                            **quantize.options(c, calibration, rounding))
+    task, family, policy = frozen_base.load(
+        c.model.preset,
+        c.model.precision,
+        c.model.quantize,
+        **quantize.options(c, calibration, rounding),
+    )
     weights_per_device = distribution.verify(task, mesh_plan)
     model.check_seq_len(task.backbone, c.data.seq_len)
-    dataset = built.get("dataset") or data_lib.build(records, task.preprocessor.tokenizer, c.data, c.train.seed,
-                                                     num_prompts=c.output.samples, eval_records=eval_records)
+    dataset = built.get("dataset") or data_lib.build(
+        records,
+        task.preprocessor.tokenizer,
+        c.data,
+        c.train.seed,
+        num_prompts=c.output.samples,
+        eval_records=eval_records,
+    )
     # A batch larger than the data is refused here, before the run folder exists.
     per_epoch = data_lib.steps_per_epoch(dataset.train, c.train.batch_size)
     run = _Run(task, family, policy, dataset, mesh_plan, rounding, per_epoch)
-    run.metrics = {"family": family, "dtype_policy": policy, "parameters": 0, "trainable_parameters": 0,
-                   "optimizer_steps": 0, "data": dataset.stats,
-                   "metric": c.output.metric, "distribution": mesh_plan.kind,
-                   "mesh": f"{mesh_plan.mesh[0]}x{mesh_plan.mesh[1]}", "weight_bytes_per_device": weights_per_device}
+    run.metrics = {
+        "family": family,
+        "dtype_policy": policy,
+        "parameters": 0,
+        "trainable_parameters": 0,
+        "optimizer_steps": 0,
+        "data": dataset.stats,
+        "metric": c.output.metric,
+        "distribution": mesh_plan.kind,
+        "mesh": f"{mesh_plan.mesh[0]}x{mesh_plan.mesh[1]}",
+        "weight_bytes_per_device": weights_per_device,
+    }
     return run
 
 
@@ -201,34 +254,52 @@ def _open_run_folder(c: Config, run: _Run, run_dir: Path, out: Path) -> None:
     (out / "config.yaml").write_text(config_lib.to_yaml(c), encoding="utf-8")
     print(f"kft: run folder {run_dir}", flush=True)
     s = run.dataset.stats
-    print(f"kft: {s['train_examples']} training / {s['eval_examples']} eval examples; "
-          f"{s['overlong']} longer than seq_len {c.data.seq_len} ({s['overlong_action']}); "
-          f"{s['trained_tokens']} of {s['train_tokens']} tokens carry loss", flush=True)
+    print(
+        f"kft: {s['train_examples']} training / {s['eval_examples']} eval examples; "
+        f"{s['overlong']} longer than seq_len {c.data.seq_len} ({s['overlong_action']}); "
+        f"{s['trained_tokens']} of {s['train_tokens']} tokens carry loss",
+        flush=True,
+    )
     if c.data.packing:
-        print(f"kft: packed {s['train_examples']} training examples into {s['packed_rows']} rows of {c.data.seq_len} "
-              f"({100 * packing.padding_share(run.dataset.train.padding_mask):.1f}% padding)", flush=True)
+        print(
+            f"kft: packed {s['train_examples']} training examples into {s['packed_rows']} rows of {c.data.seq_len} "
+            f"({100 * packing.padding_share(run.dataset.train.padding_mask):.1f}% padding)",
+            flush=True,
+        )
 
 
 def _enable_lora(c: Config, run: _Run) -> None:
     adapted = lora.enable(run.task.backbone, c.lora.rank, c.lora.alpha, c.lora.targets)
     total, trainable = lora.parameter_counts(run.task)
-    print(f"kft: {run.family} model, {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.3f}%) "
-          f"in {len(adapted)} LoRA layers (rank {c.lora.rank}, alpha {c.lora.alpha or c.lora.rank})", flush=True)
+    print(
+        f"kft: {run.family} model, {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.3f}%) "
+        f"in {len(adapted)} LoRA layers (rank {c.lora.rank}, alpha {c.lora.alpha or c.lora.rank})",
+        flush=True,
+    )
     run.metrics.update(parameters=total, trainable_parameters=trainable)
 
 
 def _compile(c: Config, run: _Run) -> None:
     """The optimizer and its schedule, the model `fit` trains, and the before/after measurement:
     samples (and the metric) on eval prompts when there is an eval split, else on training ones."""
-    run.optimizer_steps = c.train.max_steps or max(1, run.per_epoch * (c.train.epochs or 1) // c.train.grad_accum)
+    run.optimizer_steps = c.train.max_steps or max(
+        1, run.per_epoch * (c.train.epochs or 1) // c.train.grad_accum
+    )
     run.micro_steps = run.optimizer_steps * c.train.grad_accum
     run.metrics["optimizer_steps"] = run.optimizer_steps
     run.optimizer, run.schedule = optim.make_optimizer(c.train, run.optimizer_steps)
     run.fit_model = evaluation.compile_task(run.task, run.optimizer, c.train.logits_on)
     run.prompt_split = run.dataset.eval or run.dataset.train
-    run.measure = functools.partial(evaluation.measure, run.task, run.fit_model, run.prompt_split, c.output.metric,
-                                    c.train.batch_size, c.output.sample_max_new_tokens,
-                                    with_loss=run.dataset.eval is not None)
+    run.measure = functools.partial(
+        evaluation.measure,
+        run.task,
+        run.fit_model,
+        run.prompt_split,
+        c.output.metric,
+        c.train.batch_size,
+        c.output.sample_max_new_tokens,
+        with_loss=run.dataset.eval is not None,
+    )
 
 
 def _measure_before_or_resume(c: Config, run: _Run, run_dir: Path, out: Path, resume_from) -> dict:
@@ -240,14 +311,18 @@ def _measure_before_or_resume(c: Config, run: _Run, run_dir: Path, out: Path, re
         run.batches = _batches(c, run.dataset, run.micro_steps, run.start_micro)
         run.compiling = step_ahead.start(run.fit_model, run.batches)
         before = run.measure(label="measuring before")
-        (out / "before.json").write_text(json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8")
+        (out / "before.json").write_text(
+            json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         return before
     before = json.loads((run_dir / "before.json").read_text(encoding="utf-8"))
     run.optimizer.build(run.fit_model.trainable_variables)
     state = checkpoint.restore(resume_from, run.fit_model)
     run.start_micro, run.rows = state["micro_step"], state["metrics"]
-    print(f"kft: resuming from {resume_from.name} (step {state['optimizer_step']} of {run.optimizer_steps})",
-          flush=True)
+    print(
+        f"kft: resuming from {resume_from.name} (step {state['optimizer_step']} of {run.optimizer_steps})",
+        flush=True,
+    )
     return before
 
 
@@ -260,18 +335,39 @@ def _fit(c: Config, run: _Run, run_dir: Path, out: Path, resume_from) -> None:
 
     if run.batches is None:
         run.batches = _batches(c, run.dataset, run.micro_steps, run.start_micro)
-    progress_cb = Progress(run.batches, run.micro_steps, c.train.grad_accum, c.train.log_every, run.schedule,
-                           out / "metrics.jsonl", start_micro=run.start_micro, records=run.rows)
-    checkpoint_cb = checkpoint.Checkpointer(out, c.train.checkpoint_every, c.train.checkpoint_keep,
-                                            c.train.grad_accum, run.micro_steps, run.start_micro, progress_cb)
-    run.tracker = tracking.start(c.output.wandb if out == run_dir else "", out, c.to_dict(),
-                                 resuming=resume_from is not None)
+    progress_cb = Progress(
+        run.batches,
+        run.micro_steps,
+        c.train.grad_accum,
+        c.train.log_every,
+        run.schedule,
+        out / "metrics.jsonl",
+        start_micro=run.start_micro,
+        records=run.rows,
+    )
+    checkpoint_cb = checkpoint.Checkpointer(
+        out,
+        c.train.checkpoint_every,
+        c.train.checkpoint_keep,
+        c.train.grad_accum,
+        run.micro_steps,
+        run.start_micro,
+        progress_cb,
+    )
+    run.tracker = tracking.start(
+        c.output.wandb if out == run_dir else "", out, c.to_dict(), resuming=resume_from is not None
+    )
     # Progress first: a checkpoint, and W&B, get the metrics row of their own step.
     callbacks = [progress_cb, checkpoint_cb, *tracking.callbacks(run.tracker, progress_cb)]
     if c.output.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq=c.train.log_every))
-    print(f"kft: training {run.optimizer_steps} steps (batch {c.train.batch_size} x accumulation "
-          f"{c.train.grad_accum})", flush=True)
+        callbacks.append(
+            keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq=c.train.log_every)
+        )
+    print(
+        f"kft: training {run.optimizer_steps} steps (batch {c.train.batch_size} x accumulation "
+        f"{c.train.grad_accum})",
+        flush=True,
+    )
     started = time.perf_counter()
     # The decode programs' kept copies (kernels, bfloat16 vocabulary): not while training.
     decode_kernels.release(run.task.backbone)
@@ -279,14 +375,18 @@ def _fit(c: Config, run: _Run, run_dir: Path, out: Path, resume_from) -> None:
     step_ahead.finish(run.compiling)
     if run.start_micro < run.micro_steps:
         # shuffle=False: Keras would reorder a PyDataset's batches, and our order is part of what resumes.
-        keras.Model.fit(run.fit_model, run.batches, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)
+        keras.Model.fit(
+            run.fit_model, run.batches, epochs=1, verbose=0, callbacks=callbacks, shuffle=False
+        )
     _stop_if_interrupted(checkpoint_cb, run_dir)
     run.metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     run.metrics["first_loss"] = progress_cb.records[0]["loss"]
     run.metrics["final_loss"] = progress_cb.records[-1]["loss"]
 
 
-def _save(c: Config, run: _Run, run_dir: Path, out: Path, before: dict, after: dict, xla) -> TrainResult:
+def _save(
+    c: Config, run: _Run, run_dir: Path, out: Path, before: dict, after: dict, xla
+) -> TrainResult:
     """Samples, the adapter (and GPTQ's calibration), summary.json, loss.png, W&B's summary, the report."""
     from kft.training import tracking
 
@@ -296,15 +396,30 @@ def _save(c: Config, run: _Run, run_dir: Path, out: Path, before: dict, after: d
             metrics[f"eval_loss_{when}"] = result["loss"]
         if result["score"] is not None:
             metrics[f"{c.output.metric}_{when}"] = result["score"]
-    samples = [{"prompt": p, "reference": r, "before": b, "after": a}
-               for p, r, b, a in zip(run.prompt_split.prompts, run.prompt_split.references, before["generations"],
-                                     after["generations"])]
+    samples = [
+        {"prompt": p, "reference": r, "before": b, "after": a}
+        for p, r, b, a in zip(
+            run.prompt_split.prompts,
+            run.prompt_split.references,
+            before["generations"],
+            after["generations"],
+        )
+    ]
     _write_jsonl(out / "samples.jsonl", samples)
-    adapter.save(out, run.task.backbone, {
-        "base_preset": c.model.preset, "family": run.family, "rank": c.lora.rank, "alpha": c.lora.alpha or c.lora.rank,
-        "targets": lora.target_names(c.lora.targets), "dtype": run.policy, "template": c.data.template,
-        **quantize.settings(c.model.quantize, c.model.int4_block_size, run.rounding),
-    })
+    adapter.save(
+        out,
+        run.task.backbone,
+        {
+            "base_preset": c.model.preset,
+            "family": run.family,
+            "rank": c.lora.rank,
+            "alpha": c.lora.alpha or c.lora.rank,
+            "targets": lora.target_names(c.lora.targets),
+            "dtype": run.policy,
+            "template": c.data.template,
+            **quantize.settings(c.model.quantize, c.model.int4_block_size, run.rounding),
+        },
+    )
     quantize.save_calibration(out, run.task)
     metrics["xla"] = {**xla.stop().as_dict(), "before": before.get("xla"), "after": after["xla"]}
     (out / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
@@ -320,8 +435,14 @@ def _calibration(c: Config, records, eval_records, built: dict, task) -> dict:
     goes into `built`, so the records are not tokenized twice."""
     from kft.quant import gptq
 
-    dataset = data_lib.build(records, task.preprocessor.tokenizer, replace(c.data, packing=False), c.train.seed,
-                         num_prompts=c.output.samples, eval_records=eval_records)
+    dataset = data_lib.build(
+        records,
+        task.preprocessor.tokenizer,
+        replace(c.data, packing=False),
+        c.train.seed,
+        num_prompts=c.output.samples,
+        eval_records=eval_records,
+    )
     if not c.data.packing:
         built["dataset"] = dataset
     return gptq.calibration_inputs(dataset.train, c.model.calibration_examples)
@@ -329,10 +450,19 @@ def _calibration(c: Config, records, eval_records, built: dict, task) -> dict:
 
 def _batches(c: Config, dataset, micro_steps: int, start_micro: int):
     """The training micro-batches from `start_micro` on, as this process feeds them (its rows of every global batch)."""
-    return distribution.local_batches(data_lib.batches(
-        dataset.train, c.train.batch_size, micro_steps, c.train.seed, start=start_micro,
-        trained_only=c.train.logits_on == "trained", pad_to_multiple=c.train.pad_to_multiple,
-        group_by_length=c.train.group_by_length, program_cost_steps=data_lib.PROGRAM_COST_STEPS))
+    return distribution.local_batches(
+        data_lib.batches(
+            dataset.train,
+            c.train.batch_size,
+            micro_steps,
+            c.train.seed,
+            start=start_micro,
+            trained_only=c.train.logits_on == "trained",
+            pad_to_multiple=c.train.pad_to_multiple,
+            group_by_length=c.train.group_by_length,
+            program_cost_steps=data_lib.PROGRAM_COST_STEPS,
+        )
+    )
 
 
 def _stop_if_interrupted(checkpoint_cb, run_dir: Path) -> None:

@@ -19,7 +19,11 @@ def _read_run(run_dir: Path) -> tuple[list[dict], dict]:
     metrics, summary = run_dir / "metrics.jsonl", run_dir / "summary.json"
     if not metrics.is_file():
         raise KftError(f"'{run_dir}' is not a kft run folder (no metrics.jsonl)")
-    rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in metrics.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     return rows, json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
 
 
@@ -39,16 +43,31 @@ def plot_run(run_dir: str | Path) -> Path:
     figure = _figure()
     ax = figure.add_subplot()
     steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["loss"] for r in rows], marker="o", markersize=3, color="tab:blue", label="training loss")
+    ax.plot(
+        steps,
+        [r["loss"] for r in rows],
+        marker="o",
+        markersize=3,
+        color="tab:blue",
+        label="training loss",
+    )
     if "eval_loss_before" in summary and steps:
         ends = [0, steps[-1]]
-        ax.plot(ends, [summary["eval_loss_before"], summary["eval_loss_after"]], linestyle="--", marker="s",
-                color="tab:orange", label="eval loss (before, after)")
+        ax.plot(
+            ends,
+            [summary["eval_loss_before"], summary["eval_loss_after"]],
+            linestyle="--",
+            marker="s",
+            color="tab:orange",
+            label="eval loss (before, after)",
+        )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     lr_axis = ax.twinx()
-    lr_axis.plot(steps, [r["lr"] for r in rows], color="tab:gray", linestyle=":", label="learning rate")
+    lr_axis.plot(
+        steps, [r["lr"] for r in rows], color="tab:gray", linestyle=":", label="learning rate"
+    )
     lr_axis.set_ylabel("learning rate")
     lr_axis.set_ylim(bottom=0)
     lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
@@ -67,8 +86,13 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     ax = figure.add_subplot()
     for run_dir in run_dirs:
         rows, _ = _read_run(Path(run_dir))
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker="o", markersize=3,
-                label=Path(run_dir).name)
+        ax.plot(
+            [r["step"] for r in rows],
+            [r["loss"] for r in rows],
+            marker="o",
+            markersize=3,
+            label=Path(run_dir).name,
+        )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
@@ -91,10 +115,17 @@ def summary_row(run_dir: str | Path) -> dict:
         "run": Path(run_dir).name,
         "family": s.get("family", "?"),
         "steps": str(rows[-1]["step"] if rows else 0),
-        "train loss": f"{s['first_loss']:.4f} -> {s['final_loss']:.4f}" if "final_loss" in s else "-",
-        "eval loss": f"{s['eval_loss_before']:.4f} -> {s['eval_loss_after']:.4f}" if "eval_loss_after" in s else "-",
-        "metric": (f"{metric} {s[f'{metric}_before']:.1f}% -> {s[f'{metric}_after']:.1f}%"
-                   if f"{metric}_after" in s else "-"),
+        "train loss": f"{s['first_loss']:.4f} -> {s['final_loss']:.4f}"
+        if "final_loss" in s
+        else "-",
+        "eval loss": f"{s['eval_loss_before']:.4f} -> {s['eval_loss_after']:.4f}"
+        if "eval_loss_after" in s
+        else "-",
+        "metric": (
+            f"{metric} {s[f'{metric}_before']:.1f}% -> {s[f'{metric}_after']:.1f}%"
+            if f"{metric}_after" in s
+            else "-"
+        ),
         "train s": str(s.get("train_seconds", "-")),
     }
     return cells

@@ -31,7 +31,9 @@ def start(fit_model, batches) -> threading.Thread | None:
     if lowered is None:
         fit_model.train_function = None
         return None
-    thread = threading.Thread(target=_compile, args=(lowered,), name="kft-train-step-compile", daemon=True)
+    thread = threading.Thread(
+        target=_compile, args=(lowered,), name="kft-train-step-compile", daemon=True
+    )
     thread.start()
     return thread
 
@@ -52,8 +54,12 @@ def _lower(fit_model, batches):
     step = inspect.getclosurevars(fit_model.train_function).nonlocals.get("step_function")
     if not hasattr(step, "lower"):
         return None  # run eagerly, or a Keras whose train function we do not know
-    state = fit_model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
-                                     optimizer_variables=True, metrics_variables=True)
+    state = fit_model._get_jax_state(
+        trainable_variables=True,
+        non_trainable_variables=True,
+        optimizer_variables=True,
+        metrics_variables=True,
+    )
     return step.lower(state, data)
 
 

@@ -26,14 +26,26 @@ def start(project: str, run_dir: Path, config: dict, resuming: bool):
     except ImportError:
         raise KftError("output.wandb needs the wandb package: pip install 'kft[wandb]'") from None
     id_file = run_dir / "wandb_run_id"
-    run_id = id_file.read_text().strip() if resuming and id_file.is_file() else uuid.uuid4().hex[:12]
+    run_id = (
+        id_file.read_text().strip() if resuming and id_file.is_file() else uuid.uuid4().hex[:12]
+    )
     id_file.write_text(run_id + "\n")
     try:
-        return wandb.init(project=project, name=run_dir.name, id=run_id, resume="allow", dir=str(run_dir),
-                          config=config)
-    except Exception as e:  # wandb raises its own types for auth/network/usage errors; all are the user's to fix
-        raise KftError(f"cannot start a W&B run in project '{project}' ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:160]}); log in with `wandb login`, or set WANDB_MODE=offline") from None
+        return wandb.init(
+            project=project,
+            name=run_dir.name,
+            id=run_id,
+            resume="allow",
+            dir=str(run_dir),
+            config=config,
+        )
+    except (
+        Exception
+    ) as e:  # wandb raises its own types for auth/network/usage errors; all are the user's to fix
+        raise KftError(
+            f"cannot start a W&B run in project '{project}' ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160]}); log in with `wandb login`, or set WANDB_MODE=offline"
+        ) from None
 
 
 class MetricsToWandb(keras.callbacks.Callback):
@@ -44,7 +56,7 @@ class MetricsToWandb(keras.callbacks.Callback):
         self.run, self.progress, self.sent = run, progress, len(progress.records)
 
     def on_train_batch_end(self, batch, logs=None):
-        for row in self.progress.records[self.sent:]:
+        for row in self.progress.records[self.sent :]:
             self.run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
         self.sent = len(self.progress.records)
 
@@ -60,5 +72,11 @@ def finish(run, summary: dict, samples: list[dict]) -> None:
     import wandb
 
     run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
-    run.log({"samples": wandb.Table(columns=SAMPLE_COLUMNS, data=[[s[c] for c in SAMPLE_COLUMNS] for s in samples])})
+    run.log(
+        {
+            "samples": wandb.Table(
+                columns=SAMPLE_COLUMNS, data=[[s[c] for c in SAMPLE_COLUMNS] for s in samples]
+            )
+        }
+    )
     run.finish()

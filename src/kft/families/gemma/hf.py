@@ -13,7 +13,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-TOKENIZER_CLASS = "GemmaTokenizer"  # transformers' tokenizer for the SentencePiece model of every Gemma
+TOKENIZER_CLASS = (
+    "GemmaTokenizer"  # transformers' tokenizer for the SentencePiece model of every Gemma
+)
 
 
 class Layout(NamedTuple):
@@ -25,18 +27,27 @@ class Layout(NamedTuple):
     sliding: Callable[[int], bool] | None = None
     post_norms: bool = False  # post-attention and pre/post-feed-forward norms (Gemma 2 and 3)
     query_key_norms: bool = False  # q_norm/k_norm on the attention (Gemma 3)
-    rope_by_layer_type: bool = False  # rope_parameters for local and global layers (Gemma 3), else one rope_theta
+    rope_by_layer_type: bool = (
+        False  # rope_parameters for local and global layers (Gemma 3), else one rope_theta
+    )
 
 
 def hooks(layout: Layout) -> dict:
     """The Family's transformers export (hf_config, hf_weights, hf_tokenizer_class) for `layout`."""
-    return dict(hf_config=functools.partial(hf_config, layout), hf_weights=functools.partial(hf_weights, layout),
-                hf_tokenizer_class=TOKENIZER_CLASS)
+    return dict(
+        hf_config=functools.partial(hf_config, layout),
+        hf_weights=functools.partial(hf_weights, layout),
+        hf_tokenizer_class=TOKENIZER_CLASS,
+    )
 
 
 def _layer_types(backbone, sliding) -> list[str]:
-    return ["sliding_attention" if backbone.use_sliding_window_attention and sliding(i) else "full_attention"
-            for i in range(backbone.num_layers)]
+    return [
+        "sliding_attention"
+        if backbone.use_sliding_window_attention and sliding(i)
+        else "full_attention"
+        for i in range(backbone.num_layers)
+    ]
 
 
 def hf_config(layout: Layout, backbone, tokenizer) -> dict:
@@ -45,13 +56,17 @@ def hf_config(layout: Layout, backbone, tokenizer) -> dict:
         "vocab_size": backbone.vocabulary_size,
         "hidden_size": backbone.hidden_dim,
         # Read off the kernel: KerasHub's Gemma/Gemma 2 count gate+up in intermediate_dim, Gemma 3 does not.
-        "intermediate_size": int(backbone.get_layer("decoder_block_0").gating_ffw._kernel.shape[-1]),
+        "intermediate_size": int(
+            backbone.get_layer("decoder_block_0").gating_ffw._kernel.shape[-1]
+        ),
         "num_hidden_layers": backbone.num_layers,
         "num_attention_heads": backbone.num_query_heads,
         "num_key_value_heads": backbone.num_key_value_heads,
         "head_dim": backbone.head_dim,
         "hidden_activation": "gelu_pytorch_tanh",
-        "rms_norm_eps": backbone.layer_norm_epsilon if hasattr(backbone, "layer_norm_epsilon") else 1e-6,
+        "rms_norm_eps": backbone.layer_norm_epsilon
+        if hasattr(backbone, "layer_norm_epsilon")
+        else 1e-6,
         "max_position_embeddings": layout.max_position_embeddings,
         "tie_word_embeddings": True,
         "pad_token_id": tokenizer.pad_token_id,
@@ -63,7 +78,8 @@ def hf_config(layout: Layout, backbone, tokenizer) -> dict:
         config["rope_theta"] = 10000.0
         return config
     config.update(
-        query_pre_attn_scalar=backbone.head_dim if backbone.query_head_dim_normalize
+        query_pre_attn_scalar=backbone.head_dim
+        if backbone.query_head_dim_normalize
         else backbone.hidden_dim // backbone.num_query_heads,
         sliding_window=backbone.sliding_window_size,
         final_logit_softcapping=backbone.final_logit_soft_cap,
@@ -73,9 +89,13 @@ def hf_config(layout: Layout, backbone, tokenizer) -> dict:
     if not layout.rope_by_layer_type:
         config["rope_theta"] = 10000.0
     else:
+
         def rope(theta, factor):
-            return {"rope_type": "default", "rope_theta": theta} if factor == 1.0 else \
-                {"rope_type": "linear", "factor": factor, "rope_theta": theta}
+            return (
+                {"rope_type": "default", "rope_theta": theta}
+                if factor == 1.0
+                else {"rope_type": "linear", "factor": factor, "rope_theta": theta}
+            )
 
         config["rope_parameters"] = {
             "sliding_attention": rope(10000.0, backbone.local_rope_scaling_factor),
@@ -86,30 +106,45 @@ def hf_config(layout: Layout, backbone, tokenizer) -> dict:
 
 def hf_weights(layout: Layout, backbone) -> dict[str, np.ndarray]:
     """{transformers parameter name: float32 array} for `backbone` (LoRA must be merged first)."""
+
     def value(variable):
         return np.asarray(variable.numpy(), dtype="float32")
 
     hidden = backbone.hidden_dim
-    weights = {"model.embed_tokens.weight": value(backbone.get_layer("token_embedding").embeddings),
-               "model.norm.weight": value(backbone.get_layer("final_normalization").scale)}
+    weights = {
+        "model.embed_tokens.weight": value(backbone.get_layer("token_embedding").embeddings),
+        "model.norm.weight": value(backbone.get_layer("final_normalization").scale),
+    }
     for i in range(backbone.num_layers):
         block = backbone.get_layer(f"decoder_block_{i}")
         attention = block.attention
         prefix = f"model.layers.{i}."
         # EinsumDense kernels: q/k/v (heads, hidden, head_dim), output (heads, head_dim, hidden), MLP (in, out).
-        for name, layer in (("q_proj", attention.query_dense), ("k_proj", attention.key_dense),
-                            ("v_proj", attention.value_dense)):
+        for name, layer in (
+            ("q_proj", attention.query_dense),
+            ("k_proj", attention.key_dense),
+            ("v_proj", attention.value_dense),
+        ):
             kernel = value(layer._kernel)
-            weights[prefix + f"self_attn.{name}.weight"] = kernel.transpose(0, 2, 1).reshape(-1, hidden)
-        weights[prefix + "self_attn.o_proj.weight"] = value(attention.output_dense._kernel).reshape(-1, hidden).T
-        for name, layer in (("gate_proj", block.gating_ffw), ("up_proj", block.gating_ffw_2),
-                            ("down_proj", block.ffw_linear)):
+            weights[prefix + f"self_attn.{name}.weight"] = kernel.transpose(0, 2, 1).reshape(
+                -1, hidden
+            )
+        weights[prefix + "self_attn.o_proj.weight"] = (
+            value(attention.output_dense._kernel).reshape(-1, hidden).T
+        )
+        for name, layer in (
+            ("gate_proj", block.gating_ffw),
+            ("up_proj", block.gating_ffw_2),
+            ("down_proj", block.ffw_linear),
+        ):
             weights[prefix + f"mlp.{name}.weight"] = value(layer._kernel).T
         weights[prefix + "input_layernorm.weight"] = value(block.pre_attention_norm.scale)
         if not layout.post_norms:
             weights[prefix + "post_attention_layernorm.weight"] = value(block.pre_ffw_norm.scale)
         else:
-            weights[prefix + "post_attention_layernorm.weight"] = value(block.post_attention_norm.scale)
+            weights[prefix + "post_attention_layernorm.weight"] = value(
+                block.post_attention_norm.scale
+            )
             weights[prefix + "pre_feedforward_layernorm.weight"] = value(block.pre_ffw_norm.scale)
             weights[prefix + "post_feedforward_layernorm.weight"] = value(block.post_ffw_norm.scale)
         if layout.query_key_norms:

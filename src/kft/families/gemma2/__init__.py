@@ -6,9 +6,24 @@ from kft.families.gemma import tiny as gemma_tiny
 from kft.families.gemma2 import presets, tiny
 
 FAMILY = Family(
-    "gemma2", "GemmaBackbone", "GemmaCausalLM", "GemmaTokenizer", ("gemma2",), "Gemma2ForCausalLM", "gemma2",
-    max_position_embeddings=8192, matches_keras_config=lambda config: bool(config.get("use_post_ffw_norm")),
-    license=LICENSE, **GEMMA_TURNS, preset_sizes=presets.SIZES, preset_aliases=presets.ALIASES,
-    hf_twins=presets.HF_TWINS, keras_ffw_counts_gate_and_up=True, tiny=tiny.BACKBONES,
+    "gemma2",
+    "GemmaBackbone",
+    "GemmaCausalLM",
+    "GemmaTokenizer",
+    ("gemma2",),
+    "Gemma2ForCausalLM",
+    "gemma2",
+    max_position_embeddings=8192,
+    matches_keras_config=lambda config: bool(config.get("use_post_ffw_norm")),
+    license=LICENSE,
+    **GEMMA_TURNS,
+    preset_sizes=presets.SIZES,
+    preset_aliases=presets.ALIASES,
+    hf_twins=presets.HF_TWINS,
+    keras_ffw_counts_gate_and_up=True,
+    tiny=tiny.BACKBONES,
     tiny_symbols=gemma_tiny.SYMBOLS,
-    **hf.hooks(hf.Layout(max_position_embeddings=8192, sliding=lambda i: i % 2 == 0, post_norms=True)))
+    **hf.hooks(
+        hf.Layout(max_position_embeddings=8192, sliding=lambda i: i % 2 == 0, post_norms=True)
+    ),
+)
