@@ -376,7 +376,7 @@ def main():
             ],
         ]
         done = subprocess.run(command, capture_output=True, text=True, env=env)
-        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
         if done.returncode != 0 or line is None:
             sys.exit(f"hf side failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
         results["hf"] = {
@@ -398,7 +398,7 @@ def main():
             f"--generate-repeats={args.generate_repeats}",
         ]
         done = subprocess.run(command, capture_output=True, text=True, env=env)
-        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
         if done.returncode != 0 or line is None:
             sys.exit(f"{side} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
         results[side] = json.loads(line[len("RESULT ") :])

@@ -334,13 +334,15 @@ def main():
         done = subprocess.run(
             command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         )
-        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
         if done.returncode != 0 or line is None:
             sys.exit(f"{side} side failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
         results[side] = json.loads(line[len("RESULT ") :])
     k, h = results["kft"], results["hf"]
     print(
-        f"model {args.model}, kft logits_on={args.kft_logits} pad_to_multiple={args.pad_to_multiple} group_by_length={args.group_by_length} packing={args.packing}, LoRA r={args.rank} q/v, fp32, batch {args.batch_size}, Dolly-like lengths "
+        f"model {args.model}, kft logits_on={args.kft_logits} pad_to_multiple={args.pad_to_multiple} "
+        f"group_by_length={args.group_by_length} packing={args.packing}, LoRA r={args.rank} q/v, fp32, "
+        f"batch {args.batch_size}, Dolly-like lengths "
         f"(cap {args.seq_len}), {args.steps} timed steps after {args.warmup} warm-up"
     )
     print(

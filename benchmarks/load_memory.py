@@ -33,7 +33,8 @@ options = {"int4_rounding": "least-squares"} if mode == "int4" else {}
 if mode == "gptq":
     import numpy as np
     tokens = np.random.default_rng(0).integers(4, 1000, size=(32, 128)).astype("int32")
-    mode, options = "int4", {"int4_rounding": "gptq", "calibration": {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}}
+    calibration = {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
+    mode, options = "int4", {"int4_rounding": "gptq", "calibration": calibration}
 started = time.perf_counter()
 if how == "stream":
     task, _, _ = frozen_base.load(preset, "float32", mode, **options)

@@ -45,8 +45,8 @@ def main(argv=None):
         decoder = _float_decoder_bytes(backbone) if mode != "none" else 0
         calls = "" if mode == "none" else ("Keras'" if keras_calls else "kft's")
         print(
-            f"| {mode} | {calls} | {_temporaries(forward, values) / 1e9:.3f} | {_temporaries(gradient, values) / 1e9:.3f} "
-            f"| {decoder / 1e9:.3f} |",
+            f"| {mode} | {calls} | {_temporaries(forward, values) / 1e9:.3f} "
+            f"| {_temporaries(gradient, values) / 1e9:.3f} | {decoder / 1e9:.3f} |",
             flush=True,
         )
 

@@ -148,7 +148,7 @@ def record(rng, lang, names):
 
 def main():
     rng = random.Random(20261123)
-    en = [f"{f} {l}" for f in EN_FIRST for l in EN_LAST]
+    en = [f"{first} {last}" for first in EN_FIRST for last in EN_LAST]
     ko = [f"{f}{g}" for f in KO_FAMILY for g in KO_GIVEN]
     rng.shuffle(en)
     rng.shuffle(ko)

@@ -34,7 +34,8 @@ def executed(tiny_presets, tmp_path_factory):
     nb.cells.insert(
         index + 1,
         nbformat.v4.new_code_cell(
-            f"PRESET = {tiny_presets['gemma3']!r}\nDATA = 'bundled:tiny_facts'\nMAX_STEPS = 40\nBATCH_SIZE = 4\nLR = 0.01\nMAX_EXAMPLES = None\n"
+            f"PRESET = {tiny_presets['gemma3']!r}\nDATA = 'bundled:tiny_facts'\nMAX_STEPS = 40\n"
+            "BATCH_SIZE = 4\nLR = 0.01\nMAX_EXAMPLES = None\n"
             f"SEQ_LEN = 64\nRUN_DIR = {str(work / 'run')!r}\nINSTALL = False"
         ),
     )

@@ -1,4 +1,5 @@
-"""The README is the contract: its commands are the ones CI runs, and its key table is current."""
+"""The README is the contract: its commands are the ones CI runs; the config reference
+(docs/config.md) is current."""
 
 import subprocess
 import sys
@@ -10,11 +11,14 @@ README = Path(REPO, "README.md").read_text(encoding="utf-8")
 CI = Path(REPO, ".ci", "run").read_text(encoding="utf-8")
 
 
+LINT = ". .venv/bin/activate && ruff check . && ruff format --check ."
+
+
 def test_ci_runs_the_readme_commands_verbatim():
     commands = [
         line
         for line in CI.splitlines()
-        if line and not line.startswith(("#", "set ", "cd ", "export ", "rm "))
+        if line and not line.startswith(("#", "set ", "cd ", "export ", "rm ")) and line != LINT
     ]
     assert len(commands) == 2
     blocks = README.split("```")[1::2]  # the fenced blocks' contents
@@ -28,3 +32,9 @@ def test_config_reference_is_in_sync_with_the_dataclasses():
     assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0, (
         "run docs/sync_config_reference.py"
     )
+
+
+def test_ci_lints_and_checks_the_format_before_the_tests():
+    lines = CI.splitlines()
+    assert LINT in lines
+    assert lines.index(LINT) < lines.index(". .venv/bin/activate && python -m pytest -q")

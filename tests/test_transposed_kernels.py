@@ -42,7 +42,7 @@ def test_the_decoder_computes_the_same_logits_against_its_kernels_laid_out_for_d
         assert vars(gate)["_kft_kernel_t"].shape == tuple(reversed(gate._kernel.shape))
         got = keras.ops.convert_to_numpy(backbone(inputs))
     assert [type(layer) for layer in layers] == classes and not any(
-        "_kft_kernel_t" in vars(l) for l in layers
+        "_kft_kernel_t" in vars(layer) for layer in layers
     )
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert np.abs(expected).max() > 0.1

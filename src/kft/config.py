@@ -88,7 +88,8 @@ class ModelConfig:
     preset: str = _key(
         "gemma2_2b_en",
         "KerasHub preset: a preset name or kaggle:// handle, a local Keras preset folder, a "
-        "Hugging Face-format folder, or a kft-prepared name (tiny_gemma, tiny_gemma2, tiny_gemma3, tiny_gemma4, tiny_gemma4_moe).",
+        "Hugging Face-format folder, or a kft-prepared name (tiny_gemma, tiny_gemma2, tiny_gemma3, "
+        "tiny_gemma4, tiny_gemma4_moe).",
     )
     precision: str = _key(
         "auto",
@@ -114,7 +115,8 @@ class ModelConfig:
     )
     calibration_examples: int = _key(
         64,
-        "int4_rounding gptq (or auto) only: how many of the first training examples calibrate it (saved with the adapter).",
+        "int4_rounding gptq (or auto) only: how many of the first training examples calibrate it "
+        "(saved with the adapter).",
     )
 
 
@@ -613,8 +615,10 @@ def reference_markdown() -> str:
         lines.append("| key | default | meaning |\n|---|---|---|")
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(
-                f"| `{section}.{f.name}` | `{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}` | {f.metadata['help']} |"
+            shown = (
+                yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
             )
+            meaning = f.metadata["help"].replace("|", "\\|")  # a chat marker's bar is not a column
+            lines.append(f"| `{section}.{f.name}` | `{shown}` | {meaning} |")
         lines.append("")
     return "\n".join(lines)

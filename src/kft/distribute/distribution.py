@@ -331,7 +331,8 @@ def setup(
         else ""
     )
     print(
-        f"kft: {what} on {plan.mesh[0] * plan.mesh[1]} of {jax.device_count()} {jax.default_backend()} device(s), mesh {plan.mesh[0]}x{plan.mesh[1]} "
+        f"kft: {what} on {plan.mesh[0] * plan.mesh[1]} of {jax.device_count()} "
+        f"{jax.default_backend()} device(s), mesh {plan.mesh[0]}x{plan.mesh[1]} "
         f"(batch x model): {plan.reason}{layout}",
         flush=True,
     )

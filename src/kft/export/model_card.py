@@ -29,10 +29,14 @@ def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
     data, train = config["data"], config["train"]
     stats = summary.get("data", {})
     usage = {
-        "keras": 'import keras_hub\nlm = keras_hub.models.CausalLM.from_preset("PATH")\nprint(lm.generate("...", max_length=128))',
+        "keras": "import keras_hub\n"
+        'lm = keras_hub.models.CausalLM.from_preset("PATH")\n'
+        'print(lm.generate("...", max_length=128))',
         "hf": "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        'model = AutoModelForCausalLM.from_pretrained("PATH")\ntokenizer = AutoTokenizer.from_pretrained("PATH")',
-        "peft": 'from peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, "PATH")  # base: the HF export of the base',
+        'model = AutoModelForCausalLM.from_pretrained("PATH")\n'
+        'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+        "peft": "from peft import PeftModel\n"
+        'model = PeftModel.from_pretrained(base_model, "PATH")  # base: the HF export of the base',
     }[fmt]
     lines = [
         f"# {adapter['family'].capitalize()} fine-tuned with LoRA (kft)",

@@ -75,9 +75,9 @@ def weights_from_preset_only():
 
     Keras initialises every variable when a model is built, then KerasHub overwrites them with
     the preset's weights: for Gemma 3 270M that is 1 GB of random numbers thrown away (loading
-    peaked at 3.46 GB RSS and took 14 s; 2.75 GB and 5 s without). A variable the preset did not fill is initialised after
-    loading (`initialise_unfilled`), as Keras would have. Falls back to Keras' own path if its
-    internals differ."""
+    peaked at 3.46 GB RSS and took 14 s; 2.75 GB and 5 s without). A variable the preset did not
+    fill is initialised after loading (`initialise_unfilled`), as Keras would have. Falls back to
+    Keras' own path if its internals differ."""
     try:
         from keras.src.backend.common import global_state
         from keras.src.backend.jax.core import JaxVariable

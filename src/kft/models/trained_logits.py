@@ -49,8 +49,8 @@ def _logits(hidden, embeddings, soft_caps):
 
 def _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_cap, with_grad: bool):
     """Per-position nll (and d nll / d hidden) for the first `count` positions, in chunks of
-    CHUNK (EVAL_CHUNK without the gradient); the loop stops after the last chunk holding one of them (the rest stay 0), so the
-    padding after them costs nothing whatever the batch's shape."""
+    CHUNK (EVAL_CHUNK without the gradient); the loop stops after the last chunk holding one of
+    them (the rest stay 0), so the padding after them costs nothing whatever the batch's shape."""
     import jax
     import jax.numpy as jnp
 
