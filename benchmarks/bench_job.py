@@ -82,9 +82,8 @@ def run_kft(args, tmp: Path) -> dict:
         now = time.perf_counter() - started
         lines.append(line)
         if " parameters, " in line and "load" not in marks:
-            marks["load"] = (
-                now  # printed after loading, data and LoRA, right before the first measurement
-            )
+            # printed after loading, data and LoRA, right before the first measurement
+            marks["load"] = now
         elif line.startswith("kft: training ") and "steps" in line and "before" not in marks:
             marks["before"] = now
         elif line.startswith(f"step {args.steps}/{args.steps}") and "train" not in marks:

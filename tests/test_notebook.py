@@ -40,9 +40,8 @@ def executed(tiny_presets, tmp_path_factory):
         ),
     )
     env_path = os.environ["PATH"]
-    os.environ["PATH"] = (
-        f"{Path(os.sys.executable).parent}{os.pathsep}{env_path}"  # `!kft` is this venv's
-    )
+    # `!kft` is this venv's
+    os.environ["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{env_path}"
     try:
         nbclient.NotebookClient(
             nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}}

@@ -35,9 +35,8 @@ GB = 1e9
 # Imports 0.72 + tokenizer 0.15 + compiled programs (train, eval, generate) + allocator slack: fitted to
 # Gemma 3 270M's measured peaks (benchmarks/calibrate_plan.py, docs/performance.md).
 CPU_RUNTIME_GB = 2.1
-ACCELERATOR_RUNTIME_GB = (
-    0.5  # CUDA/XLA context, programs, workspace: an estimate, not measured on a GPU
-)
+# CUDA/XLA context, programs, workspace: an estimate, not measured on a GPU
+ACCELERATOR_RUNTIME_GB = 0.5
 CHUNK = 32  # positions per vocabulary projection in kft.models.trained_logits
 # Tensors kept for the backward pass, per token and layer: counts fitted to Gemma 3 270M's measured
 # peaks on CPU, not derived from the graph (benchmarks/calibrate_plan.py: planned / measured

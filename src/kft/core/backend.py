@@ -102,9 +102,8 @@ def native_logs_filtered():
     try:
         python_on_fd2 = sys.stderr.fileno() == 2
     except (AttributeError, OSError, io.UnsupportedOperation):
-        python_on_fd2 = (
-            False  # a notebook or a captured stream: C++ output does not reach it anyway
-        )
+        # a notebook or a captured stream: C++ output does not reach it anyway
+        python_on_fd2 = False
     sys.stderr.flush()
     saved = os.dup(2)
     python_stderr = sys.stderr

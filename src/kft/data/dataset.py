@@ -55,9 +55,8 @@ class Split:
         default_factory=list
     )  # for generation: everything before the last response
     references: list[str] = field(default_factory=list)
-    with_position_ids: bool = (
-        False  # Gemma 4's backbone takes positions as an input (0..L-1: right padding)
-    )
+    # Gemma 4's backbone takes positions as an input (0..L-1: right padding)
+    with_position_ids: bool = False
     # Packed rows (data.packing): which example each position belongs to (0 = padding), and its
     # position within that example (see packing.py).
     segment_ids: np.ndarray | None = None
@@ -180,9 +179,8 @@ def load_records(config: DataConfig):
     """A `datasets.Dataset` of raw records from a local file, a bundled dataset or the Hub."""
     path = local_path(config.source)
     if path is None and not network.reachable("huggingface.co"):
-        os.environ["HF_HUB_OFFLINE"] = (
-            "1"  # use the local cache if it has the dataset; fail fast if not
-        )
+        # use the local cache if it has the dataset; fail fast if not
+        os.environ["HF_HUB_OFFLINE"] = "1"
     import datasets
 
     datasets.disable_progress_bars()

@@ -81,9 +81,8 @@ class Family:
     matches_keras_config: Callable[[dict], bool] = lambda config: True
     # Tokens attended over, from a backbone or HF config when it does not say (None: the base context).
     context_length: Callable[[int, dict], int] = scaled_context
-    lora_layers: tuple[str, ...] = (
-        LORA_LAYERS  # names `all-linear` adapts, inside decoder blocks only
-    )
+    # names `all-linear` adapts, inside decoder blocks only
+    lora_layers: tuple[str, ...] = LORA_LAYERS
     # Sub-layers of a decoder block that stay frozen even when their names match (MoE experts, router).
     frozen_blocks: tuple[str, ...] = ()
     needs_position_ids: bool = False  # backbone input `position_ids` (Gemma 4); kft passes 0..L-1

@@ -34,9 +34,8 @@ class TrainResult:
     task: object  # the fine-tuned keras_hub CausalLM, LoRA enabled
     run_dir: Path
     metrics: dict = field(default_factory=dict)
-    fit_model: object = (
-        None  # what `fit` trained: the task, or its trained-positions wrapper (holds the optimizer)
-    )
+    # what `fit` trained: the task, or its trained-positions wrapper (holds the optimizer)
+    fit_model: object = None
 
 
 def run_dir_for(config: Config) -> Path:

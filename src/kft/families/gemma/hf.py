@@ -13,9 +13,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-TOKENIZER_CLASS = (
-    "GemmaTokenizer"  # transformers' tokenizer for the SentencePiece model of every Gemma
-)
+# transformers' tokenizer for the SentencePiece model of every Gemma
+TOKENIZER_CLASS = "GemmaTokenizer"
 
 
 class Layout(NamedTuple):
@@ -27,9 +26,8 @@ class Layout(NamedTuple):
     sliding: Callable[[int], bool] | None = None
     post_norms: bool = False  # post-attention and pre/post-feed-forward norms (Gemma 2 and 3)
     query_key_norms: bool = False  # q_norm/k_norm on the attention (Gemma 3)
-    rope_by_layer_type: bool = (
-        False  # rope_parameters for local and global layers (Gemma 3), else one rope_theta
-    )
+    # rope_parameters for local and global layers (Gemma 3), else one rope_theta
+    rope_by_layer_type: bool = False
 
 
 def hooks(layout: Layout) -> dict:
