@@ -28,8 +28,11 @@ from pathlib import Path
 
 from kft import families
 from kft.config import quantized_bytes_per_param
+from kft.core import backend
 from kft.core.arithmetic import round_up
 from kft.core.errors import KftError
+from kft.models import presets
+from kft.quant import parking
 
 GB = 1e9
 # Imports 0.72 + tokenizer 0.15 + compiled programs (train, eval, generate) + allocator slack: fitted to
@@ -158,8 +161,6 @@ def from_config_json(config: dict, source: str = "config.json") -> Architecture:
 
 def architecture(preset: str) -> Architecture:
     """Sizes for `preset`: a local folder's config.json, a kft-prepared name, or a known KerasHub preset."""
-    from kft.core import backend
-    from kft.models import presets
 
     name = preset.rstrip("/")
     if name.startswith("kaggle://"):
@@ -548,7 +549,6 @@ def parse_memory(text: str) -> float:
 
 def detect_device() -> tuple[float, str]:
     """(GB per device, kind): an accelerator's memory limit from JAX, else the host's available RAM."""
-    from kft.core import backend
 
     backend.setup()
     import jax
@@ -602,8 +602,6 @@ def make(
 def _free_disk() -> float:
     """Bytes free where GPTQ parks float kernels (kft.quant.parking)."""
     import shutil
-
-    from kft.quant import parking
 
     return shutil.disk_usage(parking.default_root()).free
 

@@ -19,7 +19,7 @@ from kft.config import DataConfig
 from kft.core import network
 from kft.core.arithmetic import ceil_div, round_up
 from kft.core.errors import KftError
-from kft.data import templates
+from kft.data import packing, templates
 from kft.data.bundled import FOLDER as BUNDLED  # noqa: E402
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -318,7 +318,6 @@ def _encode(records, template: templates.Template, tokenizer, config: DataConfig
 
 
 def _packed_split(sequences, seq_len: int, pad_id: int) -> Split:
-    from kft.data import packing
 
     return Split(**packing.packed_arrays(sequences, seq_len, pad_id))
 

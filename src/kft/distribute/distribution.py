@@ -28,6 +28,7 @@ from kft.core import backend
 from kft.core.arithmetic import ceil_div
 from kft.core.errors import KftError
 from kft.distribute import layouts
+from kft.models import model, presets
 
 KINDS = ("auto", "single", "data", "model")
 # Weights may take this share of a device's memory; the rest is for activations, LoRA and optimizer
@@ -307,8 +308,6 @@ def setup(
     loads, for weights quantized as `quantize` says; check its batch size against the mesh; print the
     decision."""
     import jax
-
-    from kft.models import model, presets
 
     policy = model.resolve_precision(precision)
     path = presets.resolve(preset)

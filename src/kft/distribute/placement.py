@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 
+from kft.distribute import layouts
+
 _mesh = []  # the distribution set aside by `on_host` while a base is built ([] outside)
 
 
@@ -103,8 +105,6 @@ def place(model) -> None:
 
 def _lay_out(variable, distribution, spec=None) -> None:
     from keras.distribution import TensorLayout
-
-    from kft.distribute import layouts
 
     if getattr(variable, "_layout", None) is not None:
         return  # laid out already (`settle`)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from kft import config as config_lib
 from kft.data import dataset
 from kft.distribute import distribution
-from kft.evaluate import scoring
-from kft.generation import samplers, sampling
+from kft.evaluate import answers_and_loss, scoring
+from kft.generation import loading, samplers, sampling
+from kft.models import adapter
+from kft.quant import frozen_base, quantize
 
 
 def compile_task(task, optimizer=None, logits_on: str = "all"):
@@ -138,7 +141,6 @@ def measure(
 
     from kft.core.compiles import Compiles
     from kft.core.progress import Counter
-    from kft.evaluate import answers_and_loss
 
     tokenizer = task.preprocessor.tokenizer
     with Compiles() as compiles:
@@ -179,11 +181,6 @@ def measure(
 def evaluate_run(run_dir, base: bool = False, metric: str | None = None) -> dict:
     """Re-measure a run's eval split (or its sample prompts) with its adapter, or with the bare base model."""
     from pathlib import Path
-
-    from kft import config as config_lib
-    from kft.generation import loading
-    from kft.models import adapter
-    from kft.quant import frozen_base, quantize
 
     c = config_lib.load(str(Path(run_dir) / "config.yaml"))
     records, eval_records = dataset.load_sources(c.data)

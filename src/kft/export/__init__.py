@@ -12,6 +12,10 @@ import sys
 from pathlib import Path
 
 from kft.core.errors import KftError
+from kft.export import hf, merge, model_card, peft
+from kft.generation import loading
+from kft.models import adapter, model, presets
+from kft.quant import frozen_base
 
 FORMATS = ("keras", "hf", "peft")
 
@@ -39,10 +43,6 @@ def export(
     A PEFT adapter names its base (`base_model_name_or_path`): with `with_base`, the base model is
     exported into OUT/base and named by that folder; otherwise the Hugging Face twin of the
     preset (see presets.hf_twin), if it has one."""
-    from kft.export import hf, merge, model_card, peft
-    from kft.generation import loading
-    from kft.models import adapter, model, presets
-    from kft.quant import frozen_base
 
     if fmt not in FORMATS:
         raise KftError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")

@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from kft.core import network
+from kft.core import backend, network
 from kft.core.errors import KftError
 
 HOSTS = {"kaggle": "www.kaggle.com", "hf": "huggingface.co"}
@@ -79,7 +79,6 @@ def _validate(folder: Path, kind: str) -> None:
 
 def publish(folder: str, to: str, dry_run: bool = False, echo=print) -> None:
     """Upload `folder` to `to`; with dry_run, print what would go and upload nothing."""
-    from kft.core import backend
 
     scheme, _ = _target(to)
     path = Path(folder)

@@ -24,7 +24,8 @@ import contextlib
 import functools
 import math
 
-from kft.models import layer_classes
+from kft import families
+from kft.models import layer_classes, lora
 
 TRANSPOSED_BUDGET = 2 * 1024**3
 
@@ -33,8 +34,6 @@ def float_layers(backbone) -> list:
     """The decoder's float (not quantized) Keras EinsumDense layers of a Gemma equation (kft's
     LoRA layers included: kft.models.lora)."""
     import keras
-
-    from kft import families
 
     return [
         layer
@@ -157,8 +156,6 @@ def stored_transposed(backbone, kernels: tuple | None = None):
 
 def _transposed_class(cls):
     from keras import ops
-
-    from kft.models import lora
 
     def call(self, inputs, training=None):
         operands, output = self.equation.split("->")

@@ -27,6 +27,7 @@ import contextlib
 import functools
 import os
 
+from kft.generation import samplers
 from kft.models import layer_classes
 
 CANDIDATES = 16
@@ -58,8 +59,6 @@ def applies(task) -> bool:
     ):
         return False
     import jax
-
-    from kft.generation import samplers
 
     embedding = task.backbone.token_embedding
     # One device only: under a distribution XLA:CPU aborts compiling the TopK (TopkDecomposer).

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kft import families
+from kft.core import backend
 from kft.core.errors import KftError
 
 CHECK_PROMPT = "The capital of France is Paris. 서울은 한국의 수도입니다."
@@ -59,8 +60,6 @@ def build(folder: Path, name: str) -> None:
     package = importlib.import_module(spec.package)
     import torch
     import transformers
-
-    from kft.core import backend
 
     backend.setup()
     import keras_hub

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from kft import families
+from kft.core import backend
 from kft.data.bundled import FOLDER as BUNDLED
 
 FAMILIES = tuple(
@@ -93,7 +94,6 @@ def build_tiny_preset(
 ) -> Path:
     """Write a tiny random causal LM of the variant `family` (one of FAMILIES) as a KerasHub preset
     into `folder` (backbone arguments such as num_query_heads may be overridden)."""
-    from kft.core import backend
 
     backend.setup()
     import keras

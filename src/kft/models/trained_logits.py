@@ -23,6 +23,7 @@ from functools import partial
 import keras
 
 from kft.core.errors import KftError
+from kft.data import packing
 
 CHUNK = 32  # positions per vocabulary projection: 32 x 262144 float32 logits is 34 MB (the fastest on CPU)
 # Without the gradient (evaluation) a chunk holds only logits, and a bigger projection runs faster
@@ -147,8 +148,6 @@ class TrainedPositionsLM(keras.Model):
 
     def call(self, inputs):
         from keras import ops
-
-        from kft.data import packing
 
         backbone = self.task.backbone
         with packing.segments(backbone, inputs.get("segment_ids"), inputs.get("token_positions")):

@@ -29,6 +29,8 @@ import functools
 import numpy as np
 
 from kft import families
+from kft.distribute import placement
+from kft.quant import int4_groups
 
 DAMP = 0.01  # added to H's diagonal, as a fraction of its mean (GPTQ's percdamp)
 BLOCK = 128  # input features rounded per lazy update (GPTQ's blocksize)
@@ -131,8 +133,6 @@ def codes_and_grid(
         )
     import jax.numpy as jnp
 
-    from kft.quant import int4_groups
-
     shrinks = tuple(float(x) for x in int4_groups.SHRINKS)
     codes, scale, zero = _gptq_regrouped_jitted(group, shrinks)(
         np.asarray(weights, np.float32), jnp.asarray(hessian, jnp.float32)
@@ -183,8 +183,6 @@ def _lazy_update(weights, err, upper, start):
 def _gptq_regrouped_jitted(group: int, shrinks: tuple):
     import jax
     import jax.numpy as jnp
-
-    from kft.quant import int4_groups
 
     def run(weights, hessian):
         outputs, n = weights.shape
@@ -298,8 +296,6 @@ class Hessians:
     def _block_call(self, block, call, x, *args, **kwargs):
         import jax
         import jax.numpy as jnp
-
-        from kft.distribute import placement
 
         batch = int(np.shape(x)[0])
         if self.before_block is not None:

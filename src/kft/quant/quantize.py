@@ -34,8 +34,9 @@ import gc
 from kft import families
 from kft.config import INT4_BLOCK_SIZE, INT4_RANGES, INT4_ROUNDINGS, check_quantize, check_rounding
 from kft.core.errors import KftError
+from kft.distribute import placement
 from kft.models import layer_classes
-from kft.quant import kernels_where_used
+from kft.quant import gptq, int4_refit, kernels_where_used, quantize_on_load
 
 CALIBRATION_FILE = "calibration.npz"  # beside an adapter whose base was rounded by GPTQ
 
@@ -178,8 +179,6 @@ def while_loading(
 
     import keras
 
-    from kft.quant import quantize_on_load
-
     refit = mode == "int4" and int4_ranges == "least-squares"
     layer_quantizer = functools.partial(
         quantize_layer, mode=mode, config=keras_config(mode, int4_block_size), refit=refit
@@ -232,7 +231,6 @@ def _quantize_layers(
     from keras.src.quantizers.utils import should_quantize_layer
 
     from kft.core.progress import Counter
-    from kft.quant import gptq
 
     layers = [
         layer
@@ -289,9 +287,6 @@ def quantize_layer(layer, mode: str, config, refit: bool, hessian=None) -> None:
     distribution the layer is laid out on the mesh at once."""
     import keras
     import numpy as np
-
-    from kft.distribute import placement
-    from kft.quant import int4_refit
 
     lookup = isinstance(layer, keras.layers.Embedding)
     with contextlib.nullcontext() if lookup else placement.on_accelerator():

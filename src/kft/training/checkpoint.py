@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from kft.core.errors import KftError
+from kft.distribute import distribution
 from kft.models import lora
 
 DIR = "checkpoints"
@@ -147,7 +148,6 @@ class Checkpointer(keras.callbacks.Callback):
             signal.signal(sig, handler)
 
     def _save(self, micro: int) -> None:
-        from kft.distribute import distribution
 
         self.model.jax_state_sync()
         save(self.run_dir, self.model, micro, micro // self.accum, self.progress.records, self.keep)
@@ -161,7 +161,6 @@ class Checkpointer(keras.callbacks.Callback):
             self.diverged_at = micro // self.accum
             self.model.stop_training = True
             return
-        from kft.distribute import distribution
 
         # Every process must stop after the same step, wherever the signal arrived first.
         if distribution.anywhere(self.signal_received is not None):

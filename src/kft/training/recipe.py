@@ -25,7 +25,7 @@ from kft.distribute import distribution
 from kft.evaluate import evaluation
 from kft.generation import decode_kernels, screened_argmax
 from kft.models import adapter, lora, model
-from kft.quant import frozen_base, quantize
+from kft.quant import frozen_base, gptq, quantize
 from kft.training import optim, report, step_ahead
 
 
@@ -432,7 +432,6 @@ def _calibration(c: Config, records, eval_records, built: dict, task) -> dict:
     """GPTQ's calibration inputs (`model.int4_rounding: gptq`): the first training examples, as the
     training split orders them. Without packing, the dataset built for them is the run's own: it
     goes into `built`, so the records are not tokenized twice."""
-    from kft.quant import gptq
 
     dataset = data_lib.build(
         records,
