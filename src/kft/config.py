@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import typing
@@ -166,6 +167,11 @@ class DataConfig:
         None, "Use at most this many examples (after shuffling). null = all."
     )
     eval_fraction: float = _key(0.0, "Fraction of examples held out for evaluation (0 <= x < 1).")
+    max_record_bytes: int = _key(
+        1_000_000,
+        "Longest line (one record) of a .jsonl or .csv file kft reads, in bytes (> 0); a longer one "
+        "is refused with its line number before anything loads. Text past seq_len is cut anyway.",
+    )
     eval_source: str = _key(
         "",
         "A separate held-out dataset (same forms as source) to evaluate on; replaces eval_fraction.",
@@ -312,6 +318,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     }[hint]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
     if hint is list and isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
@@ -518,6 +526,8 @@ def validate(c: Config) -> None:
         _fail("data.overlong", f"must be truncate or drop, got '{d.overlong}'")
     if d.loss_on not in ("response", "all"):
         _fail("data.loss_on", f"must be response or all, got '{d.loss_on}'")
+    if not isinstance(d.max_record_bytes, int) or d.max_record_bytes < 1:
+        _fail("data.max_record_bytes", f"must be a whole number > 0, got {d.max_record_bytes!r}")
     if d.max_examples is not None and d.max_examples <= 0:
         _fail("data.max_examples", f"must be > 0 or null, got {d.max_examples}")
     if not 0.0 <= d.eval_fraction < 1.0:

@@ -21,14 +21,13 @@ by the batch axis (devices / model_axis); LoRA and optimizer state are replicate
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kft import families
 from kft.config import quantized_bytes_per_param
-from kft.core import backend
+from kft.core import backend, files
 from kft.core.arithmetic import round_up
 from kft.core.errors import KftError
 from kft.models import presets
@@ -166,15 +165,17 @@ def architecture(preset: str) -> Architecture:
     if name.startswith("kaggle://"):
         name = name.split("/")[-2] if name.split("/")[-1].isdigit() else name.split("/")[-1]
     if preset in presets.PREPARED:
-        cached = backend.cache_dir() / "presets" / preset / "config.json"
-        if cached.is_file() or known(preset) is None:
-            path = cached if cached.is_file() else Path(presets.prepare(preset)) / "config.json"
-            return from_config_json(json.loads(path.read_text(encoding="utf-8")), str(path))
+        cached = backend.cache_dir() / "presets" / preset
+        if presets.is_complete(cached) or known(preset) is None:
+            path = Path(presets.prepare(preset)) / "config.json"
+            return from_config_json(
+                files.read_json(path, "copy or export the preset again"), str(path)
+            )
     elif presets.is_local(preset):
         path = Path(preset).expanduser() / "config.json"
         if not path.is_file():
             raise KftError(f"model.preset '{preset}' is not a preset folder (no config.json there)")
-        return from_config_json(json.loads(path.read_text(encoding="utf-8")), str(path))
+        return from_config_json(files.read_json(path, "copy or export the preset again"), str(path))
     found = known(name)
     if found is None:
         names = sorted(
@@ -594,9 +595,10 @@ def make(
             parse_memory(device_memory) if isinstance(device_memory, str) else float(device_memory)
         )
         accelerator = accelerator or "gpu"
-    return estimate(
-        architecture(c.model.preset), c, memory, devices, model_axis, accelerator, host, disk
-    )
+    a = architecture(c.model.preset)
+    if a.context:  # as kft train refuses it once the model is loaded
+        families.check_seq_len(c.data.seq_len, a.context)
+    return estimate(a, c, memory, devices, model_axis, accelerator, host, disk)
 
 
 def _free_disk() -> float:

@@ -9,6 +9,7 @@ not to repeat prompts. Sequences are padded on the right.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,12 +144,32 @@ def local_path(source: str) -> Path | None:
     return None
 
 
-def _check_text_file(path: Path) -> None:
-    """Fail with a line number on non-UTF-8 text or a bad JSON Lines row (datasets only says 'error')."""
+def _check_line_lengths(path: Path, limit: int) -> None:
+    """Refuse a line longer than `limit` bytes with its number, reading at most `limit` + 2 bytes
+    at a time: a record of hundreds of MB is never held whole."""
+    with open(path, "rb") as f:
+        number = 0
+        while True:
+            line = f.readline(limit + 2)  # the content, and a line end of up to 2 bytes
+            if not line:
+                return
+            number += 1
+            if len(line.rstrip(b"\r\n")) > limit:
+                raise KftError(
+                    f"{path} line {number} is longer than data.max_record_bytes ({limit:,} bytes); "
+                    "shorten that record, drop it, or raise data.max_record_bytes"
+                )
+
+
+def _check_text_file(path: Path, max_record_bytes: int) -> None:
+    """Fail with a line number on a too-long line, non-UTF-8 text or a bad JSON Lines row (datasets
+    only says 'error')."""
     import json
 
     if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
         return
+    if path.suffix.lower() != ".json":  # a .json array may be one line
+        _check_line_lengths(path, max_record_bytes)
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -185,7 +206,7 @@ def load_records(config: DataConfig):
 
     datasets.disable_progress_bars()
     if path is not None:
-        _check_text_file(path)
+        _check_text_file(path, config.max_record_bytes)
         try:
             return datasets.load_dataset(
                 FILE_BUILDERS.get(path.suffix.lower(), "json"), data_files=str(path), split="train"
@@ -220,7 +241,7 @@ def _select(records, template: templates.Template, config: DataConfig, seed: int
     missing = [c for c in template.fields(present) if c not in present]
     if missing:
         raise KftError(
-            f"data.source is missing column(s) {', '.join(missing)} for template '{template.name}'; "
+            f"data.source '{config.source}' is missing column(s) {', '.join(missing)} for template '{template.name}'; "
             f"columns present: {', '.join(present)}; map them with data.columns"
         )
     if len(records) == 0:
@@ -240,11 +261,30 @@ def _select(records, template: templates.Template, config: DataConfig, seed: int
     return records
 
 
+# No piece of the vocabularies kft tokenizes with spans more characters than this (Gemma's longest:
+# 31, runs of tabs, spaces or newlines): a record's text cut after this many characters per
+# position keeps every token seq_len can hold, and a record cut there is still overlong.
+CHARS_PER_TOKEN_MAX = 64
+
+
+def _cut(segments: list[templates.Segment], seq_len: int) -> list[str]:
+    """The segments' texts, cut where no token seq_len keeps can lie (megabytes are not tokenized)."""
+    left, texts = CHARS_PER_TOKEN_MAX * (seq_len + 1), []
+    for text, _ in segments:
+        texts.append(text[: max(left, 0)])
+        left -= len(text)
+    return texts
+
+
 def _tokenize(
-    segment_lists: list[list[templates.Segment]], tokenizer, ends_with_eos: bool, loss_on: str
+    segment_lists: list[list[templates.Segment]],
+    tokenizer,
+    ends_with_eos: bool,
+    loss_on: str,
+    seq_len: int,
 ):
     """Token ids and per-token loss weights for each example (weights align with ids)."""
-    texts = [text for segments in segment_lists for text, _ in segments]
+    texts = [text for segments in segment_lists for text in _cut(segments, seq_len)]
     pieces = iter(tokenizer(texts) if texts else [])
     bos, eos = tokenizer.start_token_id, tokenizer.end_token_id
     sequences = []
@@ -278,6 +318,32 @@ def _to_split(sequences, seq_len: int, pad_id: int) -> Split:
     )
 
 
+def _check_responses(segment_lists) -> None:
+    """Refuse records whose responses are all empty (the model would learn only to stop at once);
+    warn, with a count, where some are."""
+    markers = families.end_of_turn_markers()
+
+    def empty(segments) -> bool:
+        text = "".join(text for text, trainable in segments if trainable)
+        for marker in markers:
+            text = text.replace(marker, "")
+        return not text.strip()
+
+    count = sum(empty(segments) for segments in segment_lists)
+    if count and count == len(segment_lists):
+        raise KftError(
+            f"all {count} records have an empty response (nothing to learn but the end marker); "
+            "check the data's response column or data.columns"
+        )
+    if count:
+        print(
+            f"kft: warning: {count} of {len(segment_lists)} records have an empty response "
+            "(they teach only the end marker)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _encode(records, template: templates.Template, tokenizer, config: DataConfig):
     """(segment lists, token sequences cut to seq_len + 1, stats) for the records that keep a response."""
     segment_lists = []
@@ -288,7 +354,10 @@ def _encode(records, template: templates.Template, tokenizer, config: DataConfig
                 f"record {index} has no response to train on (template '{template.name}')"
             )
         segment_lists.append(segments)
-    sequences = _tokenize(segment_lists, tokenizer, template.ends_with_eos, config.loss_on)
+    _check_responses(segment_lists)
+    sequences = _tokenize(
+        segment_lists, tokenizer, template.ends_with_eos, config.loss_on, config.seq_len
+    )
     limit = config.seq_len + 1
     kept_segments, kept, overlong, no_response = [], [], 0, 0
     for segments, (ids, weights) in zip(segment_lists, sequences):

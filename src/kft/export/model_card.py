@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
-
+from kft import config as config_lib
 from kft import families
+from kft.core import files
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [
-        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
+    return files.read_jsonl(path, "copy the run folder again, or train it again")
 
 
 def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
     """Markdown describing the base model, data, LoRA and training settings, results and samples."""
     run = Path(run_dir)
-    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    adapter = json.loads((run / "adapter_config.json").read_text(encoding="utf-8"))
-    summary = (
-        json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
-    )
+    config = config_lib.read_yaml(str(run / "config.yaml"))
+    fix = "copy the run folder again, or train it again"
+    adapter = files.read_json(run / "adapter_config.json", fix)
+    summary = files.read_json(run / "summary.json", fix) if (run / "summary.json").is_file() else {}
     data, train = config["data"], config["train"]
     stats = summary.get("data", {})
     usage = {

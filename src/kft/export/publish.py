@@ -5,12 +5,11 @@ never written anywhere; `--dry-run` validates by reloading and uploads nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 
-from kft.core import backend, network
+from kft.core import backend, files, network
 from kft.core.errors import KftError
 
 HOSTS = {"kaggle": "www.kaggle.com", "hf": "huggingface.co"}
@@ -24,7 +23,7 @@ def _kind(folder: Path) -> str:
         return "peft"
     config = folder / "config.json"
     if config.is_file():
-        return "hf" if "model_type" in json.loads(config.read_text()) else "keras"
+        return "hf" if "model_type" in files.read_json(config, "export it again") else "keras"
     raise KftError(
         f"'{folder}' is neither a kft run folder nor an export (no config.json / adapter files)"
     )
@@ -74,7 +73,7 @@ def _validate(folder: Path, kind: str) -> None:
         transformers.AutoConfig.from_pretrained(str(folder))
         transformers.AutoTokenizer.from_pretrained(str(folder))
     elif kind == "peft":
-        json.loads((folder / "adapter_config.json").read_text())
+        files.read_json(folder / "adapter_config.json", "export it again")
 
 
 def publish(folder: str, to: str, dry_run: bool = False, echo=print) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
+from kft import config as config_lib
 from kft.core.errors import KftError
 from kft.data import templates
 from kft.generation import samplers, sampling
@@ -32,22 +31,35 @@ def load_tuned(run_dir=None, preset=None, adapter_dir=None, precision=None, quan
     task, _, _ = frozen_base.load(preset or meta["base_preset"], precision, quantize, **options)
     adapter.apply(folder, task.backbone)
     task.kft_template = templates.for_tokenizer(
-        _run_template(run_config, meta), task.preprocessor.tokenizer
+        _run_template(run_config, meta, folder), task.preprocessor.tokenizer
     )
     return task
 
 
 def _run_config(folder: Path) -> dict:
+    """The run's config.yaml as written (not validated again: its data file need not be here)."""
     path = folder / "config.yaml"
-    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        raw = config_lib.read_yaml(str(path))
+    except KftError as e:
+        raise KftError(f"{e}; copy the run folder again, or train it again") from None
+    if not all(isinstance(section, dict) for section in raw.values()):
+        raise KftError(f"{path} is not a kft run config (a section is not a mapping)")
+    return raw
 
 
-def _run_template(run_config: dict, meta: dict):
+def _run_template(run_config: dict, meta: dict, folder: Path):
     data = run_config.get("data")
     if data:
-        from kft.config import DataConfig
-
-        return templates.from_config(DataConfig(**data))
+        try:
+            return templates.from_config(config_lib.DataConfig(**data))
+        except TypeError as e:
+            raise KftError(
+                f"{folder / 'config.yaml'} has data keys this kft does not know ({e}); "
+                "it was written by another version: update kft, or train the run again"
+            ) from None
     return templates.Template(name=meta.get("template", "custom"), columns={})
 
 

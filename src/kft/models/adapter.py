@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from kft.core import files
 from kft.core.errors import KftError
 from kft.core.version import __version__
 from kft.models import lora
 
 WEIGHTS, CONFIG = "adapter.safetensors", "adapter_config.json"
+ADAPTER_FIX = "copy the adapter folder again from where it was trained, or train it again"
 
 
 def fingerprint(backbone) -> str:
@@ -63,12 +65,19 @@ def read_config(folder: str | Path) -> dict:
         raise KftError(
             f"'{folder}' holds no {CONFIG}; point at a kft run folder or an adapter folder"
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    config = files.read_json(path, ADAPTER_FIX)
+    missing = [
+        key for key in ("base_preset", "family", "rank", "alpha", "targets") if key not in config
+    ]
+    if missing:
+        raise files.damaged(
+            path, f"lacks {', '.join(missing)} (not written by kft, or damaged)", ADAPTER_FIX
+        )
+    return config
 
 
 def apply(folder: str | Path, backbone) -> dict:
     """Enable LoRA on `backbone` as the adapter in `folder` was trained, and load its weights."""
-    from safetensors.numpy import load_file
 
     config = read_config(folder)
     if config.get("base_fingerprint") not in (None, fingerprint(backbone)):
@@ -77,7 +86,7 @@ def apply(folder: str | Path, backbone) -> dict:
             "and this base differs (architecture or weights); load the base it was trained on"
         )
     lora.enable(backbone, config["rank"], config["alpha"], config["targets"])
-    tensors = load_file(str(Path(folder) / WEIGHTS))
+    tensors = files.read_safetensors(Path(folder) / WEIGHTS, ADAPTER_FIX)
     variables = lora.lora_variables(backbone)
     if set(tensors) != set(variables):
         missing, extra = (
@@ -85,13 +94,13 @@ def apply(folder: str | Path, backbone) -> dict:
             sorted(set(tensors) - set(variables)),
         )
         raise KftError(
-            f"the adapter in '{folder}' does not fit this base model (trained on {config.get('base_preset')}): "
+            f"{Path(folder) / WEIGHTS} does not fit this base model (trained on {config.get('base_preset')}): "
             f"{len(missing)} layer(s) missing, {len(extra)} unknown, e.g. {(missing or extra)[0]}"
         )
     for path, variable in variables.items():
         if tuple(tensors[path].shape) != tuple(variable.shape):
             raise KftError(
-                f"the adapter in '{folder}' does not fit this base model (trained on {config.get('base_preset')}): "
+                f"{Path(folder) / WEIGHTS} does not fit this base model (trained on {config.get('base_preset')}): "
                 f"{path} has shape {tuple(tensors[path].shape)}, the base needs {tuple(variable.shape)}"
             )
     for path, variable in variables.items():

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import warnings
 from pathlib import Path
 
 from kft import families
-from kft.core import backend
+from kft.core import backend, files
 from kft.core.errors import KftError
 from kft.models import presets
 
@@ -41,7 +40,7 @@ def family_of_config(folder: str) -> str | None:
     path = Path(folder) / "config.json"
     if not path.is_file():
         return None
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = files.read_json(path, "the preset folder is damaged; copy or export it again")
     if "model_type" in config:  # Hugging Face format
         model_type = config["model_type"]
         if model_type not in families.HF_MODEL_TYPES:
@@ -164,23 +163,31 @@ def _task_from_preset(path: str, policy: str):
     return task_cls.from_preset(path, backbone=backbone, load_weights=False)
 
 
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().strip("'\"")
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 @contextlib.contextmanager
 def preset_errors(preset: str, path: str):
     """Failures reading `preset` (resolved to `path`) as one-line KftErrors.
 
     Downloads fail in many ways (network, auth, consent, quota: kagglehub and huggingface_hub raise
-    their own types); for a remote handle every failure is the user's to fix, so it gets one line."""
+    their own types); for a remote handle every failure is the user's to fix, so it gets one line.
+    So does a local folder's: damaged files, or weights that are not what its config.json says
+    (KerasHub's loaders raise KeyError, ValueError, OSError, safetensors' and h5py's own errors)."""
     remote = not presets.is_local(path)
     try:
         yield
-    except KftError:
-        raise  # already one line for the user (a full disk while GPTQ parks kernels, say)
+    except (KftError, AssertionError):
+        raise  # a KftError is one line for the user already; an AssertionError is kft's own bug
     except ValueError as e:
-        raise KftError(f"cannot load preset '{preset}': {str(e).splitlines()[0][:200]}") from None
-    except Exception if remote else (OSError, ConnectionError) as e:
+        raise KftError(f"cannot load preset '{preset}': {_first_line(e)}") from None
+    except Exception as e:
         if not remote:
             raise KftError(
-                f"cannot read preset folder '{preset}': {str(e).splitlines()[0][:200]}"
+                f"cannot read preset folder '{preset}' ({type(e).__name__}: {_first_line(e)}): "
+                "a file there is damaged, or its weights are not those its config.json describes"
             ) from None
         raise KftError(
             f"cannot load preset '{preset}' ({type(e).__name__}): Kaggle presets need network "

@@ -47,17 +47,43 @@ PREPARED = {
 }
 
 
+# Written last into a prepared preset: {file: bytes}. A folder without it, or whose files differ
+# from it (an interrupted or damaged build, a file changed since), is built again, not trusted.
+COMPLETE = ".kft-complete.json"
+
+
+def _contents(folder: Path) -> dict:
+    return {
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != COMPLETE
+    }
+
+
+def is_complete(folder: Path) -> bool:
+    import json
+
+    try:
+        recorded = json.loads((folder / COMPLETE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return recorded == _contents(folder)
+
+
 def prepare(name: str) -> Path:
-    """Build the kft-prepared preset `name` into the cache if it is not there yet; return its folder."""
+    """Build the kft-prepared preset `name` into the cache if it is not there whole; return its folder."""
+    import json
+
     folder = cache_dir() / "presets" / name
-    if (folder / "config.json").is_file():
+    if is_complete(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(folder.with_name(folder.name + ".lock")):  # another process may be preparing it
-        if (folder / "config.json").is_file():
+        if is_complete(folder):
             return folder
+        again = " again: the cached one is incomplete or damaged" if folder.exists() else ""
         print(
-            f"kft: preparing preset '{name}' into {folder} (first use only)",
+            f"kft: preparing preset '{name}' into {folder}{again or ' (first use only)'}",
             file=sys.stderr,
             flush=True,
         )
@@ -67,6 +93,7 @@ def prepare(name: str) -> Path:
 
         with native_logs_filtered():
             PREPARED[name](partial)
+        (partial / COMPLETE).write_text(json.dumps(_contents(partial)) + "\n", encoding="utf-8")
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)
     return folder

@@ -33,6 +33,7 @@ import gc
 
 from kft import families
 from kft.config import INT4_BLOCK_SIZE, INT4_RANGES, INT4_ROUNDINGS, check_quantize, check_rounding
+from kft.core import files
 from kft.core.errors import KftError
 from kft.distribute import placement
 from kft.models import layer_classes
@@ -366,16 +367,17 @@ def save_calibration(folder, task) -> None:
 def load_calibration(folder, meta: dict) -> dict:
     from pathlib import Path
 
-    import numpy as np
-
     path = Path(folder or ".") / meta.get("calibration", CALIBRATION_FILE)
     if not path.is_file():
         raise KftError(
             f"this adapter's int4 base was rounded by GPTQ on calibration tokens saved as {path.name}, "
             f"which is missing from '{folder}'; copy it back beside adapter_config.json"
         )
-    with np.load(path) as saved:
-        return {name: saved[name] for name in saved.files}
+    fix = "copy it again from the run folder where the adapter was trained"
+    saved = files.read_npz(path, fix)
+    if not {"token_ids", "padding_mask"} <= set(saved):
+        raise files.damaged(path, "holds no calibration tokens (not the file kft wrote)", fix)
+    return saved
 
 
 def base_bytes(model) -> dict:

@@ -20,6 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from kft.core import files
 from kft.core.errors import KftError
 from kft.distribute import distribution
 from kft.models import lora
@@ -90,12 +91,47 @@ def save(
     return final
 
 
+def _unnamed(path: str) -> str:
+    return path.split("/", 1)[-1]
+
+
+def restore_newest(run_dir: str | Path, model) -> tuple[Path, dict]:
+    """(folder, state) of the newest complete checkpoint that reads back whole, restored into
+    `model`; a damaged one is passed over, with one line saying so."""
+    folder = Path(run_dir) / DIR
+    complete = sorted(
+        (p for p in folder.glob("step-*") if (p / "state.json").is_file()), reverse=True
+    )
+    for i, candidate in enumerate(complete):
+        try:
+            return candidate, restore(candidate, model)
+        except files.Damaged as e:
+            if i + 1 == len(complete):
+                raise
+            print(
+                f"kft: {e.args[0].split(';')[0]}: resuming from {complete[i + 1].name} instead",
+                flush=True,
+            )
+    raise KftError(
+        f"{run_dir} has no complete checkpoint to resume from; start it again with --overwrite"
+    )
+
+
 def restore(folder: Path, model) -> dict:
     """Load a checkpoint's LoRA and optimizer values into `model` (LoRA enabled, optimizer built)."""
-    from safetensors.numpy import load_file
 
-    state = json.loads((folder / "state.json").read_text())
-    lora_values = load_file(str(folder / "lora.safetensors"))
+    fix = "resume from an earlier checkpoint (delete this one) or start again with --overwrite"
+    state = files.read_json(folder / "state.json", fix)
+    missing = [
+        k
+        for k in ("micro_step", "optimizer_step", "metrics", "optimizer_variables")
+        if k not in state
+    ]
+    if missing:
+        raise files.damaged(
+            folder / "state.json", f"lacks {', '.join(missing)} (not written by kft)", fix
+        )
+    lora_values = files.read_safetensors(folder / "lora.safetensors", fix)
     variables = lora.lora_variables(model.backbone)
     if set(lora_values) != set(variables):
         raise KftError(
@@ -103,8 +139,12 @@ def restore(folder: Path, model) -> dict:
         )
     for path, variable in variables.items():
         variable.assign(lora_values[path])
-    optimizer_values = load_file(str(folder / "optimizer.safetensors"))
-    if [v.path for v in model.optimizer.variables] != state["optimizer_variables"]:
+    optimizer_values = files.read_safetensors(folder / "optimizer.safetensors", fix)
+    # Compared without the optimizer's own name: Keras numbers it (adam_w_1, ...) where another
+    # optimizer was built before in the same process (a notebook resuming after another run).
+    if [_unnamed(v.path) for v in model.optimizer.variables] != [
+        _unnamed(p) for p in state["optimizer_variables"]
+    ]:
         raise KftError(
             f"checkpoint {folder} was written by a different optimizer setup; was the config changed?"
         )

@@ -316,7 +316,7 @@ def _measure_before_or_resume(c: Config, run: _Run, run_dir: Path, out: Path, re
         return before
     before = json.loads((run_dir / "before.json").read_text(encoding="utf-8"))
     run.optimizer.build(run.fit_model.trainable_variables)
-    state = checkpoint.restore(resume_from, run.fit_model)
+    resume_from, state = checkpoint.restore_newest(run_dir, run.fit_model)
     run.start_micro, run.rows = state["micro_step"], state["metrics"]
     print(
         f"kft: resuming from {resume_from.name} (step {state['optimizer_step']} of {run.optimizer_steps})",

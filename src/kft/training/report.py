@@ -6,12 +6,13 @@ never switched.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from kft.core import files
 from kft.core.errors import KftError
 
 LOSS_PNG = "loss.png"
+RUN_FIX = "copy the run folder again, or train it again"
 
 
 def _read_run(run_dir: Path) -> tuple[list[dict], dict]:
@@ -19,12 +20,8 @@ def _read_run(run_dir: Path) -> tuple[list[dict], dict]:
     metrics, summary = run_dir / "metrics.jsonl", run_dir / "summary.json"
     if not metrics.is_file():
         raise KftError(f"'{run_dir}' is not a kft run folder (no metrics.jsonl)")
-    rows = [
-        json.loads(line)
-        for line in metrics.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    return rows, json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
+    rows = files.read_jsonl(metrics, RUN_FIX)
+    return rows, files.read_json(summary, RUN_FIX) if summary.is_file() else {}
 
 
 def _figure(width: float = 7.0, height: float = 4.2):
