@@ -109,6 +109,13 @@ CASES = {
         ["--seq-len", "100000"],
         "longer than the model's context of",
     ),
+    "every response empty": (
+        {"d.csv": "instruction,response\nWhat is 1+1?,\nWhat is 2+2?,\n"},
+        ["--data", "{dir}/d.csv"],
+        "all 2 records have an empty response",
+    ),
+    "a NaN learning rate": ({}, ["--set", "train.lr=.nan"], "must be a finite number"),
+    "an infinite learning rate": ({}, ["--set", "train.lr=.inf"], "must be a finite number"),
     "kaggle handle without credentials": (
         {},
         ["--preset", "kaggle://keras/gemma/keras/gemma_2b_en/2"],

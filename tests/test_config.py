@@ -107,3 +107,69 @@ def test_an_int4_group_size_below_8_is_refused_with_the_key_and_a_fix(capsys):
     assert (
         code == 2 and "model.int4_block_size" in err and "try 64" in err and "Traceback" not in err
     )
+
+
+# One value outside each numeric key's range (the range its help text states).
+OUT_OF_RANGE = {
+    "model.int4_block_size": 4,
+    "model.calibration_examples": 0,
+    "lora.rank": 0,
+    "lora.alpha": 0.0,
+    "data.seq_len": 4,
+    "data.max_examples": 0,
+    "data.eval_fraction": 1.0,
+    "data.max_record_bytes": 0,
+    "train.epochs": 0,
+    "train.max_steps": 0,
+    "train.batch_size": 0,
+    "train.grad_accum": 0,
+    "train.lr": -1e-4,
+    "train.weight_decay": -0.1,
+    "train.warmup_steps": -1,
+    "train.clip_norm": 0.0,
+    "train.log_every": 0,
+    "train.pad_to_multiple": -8,
+    "train.checkpoint_every": 0,
+    "train.checkpoint_keep": 0,
+    "output.samples": -1,
+    "output.sample_max_new_tokens": 0,
+}
+
+
+def numeric_keys() -> dict:
+    """{key: (int or float, its help text)} for every numeric config key."""
+    import dataclasses
+    import typing
+
+    found = {}
+    for section, cls in config_lib.section_classes().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kinds = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
+            kind = (kinds or [hints[f.name]])[0]
+            if kind in (int, float):
+                found[f"{section}.{f.name}"] = (kind, f.metadata["help"])
+    return found
+
+
+def test_every_numeric_key_states_its_range_and_refuses_values_outside_it():
+    import re
+
+    keys = numeric_keys()
+    assert sorted(set(keys) - {"train.seed"}) == sorted(OUT_OF_RANGE)  # a new key needs a line here
+    stated = re.compile(r"\((?:[^()]*[<>]=?|any )[^()]*\)")
+    assert [k for k, (_, text) in keys.items() if not stated.search(text)] == []
+    for key, value in OUT_OF_RANGE.items():
+        section, name = key.split(".")
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            config_lib.from_dict({section: {name: value}})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_key_refuses_nan_and_infinity(value):
+    floats = [k for k, (kind, _) in numeric_keys().items() if kind is float]
+    assert "train.lr" in floats and "data.eval_fraction" in floats
+    for key in floats:
+        section, name = key.split(".")
+        with pytest.raises(ConfigError, match=f"'{key}' must be a finite number"):
+            config_lib.from_dict({section: {name: value}})

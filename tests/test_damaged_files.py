@@ -24,7 +24,7 @@ def damage(path, how: str, other: bytes) -> None:
     path.write_bytes(
         {
             "empty": b"",
-            "truncated": data[: len(data) // 2],
+            "truncated": data[: len(data) // 2 + 3],  # not on a line end: a cut JSONL line
             "random bytes": np.random.default_rng(0).bytes(max(len(data), 64)),
             "another's": other,
         }[how]

@@ -225,3 +225,34 @@ def test_group_by_length_keeps_every_example_once_per_epoch_and_reduces_padding(
     assert np.array_equal(
         again.indices(0), grouped.indices(20)
     )  # resumable: a pure function of the index
+
+
+def test_some_empty_responses_are_counted_in_a_warning(tmp_path, tokenizers, capsys):
+    rows = [{"instruction": "What?", "response": "That."}, {"instruction": "Who?", "response": " "}]
+    ds = build(tmp_path, tokenizers["gemma"], rows)
+    assert ds.stats["examples"] == 2
+    assert "1 of 2 records have an empty response" in capsys.readouterr().err
+
+
+def test_text_past_what_seq_len_keeps_is_cut_before_tokenizing_to_the_same_ids(
+    tmp_path, tokenizers, monkeypatch
+):
+    rows = [
+        {"instruction": "word " * 1000, "response": "ok"},
+        {"instruction": "short", "response": "fine " * 1000},
+        {"instruction": "What?", "response": "That."},
+    ]
+    tokenizer = tokenizers["gemma"]
+    cut = build(tmp_path, tokenizer, rows, seq_len=32)
+    assert [len(t) for t in dataset._cut([("x" * 5000, False), ("y" * 5000, True)], 32)] == [
+        64 * 33,
+        0,
+    ]
+    monkeypatch.setattr(dataset, "CHARS_PER_TOKEN_MAX", 10**9)  # nothing cut
+    whole = build(tmp_path, tokenizer, rows, seq_len=32)
+    np.testing.assert_array_equal(cut.train.token_ids, whole.train.token_ids)
+    np.testing.assert_array_equal(cut.train.loss_weights, whole.train.loss_weights)
+    assert cut.stats["overlong"] == whole.stats["overlong"] == 2
+    monkeypatch.undo()
+    dropped = build(tmp_path, tokenizer, rows, seq_len=32, overlong="drop")
+    assert dropped.stats["overlong"] == 2 and dropped.stats["examples"] == 1  # cut, still dropped

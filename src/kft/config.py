@@ -105,7 +105,7 @@ class ModelConfig:
     int4_block_size: int = _key(
         64,
         "int4 only: rows per group sharing a scale and zero point (5 bytes per group and column): "
-        "32 stays closer to the float model, 128 takes less memory.",
+        "32 stays closer to the float model, 128 takes less memory (>= 8).",
     )
     int4_rounding: str = _key(
         "auto",
@@ -117,7 +117,7 @@ class ModelConfig:
     calibration_examples: int = _key(
         64,
         "int4_rounding gptq (or auto) only: how many of the first training examples calibrate it "
-        "(saved with the adapter).",
+        "(saved with the adapter; >= 1).",
     )
 
 
@@ -125,7 +125,7 @@ class ModelConfig:
 class LoraConfig:
     rank: int = _key(4, "LoRA rank (> 0).")
     alpha: Optional[float] = _key(
-        None, "LoRA alpha; the update is scaled by alpha/rank. null = rank."
+        None, "LoRA alpha; the update is scaled by alpha/rank (> 0). null = rank."
     )
     targets: list = _key(
         ["query", "value"],
@@ -164,7 +164,7 @@ class DataConfig:
     seq_len: int = _key(256, "Tokens per training example (>= 8).")
     overlong: str = _key("truncate", "Examples longer than seq_len: truncate or drop.")
     max_examples: Optional[int] = _key(
-        None, "Use at most this many examples (after shuffling). null = all."
+        None, "Use at most this many examples, after shuffling (> 0). null = all."
     )
     eval_fraction: float = _key(0.0, "Fraction of examples held out for evaluation (0 <= x < 1).")
     max_record_bytes: int = _key(
@@ -193,24 +193,26 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: Optional[int] = _key(
-        None, "Passes over the training examples (null = 1 unless max_steps is set)."
+        None, "Passes over the training examples (>= 1; null = 1 unless max_steps is set)."
     )
     max_steps: Optional[int] = _key(
-        None, "Train for exactly this many optimizer steps instead of epochs."
+        None, "Train for exactly this many optimizer steps instead of epochs (> 0, or null)."
     )
-    batch_size: int = _key(1, "Examples per micro-batch.")
-    grad_accum: int = _key(1, "Micro-batches per optimizer step (gradient accumulation).")
-    lr: float = _key(5e-5, "Peak learning rate (AdamW).")
-    weight_decay: float = _key(0.01, "AdamW decoupled weight decay; bias and scale are excluded.")
+    batch_size: int = _key(1, "Examples per micro-batch (>= 1).")
+    grad_accum: int = _key(1, "Micro-batches per optimizer step (gradient accumulation; >= 1).")
+    lr: float = _key(5e-5, "Peak learning rate (AdamW; > 0).")
+    weight_decay: float = _key(
+        0.01, "AdamW decoupled weight decay (>= 0); bias and scale are excluded."
+    )
     schedule: str = _key(
         "constant", "Learning-rate schedule after warmup: constant, linear or cosine."
     )
-    warmup_steps: int = _key(0, "Linear warmup, in optimizer steps.")
+    warmup_steps: int = _key(0, "Linear warmup, in optimizer steps (>= 0).")
     clip_norm: Optional[float] = _key(
-        None, "Clip gradients to this global norm. null = no clipping."
+        None, "Clip gradients to this global norm (> 0). null = no clipping."
     )
-    seed: int = _key(0, "Seed for shuffling, LoRA initialisation and sampling.")
-    log_every: int = _key(10, "Print and record metrics every N optimizer steps.")
+    seed: int = _key(0, "Seed for shuffling, LoRA initialisation and sampling (any whole number).")
+    log_every: int = _key(10, "Print and record metrics every N optimizer steps (>= 1).")
     logits_on: str = _key(
         "trained",
         "Loss from vocabulary logits at trained positions only, 32 positions at a "
@@ -221,15 +223,15 @@ class TrainConfig:
         64,
         "Cut each batch to its longest example rounded up to this multiple "
         "(a few compiled shapes, little padding; a shape that saves the run less than "
-        "3 batches' work runs at the next longer one); 0 = always pad to data.seq_len.",
+        "3 batches' work runs at the next longer one); 0 = always pad to data.seq_len (>= 0).",
     )
     group_by_length: bool = _key(
         True, "Batch examples of similar length together (seeded), so little padding is computed."
     )
     checkpoint_every: int = _key(
-        50, "Write a resumable checkpoint every N optimizer steps (and at the end)."
+        50, "Write a resumable checkpoint every N optimizer steps, and at the end (>= 1)."
     )
-    checkpoint_keep: int = _key(2, "How many of the newest checkpoints to keep.")
+    checkpoint_keep: int = _key(2, "How many of the newest checkpoints to keep (>= 1).")
     memory_check: bool = _key(
         True,
         "Before loading, estimate the peak memory per device (as `kft plan` prints) and "
@@ -252,8 +254,10 @@ class TrainConfig:
 @dataclass
 class OutputConfig:
     dir: str = _key("runs/{preset}-{time}", "Run folder; {preset} and {time} are filled in.")
-    samples: int = _key(3, "Eval prompts to generate from before and after training (0 = none).")
-    sample_max_new_tokens: int = _key(64, "New tokens per sample generation.")
+    samples: int = _key(
+        3, "Eval prompts to generate from before and after training (>= 0; 0 = none)."
+    )
+    sample_max_new_tokens: int = _key(64, "New tokens per sample generation (>= 1).")
     tensorboard: bool = _key(True, "Write TensorBoard logs to RUN/tensorboard.")
     wandb: str = _key(
         "",
@@ -563,7 +567,7 @@ def validate(c: Config) -> None:
             f"({t.epochs}) and train.max_steps ({t.max_steps}) are both set; keep one of them",
         )
     for key, value, low in (
-        ("epochs", t.epochs or 1, 1),
+        ("epochs", 1 if t.epochs is None else t.epochs, 1),
         ("batch_size", t.batch_size, 1),
         ("grad_accum", t.grad_accum, 1),
         ("log_every", t.log_every, 1),

@@ -45,8 +45,12 @@ def _run_config(folder: Path) -> dict:
         raw = config_lib.read_yaml(str(path))
     except KftError as e:
         raise KftError(f"{e}; copy the run folder again, or train it again") from None
-    if not all(isinstance(section, dict) for section in raw.values()):
-        raise KftError(f"{path} is not a kft run config (a section is not a mapping)")
+    missing = [s for s in config_lib.SECTIONS if not isinstance(raw.get(s), dict) or not raw[s]]
+    if missing:  # kft writes every section of the resolved config
+        raise KftError(
+            f"{path} lacks its {', '.join(missing)} section(s) (cut short, or not written by kft); "
+            "copy the run folder again, or train it again"
+        )
     return raw
 
 

@@ -133,9 +133,9 @@ def restore(folder: Path, model) -> dict:
         )
     lora_values = files.read_safetensors(folder / "lora.safetensors", fix)
     variables = lora.lora_variables(model.backbone)
-    if set(lora_values) != set(variables):
-        raise KftError(
-            f"checkpoint {folder} does not match this model's LoRA layers; was the config changed?"
+    if set(lora_values) != set(variables):  # the config was compared already: not this run's file
+        raise files.damaged(
+            folder / "lora.safetensors", "holds other LoRA layers than this run's model", fix
         )
     for path, variable in variables.items():
         variable.assign(lora_values[path])
@@ -147,6 +147,10 @@ def restore(folder: Path, model) -> dict:
     ]:
         raise KftError(
             f"checkpoint {folder} was written by a different optimizer setup; was the config changed?"
+        )
+    if set(optimizer_values) != {f"{i:05d}" for i in range(len(model.optimizer.variables))}:
+        raise files.damaged(
+            folder / "optimizer.safetensors", "holds other optimizer values than this run's", fix
         )
     for i, variable in enumerate(model.optimizer.variables):
         variable.assign(optimizer_values[f"{i:05d}"])
