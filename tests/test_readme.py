@@ -38,3 +38,39 @@ def test_ci_lints_and_checks_the_format_before_the_tests():
     lines = CI.splitlines()
     assert LINT in lines
     assert lines.index(LINT) < lines.index(". .venv/bin/activate && python -m pytest -q")
+
+
+def test_the_readme_python_api_calls_kft_as_it_is(monkeypatch):
+    """The README's Python block, run with kft's functions checked, not executed: every call binds
+    to the real signature, and the config it trains resolves and validates."""
+    import inspect
+    from types import SimpleNamespace
+
+    import kft
+    from kft import config as config_lib
+
+    block = README.split("```python\n", 1)[1].split("```", 1)[0]
+    calls = []
+
+    def checked(name, check=None, result=None):
+        real = getattr(kft, name)
+
+        def call(*args, **kwargs):
+            bound = inspect.signature(real).bind(*args, **kwargs)
+            if check:
+                check(bound.arguments)
+            calls.append(name)
+            return result
+
+        return call
+
+    def valid_config(arguments):
+        config_lib.load(str(Path(REPO, arguments["config"])), arguments.get("overrides", {}))
+
+    fake_run = SimpleNamespace(run_dir="runs/readme")
+    monkeypatch.setattr(kft, "train", checked("train", valid_config, fake_run))
+    for name in ("load", "generate", "export", "publish"):
+        monkeypatch.setattr(kft, name, checked(name))
+    monkeypatch.chdir(REPO)
+    exec(block, {"__name__": "readme", "print": lambda *a: None})
+    assert calls == ["train", "load", "generate", "export", "publish"]
