@@ -1,8 +1,8 @@
 """Every file kft reads, damaged in each usual way, gives one line naming it, exit code 2, no
 traceback, and nothing written or removed; resume passes over a damaged newest checkpoint.
 
-The grid (file x damage) is in the slow tier; the default tier runs a subset that covers every
-file and every damage at least once.
+The whole grid (file x damage) runs in the default tier: tiny presets, no training where none
+is needed.
 """
 
 import json
@@ -91,26 +91,13 @@ RUN_FILES = {
     "summary.json": (["report", "{run}"], b"[1, 2, 3]"),
     "metrics.jsonl": (["report", "{run}"], b'{"step": 1}\n[1, 2]\n'),
 }
-# The default tier's subset: every file, every damage.
-FAST = {
-    ("adapter_config.json", "truncated"),
-    ("adapter.safetensors", "truncated"),
-    ("adapter.safetensors", "another's"),
-    ("config.yaml", "random bytes"),
-    ("summary.json", "empty"),
-    ("metrics.jsonl", "another's"),
-}
 
 
-def grid(files, fast):
-    return [
-        pytest.param(f, d, marks=[] if (f, d) in fast else [pytest.mark.slow])
-        for f in files
-        for d in DAMAGES
-    ]
+def grid(files):
+    return [(f, d) for f in files for d in DAMAGES]
 
 
-@pytest.mark.parametrize("name, how", grid(RUN_FILES, FAST))
+@pytest.mark.parametrize("name, how", grid(RUN_FILES))
 def test_a_damaged_run_folder_file_is_one_line_naming_it(
     name, how, run_with_checkpoints, tmp_path, capsys
 ):
@@ -131,7 +118,7 @@ CHECKPOINT_FILES = ("state.json", "lora.safetensors", "optimizer.safetensors")
 
 @pytest.mark.parametrize(
     "name, how",
-    grid(CHECKPOINT_FILES, {("state.json", "random bytes"), ("optimizer.safetensors", "empty")}),
+    grid(CHECKPOINT_FILES),
 )
 def test_resume_with_every_checkpoint_damaged_is_one_line_naming_the_file(
     name, how, run_with_checkpoints, tmp_path, capsys
@@ -195,20 +182,11 @@ DATA = {
         "not what its name says": b'{"instruction": "What?", "response": "That."}\n',
     },
 }
-DATA_FAST = {
-    ("d.jsonl", "wrong encoding"),
-    ("d.csv", "not what its name says"),
-    ("d.parquet", "random bytes"),
-}
 
 
 @pytest.mark.parametrize(
     "name, how",
-    [
-        pytest.param(f, d, marks=[] if (f, d) in DATA_FAST else [pytest.mark.slow])
-        for f, damages in DATA.items()
-        for d in damages
-    ],
+    [(f, d) for f, damages in DATA.items() for d in damages],
 )
 def test_a_damaged_data_file_is_one_line_naming_it(name, how, tmp_path, capsys):
     (tmp_path / name).write_bytes(DATA[name][how])
@@ -246,22 +224,11 @@ PRESET_FILES = {
     "keras": {"model.weights.h5": "gemma2", "config.json": "gemma2"},
     "hf": {"model.safetensors": "gemma2", "config.json": None},
 }
-PRESET_FAST = {
-    ("keras", "model.weights.h5", "truncated"),
-    ("keras", "config.json", "empty"),
-    ("hf", "model.safetensors", "another's"),
-    ("hf", "config.json", "another's"),
-}
 
 
 @pytest.mark.parametrize(
     "kind, name, how",
-    [
-        pytest.param(k, f, d, marks=[] if (k, f, d) in PRESET_FAST else [pytest.mark.slow])
-        for k, names in PRESET_FILES.items()
-        for f in names
-        for d in DAMAGES
-    ],
+    [(k, f, d) for k, names in PRESET_FILES.items() for f in names for d in DAMAGES],
 )
 def test_a_damaged_preset_folder_is_one_line(
     kind, name, how, tiny_presets, hf_folder, tmp_path, capsys
