@@ -248,13 +248,13 @@ def test_no_family_is_named_outside_the_families_folder():
 
 
 def test_a_family_branch_is_named(tmp_path):
-    source = Path(SRC, "kft", "models", "lora.py").read_text(encoding="utf-8")
-    copy = Path(SRC, "kft", "models", "lora.py")  # named as the module it stands for
+    original = Path(SRC, "kft", "models", "lora.py")
+    source = original.read_text(encoding="utf-8")
     branched = tmp_path / "lora.py"
     branched.write_text(
         source + '\n\ndef odd(family):\n    return family.name == "gemma4"\n', encoding="utf-8"
     )
-    assert family_literals(copy) == []
+    assert family_literals(original) == []
     assert [line.split(" ", 1)[1] for line in family_literals(branched, root=tmp_path)] == [
         "'gemma4'"
     ]
