@@ -66,6 +66,7 @@ class Architecture:
     global_head_dim: int = 0
     context: int = 0  # tokens the model attends over (families.context_length); 0 = unknown
     source: str = ""
+    tied: bool = True  # the LM head is the token embedding (else a vocab x hidden matrix of its own)
 
 
 # KerasHub Kaggle presets (keras_hub/src/models/*/..._presets.py names): {name: (family, the sizes of
@@ -124,6 +125,7 @@ def from_config_json(config: dict, source: str = "config.json") -> Architecture:
             global_head_dim=c.get("global_head_dim") or 0,
             context=families.context_length(family, c),
             source=source,
+            tied=bool(c.get("tie_word_embeddings", True)),
         )
     name, c = config.get("class_name", ""), config.get("config", {})
     family = families.of_keras_config(name, c)
@@ -145,7 +147,7 @@ def from_config_json(config: dict, source: str = "config.json") -> Architecture:
         layers=c["num_layers"],
         query_heads=c["num_query_heads"],
         kv_heads=c["num_key_value_heads"],
-        head_dim=c["head_dim"],
+        head_dim=c.get("head_dim") or c["hidden_dim"] // c["num_query_heads"],
         ffw=ffw,
         per_layer_vocab=(c.get("vocab_size_per_layer_input") or c["vocabulary_size"])
         if per_layer_dim
@@ -155,7 +157,13 @@ def from_config_json(config: dict, source: str = "config.json") -> Architecture:
         global_head_dim=c.get("global_head_dim") or 0,
         context=families.context_length(family, c),
         source=source,
+        tied=bool(c.get("tie_word_embeddings", family_ties(family))),
     )
+
+
+def family_ties(family: str) -> bool:
+    """Whether a Keras config that does not say ties the head: Mistral's backbone never does."""
+    return families.get(family).tied_by_default
 
 
 def architecture(preset: str) -> Architecture:
@@ -201,6 +209,7 @@ def parameters(a: Architecture) -> dict:
     )
     return {
         "embedding": a.vocab * a.hidden,
+        "untied head": 0 if a.tied else a.vocab * a.hidden,
         "attention": a.layers * attention,
         "feed-forward": ffw,
         "per-layer embedding": per_layer,

@@ -20,7 +20,7 @@ from kft.config import DataConfig
 from kft.core import network
 from kft.core.arithmetic import ceil_div, round_up
 from kft.core.errors import KftError
-from kft.data import packing, templates
+from kft.data import encoding, packing, templates
 from kft.data.bundled import FOLDER as BUNDLED  # noqa: E402
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -285,11 +285,12 @@ def _tokenize(
 ):
     """Token ids and per-token loss weights for each example (weights align with ids)."""
     texts = [text for segments in segment_lists for text in _cut(segments, seq_len)]
-    pieces = iter(tokenizer(texts) if texts else [])
-    bos, eos = tokenizer.start_token_id, tokenizer.end_token_id
+    pieces = iter(encoding.encode(tokenizer, texts))
+    eos = tokenizer.end_token_id
     sequences = []
     for segments in segment_lists:
-        ids, weights = [bos], [0.0]
+        ids = encoding.start(tokenizer, segments[0][0] if segments else "")
+        weights = [0.0] * len(ids)
         for _, trainable in segments:
             tokens = list(next(pieces))
             ids += tokens

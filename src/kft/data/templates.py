@@ -17,19 +17,11 @@ from dataclasses import dataclass
 from kft import families
 from kft.core.errors import KftError
 
-START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
 CHAT = "chat"  # the family's own chat template
 DOLLY_PROMPT = "Instruction:\n{instruction}\n\nResponse:\n"
 DOLLY_PROMPT_WITH_CONTEXT = "Instruction:\n{instruction}\n\nContext:\n{context}\n\nResponse:\n"
-CHAT_ROLES = {
-    "user": "user",
-    "human": "user",
-    "model": "model",
-    "assistant": "model",
-    "gpt": "model",
-}
-
-Segment = tuple[str, bool]
+CHAT_ROLES = families.chat.ROLES
+Segment = families.chat.Segment
 
 
 def _field_names(fmt: str) -> list[str]:
@@ -50,8 +42,8 @@ class Template:
         return self.name == CHAT or self.name in families.CHAT_TEMPLATES
 
     @property
-    def family(self) -> families.Family:
-        return families.CHAT_TEMPLATES.get(self.name, families.DEFAULT)
+    def chat(self) -> families.chat.ChatFormat:
+        return families.CHAT_TEMPLATES.get(self.name, families.DEFAULT.chat)
 
     @property
     def ends_with_eos(self) -> bool:
@@ -86,7 +78,7 @@ class Template:
             prompt = fmt.format(instruction=self._get(record, "instruction"), context=context)
             return [(prompt, False), (str(self._get(record, "response")), True)]
         if self.is_chat:
-            return _chat_segments(self._messages(record), self.family)
+            return self.chat.segments(self._messages(record))
         mapped = {
             f: self._get(record, f) for f in _field_names(self.prompt_format + self.response_format)
         }
@@ -108,7 +100,7 @@ class Template:
         if self.name == "dolly":
             return DOLLY_PROMPT.format(instruction=text)
         if self.is_chat:
-            return _chat_segments([{"role": "user", "content": text}], self.family)[0][0]
+            return self.chat.segments([{"role": "user", "content": text}])[0][0]
         names = _field_names(self.prompt_format)
         return self.prompt_format.format(**{names[0]: text}) if len(set(names)) == 1 else text
 
@@ -117,7 +109,7 @@ class Template:
         alternating, the last from the user): chat turns, or for plain templates each exchange in
         the template's prompt/response form, one after another."""
         if self.is_chat:
-            return "".join(text for text, _ in _chat_segments(turns, self.family))
+            return "".join(text for text, _ in self.chat.segments(turns))
         replies = [t["content"] for t in turns[1::2]] + [None]
         return "".join(
             self.wrap_prompt(user["content"]) + (f"{reply}\n\n" if reply is not None else "")
@@ -125,51 +117,24 @@ class Template:
         )
 
 
-def _chat_segments(messages: list[dict], family: families.Family) -> list[Segment]:
-    """The family's chat turns: a system turn of its own where the family has one (Gemma 4), else the
-    system message folded into the first user turn, as Gemma 1-3's own templates do."""
-    start, end = family.start_of_turn, family.end_of_turn
-    system_turn = family.system_turn
-    segments: list[Segment] = []
-    system = ""
-    for i, message in enumerate(messages):
-        role = str(message.get("role", "")).lower()
-        content = str(message.get("content", ""))
-        if role == "system":
-            system = f"{start}system\n{content}{end}\n" if system_turn else content + "\n\n"
-            continue
-        if role not in CHAT_ROLES:
-            raise KftError(
-                f"chat message {i} has role '{role}'; use user, model (or assistant) or system"
-            )
-        if CHAT_ROLES[role] == "user":
-            if system_turn:
-                segments.append((f"{system}{start}user\n{content}{end}\n{start}model\n", False))
-            else:
-                segments.append((f"{start}user\n{system}{content}{end}\n{start}model\n", False))
-            system = ""
-        else:
-            if not segments:
-                segments.append((f"{system if system_turn else ''}{start}model\n", False))
-                system = ""
-            segments.append((f"{content}{end}", True))
-            segments.append(("\n", False))
-    if segments and segments[-1] == ("\n", False):
-        segments.pop()
-    return segments
-
-
 def for_tokenizer(template: Template, tokenizer) -> Template:
-    """`chat` made concrete for the tokenizer's family; a chat template whose turn markers are not
-    single tokens of this vocabulary (Gemma 1-3 turns on Gemma 4) is refused."""
+    """`chat` made concrete for the tokenizer: the family's own turns, or where this vocabulary lacks
+    them (SmolLM2: a Llama model speaking ChatML) the chat format whose markers it holds. A chat
+    template whose end marker is not a token of this vocabulary (Gemma turns on Gemma 4) is refused."""
     from dataclasses import replace
 
+    vocabulary = set(tokenizer.get_vocabulary())
     family = families.get(families.of_tokenizer(tokenizer) or families.DEFAULT.name)
+
+    def spoken(chat) -> bool:
+        return chat.start in vocabulary and chat.end in vocabulary
+
     if template.name == CHAT:
-        return replace(template, name=family.chat_template)
-    if template.is_chat and template.family.end_of_turn not in tokenizer.get_vocabulary():
+        known = [family.chat, *families.CHAT_TEMPLATES.values()]
+        return replace(template, name=next((c for c in known if spoken(c)), family.chat).name)
+    if template.is_chat and template.chat.end not in vocabulary:
         raise KftError(
-            f"data.template {template.name} uses {template.family.end_of_turn}, which this "
+            f"data.template {template.name} uses {template.chat.end}, which this "
             f"{family.name} tokenizer lacks; use data.template: chat (the model family's own turns)"
         )
     return template

@@ -10,26 +10,43 @@ and one line in `FAMILIES` below; docs/families.md is the checklist.
 from __future__ import annotations
 
 import contextlib
-import inspect
 
 from kft.core.errors import KftError
-from kft.families import gemma, gemma2, gemma3, gemma4
+from kft.families import chat, gemma, gemma2, gemma3, gemma4, llama, llama3, mistral, qwen, qwen3
 from kft.families.family import ATTENTION, LORA_LAYERS, MLP, Family, KernelReaders
 
 __all__ = ["ATTENTION", "LORA_LAYERS", "MLP", "Family", "KernelReaders", "FAMILIES", "get"]
 
 FAMILIES: dict[str, Family] = {
-    f.name: f for f in (gemma.FAMILY, gemma2.FAMILY, gemma3.FAMILY, gemma4.FAMILY)
+    f.name: f
+    for f in (
+        gemma.FAMILY,
+        gemma2.FAMILY,
+        gemma3.FAMILY,
+        gemma4.FAMILY,
+        llama.FAMILY,
+        llama3.FAMILY,
+        mistral.FAMILY,
+        qwen.FAMILY,
+        qwen3.FAMILY,
+    )
 }
 NAMES = tuple(FAMILIES)
 DEFAULT = FAMILIES[NAMES[0]]  # whose turn markers a template names when no model says otherwise
 HF_MODEL_TYPES = {t: f.name for f in FAMILIES.values() for t in f.hf_model_types}
-CHAT_TEMPLATES = {f.chat_template: f for f in FAMILIES.values()}
+CHAT_TEMPLATES = dict(chat.FORMATS)  # {data.template name: its ChatFormat}
 # {decoder block class name: the sub-layers it reads the kernels of itself}, over every family.
 KERNEL_READERS = {
     block: readers for f in FAMILIES.values() for block, readers in f.kernel_readers.items()
 }
-SUPPORTED = "Gemma, Gemma 2, Gemma 3 and Gemma 4"
+SUPPORTED = "Gemma 1-4, Llama 2, Llama 3 (3.1, 3.2, SmolLM2), Mistral, Qwen 2/2.5 and Qwen 3"
+
+
+def fix_keras_hub() -> None:
+    """Every family's fixes to KerasHub (Family.keras_fixes), before a model is built or loaded."""
+    for f in FAMILIES.values():
+        if f.keras_fixes is not None:
+            f.keras_fixes()
 
 
 def get(name: str) -> Family:
@@ -96,9 +113,19 @@ def of_keras_class(class_name: str) -> Family | None:
     return next((f for f in FAMILIES.values() if f.backbone == class_name), None)
 
 
+def head_dim(backbone) -> int:
+    """A built backbone's attention head size (Llama-style configs imply it: hidden / heads)."""
+    return getattr(backbone, "head_dim", None) or backbone.hidden_dim // backbone.num_query_heads
+
+
+def of_built(backbone) -> Family:
+    return FAMILIES[of_backbone(backbone)]
+
+
 def decoder_blocks(backbone) -> list:
     """The text decoder's blocks: the only place LoRA goes (a vision encoder has layers of the same names)."""
-    return [backbone.get_layer(f"decoder_block_{i}") for i in range(backbone.num_layers)]
+    prefix = of_built(backbone).block_prefix
+    return [backbone.get_layer(f"{prefix}{i}") for i in range(backbone.num_layers)]
 
 
 @contextlib.contextmanager
@@ -106,45 +133,41 @@ def attention_hooks(backbone, mask=None, positions=None):
     """While inside, every decoder block of `backbone` passes its attention mask (B, queries, keys)
     through `mask(m)`, and (with `positions`) rotates queries and keys at `positions(x, start_index)`
     (B, T) instead of start_index + 0..T-1. KerasHub's blocks take a padding mask only: this is how
-    kft gives them packed rows (kft.data.packing) and left-padded prompts (kft.generation.engine)."""
+    kft gives them packed rows (kft.data.packing) and left-padded prompts (kft.generation.engine).
+    Where each family keeps its mask and RoPE is the family's (Family.mask_method, attention, rope)."""
+    family = of_built(backbone)
 
     def masked(original):
         return lambda *args, **kwargs: mask(original(*args, **kwargs))
 
-    def rotated(attention, original):
-        if (
-            "positions" in inspect.signature(original).parameters
-        ):  # Gemma 1/2/4: the layer rotates given positions
-            return lambda x, start_index, **_: original(
-                x, start_index, positions=positions(x, start_index)
-            )
-        return lambda x, start_index: attention.rope_layer(
-            x, positions=positions(x, start_index)
-        )  # Gemma 3
+    patched = []  # (object, attribute, what its instance dict held: None if nothing)
 
-    patched = []
+    def patch(layer, name, replacement):
+        patched.append((layer, name, vars(layer).get(name)))
+        vars(layer)[name] = replacement
+
     for block in decoder_blocks(backbone):
         if mask is not None:
-            vars(block)["_compute_attention_mask"] = masked(block._compute_attention_mask)
-            patched.append((block, "_compute_attention_mask"))
+            patch(block, family.mask_method, masked(getattr(block, family.mask_method)))
         if positions is not None:
-            vars(block.attention)["_apply_rope"] = rotated(
-                block.attention, block.attention._apply_rope
-            )
-            patched.append((block.attention, "_apply_rope"))
+            attention = family.attention(block)
+            patch(attention, *family.rope(attention, positions))
     try:
         yield
     finally:
-        for layer, name in patched:
-            vars(layer).pop(name, None)
+        for layer, name, held in reversed(patched):
+            if held is None:
+                vars(layer).pop(name, None)
+            else:
+                vars(layer)[name] = held
 
 
 def end_of_turn_markers() -> tuple[str, ...]:
-    return tuple(dict.fromkeys(f.end_of_turn for f in FAMILIES.values()))
+    return tuple(dict.fromkeys(f.end for f in chat.FORMATS.values()))
 
 
 def turn_markers() -> tuple[str, ...]:
     """Every family's start and end of turn, once each."""
     return tuple(
-        dict.fromkeys(t for f in FAMILIES.values() for t in (f.start_of_turn, f.end_of_turn))
+        dict.fromkeys(t for f in chat.FORMATS.values() for t in (f.start, f.end))
     )

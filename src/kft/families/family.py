@@ -7,8 +7,11 @@ new family folder.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
+
+from kft.families.chat import ChatFormat
 
 # kft's names for a decoder block's projections (KerasHub's layer names in Gemma's blocks): what
 # `lora.targets` accepts, what `all-linear` means and what the PEFT export maps to transformers' names.
@@ -27,6 +30,23 @@ HF_LORA_MODULES = {
     "ffw_linear": "mlp.down_proj",
 }
 PER_HEAD = ("query", "key", "value")
+
+
+def gemma_attention(block):
+    return block.attention
+
+
+def gemma_rope(attention, positions: Callable) -> tuple[str, Callable]:
+    """(attribute, replacement) making a KerasHub Gemma attention layer rotate queries and keys at
+    `positions(x, start_index)`: Gemma 1/2/4 rotate given positions, Gemma 3 through its rope_layer."""
+    original = attention._apply_rope
+    if "positions" in inspect.signature(original).parameters:
+        return "_apply_rope", lambda x, start_index, **_: original(
+            x, start_index, positions=positions(x, start_index)
+        )
+    return "_apply_rope", lambda x, start_index: attention.rope_layer(
+        x, positions=positions(x, start_index)
+    )
 
 
 def block_layers(block) -> dict:
@@ -73,9 +93,7 @@ class Family:
     hf_model_types: tuple[str, ...]  # transformers model_type values that load as this family
     hf_architecture: str  # what `--format hf` writes
     hf_model_type: str
-    start_of_turn: str  # chat markers, single tokens in the family's vocabulary
-    end_of_turn: str
-    chat_template: str  # the template `data.template: chat` means for this family
+    chat: ChatFormat  # what `data.template: chat` means for this family (kft.families.chat)
     max_position_embeddings: int
     # Is a Keras backbone config of class `backbone` this family's? (Gemma and Gemma 2 share a class.)
     matches_keras_config: Callable[[dict], bool] = lambda config: True
@@ -86,8 +104,6 @@ class Family:
     # Sub-layers of a decoder block that stay frozen even when their names match (MoE experts, router).
     frozen_blocks: tuple[str, ...] = ()
     needs_position_ids: bool = False  # backbone input `position_ids` (Gemma 4); kft passes 0..L-1
-    # The chat template has a system turn of its own; else a system message opens the first user turn.
-    system_turn: bool = False
     # Backbone arguments that leave out what text fine-tuning does not need ({} = build it whole), and
     # a reader of a preset's config naming the parts that left out (for one line to the user).
     text_only: dict = field(default_factory=dict)
@@ -125,3 +141,26 @@ class Family:
     block_layers: Callable[[object], dict] = block_layers
     hf_lora_modules: dict[str, str] = field(default_factory=lambda: dict(HF_LORA_MODULES))
     per_head: tuple[str, ...] = PER_HEAD
+    # The text decoder's blocks are the backbone's layers `<block_prefix><i>`; a block's attention
+    # layer; the block method computing its attention mask (B, queries, keys), and the attention
+    # layer's RoPE as (attribute, replacement rotating at given positions): how kft packs rows and
+    # left-pads prompts on blocks that take a padding mask only (kft.families.attention_hooks).
+    block_prefix: str = "decoder_block_"
+    final_norm: str = "final_normalization"  # the backbone's last norm layer
+    attention: Callable = gemma_attention
+    mask_method: str = "_compute_attention_mask"
+    rope: Callable = gemma_rope  # (attention layer, positions) -> (attribute, replacement)
+    # The tokenizer: "sentencepiece" or "bpe" (byte-level); its special tokens in a tiny preset
+    # ({role: piece}); whether it adds a start token (Qwen's does not); how the HF export writes it
+    # ((tokenizer, folder, family) -> None; None: kft.export.hf's SentencePiece writer).
+    tokenizer_kind: str = "sentencepiece"
+    tiny_specials: dict = field(
+        default_factory=lambda: {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>"}
+    )
+    hf_write_tokenizer: Callable | None = None  # (tokenizer, folder, chat Jinja) -> None
+    # The heads axis of a q/k/v kernel (Gemma: (heads, hidden, head_dim); Llama: (hidden, heads, head_dim)),
+    # and the layout roles of the backbone's variables on a mesh (None: kft.distribute.layouts' Gemma roles).
+    heads_axis: int = 0
+    keras_fixes: Callable | None = None  # () -> None: patches KerasHub where it is wrong (idempotent)
+    tied_by_default: bool = True  # the head is the embedding where a Keras config does not say
+    layout_roles: tuple | None = None

@@ -15,6 +15,7 @@ import numpy as np
 
 from kft import families
 from kft.core import arithmetic
+from kft.data import encoding
 from kft.generation import engine
 
 
@@ -40,7 +41,7 @@ def cache_rows(backbone, length: int) -> int:
     (every layer's keys and values at the widest head size, in the compute dtype)."""
     import keras
 
-    head = max(backbone.head_dim, getattr(backbone, "global_head_dim", None) or 0)
+    head = max(families.head_dim(backbone), getattr(backbone, "global_head_dim", None) or 0)
     itemsize = (
         2
         if keras.backend.standardize_dtype(backbone.compute_dtype) in ("bfloat16", "float16")
@@ -56,7 +57,7 @@ def round_up(length: int, step: int = 16) -> int:
 
 def encode(tokenizer, prompts: list[str]) -> list[list[int]]:
     """Each prompt's token ids, start token first."""
-    return [[tokenizer.start_token_id, *ids] for ids in tokenizer(list(prompts))]
+    return encoding.with_start(tokenizer, list(prompts))
 
 
 def chunk_size(count: int, most: int) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kft import families
 from kft.core import files
 from kft.core.errors import KftError
 from kft.core.version import __version__
@@ -32,7 +33,7 @@ def fingerprint(backbone) -> str:
     config = {
         k: v for k, v in backbone.get_config().items() if k not in ("dtype", "name", "trainable")
     }
-    scale = np.asarray(backbone.get_layer("final_normalization").scale.numpy(), dtype="float32")
+    scale = np.asarray(backbone.get_layer(families.of_built(backbone).final_norm).scale.numpy(), dtype="float32")
     text = json.dumps(config, sort_keys=True, default=str) + repr(np.round(scale[:32], 2).tolist())
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

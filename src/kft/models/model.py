@@ -140,6 +140,7 @@ def _vocabulary_untracked():
 
 def from_preset(path: str, policy: str):
     """The causal LM at `path`, text decoder only where the family allows."""
+    families.fix_keras_hub()
     with _vocabulary_untracked():
         return _task_from_preset(path, policy)
 

@@ -10,6 +10,7 @@ variant's own arguments.
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 from pathlib import Path
@@ -49,23 +50,27 @@ def bundled_corpus() -> list[str]:
     return lines
 
 
-def train_sentencepiece(lines: list[str], symbols, vocab_size: int = 640) -> bytes:
+GEMMA_SPECIALS = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>"}
+
+
+def train_sentencepiece(
+    lines: list[str], symbols, vocab_size: int = 640, specials: dict = GEMMA_SPECIALS
+) -> bytes:
+    """A SentencePiece BPE model with `specials` ({pad, eos, bos, unk: piece or None}) at ids in that
+    order (Gemma: pad 0, eos 1, bos 2, unk 3; Llama: unk 0, <s> 1, </s> 2, no pad)."""
     import sentencepiece as spm
 
+    ids = {}
+    for role in specials:
+        ids[role] = len(ids) if specials[role] else -1
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines),
         model_writer=model,
         vocab_size=vocab_size,
         model_type="bpe",
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        pad_piece="<pad>",
-        eos_piece="<eos>",
-        bos_piece="<bos>",
-        unk_piece="<unk>",
+        **{f"{role}_id": i for role, i in ids.items()},
+        **{f"{role}_piece": piece for role, piece in specials.items() if piece},
         user_defined_symbols=list(symbols),
         byte_fallback=True,
         character_coverage=1.0,
@@ -79,6 +84,43 @@ def train_sentencepiece(lines: list[str], symbols, vocab_size: int = 640) -> byt
     return model.getvalue()
 
 
+def train_bpe(lines: list[str], specials, vocab_size: int = 640) -> tuple[dict, list[str]]:
+    """A byte-level BPE vocabulary and merges as KerasHub's BytePairTokenizer reads them, `specials`
+    (start, end, chat markers) appended as whole tokens (as the real Llama 3 and Qwen vocabularies
+    keep theirs after the merged ones)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(specials),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(lines, trainer)
+    state = json.loads(tokenizer.to_str())["model"]
+    vocabulary = dict(state["vocab"])
+    for token in specials:
+        vocabulary.setdefault(token, len(vocabulary))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in state["merges"]]
+    return vocabulary, merges
+
+
+def tokenizer(spec: families.Family):
+    """The family's KerasHub tokenizer, trained here on the bundled text."""
+    import keras_hub
+
+    cls = getattr(keras_hub.models, spec.tokenizer)
+    if spec.tokenizer_kind == "bpe":
+        specials = [t for t in spec.tiny_specials.values() if t] + list(spec.tiny_symbols)
+        specials = list(dict.fromkeys(specials))
+        vocabulary, merges = train_bpe(bundled_corpus(), specials)
+        return cls(vocabulary=vocabulary, merges=merges, unsplittable_tokens=specials)
+    proto = train_sentencepiece(bundled_corpus(), spec.tiny_symbols, specials=spec.tiny_specials)
+    return cls(proto=proto)
+
+
 def backbone(variant: str, vocab: int, **overrides):
     """The tiny random backbone of `variant`: the common sizes (any overridden), then the variant's own
     arguments (a Gemma 4 variant has 4 layers whatever `num_layers` says)."""
@@ -86,7 +128,9 @@ def backbone(variant: str, vocab: int, **overrides):
 
     family = family_of(variant)
     arguments = {**dict(vocabulary_size=vocab, **COMMON), **overrides, **family.tiny[variant]}
-    return getattr(keras_hub.models, family.backbone)(**arguments)
+    cls = getattr(keras_hub.models, family.backbone)
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in arguments.items() if k in accepted})
 
 
 def build_tiny_preset(
@@ -102,12 +146,12 @@ def build_tiny_preset(
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     keras.utils.set_random_seed(seed)
+    families.fix_keras_hub()
     spec = family_of(family)
-    proto = train_sentencepiece(bundled_corpus(), spec.tiny_symbols)
     task_cls = getattr(keras_hub.models, spec.causal_lm)
-    tokenizer = getattr(keras_hub.models, spec.tokenizer)(proto=proto)
-    preprocessor = task_cls.preprocessor_cls(tokenizer, sequence_length=sequence_length)
-    model = backbone(family, tokenizer.vocabulary_size(), **backbone_overrides)
+    words = tokenizer(spec)
+    preprocessor = task_cls.preprocessor_cls(words, sequence_length=sequence_length)
+    model = backbone(family, words.vocabulary_size(), **backbone_overrides)
     # Real Gemma embeddings have norms of a few units, so tied output logits can be confident;
     # at KerasHub's default init a 64-wide model could never push its loss far below log(vocab).
     embeddings = model.token_embedding.embeddings

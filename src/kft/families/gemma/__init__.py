@@ -1,12 +1,11 @@
 """Gemma (1 and 1.1): KerasHub's GemmaBackbone without Gemma 2's extra norms."""
 
+from kft.families import chat
 from kft.families.family import Family
 from kft.families.gemma import hf, presets, tiny
 
 # Gemma 1-3 share their chat turns (and a system message folded into the first user turn).
-GEMMA_TURNS = dict(
-    start_of_turn="<start_of_turn>", end_of_turn="<end_of_turn>", chat_template="gemma-chat"
-)
+GEMMA_TURNS = dict(chat=chat.GEMMA)
 LICENSE = (
     "This model is a derivative of Gemma and is subject to the Gemma Terms of Use "
     "(https://ai.google.dev/gemma/terms) and the Gemma Prohibited Use Policy "

@@ -1,5 +1,6 @@
 """Gemma 4 (text): per-layer embeddings, shared K/V layers, the MoE block, its own chat turns."""
 
+from kft.families import chat
 from kft.families.family import Family, KernelReaders
 from kft.families.gemma import LICENSE
 from kft.families.gemma.hf import TOKENIZER_CLASS
@@ -49,14 +50,11 @@ FAMILY = Family(
     ("gemma4_text", "gemma4"),
     "Gemma4ForCausalLM",
     "gemma4_text",
-    start_of_turn="<|turn>",
-    end_of_turn="<turn|>",
-    chat_template="gemma4-chat",
+    chat=chat.GEMMA4,
     max_position_embeddings=131072,
     context_length=_context_length,
     frozen_blocks=("moe_router", "moe_expert_bank"),
     needs_position_ids=True,
-    system_turn=True,
     text_only={"vision_encoder": None, "audio_encoder": None},
     left_out=_left_out,
     kernel_readers={
