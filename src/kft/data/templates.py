@@ -126,12 +126,8 @@ def for_tokenizer(template: Template, tokenizer) -> Template:
     vocabulary = set(tokenizer.get_vocabulary())
     family = families.get(families.of_tokenizer(tokenizer) or families.DEFAULT.name)
 
-    def spoken(chat) -> bool:
-        return chat.start in vocabulary and chat.end in vocabulary
-
     if template.name == CHAT:
-        known = [family.chat, *families.CHAT_TEMPLATES.values()]
-        return replace(template, name=next((c for c in known if spoken(c)), family.chat).name)
+        return replace(template, name=families.chat_for(family, vocabulary).name)
     if template.is_chat and template.chat.end not in vocabulary:
         raise KftError(
             f"data.template {template.name} uses {template.chat.end}, which this "

@@ -38,25 +38,19 @@ def hf_weights(backbone, family: str) -> dict[str, np.ndarray]:
     return _exporting(family).hf_weights(backbone)
 
 
-def write_tokenizer(tokenizer, folder: Path, tokenizer_class: str) -> None:
+def write_tokenizer(tokenizer, folder: Path, tokenizer_class: str, chat_template: str = "") -> None:
     """tokenizer.model (the SentencePiece proto itself) plus transformers' tokenizer files."""
     proto = tokenizer.proto
     (folder / "tokenizer.model").write_bytes(
         proto if isinstance(proto, bytes) else Path(proto).read_bytes()
     )
-    specials = {
-        "bos_token": "<bos>",
-        "eos_token": "<eos>",
-        "pad_token": "<pad>",
-        "unk_token": "<unk>",
-    }
+    pieces = {"bos_token": tokenizer.start_token, "eos_token": tokenizer.end_token}
+    pieces["pad_token"] = tokenizer.id_to_token(tokenizer.pad_token_id)
+    unk = getattr(tokenizer, "unk_token", None) or "<unk>"
+    pieces["unk_token"] = unk
+    specials = {k: v for k, v in pieces.items() if v}
     vocabulary = set(tokenizer.get_vocabulary())
-    extra = [
-        t
-        for f in families.FAMILIES.values()
-        for t in (f.start_of_turn, f.end_of_turn)
-        if t in vocabulary
-    ]
+    extra = [t for t in families.turn_markers() if t in vocabulary and t not in specials.values()]
     extra = list(dict.fromkeys(extra))
     config = {
         "tokenizer_class": tokenizer_class,
@@ -67,6 +61,8 @@ def write_tokenizer(tokenizer, folder: Path, tokenizer_class: str) -> None:
         "additional_special_tokens": extra,
         "model_max_length": 1_000_000,
     }
+    if chat_template:
+        config["chat_template"] = chat_template
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (folder / "special_tokens_map.json").write_text(
         json.dumps({**specials, "additional_special_tokens": extra}, indent=2) + "\n"
@@ -96,4 +92,13 @@ def write(backbone, tokenizer, family: str, folder: str | os.PathLike) -> None:
         "pad_token_id": tokenizer.pad_token_id,
     }
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    write_tokenizer(tokenizer, folder, families.get(family).hf_tokenizer_class)
+    f = families.get(family)
+    if f.hf_write_tokenizer is not None:
+        f.hf_write_tokenizer(tokenizer, folder, chat_jinja(tokenizer, f))
+    else:
+        write_tokenizer(tokenizer, folder, f.hf_tokenizer_class, chat_jinja(tokenizer, f))
+
+
+def chat_jinja(tokenizer, family: families.Family) -> str:
+    """The Jinja template of the chat format `data.template: chat` gives this tokenizer ("" if none)."""
+    return families.chat_for(family, set(tokenizer.get_vocabulary())).jinja

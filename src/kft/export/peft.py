@@ -51,17 +51,19 @@ def write(backbone, meta: dict, base_hf_dir: str | None, folder: str | Path) -> 
     rank, alpha = meta["rank"], meta["alpha"]
     family = families.get(families.of_backbone(backbone))
     tensors, ranks, alphas, targets = {}, {}, {}, set()
-    for i in range(backbone.num_layers):
-        block = backbone.get_layer(f"decoder_block_{i}")
+    for i, block in enumerate(families.decoder_blocks(backbone)):
         for name, layer in family.block_layers(block).items():
             if not getattr(layer, "lora_enabled", False):
                 continue
             path = family.hf_lora_modules[name]  # e.g. self_attn.q_proj
             hf_name = path.rsplit(".", 1)[-1]
             targets.add(hf_name)
+            a = np.asarray(layer.lora_kernel_a.numpy(), "float32")
+            if name in family.per_head:  # heads first, whatever the family's kernel layout
+                a = np.moveaxis(a, family.heads_axis, 0)
             lora_a, lora_b = _factors(
                 name in family.per_head,
-                np.asarray(layer.lora_kernel_a.numpy(), "float32"),
+                a,
                 np.asarray(layer.lora_kernel_b.numpy(), "float32"),
             )
             module = f"base_model.model.model.layers.{i}.{path}"

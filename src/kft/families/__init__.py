@@ -49,6 +49,16 @@ def fix_keras_hub() -> None:
             f.keras_fixes()
 
 
+def chat_for(family: Family, vocabulary: set) -> chat.ChatFormat:
+    """The chat format a tokenizer of `family` with `vocabulary` speaks: the family's own where its
+    end marker is a token, else one whose markers both are (SmolLM2: a Llama 3 model speaking ChatML),
+    else the family's own."""
+    if family.chat.end in vocabulary:
+        return family.chat
+    spoken = (c for c in CHAT_TEMPLATES.values() if c.start in vocabulary and c.end in vocabulary)
+    return next(spoken, family.chat)
+
+
 def get(name: str) -> Family:
     return FAMILIES[name]
 

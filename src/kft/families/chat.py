@@ -9,9 +9,11 @@ Jinja chat template (tests/test_chat_formats.py renders both and compares), less
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from kft.core.errors import KftError
 
+TEMPLATES = Path(__file__).parent / "templates"
 Segment = tuple[str, bool]
 ROLES = {"user": "user", "human": "user", "model": "model", "assistant": "model", "gpt": "model"}
 
@@ -30,10 +32,18 @@ class ChatFormat:
     later_user: str = ""  # the user turn after the first, where it differs (Llama 2 repeats <s>)
     strip: bool = False  # contents are stripped, as the template does (`| trim`, `.strip()`)
     model_role: str = "model"  # the reply's role name in the template (shown in errors only)
+    reply_opening: str = ""  # opens the last reply only (Qwen 3's empty think block)
+    jinja_file: str = ""  # the model's own Jinja template (kft/families/templates/; SOURCES.md there)
+
+    @property
+    def jinja(self) -> str:
+        """The Jinja chat template an export writes (tokenizer_config.json, GGUF), "" if none."""
+        return (TEMPLATES / self.jinja_file).read_text(encoding="utf-8") if self.jinja_file else ""
 
     def segments(self, messages: list[dict]) -> list[Segment]:
         """The conversation's segments; a reply is trainable, everything else is not."""
         segments: list[Segment] = []
+        last_user = -1
         system = self.default_system
         given_system = None
         for i, message in enumerate(messages):
@@ -59,6 +69,7 @@ class ChatFormat:
                 else:
                     prefix, text = "", content
                 segments.append((prefix + opener.format(content=text), False))
+                last_user = len(segments) - 1
             else:
                 if not segments:  # a conversation opening with the model's turn
                     prefix = self.system.format(content=system) if system and self.system else ""
@@ -69,6 +80,8 @@ class ChatFormat:
             system = ""
         if self.between and segments and segments[-1] == (self.between, False):
             segments.pop()
+        if self.reply_opening and last_user >= 0:
+            segments[last_user] = (segments[last_user][0] + self.reply_opening, False)
         return segments
 
     @property
@@ -96,24 +109,32 @@ GEMMA4 = ChatFormat(
 )
 
 
-def chatml(name: str, default_system: str = "") -> ChatFormat:
+def chatml(name: str, jinja_file: str, default_system: str = "", reply_opening: str = "") -> ChatFormat:
     """ChatML (`<|im_start|>role ... <|im_end|>`), with the default system turn the model's own
-    template writes when there is none (Qwen 2.5, SmolLM2; none for Qwen 3)."""
+    template writes when there is none (Qwen 2.5) and what opens a reply (Qwen 3 without thinking)."""
     return ChatFormat(
         name,
         start="<|im_start|>",
         end="<|im_end|>",
         user="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n",
+        reply_opening=reply_opening,
         answer="{content}<|im_end|>",
         between="\n",
         system="<|im_start|>system\n{content}<|im_end|>\n",
         default_system=default_system,
         model_role="assistant",
+        jinja_file=jinja_file,
     )
 
 
-CHATML = chatml("chatml")
-QWEN = chatml("qwen-chat", "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.")
+CHATML = chatml("chatml", "chatml.jinja")
+QWEN = chatml(
+    "qwen-chat",
+    "qwen2_5_instruct.jinja",
+    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+)
+# Qwen 3 without thinking: its template opens the last reply with an empty think block.
+QWEN3 = chatml("qwen3-chat", "qwen3.jinja", reply_opening="<think>\n\n</think>\n\n")
 LLAMA3 = ChatFormat(
     "llama3-chat",
     start="<|start_header_id|>",
@@ -126,6 +147,7 @@ LLAMA3 = ChatFormat(
     system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
     strip=True,
     model_role="assistant",
+    jinja_file="llama3_instruct.jinja",
 )
 # Llama 2 chat: every exchange is its own <s>...</s> sequence; the first <s> is the BOS kft adds.
 LLAMA2 = ChatFormat(
@@ -138,6 +160,7 @@ LLAMA2 = ChatFormat(
     fold="<<SYS>>\n{system}\n<</SYS>>\n\n{content}",
     strip=True,
     model_role="assistant",
+    jinja_file="llama2_chat.jinja",
 )
 MISTRAL = ChatFormat(
     "mistral-chat",
@@ -146,5 +169,6 @@ MISTRAL = ChatFormat(
     user="[INST] {content} [/INST]",
     answer="{content}</s>",
     model_role="assistant",
+    jinja_file="mistral_instruct.jinja",
 )
-FORMATS = {f.name: f for f in (GEMMA, GEMMA4, CHATML, QWEN, LLAMA3, LLAMA2, MISTRAL)}
+FORMATS = {f.name: f for f in (GEMMA, GEMMA4, CHATML, QWEN, QWEN3, LLAMA3, LLAMA2, MISTRAL)}

@@ -374,7 +374,7 @@ def _loss_from_prefill(task, positions, targets, out: list):
     kft.data.dataset.gather_trained) from its hidden states, and appends it to `out`."""
     from keras import ops
 
-    from kft.models.trained_logits import nll_no_grad, soft_caps
+    from kft.models.trained_logits import head_matrix, nll_no_grad, soft_caps
 
     original = type(task)._build_cache
     signature = inspect.signature(original)
@@ -390,7 +390,7 @@ def _loss_from_prefill(task, positions, targets, out: list):
         picked = ops.take(ops.reshape(hidden, (-1, hidden.shape[-1])), ops.maximum(flat, 0), axis=0)
         nll = nll_no_grad(
             picked,
-            task.backbone.token_embedding.embeddings.value,
+            head_matrix(task.backbone.token_embedding),
             ops.reshape(targets, (-1,)),
             ops.sum(ops.cast(flat >= 0, "int32")),
             soft_caps(task),

@@ -38,6 +38,9 @@ def enable(backbone, rank: int, alpha: float | None, targets: list[str]) -> list
     for layer in target_layers(backbone, names):
         layer.trainable = True
         layer.enable_lora(rank, lora_alpha=alpha if alpha is not None else rank)
+        if getattr(layer, "bias", None) is not None:
+            # Keras freezes the kernel only: a projection's bias (Qwen 2's q/k/v) stays base weight.
+            layer.bias.trainable = False
         factorize(layer)
         adapted.append(layer)
     if not adapted:

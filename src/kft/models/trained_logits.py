@@ -96,6 +96,17 @@ def nll_no_grad(hidden, embeddings, targets, count, soft_caps):
     return _nll_and_hidden_grad(hidden, embeddings, targets, count, soft_caps, with_grad=False)
 
 
+def head_matrix(embedding):
+    """The output head as a (vocab, hidden) matrix: the token embedding where the head is tied
+    (Gemma, Llama 3.2 1B/3B, small Qwen), else the transposed `reverse_embeddings` (Llama 2, Llama 3.1 8B,
+    Mistral): XLA folds the transpose into the dot, nothing is copied."""
+    from keras import ops
+
+    if getattr(embedding, "tie_weights", True):
+        return embedding.embeddings.value
+    return ops.transpose(embedding.reverse_embeddings.value)
+
+
 def soft_caps(task) -> tuple[float, ...]:
     """The embedding's own logit cap, then the task's (Gemma4CausalLM's `final_logit_cap`), as the task applies them."""
     caps = (task.backbone.token_embedding.logit_soft_cap, getattr(task, "final_logit_cap", None))
@@ -128,10 +139,6 @@ class TrainedPositionsLM(keras.Model):
         super().__init__(**kwargs)
         self.task = task
         self.built = True  # every variable belongs to the (built) task
-        if not getattr(task.backbone.token_embedding, "tie_weights", True):
-            raise KftError(
-                "train.logits_on: trained needs tied token embeddings; set train.logits_on: all"
-            )
         if getattr(
             task.backbone.token_embedding, "quantization_mode", None
         ):  # kft.quant.quantize keeps it float
@@ -155,10 +162,9 @@ class TrainedPositionsLM(keras.Model):
         hidden = ops.reshape(hidden, (-1, hidden.shape[-1]))
         positions = ops.reshape(inputs["positions"], (-1,))
         picked = ops.take(hidden, ops.maximum(positions, 0), axis=0)
-        embedding = self.task.backbone.token_embedding
         nll = self._token_nll(
             picked,
-            embedding.embeddings.value,
+            head_matrix(self.task.backbone.token_embedding),
             ops.reshape(inputs["targets"], (-1,)),
             ops.sum(ops.cast(positions >= 0, "int32")),
             self.soft_caps,

@@ -15,7 +15,7 @@ FAMILY = Family(
     ("qwen3",),
     "Qwen3ForCausalLM",
     "qwen3",
-    chat=chat.CHATML,
+    chat=chat.QWEN3,
     max_position_embeddings=40960,
     license=LICENSE,
     preset_sizes={
