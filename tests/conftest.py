@@ -36,7 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 
 
-DEFAULT_FAMILIES = ("gemma", "gemma2", "gemma3")
+DEFAULT_FAMILIES = ("gemma", "gemma2", "gemma3")  # built up front; others on first use
 
 
 class TinyPresets(dict):

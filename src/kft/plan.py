@@ -66,7 +66,9 @@ class Architecture:
     global_head_dim: int = 0
     context: int = 0  # tokens the model attends over (families.context_length); 0 = unknown
     source: str = ""
-    tied: bool = True  # the LM head is the token embedding (else a vocab x hidden matrix of its own)
+    tied: bool = (
+        True  # the LM head is the token embedding (else a vocab x hidden matrix of its own)
+    )
 
 
 # KerasHub Kaggle presets (keras_hub/src/models/*/..._presets.py names): {name: (family, the sizes of

@@ -178,6 +178,4 @@ def end_of_turn_markers() -> tuple[str, ...]:
 
 def turn_markers() -> tuple[str, ...]:
     """Every family's start and end of turn, once each."""
-    return tuple(
-        dict.fromkeys(t for f in chat.FORMATS.values() for t in (f.start, f.end))
-    )
+    return tuple(dict.fromkeys(t for f in chat.FORMATS.values() for t in (f.start, f.end)))

@@ -33,7 +33,9 @@ class ChatFormat:
     strip: bool = False  # contents are stripped, as the template does (`| trim`, `.strip()`)
     model_role: str = "model"  # the reply's role name in the template (shown in errors only)
     reply_opening: str = ""  # opens the last reply only (Qwen 3's empty think block)
-    jinja_file: str = ""  # the model's own Jinja template (kft/families/templates/; SOURCES.md there)
+    jinja_file: str = (
+        ""  # the model's own Jinja template (kft/families/templates/; SOURCES.md there)
+    )
 
     @property
     def jinja(self) -> str:
@@ -109,7 +111,9 @@ GEMMA4 = ChatFormat(
 )
 
 
-def chatml(name: str, jinja_file: str, default_system: str = "", reply_opening: str = "") -> ChatFormat:
+def chatml(
+    name: str, jinja_file: str, default_system: str = "", reply_opening: str = ""
+) -> ChatFormat:
     """ChatML (`<|im_start|>role ... <|im_end|>`), with the default system turn the model's own
     template writes when there is none (Qwen 2.5) and what opens a reply (Qwen 3 without thinking)."""
     return ChatFormat(

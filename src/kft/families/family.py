@@ -161,6 +161,8 @@ class Family:
     # The heads axis of a q/k/v kernel (Gemma: (heads, hidden, head_dim); Llama: (hidden, heads, head_dim)),
     # and the layout roles of the backbone's variables on a mesh (None: kft.distribute.layouts' Gemma roles).
     heads_axis: int = 0
-    keras_fixes: Callable | None = None  # () -> None: patches KerasHub where it is wrong (idempotent)
+    keras_fixes: Callable | None = (
+        None  # () -> None: patches KerasHub where it is wrong (idempotent)
+    )
     tied_by_default: bool = True  # the head is the embedding where a Keras config does not say
     layout_roles: tuple | None = None

@@ -33,7 +33,9 @@ def fingerprint(backbone) -> str:
     config = {
         k: v for k, v in backbone.get_config().items() if k not in ("dtype", "name", "trainable")
     }
-    scale = np.asarray(backbone.get_layer(families.of_built(backbone).final_norm).scale.numpy(), dtype="float32")
+    scale = np.asarray(
+        backbone.get_layer(families.of_built(backbone).final_norm).scale.numpy(), dtype="float32"
+    )
     text = json.dumps(config, sort_keys=True, default=str) + repr(np.round(scale[:32], 2).tolist())
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

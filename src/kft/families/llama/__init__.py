@@ -27,5 +27,7 @@ FAMILY = Family(
     tiny=tiny.BACKBONES,
     tiny_symbols=tiny.SYMBOLS,
     tiny_specials=tiny.SPECIALS,
-    **blocks.hooks(**hf.hooks(hf.Layout(max_position_embeddings=4096, tokenizer_class="LlamaTokenizer"))),
+    **blocks.hooks(
+        **hf.hooks(hf.Layout(max_position_embeddings=4096, tokenizer_class="LlamaTokenizer"))
+    ),
 )

@@ -57,7 +57,11 @@ LAYOUT_ROLES = (
         r".*self_attention/attention_output/kernel",
         [("model", None, "batch"), ("model", None, None), (None, None, "model")],
     ),
-    ("ffw_in", r".*feedforward_(gate|intermediate)_dense/kernel", [("batch", "model"), (None, "model")]),
+    (
+        "ffw_in",
+        r".*feedforward_(gate|intermediate)_dense/kernel",
+        [("batch", "model"), (None, "model")],
+    ),
     ("ffw_out", r".*feedforward_output_dense/kernel", [("model", "batch"), ("model", None)]),
 )
 

@@ -2,11 +2,23 @@
 
 SIZES = {
     "llama2_7b_en": dict(
-        vocab=32000, hidden=4096, layers=32, query_heads=32, kv_heads=32, head_dim=128, ffw=11008,
+        vocab=32000,
+        hidden=4096,
+        layers=32,
+        query_heads=32,
+        kv_heads=32,
+        head_dim=128,
+        ffw=11008,
         tied=False,
     ),
     "llama2_13b_en": dict(
-        vocab=32000, hidden=5120, layers=40, query_heads=40, kv_heads=40, head_dim=128, ffw=13824,
+        vocab=32000,
+        hidden=5120,
+        layers=40,
+        query_heads=40,
+        kv_heads=40,
+        head_dim=128,
+        ffw=13824,
         tied=False,
     ),
 }

@@ -13,10 +13,6 @@ LICENSE = (
 )
 
 
-def _write_tokenizer(tokenizer, folder, chat_template):
-    hf.write_tokenizer(tokenizer, folder, chat_template)
-
-
 FAMILY = Family(
     "llama3",
     "Llama3Backbone",
@@ -35,7 +31,7 @@ FAMILY = Family(
     tiny_symbols=tiny.SYMBOLS,
     tiny_specials=tiny.SPECIALS,
     tokenizer_kind="bpe",
-    hf_write_tokenizer=_write_tokenizer,
+    hf_write_tokenizer=hf.write_tokenizer,
     gguf_presets=presets.GGUF,
     **blocks.hooks(**hf.hooks(hf.Layout(max_position_embeddings=131072))),
 )

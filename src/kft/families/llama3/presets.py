@@ -6,8 +6,14 @@ from kft.families.family import GgufPreset
 
 def _llama(hidden, layers, heads, kv, ffw, tied, vocab=128256):
     return dict(
-        vocab=vocab, hidden=hidden, layers=layers, query_heads=heads, kv_heads=kv,
-        head_dim=hidden // heads, ffw=ffw, tied=tied,
+        vocab=vocab,
+        hidden=hidden,
+        layers=layers,
+        query_heads=heads,
+        kv_heads=kv,
+        head_dim=hidden // heads,
+        ffw=ffw,
+        tied=tied,
     )
 
 

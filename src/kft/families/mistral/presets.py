@@ -1,7 +1,13 @@
 """Mistral's Kaggle presets in KerasHub (sizes from Mistral's published configs) and their HF twins."""
 
 _7B = dict(
-    vocab=32000, hidden=4096, layers=32, query_heads=32, kv_heads=8, head_dim=128, ffw=14336,
+    vocab=32000,
+    hidden=4096,
+    layers=32,
+    query_heads=32,
+    kv_heads=8,
+    head_dim=128,
+    ffw=14336,
     tied=False,
 )
 SIZES = {"mistral_7b_en": _7B, "mistral_0.3_7b_en": dict(_7B, vocab=32768)}

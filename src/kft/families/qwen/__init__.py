@@ -13,10 +13,6 @@ SPECIALS = {"eos": "<|endoftext|>"}
 SYMBOLS = ("<|im_start|>", "<|im_end|>")
 
 
-def _write_tokenizer(tokenizer, folder, chat_template):
-    hf.write_tokenizer(tokenizer, folder, chat_template)
-
-
 FAMILY = Family(
     "qwen",
     "QwenBackbone",
@@ -35,7 +31,7 @@ FAMILY = Family(
     tiny_symbols=SYMBOLS,
     tiny_specials=SPECIALS,
     tokenizer_kind="bpe",
-    hf_write_tokenizer=_write_tokenizer,
+    hf_write_tokenizer=hf.write_tokenizer,
     **blocks.hooks(
         **hf.hooks(
             hf.Layout(max_position_embeddings=32768, attention_bias=True, sliding_window="qwen")

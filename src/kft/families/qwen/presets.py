@@ -3,8 +3,14 @@
 
 def _qwen(hidden, layers, heads, kv, ffw, tied, vocab=151936):
     return dict(
-        vocab=vocab, hidden=hidden, layers=layers, query_heads=heads, kv_heads=kv,
-        head_dim=hidden // heads, ffw=ffw, tied=tied,
+        vocab=vocab,
+        hidden=hidden,
+        layers=layers,
+        query_heads=heads,
+        kv_heads=kv,
+        head_dim=hidden // heads,
+        ffw=ffw,
+        tied=tied,
     )
 
 

@@ -3,7 +3,7 @@
 from kft.families import chat
 from kft.families.family import Family
 from kft.families.llama import blocks, hf
-from kft.families.qwen import SYMBOLS, _write_tokenizer
+from kft.families.qwen import SYMBOLS
 
 LICENSE = "Qwen3 weights are released under the Apache-2.0 license."
 
@@ -20,12 +20,24 @@ FAMILY = Family(
     license=LICENSE,
     preset_sizes={
         "qwen3_0.6b_en": dict(
-            vocab=151936, hidden=1024, layers=28, query_heads=16, kv_heads=8, head_dim=128,
-            ffw=3072, tied=True,
+            vocab=151936,
+            hidden=1024,
+            layers=28,
+            query_heads=16,
+            kv_heads=8,
+            head_dim=128,
+            ffw=3072,
+            tied=True,
         ),
         "qwen3_8b_en": dict(
-            vocab=151936, hidden=4096, layers=36, query_heads=32, kv_heads=8, head_dim=128,
-            ffw=12288, tied=False,
+            vocab=151936,
+            hidden=4096,
+            layers=36,
+            query_heads=32,
+            kv_heads=8,
+            head_dim=128,
+            ffw=12288,
+            tied=False,
         ),
     },
     hf_twins={"qwen3_0.6b_en": "Qwen/Qwen3-0.6B", "qwen3_8b_en": "Qwen/Qwen3-8B"},
@@ -33,6 +45,6 @@ FAMILY = Family(
     tiny_symbols=SYMBOLS,
     tiny_specials={"eos": "<|im_end|>", "pad": "<|endoftext|>"},
     tokenizer_kind="bpe",
-    hf_write_tokenizer=_write_tokenizer,
+    hf_write_tokenizer=hf.write_tokenizer,
     **blocks.hooks(**hf.hooks(hf.Layout(max_position_embeddings=40960, query_key_norms=True))),
 )
