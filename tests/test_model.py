@@ -44,9 +44,9 @@ def test_float16_is_refused_on_cpu_and_warned_about_on_gpus(monkeypatch):
         assert model.resolve_precision("auto") == "float32"  # this CPU machine
 
 
-def test_a_non_gemma_folder_is_refused_before_loading(tmp_path, capsys):
+def test_a_folder_of_an_unsupported_family_is_refused_before_loading(tmp_path, capsys):
     (tmp_path / "config.json").write_text(
-        json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+        json.dumps({"model_type": "phi3", "architectures": ["Phi3ForCausalLM"]})
     )
     code, _, err = run_cli(
         [
@@ -60,7 +60,7 @@ def test_a_non_gemma_folder_is_refused_before_loading(tmp_path, capsys):
         ],
         capsys,
     )
-    assert code == 2 and "'llama' model" in err and "Traceback" not in err
+    assert code == 2 and "'phi3' model" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing written for a run that never started
 
 

@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kft import families
 from kft.config import quantized_bytes_per_param
 from kft.core import backend
 from kft.core.arithmetic import ceil_div
@@ -167,7 +168,7 @@ def quantized(weights: dict, mode: str, int4_block_size: int) -> dict:
         p: (
             shape,
             size
-            if (p.startswith("decoder_block") and p.endswith("/kernel"))
+            if (p.startswith(families.BLOCK_PREFIXES) and p.endswith("/kernel"))
             or p.endswith("per_layer_token_embedding/embeddings")
             else itemsize,
         )

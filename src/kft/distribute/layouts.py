@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 
+from kft import families
 from kft.core.errors import KftError
 
 B, M = "batch", "model"
@@ -89,11 +90,20 @@ def _fits(spec, shape, mesh_shape: dict) -> bool:
     )
 
 
+def roles(weights: dict) -> tuple:
+    """The layout roles of the family whose decoder blocks `weights` holds (Family.layout_roles:
+    the Llama-style families'), else Gemma's above."""
+    for f in families.FAMILIES.values():
+        if f.layout_roles and any(p.startswith(f.block_prefix) for p in weights):
+            return f.layout_roles
+    return ROLES
+
+
 def specs(weights: dict, mesh_shape: dict) -> dict:
     """{pattern: axis spec} for `weights` ({path: shape} of a built, or abstract, backbone) on a
     mesh {"batch": B, "model": M}. Only roles present in the model get a pattern."""
     chosen = {}
-    for role, pattern, candidates in ROLES:
+    for role, pattern, candidates in roles(weights):
         paths = {
             p: s for p, s in weights.items() if is_base_weight(p, s) and re.fullmatch(pattern, p)
         }
@@ -202,7 +212,7 @@ def layout_map(weights: dict, device_mesh):
 def describe(weights: dict, mesh_shape: dict) -> str:
     """One line: how each role present is laid out, e.g. 'query (model, batch, -), key_value (-, batch, -)'."""
     chosen = specs(weights, mesh_shape)
-    names = {pattern: role for role, pattern, _ in ROLES}
+    names = {pattern: role for role, pattern, _ in roles(weights)}
     shown = [
         f"{names[p]} ({', '.join(a or '-' for a in spec)})"
         for p, spec in chosen.items()

@@ -123,6 +123,9 @@ def of_keras_class(class_name: str) -> Family | None:
     return next((f for f in FAMILIES.values() if f.backbone == class_name), None)
 
 
+BLOCK_PREFIXES = tuple(dict.fromkeys(f.block_prefix for f in FAMILIES.values()))
+
+
 def head_dim(backbone) -> int:
     """A built backbone's attention head size (Llama-style configs imply it: hidden / heads)."""
     return getattr(backbone, "head_dim", None) or backbone.hidden_dim // backbone.num_query_heads

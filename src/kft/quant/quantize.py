@@ -61,7 +61,7 @@ def decoder_filter(model):
         if kind is keras.layers.Embedding:
             return True
         return kind in (keras.layers.Dense, keras.layers.EinsumDense) and layer.path.startswith(
-            "decoder_block"
+            families.BLOCK_PREFIXES
         )
 
     return wanted

@@ -57,6 +57,8 @@ LAYOUT_ROLES = (
         r".*self_attention/attention_output/kernel",
         [("model", None, "batch"), ("model", None, None), (None, None, "model")],
     ),
+    # Qwen 2's q/k/v biases (heads, head_dim): small, replicated.
+    ("bias", r".*self_attention/(query|key|value)/bias", []),
     (
         "ffw_in",
         r".*feedforward_(gate|intermediate)_dense/kernel",
