@@ -256,3 +256,28 @@ def test_text_past_what_seq_len_keeps_is_cut_before_tokenizing_to_the_same_ids(
     monkeypatch.undo()
     dropped = build(tmp_path, tokenizer, rows, seq_len=32, overlong="drop")
     assert dropped.stats["overlong"] == 2 and dropped.stats["examples"] == 1  # cut, still dropped
+
+
+def test_text_template_trains_a_pre_formatted_column_whole_between_bos_and_eos(tmp_path, tokenizers):
+    tok = tokenizers["gemma3"]
+    text = "<s>[INST] Hi [/INST] Yo 안녕 </s>"
+    rows = [{"text": text, "other": "ignored"}]
+    split = build(tmp_path, tok, rows, template="text", seq_len=64).train
+    n = int(split.padding_mask[0].sum())
+    ids = [int(i) for i in tok(text)]
+    assert split.token_ids[0, 0] == tok.start_token_id
+    assert split.targets[0, : n].tolist() == [*ids, tok.end_token_id]
+    assert split.loss_weights[0, :n].tolist() == [1.0] * n  # every token, EOS included
+
+
+def test_a_start_token_is_not_added_twice_nor_where_the_model_adds_none(tokenizers):
+    from kft.data import encoding
+
+    tok = tokenizers["gemma3"]
+    assert encoding.with_start(tok, ["Hi"])[0][0] == tok.start_token_id
+    assert encoding.with_start(tok, ["<bos>Hi"])[0].count(tok.start_token_id) == 1
+    vars(tok)["kft_add_start"] = False
+    try:
+        assert tok.start_token_id not in encoding.with_start(tok, ["Hi"])[0]
+    finally:
+        vars(tok).pop("kft_add_start")

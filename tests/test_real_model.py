@@ -61,3 +61,26 @@ def test_a_base_quantized_as_it_loads_equals_one_read_whole_and_peaks_lower(tmp_
         wide["same_weights"]
         and wide["as_it_loads"]["peak_gb"] < wide["read_whole"]["peak_gb"] - 0.2
     )
+
+
+def _kft(tmp_path, *args):
+    env = dict(os.environ)
+    env.pop("KFT_CACHE")
+    if USER_KFT_CACHE:
+        env["KFT_CACHE"] = USER_KFT_CACHE
+    subprocess.run([sys.executable, "-m", "kft.cli", *args], env=env, check=True, cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_smollm2_135m_learns_the_json_task_and_its_hf_export_answers_alike(tmp_path):
+    """The second real model, offline (Llama architecture, ChatML): JSON match from its base value to
+    >= 90%, and transformers' greedy answers from the `hf` export equal kft's on every held-out prompt."""
+    run = tmp_path / "run"
+    config = os.path.join(REPO, "configs", "smollm2_135m_person_json.yaml")
+    _kft(tmp_path, "train", "--config", config, "--output-dir", str(run))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["family"] == "llama3"
+    assert summary["json_after"] >= 90 and summary["json_after"] > summary["json_before"]
+    assert summary["eval_loss_after"] <= 0.1 * summary["eval_loss_before"]
+    r = _script_results("hf_greedy_parity.py", tmp_path, "--run", str(run))
+    assert r["prompts"] == 64 and r["identical"] == r["prompts"]

@@ -23,7 +23,7 @@ from kft import families
 from kft.core.errors import ConfigError, KftError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
-TEMPLATES = ("dolly", "chat", *families.CHAT_TEMPLATES, "custom")
+TEMPLATES = ("dolly", "chat", *families.CHAT_TEMPLATES, "text", "custom")
 SCHEDULES = ("constant", "linear", "cosine")
 ALL_LINEAR = "all-linear"
 LORA_LAYER_NAMES = families.LORA_LAYERS
@@ -143,9 +143,10 @@ class DataConfig:
     split: str = _key("train", "Split to read from a hub dataset.")
     template: str = _key(
         "dolly",
-        "dolly (Instruction/Response), chat (the model family's chat turns from a messages column: "
-        "gemma-chat <start_of_turn>...<end_of_turn> for Gemma 1-3, gemma4-chat <|turn>...<turn|> for Gemma 4), "
-        "or custom (prompt_format + response_format).",
+        "dolly (Instruction/Response), chat (the model family's chat turns from a messages column, "
+        "or prompt/response: gemma-chat for Gemma 1-3, gemma4-chat, llama3-chat, llama2-chat, "
+        "mistral-chat, qwen-chat, qwen3-chat, chatml; each also by name), text (a pre-formatted "
+        "`text` column trained as is, every token), or custom (prompt_format + response_format).",
     )
     prompt_format: str = _key(
         "", "custom template: Python format string for the prompt, e.g. 'Q: {question}\\nA: '."

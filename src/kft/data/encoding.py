@@ -41,10 +41,14 @@ def encode(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def start(tokenizer, text: str) -> list[int]:
-    """The start token to put before `text`: none where the model has none (Qwen) or where the text
-    opens with it already (SmolLM2's start token is ChatML's `<|im_start|>`)."""
+    """The start token to put before `text`: none where the model has none (Qwen) or adds none (its
+    preprocessor's `add_start_token`: SmolLM2), or where the text opens with it already."""
     token = getattr(tokenizer, "start_token", None)
-    if tokenizer.start_token_id is None or (token and text.startswith(token)):
+    if (
+        tokenizer.start_token_id is None
+        or not getattr(tokenizer, "kft_add_start", True)
+        or (token and text.startswith(token))
+    ):
         return []
     return [tokenizer.start_token_id]
 

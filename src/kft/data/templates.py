@@ -18,6 +18,7 @@ from kft import families
 from kft.core.errors import KftError
 
 CHAT = "chat"  # the family's own chat template
+TEXT = "text"  # a pre-formatted text column, every token trained
 DOLLY_PROMPT = "Instruction:\n{instruction}\n\nResponse:\n"
 DOLLY_PROMPT_WITH_CONTEXT = "Instruction:\n{instruction}\n\nContext:\n{context}\n\nResponse:\n"
 CHAT_ROLES = families.chat.ROLES
@@ -53,6 +54,8 @@ class Template:
         """Dataset columns this template reads (to check before rendering anything)."""
         if self.name == "dolly":
             wanted = ["instruction", "response"]
+        elif self.name == TEXT:
+            wanted = ["text"]
         elif self.is_chat:
             wanted = (
                 ["messages"] if self.column("messages") in available else ["prompt", "response"]
@@ -79,6 +82,8 @@ class Template:
             return [(prompt, False), (str(self._get(record, "response")), True)]
         if self.is_chat:
             return self.chat.segments(self._messages(record))
+        if self.name == TEXT:  # pre-formatted (the guanaco notebook's dataset_text_field="text")
+            return [(str(self._get(record, "text")), True)]
         mapped = {
             f: self._get(record, f) for f in _field_names(self.prompt_format + self.response_format)
         }

