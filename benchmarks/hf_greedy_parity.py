@@ -35,7 +35,10 @@ def main(argv=None) -> int:
 
     model = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     stops = set(stop_token_ids(tokenizer))
-    longest = max(len(tokenizer(s["after"])) for s in samples) + 2
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    longest = config["output"]["sample_max_new_tokens"]  # kft's answers stop there too
     same, started = 0, time.perf_counter()
     for sample in samples:
         ids = encoding.with_start(tokenizer, [sample["prompt"]])[0]

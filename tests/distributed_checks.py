@@ -309,6 +309,11 @@ def main(check: str, out_file: str, root: str) -> None:
                 "gemma2",
                 "gemma3",
                 "gemma4",
+                "llama",
+                "llama3",
+                "mistral",
+                "qwen",
+                "qwen3",
             ):  # a quantized base, laid out after quantizing
                 for mode in ("int8", "int4"):
                     for mesh in ("2x4", "1x8"):
@@ -341,6 +346,18 @@ def main(check: str, out_file: str, root: str) -> None:
                         "model.calibration_examples": 16,
                         "output.samples": 0,
                     },
+                )
+        if check == "fast":  # a Llama-style family: untied head, q/k/v biases, its own layout roles
+            for mesh in ("single", "2x4"):
+                results[f"train qwen {mesh}"] = train_case(
+                    preset(root, "8/1", "qwen"),
+                    mesh,
+                    root / "runs" / f"{check}_qwen",
+                    **{"output.samples": 0},
+                )
+            for mode in ("int8", "int4"):
+                results[f"quantized qwen {mode} 2x4"] = quantized_mesh_case(
+                    root, "qwen", mode, "2x4"
                 )
         # Kaggle's TPU v5e-8 default: data parallel over 8 devices under mixed_bfloat16 (what
         # `model.precision: auto` picks on a TPU), with a sample generated after training.

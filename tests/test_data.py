@@ -258,7 +258,9 @@ def test_text_past_what_seq_len_keeps_is_cut_before_tokenizing_to_the_same_ids(
     assert dropped.stats["overlong"] == 2 and dropped.stats["examples"] == 1  # cut, still dropped
 
 
-def test_text_template_trains_a_pre_formatted_column_whole_between_bos_and_eos(tmp_path, tokenizers):
+def test_text_template_trains_a_pre_formatted_column_whole_between_bos_and_eos(
+    tmp_path, tokenizers
+):
     tok = tokenizers["gemma3"]
     text = "<s>[INST] Hi [/INST] Yo 안녕 </s>"
     rows = [{"text": text, "other": "ignored"}]
@@ -266,7 +268,7 @@ def test_text_template_trains_a_pre_formatted_column_whole_between_bos_and_eos(t
     n = int(split.padding_mask[0].sum())
     ids = [int(i) for i in tok(text)]
     assert split.token_ids[0, 0] == tok.start_token_id
-    assert split.targets[0, : n].tolist() == [*ids, tok.end_token_id]
+    assert split.targets[0, :n].tolist() == [*ids, tok.end_token_id]
     assert split.loss_weights[0, :n].tolist() == [1.0] * n  # every token, EOS included
 
 

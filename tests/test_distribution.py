@@ -433,6 +433,19 @@ def test_lora_training_on_a_2x4_mesh_gives_the_single_device_losses_and_adapter(
     assert_same_training(single, sharded)
 
 
+def test_a_llama_style_family_trains_on_a_2x4_mesh_as_on_one_device_also_on_quantized_bases(
+    fast_checks,
+):
+    """Qwen: an untied head (its own layout role), q/k/v biases (replicated), int8 and GPTQ int4 bases
+    quantized on one device and laid out on the mesh after (their logits: one device's)."""
+    single, sharded = fast_checks["train qwen single"], fast_checks["train qwen 2x4"]
+    assert sharded["mesh"] == "2x4"
+    assert_same_training(single, sharded)
+    for mode in ("int8", "int4"):
+        r = fast_checks[f"quantized qwen {mode} 2x4"]
+        assert r["logits_rel"] < 1e-5 and r["sharded"] > 0, (mode, r)
+
+
 @pytest.mark.parametrize("mesh", ["data", "2x4"])
 def test_a_gptq_int4_base_trains_data_parallel_and_on_a_model_axis_as_on_one_device(
     fast_checks, mesh
@@ -467,7 +480,7 @@ def test_the_full_grid_of_head_ratios_and_meshes_lays_out(tmp_path):
     # Every family's int8 and int4 (GPTQ) base, quantized on one device and laid out on the mesh after:
     # one device's logits (measured <= 2.5e-6), with weights sharded.
     quantized = {k: v for k, v in results.items() if k.startswith("quantized ")}
-    assert len(quantized) == 4 * 2 * 2
+    assert len(quantized) == 9 * 2 * 2
     for case, r in quantized.items():
         assert r["logits_rel"] < 1e-5 and r["sharded"] > 0, (case, r)
 

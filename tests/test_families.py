@@ -161,3 +161,64 @@ def test_kft_plan_knows_the_new_families_kaggle_presets_offline(preset, capsys):
     )
     assert code == 0, err
     assert "B parameters" in out
+
+
+def test_a_hugging_face_llama_2_folder_is_refused_not_misread_as_llama_3(tmp_path, capsys):
+    folder = tmp_path / "llama-2-7b-hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 32000}))
+    (folder / "tokenizer.json").write_text(
+        json.dumps({"model": {"type": "BPE", "byte_fallback": True}})
+    )
+    code, _, err = run_cli(
+        [
+            "train",
+            "--preset",
+            str(folder),
+            "--data",
+            "bundled:tiny_facts",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "SentencePiece" in err and "llama2_7b_en" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_kft_fixes_keras_hub_llama_configs_it_would_otherwise_lose():
+    """KerasHub 0.32: its HF Llama converter drops rms_norm_eps (SmolLM2 and Llama 3 use 1e-5, the
+    backbone's default is 1e-6), LlamaBackbone's config drops tie_word_embeddings and Llama3Tokenizer's
+    drops its special tokens; kft.families.llama.fixes restores each."""
+    import keras_hub
+    from keras_hub.src.utils.transformers import convert_llama3
+
+    from kft import families
+
+    families.fix_keras_hub()
+    hf = {
+        "vocab_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "hidden_size": 8,
+        "intermediate_size": 16,
+        "num_key_value_heads": 1,
+        "tie_word_embeddings": True,
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-5,
+    }
+    config = convert_llama3.convert_backbone_config(hf)
+    assert config["layer_norm_epsilon"] == 1e-5
+    backbone = keras_hub.models.Llama3Backbone(**config)
+    assert keras_hub.models.Llama3Backbone.from_config(backbone.get_config()).tie_word_embeddings
+    vocabulary = {t: i for i, t in enumerate(["a", "b", "ab", "<|im_start|>", "<|im_end|>"])}
+    tokenizer = keras_hub.models.Llama3Tokenizer(
+        vocabulary=vocabulary,
+        merges=["a b"],
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        misc_special_tokens=set(),
+    )
+    again = keras_hub.models.Llama3Tokenizer.from_config(tokenizer.get_config())
+    again.set_vocabulary_and_merges(vocabulary, ["a b"])
+    assert again.end_token == "<|im_end|>" and again.start_token == "<|im_start|>"

@@ -78,8 +78,23 @@ def _per_token_nll(model, split, rows):
         # Gemma 3 by default: its block rotates without a position input. Slow tier (~70 s each): Gemma 4
         # (position_ids input, shared K/V), Gemma 1 and 2 (GemmaDecoderBlock, its own RoPE; Gemma 2's soft
         # caps) and the Gemma 4 MoE.
+        # Qwen in the default tier too: a Llama-style block (mask and RoPE hooked elsewhere), an untied
+        # head, q/k/v biases; the other Llama-style families in the slow tier.
         "gemma3",
-        *[pytest.param(f, marks=SLOW) for f in ("gemma4", "gemma", "gemma2", "gemma4_moe")],
+        "qwen",
+        *[
+            pytest.param(f, marks=SLOW)
+            for f in (
+                "gemma4",
+                "gemma",
+                "gemma2",
+                "gemma4_moe",
+                "llama",
+                "llama3",
+                "mistral",
+                "qwen3",
+            )
+        ],
     ],
 )
 def test_packed_loss_and_gradients_equal_the_unpacked_ones(tiny_presets, family):

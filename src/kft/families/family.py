@@ -164,8 +164,8 @@ class Family:
     # The heads axis of a q/k/v kernel (Gemma: (heads, hidden, head_dim); Llama: (hidden, heads, head_dim)),
     # and the layout roles of the backbone's variables on a mesh (None: kft.distribute.layouts' Gemma roles).
     heads_axis: int = 0
-    keras_fixes: Callable | None = (
-        None  # () -> None: patches KerasHub where it is wrong (idempotent)
-    )
+    keras_fixes: Callable | None = None  # () -> None: fixes KerasHub where it is wrong (idempotent)
+    # (Hugging Face folder) -> why KerasHub would load it wrongly as this family, or None.
+    hf_folder_problem: Callable | None = None
     tied_by_default: bool = True  # the head is the embedding where a Keras config does not say
     layout_roles: tuple | None = None

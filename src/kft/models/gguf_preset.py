@@ -92,9 +92,7 @@ def build(folder: Path, name: str) -> None:
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(
             str(work), gguf_file=gguf.name, dtype=torch.float32
         )
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            str(work), gguf_file=gguf.name
-        )
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(work), gguf_file=gguf.name)
         # The weights are plain float32 after loading; forget the GGUF "quantization" so they can be saved.
         hf_model.hf_quantizer = None
         if hasattr(hf_model.config, "quantization_config"):

@@ -47,7 +47,11 @@ def family_of_config(folder: str) -> str | None:
             raise KftError(
                 f"preset '{folder}' is a '{model_type}' model; kft fine-tunes {families.SUPPORTED} only"
             )
-        return families.HF_MODEL_TYPES[model_type]
+        family = families.get(families.HF_MODEL_TYPES[model_type])
+        problem = family.hf_folder_problem(folder) if family.hf_folder_problem else None
+        if problem:
+            raise KftError(f"preset '{folder}': {problem}")
+        return family.name
     name = config.get("class_name", "")
     family = families.of_keras_config(name, config.get("config", {}))
     if family is None:

@@ -145,18 +145,24 @@ def build_tiny_preset(
 
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    keras.utils.set_random_seed(seed)
-    families.fix_keras_hub()
-    spec = family_of(family)
-    task_cls = getattr(keras_hub.models, spec.causal_lm)
-    words = tokenizer(spec)
-    preprocessor = task_cls.preprocessor_cls(words, sequence_length=sequence_length)
-    model = backbone(family, words.vocabulary_size(), **backbone_overrides)
-    # Real Gemma embeddings have norms of a few units, so tied output logits can be confident;
-    # at KerasHub's default init a 64-wide model could never push its loss far below log(vocab).
-    embeddings = model.token_embedding.embeddings
-    embeddings.assign(embeddings * EMBEDDING_SCALE)
-    task = task_cls(backbone=model, preprocessor=preprocessor)
-    folder = Path(folder)
-    task.save_to_preset(str(folder))
+    # Built and saved on the host: a distribution a run left set (kft.train keeps its own) must not lay it out.
+    current = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        keras.utils.set_random_seed(seed)
+        families.fix_keras_hub()
+        spec = family_of(family)
+        task_cls = getattr(keras_hub.models, spec.causal_lm)
+        words = tokenizer(spec)
+        preprocessor = task_cls.preprocessor_cls(words, sequence_length=sequence_length)
+        model = backbone(family, words.vocabulary_size(), **backbone_overrides)
+        # Real Gemma embeddings have norms of a few units, so tied output logits can be confident;
+        # at KerasHub's default init a 64-wide model could never push its loss far below log(vocab).
+        embeddings = model.token_embedding.embeddings
+        embeddings.assign(embeddings * EMBEDDING_SCALE)
+        task = task_cls(backbone=model, preprocessor=preprocessor)
+        folder = Path(folder)
+        task.save_to_preset(str(folder))
+    finally:
+        keras.distribution.set_distribution(current)
     return folder

@@ -13,6 +13,30 @@ LICENSE = (
 )
 
 
+def _sentencepiece_folder(folder) -> str | None:
+    """KerasHub reads every HF `model_type: llama` folder as Llama 3 (byte-level BPE); a Llama 2 folder's
+    tokenizer is SentencePiece (byte fallback, a `tokenizer.model`) and would load as wrong ids."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    document = folder / "tokenizer.json"
+    sentencepiece = (folder / "tokenizer.model").is_file()
+    if document.is_file():
+        try:
+            model = json.loads(document.read_text(encoding="utf-8")).get("model", {})
+        except (OSError, ValueError):
+            return None  # the loader reports a damaged file itself
+        sentencepiece = bool(model.get("byte_fallback")) or model.get("type") == "Unigram"
+    if not sentencepiece:
+        return None
+    return (
+        "this Hugging Face Llama folder has a SentencePiece tokenizer (Llama 2), which KerasHub 0.32 "
+        "would read as Llama 3's byte-level BPE; use the Kaggle preset llama2_7b_en or "
+        "llama2_instruct_7b_en (or a Keras preset folder) instead"
+    )
+
+
 FAMILY = Family(
     "llama3",
     "Llama3Backbone",
@@ -33,5 +57,6 @@ FAMILY = Family(
     tokenizer_kind="bpe",
     hf_write_tokenizer=hf.write_tokenizer,
     gguf_presets=presets.GGUF,
+    hf_folder_problem=_sentencepiece_folder,
     **blocks.hooks(**hf.hooks(hf.Layout(max_position_embeddings=131072))),
 )
