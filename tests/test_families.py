@@ -69,7 +69,7 @@ def test_trains_on_the_family_chat_turns_and_the_loss_falls(run):
     ]
     losses = [r["loss"] for r in rows if "loss" in r and "step" in r]
     assert result.metrics["family"] == family
-    assert losses[-1] < 0.95 * losses[0]  # a 64-wide random model learns slowly; see the note
+    assert losses[-1] < 0.3 * losses[0]
 
 
 def test_the_adapter_reloads_as_the_trained_model(run):

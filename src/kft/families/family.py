@@ -130,6 +130,9 @@ class Family:
     # arguments over the common tiny sizes}, and what its SentencePiece vocabulary holds as single tokens.
     tiny: dict[str, dict] = field(default_factory=dict)
     tiny_symbols: tuple[str, ...] = ()
+    # The tiny preset's decoder kernels times this: KerasHub's Llama-style backbones start at std 0.02,
+    # which a 64-wide frozen random model passes so little signal through that LoRA barely learns.
+    tiny_kernel_scale: float = 1.0
     gguf_presets: dict[str, GgufPreset] = field(
         default_factory=dict
     )  # {kft-prepared preset name: its GGUF}

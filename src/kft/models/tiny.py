@@ -159,7 +159,16 @@ def build_tiny_preset(
         # Real Gemma embeddings have norms of a few units, so tied output logits can be confident;
         # at KerasHub's default init a 64-wide model could never push its loss far below log(vocab).
         embeddings = model.token_embedding.embeddings
-        embeddings.assign(embeddings * EMBEDDING_SCALE)
+        # KerasHub's Llama-style embeddings and head start small too (std 0.01): the same scale.
+        embeddings.assign(embeddings * EMBEDDING_SCALE * spec.tiny_kernel_scale)
+        head = getattr(model.token_embedding, "reverse_embeddings", None)
+        if head is not None:  # an untied head
+            head.assign(head * EMBEDDING_SCALE * spec.tiny_kernel_scale)
+        if spec.tiny_kernel_scale != 1.0:
+            for block in families.decoder_blocks(model):
+                for variable in block.weights:
+                    if variable.path.endswith("/kernel"):
+                        variable.assign(variable * spec.tiny_kernel_scale)
         task = task_cls(backbone=model, preprocessor=preprocessor)
         folder = Path(folder)
         task.save_to_preset(str(folder))

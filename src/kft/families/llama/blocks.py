@@ -72,6 +72,7 @@ def hooks(**export) -> dict:
     """The Family fields every Llama-style family shares, with its export hooks."""
     return dict(
         block_prefix="transformer_layer_",
+        tiny_kernel_scale=5.0,  # std 0.02 -> 0.1, Glorot's for the tiny sizes
         final_norm="sequence_output_layernorm",
         attention=attention,
         block_layers=block_layers,
