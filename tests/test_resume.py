@@ -187,3 +187,22 @@ def test_nan_loss_stops_within_a_step_and_says_so(tmp_path, capsys):
     )
     assert code == 4 and "NaN/Inf" in err and "Traceback" not in err
     assert not (tmp_path / "nan" / "adapter.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_a_llama_style_run_stopped_at_a_checkpoint_resumes_to_the_same_adapter(tmp_path):
+    """Qwen (untied head, q/k/v biases, ChatML) on its tiny preset: SIGTERM, then resume, bit-identical."""
+    qwen = ["--preset", "tiny_qwen", "--data", "bundled:tiny_chat", "--set", "data.template=chat"]
+    qwen += ["--seq-len", "128", "--batch-size", "2", "--max-steps", "40"]
+    reference = tmp_path / "reference"
+    finish(*ARGS, *qwen, "--output-dir", str(reference))
+    run = tmp_path / "stopped"
+    proc = start(run, *qwen)
+    wait_for_checkpoint(proc, run, 10)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err[-2000:]
+    assert checkpoint_step(run) < 40
+    done = finish("--resume", str(run))
+    assert "resuming from step-" in done.stdout
+    assert same_adapter(run, reference)
