@@ -288,9 +288,17 @@ def chat(run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, to
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["keras", "hf", "peft"]),
+    type=click.Choice(["keras", "hf", "peft", "gguf"]),
     required=True,
-    help="keras: merged Keras preset; hf: merged transformers checkpoint; peft: PEFT adapter.",
+    help="keras: merged Keras preset; hf: merged transformers checkpoint; peft: PEFT adapter; "
+    "gguf: merged model for llama.cpp / Ollama (Llama 3, Qwen 2.5, Qwen 3 so far) with a Modelfile.",
+)
+@click.option(
+    "--quant",
+    type=click.Choice(["f32", "f16", "q8_0"]),
+    default="f16",
+    show_default=True,
+    help="With --format gguf: the weights' encoding (norms and biases stay f32).",
 )
 @click.option(
     "--out", required=True, type=click.Path(), help="Folder to write (must be new or empty)."
@@ -308,8 +316,8 @@ def chat(run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, to
     "and name it as the adapter's base (AutoPeftModelForCausalLM.from_pretrained(OUT) then works offline).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
-def export_cmd(run_dir, fmt, out, preset, base, with_base, overwrite):
-    """Export a run: merged Keras preset, transformers checkpoint, or PEFT adapter."""
+def export_cmd(run_dir, fmt, quant, out, preset, base, with_base, overwrite):
+    """Export a run: merged Keras preset, transformers checkpoint, PEFT adapter, or GGUF."""
     from kft.export import export
 
     click.echo(
@@ -322,6 +330,7 @@ def export_cmd(run_dir, fmt, out, preset, base, with_base, overwrite):
                 base=base,
                 overwrite=overwrite,
                 with_base=with_base,
+                quant=quant,
             )
         )
     )

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 from kft.core.errors import KftError
-from kft.export import hf, merge, model_card, peft
+from kft.export import gguf, hf, merge, model_card, peft
 from kft.generation import loading
 from kft.models import adapter, model, presets
 from kft.quant import frozen_base
 
-FORMATS = ("keras", "hf", "peft")
+FORMATS = ("keras", "hf", "peft", "gguf")
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -37,6 +37,7 @@ def export(
     base: bool = False,
     overwrite: bool = False,
     with_base: bool = False,
+    quant: str = "f16",
 ) -> Path:
     """Write the export; return its folder. `base=True` exports the base preset without the adapter.
 
@@ -67,6 +68,8 @@ def export(
             run_dir=run_dir, preset=preset, precision="float32", quantize="none"
         )
         family = model.family_of(task.backbone)
+    if fmt == "gguf":
+        gguf.check(family, quant)
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
@@ -98,6 +101,14 @@ def export(
             merge.merge_lora(task.backbone)
             if fmt == "keras":
                 task.save_to_preset(str(partial))
+            elif fmt == "gguf":
+                staged = partial / ".hf"
+                tokenizer = task.preprocessor.tokenizer
+                hf.write(task.backbone, tokenizer, family, staged)
+                chat = gguf.chat_of(meta.get("template", ""), tokenizer, family)
+                written = gguf.write(staged, family, partial, quant, chat=chat)
+                (partial / "Modelfile").write_text(gguf.modelfile(written, chat, tokenizer))
+                shutil.rmtree(staged)
             else:
                 hf.write(task.backbone, task.preprocessor.tokenizer, family, partial)
         if not base:

@@ -33,6 +33,10 @@ def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
         'tokenizer = AutoTokenizer.from_pretrained("PATH")',
         "peft": "from peft import PeftModel\n"
         'model = PeftModel.from_pretrained(base_model, "PATH")  # base: the HF export of the base',
+        "gguf": "# llama.cpp\n"
+        "llama-cli -m PATH/model.gguf -cnv\n"
+        "# Ollama (the Modelfile beside it carries the chat turns and stop marker)\n"
+        "ollama create my-model -f PATH/Modelfile && ollama run my-model",
     }[fmt]
     lines = [
         f"# {adapter['family'].capitalize()} fine-tuned with LoRA (kft)",
@@ -43,7 +47,7 @@ def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
         "",
         "## Usage",
         "",
-        "```python",
+        "```bash" if fmt == "gguf" else "```python",
         usage,
         "```",
         "",

@@ -33,6 +33,7 @@ class ChatFormat:
     strip: bool = False  # contents are stripped, as the template does (`| trim`, `.strip()`)
     model_role: str = "model"  # the reply's role name in the template (shown in errors only)
     reply_opening: str = ""  # opens the last reply only (Qwen 3's empty think block)
+    ollama: str = ""  # the same turns as an Ollama Modelfile TEMPLATE (Go template), "" if none
     jinja_file: str = (
         ""  # the model's own Jinja template (kft/families/templates/; SOURCES.md there)
     )
@@ -128,6 +129,10 @@ def chatml(
         default_system=default_system,
         model_role="assistant",
         jinja_file=jinja_file,
+        ollama=(
+            "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+            "<|im_start|>assistant\n" + reply_opening
+        ),
     )
 
 
@@ -152,6 +157,10 @@ LLAMA3 = ChatFormat(
     strip=True,
     model_role="assistant",
     jinja_file="llama3_instruct.jinja",
+    ollama=(
+        "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}"
+        "<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    ),
 )
 # Llama 2 chat: every exchange is its own <s>...</s> sequence; the first <s> is the BOS kft adds.
 LLAMA2 = ChatFormat(

@@ -167,6 +167,13 @@ class Family:
     # The heads axis of a q/k/v kernel (Gemma: (heads, hidden, head_dim); Llama: (hidden, heads, head_dim)),
     # and the layout roles of the backbone's variables on a mesh (None: kft.distribute.layouts' Gemma roles).
     heads_axis: int = 0
+    # GGUF (kft.export.gguf): llama.cpp's architecture name ("" = no GGUF export), its pre-tokenizer
+    # name, whether llama.cpp adds the start token, and a tensor's transform from the transformers
+    # layout to llama.cpp's: (GGUF name, array, HF config) -> array.
+    gguf_arch: str = ""
+    gguf_pre_tokenizer: str = "default"
+    gguf_adds_bos: bool = True
+    gguf_tensor: Callable = lambda name, array, config: array
     keras_fixes: Callable | None = None  # () -> None: fixes KerasHub where it is wrong (idempotent)
     # (Hugging Face folder) -> why KerasHub would load it wrongly as this family, or None.
     hf_folder_problem: Callable | None = None

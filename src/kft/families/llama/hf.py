@@ -154,3 +154,17 @@ def hooks(layout: Layout) -> dict:
         hf_weights=functools.partial(hf_weights, layout),
         hf_tokenizer_class=layout.tokenizer_class,
     )
+
+
+def gguf_rotary_rows(name: str, array, config: dict):
+    """llama.cpp's `llama` architecture keeps q/k rows in its own rotary order (convert_hf_to_gguf.py's
+    `permute`; transformers' GGUF reader undoes it): heads x (2, head_dim/2) -> heads x (head_dim/2, 2)."""
+    if name.endswith("attn_q") or name.endswith("attn_k"):
+        heads = config["num_attention_heads" if name.endswith("attn_q") else "num_key_value_heads"]
+        shape = array.shape
+        return (
+            array.reshape(heads, 2, shape[0] // heads // 2, *shape[1:])
+            .swapaxes(1, 2)
+            .reshape(shape)
+        )
+    return array

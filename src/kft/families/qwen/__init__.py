@@ -31,6 +31,9 @@ FAMILY = Family(
     tiny_symbols=SYMBOLS,
     tiny_specials=SPECIALS,
     tokenizer_kind="bpe",
+    gguf_arch="qwen2",
+    gguf_pre_tokenizer="qwen2",
+    gguf_adds_bos=False,
     hf_write_tokenizer=hf.write_tokenizer,
     **blocks.hooks(
         **hf.hooks(

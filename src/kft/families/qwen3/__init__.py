@@ -45,6 +45,9 @@ FAMILY = Family(
     tiny_symbols=SYMBOLS,
     tiny_specials={"eos": "<|im_end|>", "pad": "<|endoftext|>"},
     tokenizer_kind="bpe",
+    gguf_arch="qwen3",
+    gguf_pre_tokenizer="qwen2",
+    gguf_adds_bos=False,
     hf_write_tokenizer=hf.write_tokenizer,
     **blocks.hooks(**hf.hooks(hf.Layout(max_position_embeddings=40960, query_key_norms=True))),
 )

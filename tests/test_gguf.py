@@ -1,0 +1,111 @@
+"""`kft export --format gguf`: the merged model as one GGUF (llama.cpp's tensor names and layout,
+the tokenizer, the run's chat template) and an Ollama Modelfile, read back by transformers'
+own GGUF loader: its logits and greedy tokens are the tuned Keras model's.
+
+Llama 3 (tied head, llama.cpp's rotary q/k row order), Qwen 2.5 (untied head, q/k/v biases) and
+Qwen 3 (q/k norms; built with head_dim 128 because transformers' GGUF reader assumes Qwen 3's)."""
+
+import os
+
+import numpy as np
+import pytest
+from conftest import CONFIGS, run_cli
+from test_export import MIXED, keras_greedy, keras_logits, rel, torch_greedy, torch_logits
+
+IDS = np.array([[5, 300, 301, 302, 303, 304, 305, 306, 307, 308]], dtype="int32")
+
+
+@pytest.fixture(scope="module", params=["llama3", "qwen", "qwen3"])
+def exported(request, tiny_presets, tmp_path_factory):
+    """(family, the tuned task, {quant: GGUF export folder}) for a short chat-template run."""
+    import kft
+    from kft.export import export
+    from kft.models.tiny import build_tiny_preset
+
+    family = request.param
+    root = tmp_path_factory.mktemp(f"gguf-{family}")
+    preset = (
+        str(build_tiny_preset(family, root / "preset", head_dim=128))
+        if family == "qwen3"
+        else tiny_presets[family]
+    )
+    result = kft.train(
+        os.path.join(CONFIGS, "tiny.yaml"),
+        **{
+            "model.preset": preset,
+            "data.source": "bundled:tiny_chat",
+            "data.template": "chat",
+            "data.seq_len": 128,
+            "train.epochs": 10,
+            "train.batch_size": 2,
+            "train.lr": 0.02,
+            "output.samples": 0,
+            "output.tensorboard": False,
+            "output.dir": str(root / "run"),
+        },
+    )
+    folders = {
+        q: export(str(result.run_dir), "gguf", str(root / q), quant=q) for q in ("f32", "q8_0")
+    }
+    return family, result, folders
+
+
+def read_back(folder):
+    import torch
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        str(folder), gguf_file="model.gguf", dtype=torch.float32
+    ).eval()
+
+
+def test_the_f32_gguf_read_by_transformers_gives_the_tuned_logits_and_greedy_tokens(exported):
+    _, result, folders = exported
+    model = read_back(folders["f32"])
+    assert rel(torch_logits(model, IDS), keras_logits(result.task, IDS)) <= 1e-4
+    assert torch_greedy(model, IDS, 16) == keras_greedy(result.task, IDS, 16)
+
+
+def test_q8_0_stays_within_its_stated_tolerance(exported):
+    _, result, folders = exported
+    # 8-bit blocks of 32 with one scale each: measured 1.2e-2 to 3.6e-2 on these tiny models.
+    assert (
+        rel(torch_logits(read_back(folders["q8_0"]), IDS), keras_logits(result.task, IDS)) <= 0.05
+    )
+    assert (folders["q8_0"] / "model.gguf").stat().st_size < (
+        folders["f32"] / "model.gguf"
+    ).stat().st_size
+
+
+def test_the_gguf_tokenizer_and_chat_template_are_the_runs(exported):
+    import gguf
+    import transformers
+
+    from kft.data import templates
+
+    _, result, folders = exported
+    keras_tokenizer = result.task.preprocessor.tokenizer
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(
+        str(folders["f32"]), gguf_file="model.gguf"
+    )
+    assert hf_tokenizer(MIXED, add_special_tokens=False)["input_ids"] == [
+        int(i) for i in keras_tokenizer(MIXED)
+    ]
+    chat = templates.for_tokenizer(templates.Template("chat", {}), keras_tokenizer).chat
+    reader = gguf.GGUFReader(str(folders["f32"] / "model.gguf"))
+    field = reader.fields["tokenizer.chat_template"]
+    assert bytes(field.parts[field.data[0]]).decode("utf-8") == chat.jinja
+    modelfile = (folders["f32"] / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./model.gguf\n")
+    assert f'PARAMETER stop "{chat.end}"' in modelfile and "TEMPLATE" in modelfile
+    assert "ollama create" in (folders["f32"] / "README.md").read_text()
+
+
+def test_a_family_without_a_gguf_writer_is_refused_in_one_line(tiny_presets, tmp_path, capsys):
+    out = tmp_path / "gguf"
+    preset = tiny_presets["gemma3"]
+    code, _, err = run_cli(
+        ["export", "--base", "--preset", preset, "--format", "gguf", "--out", str(out)], capsys
+    )
+    assert code == 2 and "no GGUF export" in err and "llama3" in err and "Traceback" not in err
+    assert not out.exists()
