@@ -54,10 +54,57 @@ def _exporting(family: str) -> families.Family:
     return f
 
 
+def _sentencepiece(writer, folder: Path, family: families.Family, chat_template: str) -> None:
+    """A SentencePiece vocabulary (Gemma) as llama.cpp's `llama` tokenizer: pieces, scores and types
+    from the export's tokenizer.model, the special ids, a start token added, no space prefix."""
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    size = processor.get_piece_size()
+    # Runs of "▁" alone are written as spaces, as in llama.cpp's own Gemma 3 file.
+    tokens = [processor.id_to_piece(i) for i in range(size)]
+    tokens = [t.replace("▁", " ") if len(t) > 1 and set(t) == {"▁"} else t for t in tokens]
+    scores = [processor.get_score(i) for i in range(size)]
+
+    def kind(i: int) -> int:  # gguf.TokenType numbering is SentencePiece's
+        if processor.is_unknown(i):
+            return 2
+        if processor.is_control(i):
+            return 3
+        if processor.is_unused(i):
+            return 5
+        if processor.is_byte(i):
+            return 6
+        return 1
+
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    ids = {t: i for i, t in enumerate(tokens)}
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre(family.gguf_pre_tokenizer)
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types([kind(i) for i in range(size)])
+    writer.add_bos_token_id(ids[config["bos_token"]])
+    writer.add_eos_token_id(ids[config["eos_token"]])
+    if config.get("unk_token") in ids:
+        writer.add_unk_token_id(ids[config["unk_token"]])
+    if config.get("pad_token") in ids:
+        writer.add_pad_token_id(ids[config["pad_token"]])
+    writer.add_add_bos_token(True)
+    writer.add_add_sep_token(False)
+    writer.add_add_eos_token(False)
+    writer.add_add_space_prefix(False)
+    if chat_template:
+        writer.add_chat_template(chat_template)
+
+
 def _tokenizer(writer, folder: Path, family: families.Family, chat_template: str) -> None:
     """Byte-level BPE (what transformers' GGUF reader turns back into a fast tokenizer)."""
     import gguf
 
+    if (folder / "tokenizer.model").is_file() and not (folder / "tokenizer.json").is_file():
+        _sentencepiece(writer, folder, family, chat_template)
+        return
     document = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     vocabulary = dict(document["model"]["vocab"])
     special = {t["content"]: t["id"] for t in document.get("added_tokens", [])}
@@ -99,8 +146,8 @@ def write(
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.gguf"
     writer = gguf.GGUFWriter(str(path), f.gguf_arch)
+    writer.add_type("model")
     writer.add_name(name)
-    writer.add_vocab_size(config["vocab_size"])
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
     writer.add_block_count(config["num_hidden_layers"])
@@ -108,10 +155,9 @@ def write(
     writer.add_head_count(config["num_attention_heads"])
     writer.add_head_count_kv(config["num_key_value_heads"])
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    writer.add_rope_freq_base(float(config["rope_theta"]))
-    writer.add_rope_dimension_count(config["head_dim"])
     writer.add_key_length(config["head_dim"])
     writer.add_value_length(config["head_dim"])
+    f.gguf_metadata(writer, config)
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}
     writer.add_file_type(file_type.get(quant, gguf.LlamaFileType.MOSTLY_Q8_0))
     _tokenizer(writer, hf_folder, f, chat.jinja if chat is not None and chat.jinja else DOLLY_JINJA)

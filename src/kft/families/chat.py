@@ -100,6 +100,11 @@ GEMMA = ChatFormat(
     user="<start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n",
     answer="{content}<end_of_turn>",
     between="\n",
+    jinja_file="gemma_chat.jinja",
+    ollama=(
+        '{{- range .Messages }}<start_of_turn>{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}'
+        "{{ end }}\n{{ .Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n"
+    ),
 )
 GEMMA4 = ChatFormat(
     "gemma4-chat",

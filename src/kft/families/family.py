@@ -174,6 +174,7 @@ class Family:
     gguf_pre_tokenizer: str = "default"
     gguf_adds_bos: bool = True
     gguf_tensor: Callable = lambda name, array, config: array
+    gguf_metadata: Callable = lambda writer, config: None  # the architecture's own keys
     keras_fixes: Callable | None = None  # () -> None: fixes KerasHub where it is wrong (idempotent)
     # (Hugging Face folder) -> why KerasHub would load it wrongly as this family, or None.
     hf_folder_problem: Callable | None = None

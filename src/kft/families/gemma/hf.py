@@ -149,3 +149,15 @@ def hf_weights(layout: Layout, backbone) -> dict[str, np.ndarray]:
             weights[prefix + "self_attn.q_norm.weight"] = value(attention.query_norm.scale)
             weights[prefix + "self_attn.k_norm.weight"] = value(attention.key_norm.scale)
     return weights
+
+
+def gguf_norms_plus_one(name: str, array, config: dict):
+    """llama.cpp stores Gemma's RMSNorm weights as 1 + w (its converter adds 1; transformers' GGUF
+    reader subtracts it)."""
+    return array + 1.0 if name.endswith("norm") else array
+
+
+def gguf_gemma3_metadata(writer, config: dict) -> None:
+    """Gemma 3's keys as llama.cpp's converter writes them: the global layers' RoPE base, the window."""
+    writer.add_rope_freq_base(float(config["rope_parameters"]["full_attention"]["rope_theta"]))
+    writer.add_sliding_window(config["sliding_window"])

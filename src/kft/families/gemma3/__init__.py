@@ -22,6 +22,9 @@ FAMILY = Family(
     tiny=tiny.BACKBONES,
     tiny_symbols=gemma_tiny.SYMBOLS,
     gguf_presets=presets.GGUF,
+    gguf_arch="gemma3",
+    gguf_tensor=hf.gguf_norms_plus_one,
+    gguf_metadata=hf.gguf_gemma3_metadata,
     **hf.hooks(
         hf.Layout(
             max_position_embeddings=32768,

@@ -168,3 +168,10 @@ def gguf_rotary_rows(name: str, array, config: dict):
             .reshape(shape)
         )
     return array
+
+
+def gguf_metadata(writer, config: dict) -> None:
+    """The keys llama.cpp's converter writes for Llama and Qwen beyond the common ones."""
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_rope_freq_base(float(config["rope_theta"]))
+    writer.add_rope_dimension_count(config["head_dim"])

@@ -57,6 +57,7 @@ FAMILY = Family(
     tokenizer_kind="bpe",
     gguf_arch="llama",
     gguf_pre_tokenizer="llama-bpe",
+    gguf_metadata=hf.gguf_metadata,
     gguf_adds_bos=True,
     gguf_tensor=hf.gguf_rotary_rows,
     hf_write_tokenizer=hf.write_tokenizer,

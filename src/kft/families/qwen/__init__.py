@@ -33,6 +33,7 @@ FAMILY = Family(
     tokenizer_kind="bpe",
     gguf_arch="qwen2",
     gguf_pre_tokenizer="qwen2",
+    gguf_metadata=hf.gguf_metadata,
     gguf_adds_bos=False,
     hf_write_tokenizer=hf.write_tokenizer,
     **blocks.hooks(

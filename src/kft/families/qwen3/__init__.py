@@ -47,6 +47,7 @@ FAMILY = Family(
     tokenizer_kind="bpe",
     gguf_arch="qwen3",
     gguf_pre_tokenizer="qwen2",
+    gguf_metadata=hf.gguf_metadata,
     gguf_adds_bos=False,
     hf_write_tokenizer=hf.write_tokenizer,
     **blocks.hooks(**hf.hooks(hf.Layout(max_position_embeddings=40960, query_key_norms=True))),
