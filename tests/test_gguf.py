@@ -157,3 +157,15 @@ def test_the_270m_export_matches_the_llama_cpp_written_file_and_reads_back_exact
     task = frozen_base.load("gemma3_270m_gguf", "float32")[0]
     ids = np.array([[2, 818, 5279, 529, 7001, 563, 9079, 236761]], dtype="int32")
     assert rel(torch_logits(read_back(out), ids), keras_logits(task, ids)) <= 1e-4
+
+
+def test_a_gguf_export_publishes_to_the_hub_as_a_dry_run(exported, capsys):
+    family, _, folders = exported
+    if family != "qwen":
+        pytest.skip("one family is enough: publishing does not depend on it")
+    code, out, err = run_cli(
+        ["publish", str(folders["q8_0"]), "--to", "hf://me/tiny-qwen-gguf", "--dry-run"], capsys
+    )
+    assert code == 0, err
+    assert "would upload gguf folder" in out and "model.gguf" in out and "Modelfile" in out
+    assert "ollama create" in out  # the model card says how to run it

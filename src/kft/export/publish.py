@@ -16,9 +16,11 @@ HOSTS = {"kaggle": "www.kaggle.com", "hf": "huggingface.co"}
 
 
 def _kind(folder: Path) -> str:
-    """'run', 'keras' (a KerasHub preset), 'hf' (a transformers checkpoint) or 'peft'."""
+    """'run', 'keras' (a KerasHub preset), 'hf' (a transformers checkpoint), 'peft' or 'gguf'."""
     if (folder / "adapter.safetensors").is_file() and (folder / "config.yaml").is_file():
         return "run"
+    if (folder / "model.gguf").is_file():
+        return "gguf"
     if (folder / "adapter_model.safetensors").is_file():
         return "peft"
     config = folder / "config.json"
@@ -74,6 +76,15 @@ def _validate(folder: Path, kind: str) -> None:
         transformers.AutoTokenizer.from_pretrained(str(folder))
     elif kind == "peft":
         files.read_json(folder / "adapter_config.json", "export it again")
+    elif kind == "gguf":
+        import gguf
+
+        try:
+            gguf.GGUFReader(str(folder / "model.gguf"))
+        except (ValueError, OSError) as e:
+            raise KftError(
+                f"'{folder}/model.gguf' is not a readable GGUF ({e}); export it again"
+            ) from None
 
 
 def publish(folder: str, to: str, dry_run: bool = False, echo=print) -> None:
