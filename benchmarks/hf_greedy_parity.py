@@ -1,7 +1,8 @@
-"""A run's `hf` export answers the held-out prompts as kft did: transformers' greedy answers from the
-exported checkpoint against the `after` answers in the run's samples.jsonl, token for token.
+"""A run's `hf` (or `gguf`) export answers the held-out prompts as kft did: transformers' greedy
+answers from the exported checkpoint against the `after` answers in the run's samples.jsonl, token
+for token, and (with --metric json) how many of them parse to the reference JSON.
 
-    python benchmarks/hf_greedy_parity.py --run RUN_DIR [--json out.json]
+    python benchmarks/hf_greedy_parity.py --run RUN_DIR [--format gguf --quant q8_0] [--json out.json]
 
 Prints how many answers are identical; the prompts are encoded as kft encodes them (start token as
 the model's preprocessor adds it) and decoding stops at the tokenizer's stop tokens."""
@@ -19,6 +20,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True)
     parser.add_argument("--json")
+    parser.add_argument("--format", default="hf", choices=["hf", "gguf"])
+    parser.add_argument("--quant", default="f32", choices=["f32", "f16", "q8_0"])
     args = parser.parse_args(argv)
     import kft
     from kft.data import encoding
@@ -29,17 +32,33 @@ def main(argv=None) -> int:
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     task = kft.load(str(run))
     tokenizer = task.preprocessor.tokenizer
-    out = export(str(run), "hf", str(run / "hf-parity"))
     import torch
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    started = time.perf_counter()
+    if args.format == "gguf":
+        out = export(
+            str(run),
+            "gguf",
+            str(run / f"gguf-parity-{args.quant}"),
+            quant=args.quant,
+            overwrite=True,
+        )
+        print(f"gguf {args.quant} export: {time.perf_counter() - started:.0f} s")
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(out), gguf_file="model.gguf", dtype=torch.float32
+        ).eval()
+    else:
+        out = export(str(run), "hf", str(run / "hf-parity"), overwrite=True)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(out), dtype=torch.float32
+        ).eval()
     stops = set(stop_token_ids(tokenizer))
     import yaml
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     longest = config["output"]["sample_max_new_tokens"]  # kft's answers stop there too
-    same, started = 0, time.perf_counter()
+    same, parsed, started = 0, 0, time.perf_counter()
     for sample in samples:
         ids = encoding.with_start(tokenizer, [sample["prompt"]])[0]
         with torch.no_grad():
@@ -57,8 +76,18 @@ def main(argv=None) -> int:
         answer = tokenizer.detokenize(new)
         answer = answer if isinstance(answer, str) else answer.numpy().decode("utf-8")
         same += answer == sample["after"]
-    result = {"prompts": len(samples), "identical": same, "seconds": time.perf_counter() - started}
-    print(f"hf export greedy answers identical to kft's: {same}/{len(samples)}")
+        try:
+            parsed += json.loads(answer) == json.loads(sample["reference"])
+        except ValueError:
+            pass
+    result = {
+        "prompts": len(samples),
+        "identical": same,
+        "json_match": 100.0 * parsed / len(samples),
+        "seconds": time.perf_counter() - started,
+    }
+    print(f"{args.format} export greedy answers identical to kft's: {same}/{len(samples)}")
+    print(f"{args.format} export answers' JSON match: {result['json_match']:.1f}%")
     if args.json:
         Path(args.json).write_text(json.dumps(result))
     return 0 if same == len(samples) else 1

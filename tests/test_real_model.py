@@ -84,3 +84,18 @@ def test_smollm2_135m_learns_the_json_task_and_its_hf_export_answers_alike(tmp_p
     assert summary["eval_loss_after"] <= 0.1 * summary["eval_loss_before"]
     r = _script_results("hf_greedy_parity.py", tmp_path, "--run", str(run))
     assert r["prompts"] == 64 and r["identical"] == r["prompts"]
+
+
+@pytest.mark.slow
+def test_the_main_job_as_gguf_answers_the_held_out_prompts_as_kft_did(tmp_path):
+    """The 270M main job exported as GGUF f32 and q8_0 and read by transformers: greedy answers
+    identical to kft's on every held-out prompt (f32), JSON match >= 95% (q8_0)."""
+    run = tmp_path / "run"
+    config = os.path.join(REPO, "configs", "gemma3_270m_person_json.yaml")
+    _kft(tmp_path, "train", "--config", config, "--output-dir", str(run))
+    f32 = _script_results("hf_greedy_parity.py", tmp_path, "--run", str(run), "--format", "gguf")
+    assert f32["prompts"] == 64 and f32["identical"] == 64
+    q8 = _script_results(
+        "hf_greedy_parity.py", tmp_path, "--run", str(run), "--format", "gguf", "--quant", "q8_0"
+    )
+    assert q8["json_match"] >= 95
