@@ -3,8 +3,9 @@
 Generic over families: the transformers export's config and weights (kft.export.hf) are renamed to
 llama.cpp's tensor names by the `gguf` package's own map for the family's architecture
 (`Family.gguf_arch`), transformed where llama.cpp stores them otherwise (`Family.gguf_tensor`:
-Llama's rotary q/k row order), and written with the tokenizer (byte-level BPE from the export's
-tokenizer.json) and the chat template kft trained with. Read back by transformers
+Llama's rotary q/k row order; Gemma's norms as 1 + w), and written with the tokenizer (byte-level
+BPE from the export's tokenizer.json, or SentencePiece from its tokenizer.model) and the chat
+template kft trained with. Read back by transformers
 (`from_pretrained(DIR, gguf_file=...)`) in tests/test_gguf.py.
 """
 
@@ -57,6 +58,7 @@ def _exporting(family: str) -> families.Family:
 def _sentencepiece(writer, folder: Path, family: families.Family, chat_template: str) -> None:
     """A SentencePiece vocabulary (Gemma) as llama.cpp's `llama` tokenizer: pieces, scores and types
     from the export's tokenizer.model, the special ids, a start token added, no space prefix."""
+    import gguf
     import sentencepiece
 
     processor = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
@@ -66,16 +68,16 @@ def _sentencepiece(writer, folder: Path, family: families.Family, chat_template:
     tokens = [t.replace("▁", " ") if len(t) > 1 and set(t) == {"▁"} else t for t in tokens]
     scores = [processor.get_score(i) for i in range(size)]
 
-    def kind(i: int) -> int:  # gguf.TokenType numbering is SentencePiece's
-        if processor.is_unknown(i):
-            return 2
-        if processor.is_control(i):
-            return 3
-        if processor.is_unused(i):
-            return 5
-        if processor.is_byte(i):
-            return 6
-        return 1
+    def kind(i: int) -> int:
+        for test, token_type in (
+            (processor.is_unknown, gguf.TokenType.UNKNOWN),
+            (processor.is_control, gguf.TokenType.CONTROL),
+            (processor.is_unused, gguf.TokenType.UNUSED),
+            (processor.is_byte, gguf.TokenType.BYTE),
+        ):
+            if test(i):
+                return token_type
+        return gguf.TokenType.NORMAL
 
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     ids = {t: i for i, t in enumerate(tokens)}
@@ -136,9 +138,8 @@ def write(
     import gguf
     from safetensors.numpy import load_file
 
-    if quant not in QUANTS:
-        raise KftError(f"--quant must be one of {', '.join(QUANTS)}, got '{quant}'")
-    f = _exporting(family)
+    check(family, quant)
+    f = families.get(family)
     config = json.loads((hf_folder / "config.json").read_text())
     weights = load_file(str(hf_folder / "model.safetensors"))
     arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == f.gguf_arch)

@@ -1,7 +1,7 @@
 """Qwen 2.5's Kaggle presets in KerasHub (sizes from Qwen's published configs) and their HF twins."""
 
 
-def _qwen(hidden, layers, heads, kv, ffw, tied, vocab=151936):
+def qwen(hidden, layers, heads, kv, ffw, tied, vocab=151936):
     return dict(
         vocab=vocab,
         hidden=hidden,
@@ -15,9 +15,9 @@ def _qwen(hidden, layers, heads, kv, ffw, tied, vocab=151936):
 
 
 SIZES = {
-    "qwen2.5_0.5b_en": _qwen(896, 24, 14, 2, 4864, True),
-    "qwen2.5_3b_en": _qwen(2048, 36, 16, 2, 11008, True),
-    "qwen2.5_7b_en": _qwen(3584, 28, 28, 4, 18944, False, vocab=152064),
+    "qwen2.5_0.5b_en": qwen(896, 24, 14, 2, 4864, True),
+    "qwen2.5_3b_en": qwen(2048, 36, 16, 2, 11008, True),
+    "qwen2.5_7b_en": qwen(3584, 28, 28, 4, 18944, False, vocab=152064),
 }
 ALIASES = {
     "qwen2.5_instruct_0.5b_en": "qwen2.5_0.5b_en",

@@ -4,6 +4,7 @@ from kft.families import chat
 from kft.families.family import Family
 from kft.families.llama import blocks, hf
 from kft.families.qwen import SYMBOLS
+from kft.families.qwen3 import presets
 
 LICENSE = "Qwen3 weights are released under the Apache-2.0 license."
 
@@ -18,29 +19,8 @@ FAMILY = Family(
     chat=chat.QWEN3,
     max_position_embeddings=40960,
     license=LICENSE,
-    preset_sizes={
-        "qwen3_0.6b_en": dict(
-            vocab=151936,
-            hidden=1024,
-            layers=28,
-            query_heads=16,
-            kv_heads=8,
-            head_dim=128,
-            ffw=3072,
-            tied=True,
-        ),
-        "qwen3_8b_en": dict(
-            vocab=151936,
-            hidden=4096,
-            layers=36,
-            query_heads=32,
-            kv_heads=8,
-            head_dim=128,
-            ffw=12288,
-            tied=False,
-        ),
-    },
-    hf_twins={"qwen3_0.6b_en": "Qwen/Qwen3-0.6B", "qwen3_8b_en": "Qwen/Qwen3-8B"},
+    preset_sizes=presets.SIZES,
+    hf_twins=presets.HF_TWINS,
     tiny={"qwen3": dict(tie_word_embeddings=True)},
     tiny_symbols=SYMBOLS,
     tiny_specials={"eos": "<|im_end|>", "pad": "<|endoftext|>"},
