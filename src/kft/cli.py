@@ -288,17 +288,18 @@ def chat(run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, to
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["keras", "hf", "peft", "gguf"]),
+    type=click.Choice(["keras", "hf", "peft", "gguf", "gguf-lora"]),
     required=True,
     help="keras: merged Keras preset; hf: merged transformers checkpoint; peft: PEFT adapter; "
-    "gguf: merged model for llama.cpp / Ollama (Llama 3, Qwen 2.5, Qwen 3 so far) with a Modelfile.",
+    "gguf: merged model for llama.cpp / Ollama with a Modelfile; gguf-lora: the LoRA adapter alone "
+    "as a llama.cpp adapter GGUF.",
 )
 @click.option(
     "--quant",
     type=click.Choice(["f32", "f16", "q8_0"]),
     default="f16",
     show_default=True,
-    help="With --format gguf: the weights' encoding (norms and biases stay f32).",
+    help="With --format gguf or gguf-lora: the weights' encoding (norms and biases stay f32).",
 )
 @click.option(
     "--out", required=True, type=click.Path(), help="Folder to write (must be new or empty)."
@@ -312,8 +313,9 @@ def chat(run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, to
 @click.option(
     "--with-base",
     is_flag=True,
-    help="With --format peft: also export the base model into OUT/base "
-    "and name it as the adapter's base (AutoPeftModelForCausalLM.from_pretrained(OUT) then works offline).",
+    help="With --format peft: also export the base model into OUT/base and name it as the adapter's "
+    "base (AutoPeftModelForCausalLM.from_pretrained(OUT) then works offline); with --format gguf-lora: "
+    "also write the base model as OUT/base.gguf.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
 def export_cmd(run_dir, fmt, quant, out, preset, base, with_base, overwrite):

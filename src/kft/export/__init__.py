@@ -1,5 +1,5 @@
-"""`kft export`: a run's fine-tuned model as a merged Keras preset, a transformers checkpoint, or a
-PEFT adapter (plus the base model alone as a transformers checkpoint, the PEFT adapter's base).
+"""`kft export`: a run's fine-tuned model as a merged Keras preset, a transformers checkpoint, a
+PEFT adapter, a merged GGUF or a GGUF LoRA adapter (plus the base model alone, the adapters' base).
 
 Output is written to a hidden sibling folder and renamed into place at the end, so a failed
 export leaves nothing half-written where the user looks.
@@ -17,7 +17,8 @@ from kft.generation import loading
 from kft.models import adapter, model, presets
 from kft.quant import frozen_base
 
-FORMATS = ("keras", "hf", "peft", "gguf")
+FORMATS = ("keras", "hf", "peft", "gguf", "gguf-lora")
+ADAPTERS = ("peft", "gguf-lora")
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -47,11 +48,14 @@ def export(
 
     if fmt not in FORMATS:
         raise KftError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
-    if base and fmt == "peft":
-        raise KftError("--base exports the base model alone; a PEFT export needs the run's adapter")
-    if with_base and fmt != "peft":
+    if base and fmt in ADAPTERS:
         raise KftError(
-            "--with-base goes with --format peft (the adapter and its base model together)"
+            f"--base exports the base model alone; a {fmt} export needs the run's adapter "
+            f"(the base for it: --with-base, or `kft export --base --format {fmt.split('-')[0].replace('peft', 'hf')}`)"
+        )
+    if with_base and fmt not in ADAPTERS:
+        raise KftError(
+            "--with-base goes with --format peft or gguf-lora (the adapter and its base model together)"
         )
     out = Path(out).expanduser()
     _check_out(out, overwrite)
@@ -68,7 +72,7 @@ def export(
             run_dir=run_dir, preset=preset, precision="float32", quantize="none"
         )
         family = model.family_of(task.backbone)
-    if fmt == "gguf":
+    if fmt.startswith("gguf"):
         gguf.check(family, quant)
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -97,6 +101,8 @@ def export(
                     file=sys.stderr,
                     flush=True,
                 )
+        elif fmt == "gguf-lora":
+            _gguf_lora(task, family, meta, preset, partial, quant, with_base)
         else:
             merge.merge_lora(task.backbone)
             if fmt == "keras":
@@ -122,3 +128,22 @@ def export(
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return out
+
+
+def _gguf_lora(task, family: str, meta: dict, preset, folder: Path, quant: str, with_base: bool):
+    """adapter.gguf (+ base.gguf with `with_base`) and a Modelfile naming both."""
+    tokenizer = task.preprocessor.tokenizer
+    config = hf.hf_config(task.backbone, family, tokenizer)
+    written = gguf.write_lora(
+        task.backbone, config, family, meta["alpha"] / meta["rank"], folder, quant
+    )
+    chat = gguf.chat_of(meta.get("template", ""), tokenizer, family)
+    if with_base:
+        base_task, _, _ = frozen_base.load(preset or meta["base_preset"], "float32")
+        staged = folder / ".hf"
+        hf.write(base_task.backbone, base_task.preprocessor.tokenizer, family, staged)
+        gguf.write(staged, family, folder, quant, name="base", chat=chat)
+        shutil.rmtree(staged)
+    (folder / "Modelfile").write_text(
+        gguf.modelfile(folder / "base.gguf", chat, tokenizer, adapter=written)
+    )

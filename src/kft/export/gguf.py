@@ -56,8 +56,8 @@ def _exporting(family: str) -> families.Family:
 
 
 def _sentencepiece(writer, folder: Path, family: families.Family, chat_template: str) -> None:
-    """A SentencePiece vocabulary (Gemma) as llama.cpp's `llama` tokenizer: pieces, scores and types
-    from the export's tokenizer.model, the special ids, a start token added, no space prefix."""
+    """A SentencePiece vocabulary (Gemma, Llama 2, Mistral) as llama.cpp's `llama` tokenizer: pieces,
+    scores and types from the export's tokenizer.model, the special ids, a start token added."""
     import gguf
     import sentencepiece
 
@@ -95,9 +95,18 @@ def _sentencepiece(writer, folder: Path, family: families.Family, chat_template:
     writer.add_add_bos_token(True)
     writer.add_add_sep_token(False)
     writer.add_add_eos_token(False)
-    writer.add_add_space_prefix(False)
+    # Llama 2 / Mistral prefix a space ("▁Hello"), Gemma does not: the model file says which.
+    writer.add_add_space_prefix(_adds_dummy_prefix(folder / "tokenizer.model"))
     if chat_template:
         writer.add_chat_template(chat_template)
+
+
+def _adds_dummy_prefix(model_file: Path) -> bool:
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_file.read_bytes())
+    return bool(proto.normalizer_spec.add_dummy_prefix)
 
 
 def _tokenizer(writer, folder: Path, family: families.Family, chat_template: str) -> None:
@@ -177,6 +186,48 @@ def write(
     return path
 
 
+def write_lora(backbone, config: dict, family: str, scale: float, out: Path, quant: str) -> Path:
+    """`out`/adapter.gguf: `backbone`'s LoRA as a llama.cpp adapter (`llama-cli -m base.gguf --lora
+    adapter.gguf`). Each projection's exact low-rank pair (kft.export.peft.factors: rank heads x r
+    for Keras' per-head q/k/v) under the base's tensor names, in the base's layout (Llama's rotary
+    rows apply to B's rows). llama.cpp scales by alpha / rank with rank read per tensor, which
+    differs between the per-head and the other projections, so the scale is folded into B and
+    `adapter.lora.alpha` is 0 (llama.cpp then applies B @ A as it is)."""
+    import gguf
+
+    from kft.export import peft
+
+    check(family, quant)
+    f = families.get(family)
+    arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == f.gguf_arch)
+    names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "adapter.gguf"
+    writer = gguf.GGUFWriter(str(path), f.gguf_arch)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)
+    written = 0
+    for i, module, lora_a, lora_b in peft.factors(backbone):
+        mapped = names.get_name(f"model.layers.{i}.{module}")
+        if mapped is None:
+            raise KftError(
+                f"no GGUF name for layer {i}'s {module} in llama.cpp's {f.gguf_arch} map"
+            )
+        lora_b = f.gguf_tensor(mapped, lora_b * scale, config)
+        for suffix, array in (("lora_a", lora_a), ("lora_b", lora_b)):
+            data, raw_dtype = _encoded(gguf, np.ascontiguousarray(array), quant)
+            writer.add_tensor(f"{mapped}.weight.{suffix}", data, raw_dtype=raw_dtype)
+        written += 1
+    if not written:
+        raise KftError("the run's model has no LoRA layers to write as an adapter")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def _encoded(gguf, array: np.ndarray, quant: str) -> tuple:
     """(data, raw dtype or None) for GGUFWriter.add_tensor: vectors stay f32 (norms, biases), as
     llama.cpp's converter keeps them; a matrix whose rows are not whole Q8_0 blocks of 32 goes f16."""
@@ -188,12 +239,15 @@ def _encoded(gguf, array: np.ndarray, quant: str) -> tuple:
     return gguf.quants.quantize(array, qtype), qtype
 
 
-def modelfile(gguf_file: Path, chat, tokenizer) -> str:
-    """An Ollama Modelfile for `gguf_file` beside it: the turns kft trained with (`chat`, a
-    kft.families.chat.ChatFormat; None: Dolly's prompt) and their end marker as a stop."""
+def modelfile(gguf_file: Path, chat, tokenizer, adapter: Path | None = None) -> str:
+    """An Ollama Modelfile for `gguf_file` beside it (and the LoRA `adapter` GGUF over it): the
+    turns kft trained with (`chat`, a kft.families.chat.ChatFormat; None: Dolly's prompt) and
+    their end marker as a stop."""
     template = chat.ollama if chat is not None else DOLLY_OLLAMA
     stop = chat.end if chat is not None else tokenizer.end_token
     lines = [f"FROM ./{gguf_file.name}"]
+    if adapter is not None:
+        lines.append(f"ADAPTER ./{adapter.name}")
     if template:
         lines.append(f'TEMPLATE """{template}"""')
     lines.append(f'PARAMETER stop "{stop}"')

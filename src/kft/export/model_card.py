@@ -37,17 +37,21 @@ def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
         "llama-cli -m PATH/model.gguf -cnv\n"
         "# Ollama (the Modelfile beside it carries the chat turns and stop marker)\n"
         "ollama create my-model -f PATH/Modelfile && ollama run my-model",
+        "gguf-lora": "# llama.cpp: the adapter over the base model's GGUF (export it with --with-base,\n"
+        "# or `kft export --base --format gguf`); Ollama: the Modelfile names both\n"
+        "llama-cli -m PATH/base.gguf --lora PATH/adapter.gguf -cnv\n"
+        "ollama create my-model -f PATH/Modelfile && ollama run my-model",
     }[fmt]
     lines = [
         f"# {adapter['family'].capitalize()} fine-tuned with LoRA (kft)",
         "",
         f"LoRA fine-tune of `{adapter['base_preset']}` ({adapter['family']}) made with "
         f"kft {adapter.get('kft_version', '')} (Keras 3 + KerasHub on JAX). "
-        f"Format: {fmt} ({'LoRA merged into the weights' if fmt != 'peft' else 'PEFT LoRA adapter'}).",
+        f"Format: {fmt} ({'LoRA merged into the weights' if fmt not in ('peft', 'gguf-lora') else 'LoRA adapter'}).",
         "",
         "## Usage",
         "",
-        "```bash" if fmt == "gguf" else "```python",
+        "```bash" if fmt.startswith("gguf") else "```python",
         usage,
         "```",
         "",

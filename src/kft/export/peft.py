@@ -44,33 +44,37 @@ def _patterns(ranks: dict, scale: float) -> tuple[dict, dict]:
     return rank_pattern, {key: r * scale for key, r in rank_pattern.items()}
 
 
+def factors(backbone):
+    """(layer index, HF module path e.g. self_attn.q_proj, lora_A (R, in), lora_B (out, R)) for every
+    LoRA-enabled projection of `backbone`: B @ A times alpha / rank is Keras' update, exactly."""
+    family = families.get(families.of_backbone(backbone))
+    for i, block in enumerate(families.decoder_blocks(backbone)):
+        for name, layer in family.block_layers(block).items():
+            if not getattr(layer, "lora_enabled", False):
+                continue
+            a = np.asarray(layer.lora_kernel_a.numpy(), "float32")
+            if name in family.per_head:  # heads first, whatever the family's kernel layout
+                a = np.moveaxis(a, family.heads_axis, 0)
+            lora_a, lora_b = _factors(
+                name in family.per_head, a, np.asarray(layer.lora_kernel_b.numpy(), "float32")
+            )
+            yield i, family.hf_lora_modules[name], lora_a, lora_b
+
+
 def write(backbone, meta: dict, base_hf_dir: str | None, folder: str | Path) -> None:
     """adapter_config.json + adapter_model.safetensors for `backbone`'s LoRA layers."""
     from safetensors.numpy import save_file
 
     rank, alpha = meta["rank"], meta["alpha"]
-    family = families.get(families.of_backbone(backbone))
-    tensors, ranks, alphas, targets = {}, {}, {}, set()
-    for i, block in enumerate(families.decoder_blocks(backbone)):
-        for name, layer in family.block_layers(block).items():
-            if not getattr(layer, "lora_enabled", False):
-                continue
-            path = family.hf_lora_modules[name]  # e.g. self_attn.q_proj
-            hf_name = path.rsplit(".", 1)[-1]
-            targets.add(hf_name)
-            a = np.asarray(layer.lora_kernel_a.numpy(), "float32")
-            if name in family.per_head:  # heads first, whatever the family's kernel layout
-                a = np.moveaxis(a, family.heads_axis, 0)
-            lora_a, lora_b = _factors(
-                name in family.per_head,
-                a,
-                np.asarray(layer.lora_kernel_b.numpy(), "float32"),
-            )
-            module = f"base_model.model.model.layers.{i}.{path}"
-            tensors[f"{module}.lora_A.weight"] = np.ascontiguousarray(lora_a)
-            tensors[f"{module}.lora_B.weight"] = np.ascontiguousarray(lora_b)
-            if name in family.per_head:
-                ranks.setdefault(hf_name, {})[f"model.layers.{i}.{path}"] = lora_a.shape[0]
+    tensors, ranks, targets = {}, {}, set()
+    for i, path, lora_a, lora_b in factors(backbone):
+        hf_name = path.rsplit(".", 1)[-1]
+        targets.add(hf_name)
+        module = f"base_model.model.model.layers.{i}.{path}"
+        tensors[f"{module}.lora_A.weight"] = np.ascontiguousarray(lora_a)
+        tensors[f"{module}.lora_B.weight"] = np.ascontiguousarray(lora_b)
+        if lora_a.shape[0] != rank:  # a per-head projection: rank heads x r
+            ranks.setdefault(hf_name, {})[f"model.layers.{i}.{path}"] = lora_a.shape[0]
     ranks, alphas = _patterns(ranks, alpha / rank)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -179,6 +179,12 @@ LLAMA2 = ChatFormat(
     strip=True,
     model_role="assistant",
     jinja_file="llama2_chat.jinja",
+    ollama=(
+        '{{- $first := true }}{{- range .Messages }}{{- if eq .Role "user" }}'
+        "{{ if not $first }}<s>{{ end }}[INST] {{ if and $first $.System }}<<SYS>>\n{{ $.System }}\n"
+        "<</SYS>>\n\n{{ end }}{{ .Content }} [/INST]{{ $first = false }}"
+        '{{- else if eq .Role "assistant" }} {{ .Content }} </s>{{ end }}{{ end }}'
+    ),
 )
 MISTRAL = ChatFormat(
     "mistral-chat",
@@ -188,5 +194,9 @@ MISTRAL = ChatFormat(
     answer="{content}</s>",
     model_role="assistant",
     jinja_file="mistral_instruct.jinja",
+    ollama=(
+        '{{- range .Messages }}{{- if eq .Role "user" }}[INST] {{ .Content }} [/INST]'
+        '{{- else if eq .Role "assistant" }}{{ .Content }}</s>{{ end }}{{ end }}'
+    ),
 )
 FORMATS = {f.name: f for f in (GEMMA, GEMMA4, CHATML, QWEN, QWEN3, LLAMA3, LLAMA2, MISTRAL)}

@@ -161,3 +161,11 @@ def gguf_gemma3_metadata(writer, config: dict) -> None:
     """Gemma 3's keys as llama.cpp's converter writes them: the global layers' RoPE base, the window."""
     writer.add_rope_freq_base(float(config["rope_parameters"]["full_attention"]["rope_theta"]))
     writer.add_sliding_window(config["sliding_window"])
+
+
+def gguf_gemma2_metadata(writer, config: dict) -> None:
+    """Gemma 2's keys as llama.cpp's converter writes them: the soft caps and the window (RoPE base
+    stays llama.cpp's default 10000, as in the converter)."""
+    writer.add_attn_logit_softcapping(config["attn_logit_softcapping"])
+    writer.add_final_logit_softcapping(config["final_logit_softcapping"])
+    writer.add_sliding_window(config["sliding_window"])

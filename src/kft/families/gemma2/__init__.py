@@ -23,6 +23,9 @@ FAMILY = Family(
     keras_ffw_counts_gate_and_up=True,
     tiny=tiny.BACKBONES,
     tiny_symbols=gemma_tiny.SYMBOLS,
+    gguf_arch="gemma2",
+    gguf_tensor=hf.gguf_norms_plus_one,
+    gguf_metadata=hf.gguf_gemma2_metadata,
     **hf.hooks(
         hf.Layout(max_position_embeddings=8192, sliding=lambda i: i % 2 == 0, post_norms=True)
     ),

@@ -27,6 +27,10 @@ FAMILY = Family(
     tiny=tiny.BACKBONES,
     tiny_symbols=tiny.SYMBOLS,
     tiny_specials=tiny.SPECIALS,
+    # llama.cpp writes Llama 2 and Mistral (v0.1-v0.3) as its `llama` architecture.
+    gguf_arch="llama",
+    gguf_metadata=hf.gguf_metadata,
+    gguf_tensor=hf.gguf_rotary_rows,
     **blocks.hooks(
         **hf.hooks(hf.Layout(max_position_embeddings=4096, tokenizer_class="LlamaTokenizer"))
     ),

@@ -26,6 +26,10 @@ FAMILY = Family(
     tiny_symbols=llama_tiny.SYMBOLS,
     tiny_specials=llama_tiny.SPECIALS,
     tied_by_default=False,
+    # llama.cpp writes Llama 2 and Mistral (v0.1-v0.3) as its `llama` architecture.
+    gguf_arch="llama",
+    gguf_metadata=hf.gguf_metadata,
+    gguf_tensor=hf.gguf_rotary_rows,
     **blocks.hooks(
         **hf.hooks(
             hf.Layout(
