@@ -239,6 +239,15 @@ def test_the_270m_export_matches_the_llama_cpp_written_file_and_reads_back_exact
     task = frozen_base.load("gemma3_270m_gguf", "float32")[0]
     ids = np.array([[2, 818, 5279, 529, 7001, 563, 9079, 236761]], dtype="int32")
     assert rel(torch_logits(read_back(out), ids), keras_logits(task, ids)) <= 1e-4
+    try:
+        import llama_cpp
+    except ImportError:
+        return
+    # The scores and types kft writes are its own tokenizer's: llama.cpp tokenizes as kft does.
+    model = llama_cpp.Llama(str(out / "model.gguf"), n_ctx=64, verbose=False, vocab_only=True)
+    assert model.tokenize(MIXED.encode(), add_bos=False, special=False) == [
+        int(i) for i in task.preprocessor.tokenizer(MIXED)
+    ]
 
 
 def test_a_gguf_export_publishes_to_the_hub_as_a_dry_run(exported, capsys):
