@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json")
     parser.add_argument("--format", default="hf", choices=["hf", "gguf", "gguf-lora"])
     parser.add_argument("--runtime", default="transformers", choices=["transformers", "llamacpp"])
-    parser.add_argument("--quant", default="f32", choices=["f32", "f16", "q8_0"])
+    parser.add_argument("--quant", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q4_0"])
     args = parser.parse_args(argv)
     import kft
     from kft.data import encoding

@@ -296,7 +296,7 @@ def chat(run_dir, preset, adapter_dir, max_new_tokens, strategy, temperature, to
 )
 @click.option(
     "--quant",
-    type=click.Choice(["f32", "f16", "q8_0"]),
+    type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_0"]),
     default="f16",
     show_default=True,
     help="With --format gguf or gguf-lora: the weights' encoding (norms and biases stay f32).",

@@ -19,7 +19,7 @@ import numpy as np
 from kft import families
 from kft.core.errors import KftError
 
-QUANTS = ("f32", "f16", "q8_0")
+QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0")
 
 
 def check(family: str, quant: str) -> None:
@@ -168,8 +168,7 @@ def write(
     writer.add_key_length(config["head_dim"])
     writer.add_value_length(config["head_dim"])
     f.gguf_metadata(writer, config)
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}
-    writer.add_file_type(file_type.get(quant, gguf.LlamaFileType.MOSTLY_Q8_0))
+    writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[quant]))
     _tokenizer(writer, hf_folder, f, chat.jinja if chat is not None and chat.jinja else DOLLY_JINJA)
     for hf_name, array in weights.items():
         base, suffix = hf_name.rsplit(".", 1)
@@ -228,14 +227,24 @@ def write_lora(backbone, config: dict, family: str, scale: float, out: Path, qua
     return path
 
 
+FILE_TYPES = {
+    "f32": "ALL_F32",
+    "f16": "MOSTLY_F16",
+    "bf16": "MOSTLY_BF16",
+    "q8_0": "MOSTLY_Q8_0",
+    "q4_0": "MOSTLY_Q4_0",
+}
+
+
 def _encoded(gguf, array: np.ndarray, quant: str) -> tuple:
     """(data, raw dtype or None) for GGUFWriter.add_tensor: vectors stay f32 (norms, biases), as
-    llama.cpp's converter keeps them; a matrix whose rows are not whole Q8_0 blocks of 32 goes f16."""
+    llama.cpp's converter keeps them; a matrix whose rows are not whole blocks of 32 (Q8_0, Q4_0)
+    goes f16, as llama.cpp's converter falls back."""
     if array.ndim < 2 or quant == "f32":
         return array.astype("float32"), None
-    if quant == "f16" or array.shape[-1] % 32:
+    if quant == "f16" or (quant.startswith("q") and array.shape[-1] % 32):
         return array.astype("float16"), None
-    qtype = gguf.GGMLQuantizationType.Q8_0
+    qtype = getattr(gguf.GGMLQuantizationType, quant.upper())
     return gguf.quants.quantize(array, qtype), qtype
 
 

@@ -30,5 +30,9 @@ FAMILY = Family(
     keras_ffw_counts_gate_and_up=True,
     tiny=tiny.BACKBONES,
     tiny_symbols=tiny.SYMBOLS,
+    # Checked in llama.cpp itself only: transformers' GGUF reader has no Gemma 1.
+    gguf_arch="gemma",
+    gguf_tensor=hf.gguf_norms_plus_one,
+    gguf_metadata=hf.gguf_gemma_metadata,
     **hf.hooks(hf.Layout(max_position_embeddings=8192)),
 )

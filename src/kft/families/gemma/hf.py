@@ -163,6 +163,10 @@ def gguf_gemma3_metadata(writer, config: dict) -> None:
     writer.add_sliding_window(config["sliding_window"])
 
 
+def gguf_gemma_metadata(writer, config: dict) -> None:
+    """Gemma 1 has no keys beyond the common ones (llama.cpp's converter writes none)."""
+
+
 def gguf_gemma2_metadata(writer, config: dict) -> None:
     """Gemma 2's keys as llama.cpp's converter writes them: the soft caps and the window (RoPE base
     stays llama.cpp's default 10000, as in the converter)."""
