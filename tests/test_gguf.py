@@ -302,3 +302,9 @@ def test_a_gguf_export_publishes_to_the_hub_as_a_dry_run(exported, capsys):
     assert code == 0, err
     assert "would upload gguf folder" in out and "model.gguf" in out and "Modelfile" in out
     assert "ollama create" in out  # the model card says how to run it
+    code, out, err = run_cli(
+        ["publish", str(folders["lora"]), "--to", "hf://me/tiny-qwen-lora-gguf", "--dry-run"],
+        capsys,
+    )
+    assert code == 0, err
+    assert "would upload gguf-lora folder" in out and "adapter.gguf" in out and "base.gguf" in out

@@ -16,11 +16,14 @@ HOSTS = {"kaggle": "www.kaggle.com", "hf": "huggingface.co"}
 
 
 def _kind(folder: Path) -> str:
-    """'run', 'keras' (a KerasHub preset), 'hf' (a transformers checkpoint), 'peft' or 'gguf'."""
+    """'run', 'keras' (a KerasHub preset), 'hf' (a transformers checkpoint), 'peft', 'gguf' or
+    'gguf-lora' (a llama.cpp adapter, with or without base.gguf)."""
     if (folder / "adapter.safetensors").is_file() and (folder / "config.yaml").is_file():
         return "run"
     if (folder / "model.gguf").is_file():
         return "gguf"
+    if (folder / "adapter.gguf").is_file():
+        return "gguf-lora"
     if (folder / "adapter_model.safetensors").is_file():
         return "peft"
     config = folder / "config.json"
@@ -76,15 +79,14 @@ def _validate(folder: Path, kind: str) -> None:
         transformers.AutoTokenizer.from_pretrained(str(folder))
     elif kind == "peft":
         files.read_json(folder / "adapter_config.json", "export it again")
-    elif kind == "gguf":
+    elif kind.startswith("gguf"):
         import gguf
 
-        try:
-            gguf.GGUFReader(str(folder / "model.gguf"))
-        except (ValueError, OSError) as e:
-            raise KftError(
-                f"'{folder}/model.gguf' is not a readable GGUF ({e}); export it again"
-            ) from None
+        for file in sorted(folder.glob("*.gguf")):
+            try:
+                gguf.GGUFReader(str(file))
+            except (ValueError, OSError) as e:
+                raise KftError(f"'{file}' is not a readable GGUF ({e}); export it again") from None
 
 
 def publish(folder: str, to: str, dry_run: bool = False, echo=print) -> None:
