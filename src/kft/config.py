@@ -132,6 +132,16 @@ class LoraConfig:
         "Layers to adapt: any of query, key, value, attention_output, ffw_gating, ffw_gating_2, "
         "ffw_linear, or [all-linear] for all seven. Default query+value, as in KerasHub.",
     )
+    rslora: bool = _key(
+        False,
+        "Rank-stabilized LoRA: scale the update by alpha/sqrt(rank) instead of alpha/rank "
+        "(exported as PEFT use_rslora; merges use the same scale).",
+    )
+    plus_ratio: Optional[float] = _key(
+        None,
+        "LoRA+: the B factors' learning rate is this times train.lr (e.g. 16), a real per-variable "
+        "learning rate in AdamW (null = off; > 0).",
+    )
 
 
 @dataclass
@@ -508,6 +518,8 @@ def validate(c: Config) -> None:
         _fail("lora.rank", f"must be > 0, got {c.lora.rank}; try 4 or 8")
     if c.lora.alpha is not None and c.lora.alpha <= 0:
         _fail("lora.alpha", f"must be > 0 (or null for alpha = rank), got {c.lora.alpha}")
+    if c.lora.plus_ratio is not None and c.lora.plus_ratio <= 0:
+        _fail("lora.plus_ratio", f"must be > 0 (or null for off), got {c.lora.plus_ratio}; try 16")
     targets = c.lora.targets
     if not targets:
         _fail("lora.targets", "is empty; use [query, value] or [all-linear]")

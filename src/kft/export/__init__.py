@@ -14,7 +14,7 @@ from pathlib import Path
 from kft.core.errors import KftError
 from kft.export import gguf, hf, merge, model_card, peft
 from kft.generation import loading
-from kft.models import adapter, model, presets
+from kft.models import adapter, lora, model, presets
 from kft.quant import frozen_base
 
 FORMATS = ("keras", "hf", "peft", "gguf", "gguf-lora")
@@ -135,7 +135,12 @@ def _gguf_lora(task, family: str, meta: dict, preset, folder: Path, quant: str, 
     tokenizer = task.preprocessor.tokenizer
     config = hf.hf_config(task.backbone, family, tokenizer)
     written = gguf.write_lora(
-        task.backbone, config, family, meta["alpha"] / meta["rank"], folder, quant
+        task.backbone,
+        config,
+        family,
+        lora.scale(meta["rank"], meta["alpha"], meta.get("rslora", False)),
+        folder,
+        quant,
     )
     chat = gguf.chat_of(meta.get("template", ""), tokenizer, family)
     if with_base:

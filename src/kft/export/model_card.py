@@ -65,7 +65,14 @@ def render(run_dir: str | Path, fmt: str, samples: int = 3) -> str:
         "",
         "## Training procedure",
         "",
-        f"- LoRA: rank {adapter['rank']}, alpha {adapter['alpha']}, on {', '.join(adapter['targets'])}",
+        f"- LoRA: rank {adapter['rank']}, alpha {adapter['alpha']}"
+        + (" (rsLoRA: alpha / sqrt(rank))" if adapter.get("rslora") else "")
+        + f", on {', '.join(adapter['targets'])}"
+        + (
+            f"; LoRA+ ratio {config['lora']['plus_ratio']}"
+            if config["lora"].get("plus_ratio")
+            else ""
+        ),
         f"- Trainable parameters: {summary.get('trainable_parameters', '?'):,} of {summary.get('parameters', '?'):,}"
         if summary
         else "- Trainable parameters: see the run",

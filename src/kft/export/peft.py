@@ -11,6 +11,7 @@ a flat axis and keep rank r.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ def _factors(per_head: bool, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, 
     return a.reshape(-1, a.shape[-1]).T, b.T
 
 
-def _patterns(ranks: dict, scale: float) -> tuple[dict, dict]:
+def _patterns(ranks: dict, scale: float, rslora: bool, rank: int) -> tuple[dict, dict]:
     """PEFT rank_pattern/alpha_pattern: one key per projection name, or one per layer where the
     head count differs between layers (Gemma 4 26B-A4B's global layers have fewer K heads)."""
     rank_pattern = {}
@@ -41,6 +42,10 @@ def _patterns(ranks: dict, scale: float) -> tuple[dict, dict]:
             rank_pattern[hf_name] = next(iter(per_layer.values()))
         else:
             rank_pattern.update(per_layer)
+    if rslora:  # alpha_R / sqrt(R) = alpha / sqrt(r)
+        return rank_pattern, {
+            key: scale * rank * math.sqrt(r / rank) for key, r in rank_pattern.items()
+        }
     return rank_pattern, {key: r * scale for key, r in rank_pattern.items()}
 
 
@@ -75,7 +80,10 @@ def write(backbone, meta: dict, base_hf_dir: str | None, folder: str | Path) -> 
         tensors[f"{module}.lora_B.weight"] = np.ascontiguousarray(lora_b)
         if lora_a.shape[0] != rank:  # a per-head projection: rank heads x r
             ranks.setdefault(hf_name, {})[f"model.layers.{i}.{path}"] = lora_a.shape[0]
-    ranks, alphas = _patterns(ranks, alpha / rank)
+    rslora = meta.get("rslora", False)
+    # PEFT scales a module of rank R by alpha_R / R, or alpha_R / sqrt(R) with use_rslora: a
+    # per-head module's alpha_R keeps Keras' scale (alpha / r, or alpha / sqrt(r)).
+    ranks, alphas = _patterns(ranks, alpha / rank, rslora, rank)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -87,7 +95,7 @@ def write(backbone, meta: dict, base_hf_dir: str | None, folder: str | Path) -> 
         "lora_alpha": alpha,
         "lora_dropout": 0.0,
         "bias": "none",
-        "use_rslora": False,
+        "use_rslora": rslora,
         "target_modules": sorted(targets),
         "rank_pattern": ranks,
         "alpha_pattern": alphas,

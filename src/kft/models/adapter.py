@@ -88,7 +88,9 @@ def apply(folder: str | Path, backbone) -> dict:
             f"the adapter in '{folder}' does not fit this base model: it was trained on {config.get('base_preset')} "
             "and this base differs (architecture or weights); load the base it was trained on"
         )
-    lora.enable(backbone, config["rank"], config["alpha"], config["targets"])
+    lora.enable(
+        backbone, config["rank"], config["alpha"], config["targets"], config.get("rslora", False)
+    )
     tensors = files.read_safetensors(Path(folder) / WEIGHTS, ADAPTER_FIX)
     variables = lora.lora_variables(backbone)
     if set(tensors) != set(variables):

@@ -16,6 +16,8 @@ embedding projections and MoE experts/router (families.Family.frozen_blocks) sta
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from kft import families
@@ -28,8 +30,18 @@ def target_names(targets: list[str]) -> list[str]:
     return list(LORA_LAYER_NAMES) if ALL_LINEAR in targets else list(dict.fromkeys(targets))
 
 
-def enable(backbone, rank: int, alpha: float | None, targets: list[str]) -> list:
-    """Freeze the backbone and add LoRA factors to the target layers; return those layers."""
+def scale(rank: int, alpha: float | None, rslora: bool = False) -> float:
+    """The factor on A @ B: alpha / rank, or alpha / sqrt(rank) for rank-stabilized LoRA (rsLoRA,
+    Kalajdzievski 2023); alpha defaults to rank."""
+    alpha = alpha if alpha is not None else rank
+    return alpha / math.sqrt(rank) if rslora else alpha / rank
+
+
+def enable(
+    backbone, rank: int, alpha: float | None, targets: list[str], rslora: bool = False
+) -> list:
+    """Freeze the backbone and add LoRA factors to the target layers; return those layers. Keras
+    scales by lora_alpha / rank, so rsLoRA passes lora_alpha = rank * scale."""
     names = set(target_names(targets))
     backbone.trainable = True
     for layer in backbone._flatten_layers(include_self=False):
@@ -37,7 +49,7 @@ def enable(backbone, rank: int, alpha: float | None, targets: list[str]) -> list
     adapted = []
     for layer in target_layers(backbone, names):
         layer.trainable = True
-        layer.enable_lora(rank, lora_alpha=alpha if alpha is not None else rank)
+        layer.enable_lora(rank, lora_alpha=rank * scale(rank, alpha, rslora))
         if getattr(layer, "bias", None) is not None:
             # Keras freezes the kernel only: a projection's bias (Qwen 2's q/k/v) stays base weight.
             layer.bias.trainable = False

@@ -1,4 +1,5 @@
-"""AdamW with warmup + constant/linear/cosine decay, clipping and gradient accumulation."""
+"""AdamW with warmup + constant/linear/cosine decay, clipping and gradient accumulation; with LoRA+
+(Hayou et al. 2024) the B factors' learning rate is `ratio` times the others'."""
 
 from __future__ import annotations
 
@@ -36,8 +37,40 @@ def make_schedule(peak: float, total_steps: int, warmup_steps: int, kind: str):
     return WarmupDecay()
 
 
-def make_optimizer(train_config, optimizer_steps: int):
-    """(AdamW, its schedule) as in the Keras Gemma LoRA tutorial (decay excluded from bias and scale)."""
+def is_lora_b(variable) -> bool:
+    return variable.path.endswith("lora_kernel_b")
+
+
+def lora_plus_adamw(ratio: float):
+    """AdamW whose LoRA B factors step with learning rate x `ratio`: the rate itself, in the update
+    and in the decoupled weight decay, as LoRA+'s parameter groups do (scaling B's gradient
+    instead would be undone by Adam's normalisation)."""
+    import keras
+    from keras import ops
+
+    class LoraPlusAdamW(keras.optimizers.AdamW):
+        def update_step(self, gradient, variable, learning_rate):
+            if is_lora_b(variable):
+                learning_rate = learning_rate * ratio
+            return super().update_step(gradient, variable, learning_rate)
+
+        def _apply_weight_decay(self, variables):
+            if self.weight_decay is None:
+                return
+            for variable in variables:
+                if self._use_weight_decay(variable):
+                    lr = ops.cast(self.learning_rate, variable.dtype)
+                    if is_lora_b(variable):
+                        lr = lr * ratio
+                    wd = ops.cast(self.weight_decay, variable.dtype)
+                    variable.assign(variable - variable * wd * lr)
+
+    return LoraPlusAdamW
+
+
+def make_optimizer(train_config, optimizer_steps: int, plus_ratio: float | None = None):
+    """(AdamW, its schedule) as in the Keras Gemma LoRA tutorial (decay excluded from bias and
+    scale); with `plus_ratio`, LoRA+'s AdamW."""
     import keras
 
     accum = train_config.grad_accum
@@ -48,7 +81,8 @@ def make_optimizer(train_config, optimizer_steps: int):
         train_config.warmup_steps * accum,
         train_config.schedule,
     )
-    optimizer = keras.optimizers.AdamW(
+    adamw = lora_plus_adamw(plus_ratio) if plus_ratio else keras.optimizers.AdamW
+    optimizer = adamw(
         learning_rate=schedule,
         weight_decay=train_config.weight_decay,
         global_clipnorm=train_config.clip_norm,

@@ -268,7 +268,9 @@ def _open_run_folder(c: Config, run: _Run, run_dir: Path, out: Path) -> None:
 
 
 def _enable_lora(c: Config, run: _Run) -> None:
-    adapted = lora.enable(run.task.backbone, c.lora.rank, c.lora.alpha, c.lora.targets)
+    adapted = lora.enable(
+        run.task.backbone, c.lora.rank, c.lora.alpha, c.lora.targets, c.lora.rslora
+    )
     total, trainable = lora.parameter_counts(run.task)
     print(
         f"kft: {run.family} model, {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.3f}%) "
@@ -286,7 +288,9 @@ def _compile(c: Config, run: _Run) -> None:
     )
     run.micro_steps = run.optimizer_steps * c.train.grad_accum
     run.metrics["optimizer_steps"] = run.optimizer_steps
-    run.optimizer, run.schedule = optim.make_optimizer(c.train, run.optimizer_steps)
+    run.optimizer, run.schedule = optim.make_optimizer(
+        c.train, run.optimizer_steps, c.lora.plus_ratio
+    )
     run.fit_model = evaluation.compile_task(run.task, run.optimizer, c.train.logits_on)
     run.prompt_split = run.dataset.eval or run.dataset.train
     run.measure = functools.partial(
@@ -413,6 +417,7 @@ def _save(
             "family": run.family,
             "rank": c.lora.rank,
             "alpha": c.lora.alpha or c.lora.rank,
+            "rslora": c.lora.rslora,
             "targets": lora.target_names(c.lora.targets),
             "dtype": run.policy,
             "template": c.data.template,
