@@ -224,6 +224,25 @@ class TrainConfig:
     )
     seed: int = _key(0, "Seed for shuffling, LoRA initialisation and sampling (any whole number).")
     log_every: int = _key(10, "Print and record metrics every N optimizer steps (>= 1).")
+    eval_every: int = _key(
+        0,
+        "Measure the held-out loss (and output.metric on train.eval_samples held-out prompts) every "
+        "N optimizer steps while training; needs an eval split (0 = only before and after).",
+    )
+    eval_samples: int = _key(
+        16,
+        "Held-out prompts answered and scored at each evaluation when output.metric is set (>= 1).",
+    )
+    keep_best: str = _key(
+        "",
+        "Keep the adapter of the best evaluation as the run's adapter: eval_loss or metric "
+        "('' = the last step's; the last one stays in the checkpoint). Needs train.eval_every.",
+    )
+    early_stop: int = _key(
+        0,
+        "Stop after N evaluations without improvement (of keep_best's measure, else the eval loss); "
+        "0 = never. Needs train.eval_every.",
+    )
     logits_on: str = _key(
         "trained",
         "Loss from vocabulary logits at trained positions only, 32 positions at a "
@@ -269,6 +288,11 @@ class OutputConfig:
         3, "Eval prompts to generate from before and after training (>= 0; 0 = none)."
     )
     sample_max_new_tokens: int = _key(64, "New tokens per sample generation (>= 1).")
+    measure_before: bool = _key(
+        True,
+        "Measure the base model before training (held-out loss, samples, metric) for the before -> "
+        "after report; false skips it (sweeps that measure the same base many times).",
+    )
     tensorboard: bool = _key(True, "Write TensorBoard logs to RUN/tensorboard.")
     wandb: str = _key(
         "",
@@ -588,11 +612,26 @@ def validate(c: Config) -> None:
         ("checkpoint_every", t.checkpoint_every, 1),
         ("checkpoint_keep", t.checkpoint_keep, 1),
         ("pad_to_multiple", t.pad_to_multiple, 0),
+        ("eval_every", t.eval_every, 0),
+        ("eval_samples", t.eval_samples, 1),
+        ("early_stop", t.early_stop, 0),
     ):
         if value < low:
             _fail(f"train.{key}", f"must be >= {low}, got {value}")
     if t.max_steps is not None and t.max_steps <= 0:
         _fail("train.max_steps", f"must be > 0 or null, got {t.max_steps}")
+    if t.keep_best not in ("", "eval_loss", "metric"):
+        _fail("train.keep_best", f"must be eval_loss, metric or '' (off), got '{t.keep_best}'")
+    for key, value in (("keep_best", t.keep_best), ("early_stop", t.early_stop)):
+        if value and not t.eval_every:
+            _fail(
+                f"train.{key}", "needs evaluations while training: set train.eval_every (e.g. 10)"
+            )
+    if t.keep_best == "metric" and c.output.metric == "none":
+        _fail(
+            "train.keep_best",
+            "is metric but output.metric is none: set output.metric (exact or json)",
+        )
     if t.lr <= 0:
         _fail("train.lr", f"must be > 0, got {t.lr}; the tutorial uses 5e-5")
     if t.weight_decay < 0:

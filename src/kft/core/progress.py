@@ -89,7 +89,8 @@ class Progress(keras.callbacks.Callback):
         # metrics.jsonl holds exactly the rows of the state we continue from.
         with open(metrics_path, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.records)
-        self.elapsed_before = self.records[-1]["elapsed_s"] if self.records else 0.0
+        timed = [r for r in self.records if "elapsed_s" in r]  # not evaluation rows
+        self.elapsed_before = timed[-1]["elapsed_s"] if timed else 0.0
 
     def on_train_begin(self, logs=None):
         self.start = self.window_start = time.perf_counter()

@@ -211,7 +211,9 @@ class Checkpointer(keras.callbacks.Callback):
             self.signal_received = self.signal_received or "a signal to another process"
             self._save(micro)
             self.model.stop_training = True
-        elif micro == self.total or (
-            micro % self.accum == 0 and (micro // self.accum) % self.every == 0
+        elif (
+            micro == self.total
+            or (micro % self.accum == 0 and (micro // self.accum) % self.every == 0)
+            or self.model.stop_training  # an early stop (train.early_stop) ends the run here
         ):
             self._save(micro)

@@ -26,7 +26,7 @@ from kft.evaluate import evaluation
 from kft.generation import decode_kernels, screened_argmax
 from kft.models import adapter, lora, model
 from kft.quant import frozen_base, gptq, quantize
-from kft.training import optim, report, step_ahead
+from kft.training import optim, periodic_eval, report, step_ahead
 
 
 @dataclass
@@ -75,15 +75,13 @@ def _report(metrics: dict, run_dir: Path, shown: int = 3) -> None:
     print(
         f"kft: training loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}", flush=True
     )
-    if "eval_loss_before" in metrics:
-        print(
-            f"kft: eval loss {metrics['eval_loss_before']:.4f} -> {metrics['eval_loss_after']:.4f}"
-        )
+    if "eval_loss_after" in metrics:
+        before = f"{metrics['eval_loss_before']:.4f} -> " if "eval_loss_before" in metrics else ""
+        print(f"kft: eval loss {before}{metrics['eval_loss_after']:.4f}")
     name = metrics["metric"]
-    if f"{name}_before" in metrics:
-        print(
-            f"kft: {name} match {metrics[f'{name}_before']:.1f}% -> {metrics[f'{name}_after']:.1f}%"
-        )
+    if f"{name}_after" in metrics:
+        before = f"{metrics[f'{name}_before']:.1f}% -> " if f"{name}_before" in metrics else ""
+        print(f"kft: {name} match {before}{metrics[f'{name}_after']:.1f}%")
     with open(run_dir / "samples.jsonl", encoding="utf-8") as f:
         for line in list(f)[:shown]:
             sample = json.loads(line)
@@ -193,6 +191,7 @@ class _Run:
     start_micro: int = 0
     rows: list = field(default_factory=list)
     tracker: object = None
+    periodic: object = None
 
 
 def _load_base_and_data(c: Config) -> _Run:
@@ -293,6 +292,10 @@ def _compile(c: Config, run: _Run) -> None:
     )
     run.fit_model = evaluation.compile_task(run.task, run.optimizer, c.train.logits_on)
     run.prompt_split = run.dataset.eval or run.dataset.train
+    if c.train.eval_every and run.dataset.eval is None:
+        raise KftError(
+            "train.eval_every needs held-out data: set data.eval_source, or data.eval_fraction (e.g. 0.1)"
+        )
     run.measure = functools.partial(
         evaluation.measure,
         run.task,
@@ -313,7 +316,10 @@ def _measure_before_or_resume(c: Config, run: _Run, run_dir: Path, out: Path, re
     if resume_from is None:
         run.batches = _batches(c, run.dataset, run.micro_steps, run.start_micro)
         run.compiling = step_ahead.start(run.fit_model, run.batches)
-        before = run.measure(label="measuring before")
+        if c.output.measure_before:
+            before = run.measure(label="measuring before")
+        else:  # output.measure_before: false
+            before = {"generations": [""] * len(run.prompt_split.prompts), "score": None}
         (out / "before.json").write_text(
             json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8"
         )
@@ -360,8 +366,14 @@ def _fit(c: Config, run: _Run, run_dir: Path, out: Path, resume_from) -> None:
     run.tracker = tracking.start(
         c.output.wandb if out == run_dir else "", out, c.to_dict(), resuming=resume_from is not None
     )
-    # Progress first: a checkpoint, and W&B, get the metrics row of their own step.
-    callbacks = [progress_cb, checkpoint_cb, *tracking.callbacks(run.tracker, progress_cb)]
+    run.periodic = _periodic_eval(c, run, out, progress_cb)
+    # Progress first, then evaluations: a checkpoint, and W&B, get the metrics rows of their step.
+    callbacks = [
+        progress_cb,
+        *([run.periodic] if run.periodic else []),
+        checkpoint_cb,
+        *tracking.callbacks(run.tracker, progress_cb),
+    ]
     if c.output.tensorboard:
         callbacks.append(
             keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq=c.train.log_every)
@@ -383,8 +395,66 @@ def _fit(c: Config, run: _Run, run_dir: Path, out: Path, resume_from) -> None:
         )
     _stop_if_interrupted(checkpoint_cb, run_dir)
     run.metrics["train_seconds"] = round(time.perf_counter() - started, 2)
-    run.metrics["first_loss"] = progress_cb.records[0]["loss"]
-    run.metrics["final_loss"] = progress_cb.records[-1]["loss"]
+    losses = [r["loss"] for r in progress_cb.records if "loss" in r]
+    run.metrics["first_loss"], run.metrics["final_loss"] = losses[0], losses[-1]
+    if run.periodic:
+        run.metrics.update(run.periodic.summary())
+        if c.train.keep_best:
+            step = periodic_eval.restore_best(out, run.task.backbone)
+            run.metrics["adapter_step"] = step
+            print(
+                f"kft: the run's adapter is step {step}'s, the best {run.periodic.key} of "
+                f"{run.metrics['evaluations']} evaluations (the last step's is in checkpoints/)",
+                flush=True,
+            )
+
+
+def _periodic_eval(c: Config, run: _Run, out: Path, progress_cb):
+    """The evaluations while training (train.eval_every), or None."""
+    if not c.train.eval_every:
+        return None
+    split, metric = run.dataset.eval, c.output.metric
+    if metric == "none":
+
+        def evaluate():
+            loss = evaluation.eval_loss(run.fit_model, split, c.train.batch_size, "evaluating")
+            return {"eval_loss": loss}
+    else:
+        n = min(c.train.eval_samples, len(split.prompts))
+        subset = replace(split, prompts=split.prompts[:n], references=split.references[:n])
+
+        def evaluate():
+            result = evaluation.measure(
+                run.task,
+                run.fit_model,
+                subset,
+                metric,
+                c.train.batch_size,
+                c.output.sample_max_new_tokens,
+                with_loss=True,
+                label="evaluating",
+            )
+            decode_kernels.release(run.task.backbone)  # not kept while training
+            screened_argmax.release(run.task.backbone)
+            return {"eval_loss": result["loss"], metric: result["score"]}
+
+    key, higher = periodic_eval.measure_key(c.train.keep_best, metric)
+    return periodic_eval.PeriodicEval(
+        evaluate,
+        c.train.eval_every,
+        c.train.grad_accum,
+        run.start_micro,
+        run.micro_steps,
+        progress_cb,
+        out,
+        key,
+        higher,
+        c.train.early_stop,
+        bool(c.train.keep_best),
+        periodic_eval.tensorboard_scalars(out / "tensorboard" / "eval")
+        if c.output.tensorboard
+        else None,
+    )
 
 
 def _save(

@@ -37,6 +37,8 @@ def plot_run(run_dir: str | Path) -> Path:
     """Write RUN/loss.png: training loss per logged step, eval loss before/after, learning rate."""
     run_dir = Path(run_dir)
     rows, summary = _read_run(run_dir)
+    evals = [r for r in rows if "eval_loss" in r]  # train.eval_every's rows
+    rows = [r for r in rows if "loss" in r]
     figure = _figure()
     ax = figure.add_subplot()
     steps = [r["step"] for r in rows]
@@ -48,7 +50,22 @@ def plot_run(run_dir: str | Path) -> Path:
         color="tab:blue",
         label="training loss",
     )
-    if "eval_loss_before" in summary and steps:
+    if evals:
+        before = [(0, summary["eval_loss_before"])] if "eval_loss_before" in summary else []
+        points = before + [(r["step"], r["eval_loss"]) for r in evals]
+        ax.plot(
+            [s for s, _ in points],
+            [v for _, v in points],
+            marker="s",
+            markersize=4,
+            color="tab:orange",
+            label="eval loss",
+        )
+        if summary.get("adapter_step") is not None:
+            ax.axvline(
+                summary["adapter_step"], color="tab:green", linestyle=":", label="kept adapter"
+            )
+    elif "eval_loss_before" in summary and steps:
         ends = [0, steps[-1]]
         ax.plot(
             ends,
@@ -83,6 +100,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     ax = figure.add_subplot()
     for run_dir in run_dirs:
         rows, _ = _read_run(Path(run_dir))
+        rows = [r for r in rows if "loss" in r]
         ax.plot(
             [r["step"] for r in rows],
             [r["loss"] for r in rows],
@@ -116,10 +134,14 @@ def summary_row(run_dir: str | Path) -> dict:
         if "final_loss" in s
         else "-",
         "eval loss": f"{s['eval_loss_before']:.4f} -> {s['eval_loss_after']:.4f}"
+        if "eval_loss_before" in s
+        else f"{s['eval_loss_after']:.4f}"
         if "eval_loss_after" in s
         else "-",
         "metric": (
             f"{metric} {s[f'{metric}_before']:.1f}% -> {s[f'{metric}_after']:.1f}%"
+            if f"{metric}_before" in s
+            else f"{metric} {s[f'{metric}_after']:.1f}%"
             if f"{metric}_after" in s
             else "-"
         ),
