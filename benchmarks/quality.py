@@ -153,7 +153,16 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--json")
     parser.add_argument("--rows", help="append each run's row here; skip runs already in it")
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print --rows as docs/quality.md's table, run nothing",
+    )
     args = parser.parse_args(argv)
+    if args.markdown:
+        rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line]
+        print(markdown(rows))
+        return 0
     recipes = dict(_recipe(spec) for spec in args.recipes)
     done = []
     if args.rows and Path(args.rows).is_file():
@@ -214,6 +223,43 @@ def report(rows, budgets, tasks, recipes) -> None:
         "quality: "
         + ", ".join(f"{LABELS.get(r, r)} {means[r]:.1f}%" for r in recipes if r in LABELS)
     )
+
+
+def markdown(rows) -> str:
+    """One row per task and recipe: held-out score and eval loss at each budget (mean of seeds, the
+    seeds' scores in brackets), then the mean score per recipe and budget."""
+    budgets = sorted({r["budget"] for r in rows})
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+
+    def cell(task, recipe, budget):
+        runs = [r for r in rows if (r["task"], r["recipe"], r["budget"]) == (task, recipe, budget)]
+        if not runs:
+            return "-"
+        scores = "/".join(f"{r['score']:.0f}" for r in runs)
+        return f"{_mean([r['score'] for r in runs]):.1f}% ({scores}), {_mean([r['eval_loss'] for r in runs]):.3f}"
+
+    head = (
+        "| task | recipe | "
+        + " | ".join(f"{b} steps: score (seeds), eval loss" for b in budgets)
+        + " |"
+    )
+    lines = [head, "|---|---|" + "---|" * len(budgets)]
+    for task in tasks:
+        for recipe in recipes:
+            lines.append(
+                f"| {task} | {recipe} | "
+                + " | ".join(cell(task, recipe, b) for b in budgets)
+                + " |"
+            )
+    for recipe in recipes:
+        means = []
+        for b in budgets:
+            runs = [r["score"] for r in rows if (r["recipe"], r["budget"]) == (recipe, b)]
+            complete = len(runs) == len(tasks) * len({r["seed"] for r in rows})
+            means.append(f"**{_mean(runs):.1f}%**" if runs and complete else "-")
+        lines.append(f"| **mean** | {recipe} | " + " | ".join(means) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

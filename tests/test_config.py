@@ -11,11 +11,28 @@ from kft import config as config_lib
 from kft.core.errors import ConfigError
 
 
-def test_defaults_are_the_keras_gemma_lora_tutorial_recipe():
+def test_defaults_are_the_measured_recipe_on_the_tutorials_data():
+    """Dolly on Gemma 2 2B as the tutorial, with the LoRA recipe benchmarks/quality.py chose."""
     c = config_lib.load()
     assert c.data.source == "databricks/databricks-dolly-15k" and c.data.template == "dolly"
-    assert (c.lora.rank, c.lora.targets) == (4, ["query", "value"])
-    assert (c.train.lr, c.train.weight_decay, c.data.seq_len) == (5e-5, 0.01, 256)
+    assert (c.lora.rank, c.lora.alpha, c.lora.targets) == (8, None, ["all-linear"])
+    assert (c.train.lr, c.train.schedule, c.train.weight_decay) == (1e-3, "cosine", 0.0)
+    assert c.data.seq_len == 256
+
+
+def test_the_tutorial_config_keeps_the_tutorials_exact_settings():
+    c = config_lib.load(os.path.join(CONFIGS, "gemma2_2b_dolly.yaml"))
+    assert (c.lora.rank, c.lora.alpha, c.lora.targets) == (4, 4, ["query", "value"])
+    assert (c.train.lr, c.train.schedule, c.train.weight_decay) == (5e-5, "constant", 0.01)
+    assert c.train.warmup_steps == 0
+
+
+def test_kft_train_rank_4_keeps_rank_4_and_the_other_defaults():
+    c = config_lib.load(None, {"lora.rank": 4})
+    from kft.models import lora
+
+    assert c.lora.rank == 4 and lora.alpha_of(4, c.lora.alpha) == 8.0
+    assert c.lora.targets == ["all-linear"] and c.train.lr == 1e-3
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONFIGS, "*.yaml"))))
@@ -115,6 +132,7 @@ OUT_OF_RANGE = {
     "model.calibration_examples": 0,
     "lora.rank": 0,
     "lora.alpha": 0.0,
+    "lora.plus_ratio": 0.0,
     "data.seq_len": 4,
     "data.max_examples": 0,
     "data.eval_fraction": 1.0,
@@ -128,6 +146,9 @@ OUT_OF_RANGE = {
     "train.warmup_steps": -1,
     "train.clip_norm": 0.0,
     "train.log_every": 0,
+    "train.eval_every": -1,
+    "train.eval_samples": 0,
+    "train.early_stop": -1,
     "train.pad_to_multiple": -8,
     "train.checkpoint_every": 0,
     "train.checkpoint_keep": 0,

@@ -50,6 +50,10 @@ def test_planned_parameters_match_the_built_model_of_every_family(family):
     assert abs(planned - actual) / actual < 0.03, (planned, actual)
 
 
+# The tutorial's LoRA (rank 4, query+value): the 16 GB thresholds below were set with it.
+TUTORIAL_LORA = ["--set", "lora.rank=4", "--set", "lora.targets=[query, value]"]
+
+
 def test_plan_for_a_kaggle_preset_works_offline_and_ends_with_the_verdict_line(capsys):
     code, out, _ = run_cli(
         [
@@ -58,6 +62,7 @@ def test_plan_for_a_kaggle_preset_works_offline_and_ends_with_the_verdict_line(c
             "gemma2_9b_en",
             "--device-memory",
             "16GB",
+            *TUTORIAL_LORA,
             "--set",
             "model.precision=float32",
         ],
@@ -74,6 +79,7 @@ def test_plan_for_a_kaggle_preset_works_offline_and_ends_with_the_verdict_line(c
             "gemma2_9b_en",
             "--device-memory",
             "16GB",
+            *TUTORIAL_LORA,
             "--set",
             "model.quantize=int4",
         ],
@@ -87,6 +93,7 @@ def test_plan_for_a_kaggle_preset_works_offline_and_ends_with_the_verdict_line(c
             "gemma2_9b_en",
             "--device-memory",
             "16GB",
+            *TUTORIAL_LORA,
             "--set",
             "model.quantize=int4",
             "--set",
@@ -228,6 +235,8 @@ def test_gptq_at_load_is_planned_and_auto_takes_the_nearest_codes_where_it_does_
                 "model.preset": preset,
                 "model.quantize": "int4",
                 "model.precision": "float32",
+                "lora.rank": 4,
+                "lora.targets": ["query", "value"],
                 "model.int4_rounding": rounding,
                 "data.seq_len": 256,
                 "train.batch_size": 1,
@@ -294,6 +303,8 @@ def test_host_memory_and_disk_at_load_are_planned_and_auto_takes_gptq_only_where
                 "model.preset": "gemma2_9b_en",
                 "model.quantize": mode,
                 "model.precision": "float32",
+                "lora.rank": 4,
+                "lora.targets": ["query", "value"],
                 "model.int4_rounding": rounding,
                 "data.seq_len": 256,
                 "train.batch_size": 1,

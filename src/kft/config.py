@@ -123,14 +123,14 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    rank: int = _key(4, "LoRA rank (> 0).")
+    rank: int = _key(8, "LoRA rank (> 0).")
     alpha: Optional[float] = _key(
-        None, "LoRA alpha; the update is scaled by alpha/rank (> 0). null = rank."
+        None, "LoRA alpha; the update is scaled by alpha/rank (> 0). null = 2 x rank."
     )
     targets: list = _key(
-        ["query", "value"],
+        ["all-linear"],
         "Layers to adapt: any of query, key, value, attention_output, ffw_gating, ffw_gating_2, "
-        "ffw_linear, or [all-linear] for all seven. Default query+value, as in KerasHub.",
+        "ffw_linear, or [all-linear] for all seven (the default; KerasHub's is query+value).",
     )
     rslora: bool = _key(
         False,
@@ -211,12 +211,12 @@ class TrainConfig:
     )
     batch_size: int = _key(1, "Examples per micro-batch (>= 1).")
     grad_accum: int = _key(1, "Micro-batches per optimizer step (gradient accumulation; >= 1).")
-    lr: float = _key(5e-5, "Peak learning rate (AdamW; > 0).")
+    lr: float = _key(1e-3, "Peak learning rate (AdamW; > 0). The tutorial's is 5e-5.")
     weight_decay: float = _key(
-        0.01, "AdamW decoupled weight decay (>= 0); bias and scale are excluded."
+        0.0, "AdamW decoupled weight decay (>= 0); bias and scale are excluded."
     )
     schedule: str = _key(
-        "constant", "Learning-rate schedule after warmup: constant, linear or cosine."
+        "cosine", "Learning-rate schedule after warmup: constant, linear or cosine."
     )
     warmup_steps: int = _key(0, "Linear warmup, in optimizer steps (>= 0).")
     clip_norm: Optional[float] = _key(
@@ -227,7 +227,7 @@ class TrainConfig:
     eval_every: int = _key(
         0,
         "Measure the held-out loss (and output.metric on train.eval_samples held-out prompts) every "
-        "N optimizer steps while training; needs an eval split (0 = only before and after).",
+        "N optimizer steps while training; needs an eval split (>= 0; 0 = only before and after).",
     )
     eval_samples: int = _key(
         16,
@@ -240,8 +240,8 @@ class TrainConfig:
     )
     early_stop: int = _key(
         0,
-        "Stop after N evaluations without improvement (of keep_best's measure, else the eval loss); "
-        "0 = never. Needs train.eval_every.",
+        "Stop after N evaluations without improvement (of keep_best's measure, else the eval loss; "
+        ">= 0, 0 = never). Needs train.eval_every.",
     )
     logits_on: str = _key(
         "trained",
@@ -541,7 +541,7 @@ def validate(c: Config) -> None:
     if c.lora.rank <= 0:
         _fail("lora.rank", f"must be > 0, got {c.lora.rank}; try 4 or 8")
     if c.lora.alpha is not None and c.lora.alpha <= 0:
-        _fail("lora.alpha", f"must be > 0 (or null for alpha = rank), got {c.lora.alpha}")
+        _fail("lora.alpha", f"must be > 0 (or null for alpha = 2 x rank), got {c.lora.alpha}")
     if c.lora.plus_ratio is not None and c.lora.plus_ratio <= 0:
         _fail("lora.plus_ratio", f"must be > 0 (or null for off), got {c.lora.plus_ratio}; try 16")
     targets = c.lora.targets

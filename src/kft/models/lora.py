@@ -30,10 +30,15 @@ def target_names(targets: list[str]) -> list[str]:
     return list(LORA_LAYER_NAMES) if ALL_LINEAR in targets else list(dict.fromkeys(targets))
 
 
+def alpha_of(rank: int, alpha: float | None) -> float:
+    """lora.alpha, or its default: 2 x rank (an update scale of 2, kft's measured default)."""
+    return float(alpha) if alpha is not None else 2.0 * rank
+
+
 def scale(rank: int, alpha: float | None, rslora: bool = False) -> float:
     """The factor on A @ B: alpha / rank, or alpha / sqrt(rank) for rank-stabilized LoRA (rsLoRA,
-    Kalajdzievski 2023); alpha defaults to rank."""
-    alpha = alpha if alpha is not None else rank
+    Kalajdzievski 2023)."""
+    alpha = alpha_of(rank, alpha)
     return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 

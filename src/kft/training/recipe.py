@@ -273,7 +273,7 @@ def _enable_lora(c: Config, run: _Run) -> None:
     total, trainable = lora.parameter_counts(run.task)
     print(
         f"kft: {run.family} model, {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.3f}%) "
-        f"in {len(adapted)} LoRA layers (rank {c.lora.rank}, alpha {c.lora.alpha or c.lora.rank})",
+        f"in {len(adapted)} LoRA layers (rank {c.lora.rank}, alpha {lora.alpha_of(c.lora.rank, c.lora.alpha):g})",
         flush=True,
     )
     run.metrics.update(parameters=total, trainable_parameters=trainable)
@@ -486,7 +486,7 @@ def _save(
             "base_preset": c.model.preset,
             "family": run.family,
             "rank": c.lora.rank,
-            "alpha": c.lora.alpha or c.lora.rank,
+            "alpha": lora.alpha_of(c.lora.rank, c.lora.alpha),
             "rslora": c.lora.rslora,
             "targets": lora.target_names(c.lora.targets),
             "dtype": run.policy,
