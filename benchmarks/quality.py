@@ -108,7 +108,9 @@ def _recipe(spec: str) -> tuple[str, dict]:
     return name, {key: number(value) for key, value in pairs}
 
 
-def run_one(model: str, task: str, overrides: dict, budget: int, seed: int, root: Path) -> dict:
+def run_one(
+    model: str, task: str, overrides: dict, budget: int, seed: int, root: Path, seq_len: int = 80
+) -> dict:
     import kft
 
     source, held, tokens, metric = TASKS[task]
@@ -122,7 +124,7 @@ def run_one(model: str, task: str, overrides: dict, budget: int, seed: int, root
             "data.source": source,
             "data.eval_source": held,
             "data.template": "dolly",
-            "data.seq_len": 80,
+            "data.seq_len": seq_len,
             "train.max_steps": budget,
             "train.batch_size": 4,
             "train.seed": seed,
@@ -151,6 +153,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--recipes", nargs="+", default=["defaults", "tutorial", "peft"])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--seq-len", type=int, default=80)
     parser.add_argument("--json")
     parser.add_argument("--rows", help="append each run's row here; skip runs already in it")
     parser.add_argument(
@@ -179,7 +182,9 @@ def main(argv=None) -> int:
                         rows.append(previous[0])
                         continue
                     row = {**key, "overrides": overrides}
-                    row.update(run_one(args.model, task, overrides, budget, seed, root))
+                    row.update(
+                        run_one(args.model, task, overrides, budget, seed, root, args.seq_len)
+                    )
                     rows.append(row)
                     print("QUALITY-ROW " + json.dumps(row), flush=True)
                     if args.rows:
