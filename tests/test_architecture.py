@@ -9,6 +9,7 @@ family or one of its KerasHub classes: it asks the family.
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -276,3 +277,18 @@ def test_every_module_is_named_in_docs_architecture():
         if not named:
             missing.append(relative)
     assert missing == []
+
+
+def test_the_cli_and_the_recipe_import_no_keras_before_the_backend_is_chosen():
+    """`kft train` sets KERAS_BACKEND=jax in backend.setup(); a module-level `import keras` on the
+    way there would pick TensorFlow (the CI failure this test keeps from coming back)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    code = (
+        "import sys, kft.cli, kft.training.recipe, kft.export, kft.plan; "
+        "assert 'keras' not in sys.modules, 'keras imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1000:]

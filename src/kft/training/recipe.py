@@ -26,7 +26,7 @@ from kft.evaluate import evaluation
 from kft.generation import decode_kernels, screened_argmax
 from kft.models import adapter, lora, model
 from kft.quant import frozen_base, gptq, quantize
-from kft.training import optim, periodic_eval, report, step_ahead
+from kft.training import optim, report, step_ahead
 
 
 @dataclass
@@ -400,6 +400,8 @@ def _fit(c: Config, run: _Run, run_dir: Path, out: Path, resume_from) -> None:
     if run.periodic:
         run.metrics.update(run.periodic.summary())
         if c.train.keep_best:
+            from kft.training import periodic_eval
+
             step = periodic_eval.restore_best(out, run.task.backbone)
             run.metrics["adapter_step"] = step
             print(
@@ -413,6 +415,8 @@ def _periodic_eval(c: Config, run: _Run, out: Path, progress_cb):
     """The evaluations while training (train.eval_every), or None."""
     if not c.train.eval_every:
         return None
+    from kft.training import periodic_eval  # a keras.callbacks.Callback: after backend.setup()
+
     split, metric = run.dataset.eval, c.output.metric
     if metric == "none":
 
