@@ -108,13 +108,10 @@ def export(
             if fmt == "keras":
                 task.save_to_preset(str(partial))
             elif fmt == "gguf":
-                staged = partial / ".hf"
                 tokenizer = task.preprocessor.tokenizer
-                hf.write(task.backbone, tokenizer, family, staged)
                 chat = gguf.chat_of(meta.get("template", ""), tokenizer, family)
-                written = gguf.write(staged, family, partial, quant, chat=chat)
+                written = _gguf_file(task, family, partial, quant, chat, "model")
                 (partial / "Modelfile").write_text(gguf.modelfile(written, chat, tokenizer))
-                shutil.rmtree(staged)
             else:
                 hf.write(task.backbone, task.preprocessor.tokenizer, family, partial)
         if not base:
@@ -145,10 +142,17 @@ def _gguf_lora(task, family: str, meta: dict, preset, folder: Path, quant: str, 
     chat = gguf.chat_of(meta.get("template", ""), tokenizer, family)
     if with_base:
         base_task, _, _ = frozen_base.load(preset or meta["base_preset"], "float32")
-        staged = folder / ".hf"
-        hf.write(base_task.backbone, base_task.preprocessor.tokenizer, family, staged)
-        gguf.write(staged, family, folder, quant, name="base", chat=chat)
-        shutil.rmtree(staged)
+        _gguf_file(base_task, family, folder, quant, chat, "base")
     (folder / "Modelfile").write_text(
         gguf.modelfile(folder / "base.gguf", chat, tokenizer, adapter=written)
     )
+
+
+def _gguf_file(task, family: str, folder: Path, quant: str, chat, name: str) -> Path:
+    """folder/NAME.gguf from `task`, through a transformers export staged beside it."""
+    staged = folder / f".{name}-hf"
+    hf.write(task.backbone, task.preprocessor.tokenizer, family, staged)
+    try:
+        return gguf.write(staged, family, folder, quant, name=name, chat=chat)
+    finally:
+        shutil.rmtree(staged)
