@@ -119,6 +119,11 @@ class ModelConfig:
         "int4_rounding gptq (or auto) only: how many of the first training examples calibrate it "
         "(saved with the adapter; >= 1).",
     )
+    init_adapter: str = _key(
+        "",
+        "A run folder whose LoRA is merged into the (float) base before this run trains a new LoRA "
+        "on top: preference tuning after SFT. The run keeps a copy; its exports merge both ('' = none).",
+    )
 
 
 @dataclass
@@ -203,13 +208,27 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    objective: str = _key(
+        "sft",
+        "sft (learn the responses), dpo (prefer each record's chosen answer over its rejected one, "
+        "against the model before training) or orpo (SFT on the chosen answer + an odds-ratio "
+        "preference term, no reference). dpo/orpo read prompt + chosen + rejected records.",
+    )
+    beta: float = _key(
+        0.1, "dpo: how far from the reference the policy may move (higher = closer; > 0)."
+    )
+    orpo_lambda: float = _key(
+        0.1, "orpo: weight of the odds-ratio term next to the chosen answer's loss (> 0)."
+    )
     epochs: Optional[int] = _key(
         None, "Passes over the training examples (>= 1; null = 1 unless max_steps is set)."
     )
     max_steps: Optional[int] = _key(
         None, "Train for exactly this many optimizer steps instead of epochs (> 0, or null)."
     )
-    batch_size: int = _key(1, "Examples per micro-batch (>= 1).")
+    batch_size: int = _key(
+        1, "Examples per micro-batch (>= 1); with a preference objective, pairs (two answers each)."
+    )
     grad_accum: int = _key(1, "Micro-batches per optimizer step (gradient accumulation; >= 1).")
     lr: float = _key(1e-3, "Peak learning rate (AdamW; > 0). The tutorial's is 5e-5.")
     weight_decay: float = _key(
@@ -640,6 +659,31 @@ def validate(c: Config) -> None:
         _fail("train.schedule", f"must be one of {', '.join(SCHEDULES)}, got '{t.schedule}'")
     if t.logits_on not in ("trained", "all"):
         _fail("train.logits_on", f"must be trained or all, got '{t.logits_on}'")
+    if t.objective not in OBJECTIVES:
+        _fail("train.objective", f"must be one of {', '.join(OBJECTIVES)}, got '{t.objective}'")
+    for key, value in (("beta", t.beta), ("orpo_lambda", t.orpo_lambda)):
+        if not value > 0:
+            _fail(f"train.{key}", f"must be > 0, got {value}; try 0.1")
+    if t.objective != "sft":
+        for bad, why in (
+            (
+                t.logits_on != "trained",
+                "train.logits_on: trained (answers' log-probs are summed there)",
+            ),
+            (d.packing, "data.packing: false (pairs are not packed yet)"),
+            (d.loss_on != "response", "data.loss_on: response (the answer is what is compared)"),
+            (
+                bool(t.eval_every),
+                "train.eval_every: 0 (held-out pairs are measured before and after)",
+            ),
+        ):
+            if bad:
+                _fail("train.objective", f"{t.objective} needs {why}")
+    if c.model.init_adapter and c.model.quantize != "none":
+        _fail(
+            "model.init_adapter",
+            "merges into a float base; set model.quantize: none (a quantized base cannot hold the merge exactly)",
+        )
     if d.packing and t.logits_on != "trained":
         _fail(
             "data.packing",
@@ -666,6 +710,7 @@ def validate(c: Config) -> None:
 
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+OBJECTIVES = ("sft", "dpo", "orpo")
 
 
 def _looks_like_file(source: str) -> bool:

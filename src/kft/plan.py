@@ -305,7 +305,9 @@ def estimate(
     optimizer = lora * (
         3 + (1 if c.train.grad_accum > 1 else 0)
     )  # gradients + AdamW moments (+ accumulator)
-    batch = math.ceil(c.train.batch_size / batch_axis)
+    # A preference pair is two sequences (chosen, rejected), both through the forward and backward pass.
+    answers = 1 if c.train.objective == "sft" else 2
+    batch = math.ceil(answers * c.train.batch_size / batch_axis)
     tokens = batch * c.data.seq_len
     # On a model axis kft's layouts split the heads and the feed-forward width but not the residual
     # stream: about half the hidden-wide tensors stay whole on every device (benchmarks/plan_vs_mesh.py).
@@ -337,7 +339,11 @@ def estimate(
         ),
         (f"LoRA factors (rank {c.lora.rank})", lora / GB),
         ("gradients + optimizer state", optimizer / GB),
-        (f"activations ({batch} x {c.data.seq_len} x {a.layers} layers)", activations / GB),
+        (
+            f"activations ({batch} x {c.data.seq_len} x {a.layers} layers"
+            + (f"; {batch // 2} pairs x 2 answers)" if answers == 2 else ")"),
+            activations / GB,
+        ),
         (
             f"logits ({'trained positions, 32 at a time' if c.train.logits_on == 'trained' else 'every position'})",
             logits / GB,

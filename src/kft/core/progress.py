@@ -62,6 +62,12 @@ def _duration(seconds: float) -> str:
     )
 
 
+# Figures of a preference run's steps (kft.models.preference.METRICS) recorded beside the loss, and
+# the short names the progress line shows two of them by.
+WINDOWED = ("reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected")
+SHOWN = {"reward_accuracy": "reward acc", "reward_margin": "margin"}
+
+
 class Progress(keras.callbacks.Callback):
     """Prints `step, loss, lr, tokens/s, ETA` as plain lines on a terminal; in a notebook one tqdm bar
     moves every step and shows the same figures.
@@ -94,7 +100,7 @@ class Progress(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.start = self.window_start = time.perf_counter()
-        self.window_first, self.prev_mean, self.window_tokens = 0, 0.0, 0
+        self.window_first, self.prev_means, self.window_tokens = 0, {}, 0
         self.bar = None
         if in_notebook():
             from tqdm.auto import tqdm
@@ -121,13 +127,19 @@ class Progress(keras.callbacks.Callback):
         if not (due or micro == self.total):
             return
         now = time.perf_counter()
-        mean = float(logs["loss"])
-        loss = (mean * local - self.prev_mean * self.window_first) / (local - self.window_first)
+        means = {k: float(v) for k, v in logs.items() if k == "loss" or k in WINDOWED}
+        window = {  # each figure over this window's steps, from two running means
+            k: (mean * local - self.prev_means.get(k, 0.0) * self.window_first)
+            / (local - self.window_first)
+            for k, mean in means.items()
+        }
+        loss = window.pop("loss")
         elapsed = now - self.window_start
         record = {
             "step": step,
             "micro_step": micro,
             "loss": round(loss, 6),
+            **{k: round(v, 6) for k, v in window.items()},
             "lr": float(self.schedule(max(micro - 1, 0))),
             "tokens_per_s": round(self.window_tokens / elapsed, 1) if elapsed > 0 else None,
             "elapsed_s": round(self.elapsed_before + now - self.start, 2),
@@ -139,19 +151,23 @@ class Progress(keras.callbacks.Callback):
         if self.bar is not None:
             self.bar.set_postfix(
                 loss=f"{loss:.4f}",
+                **{k: f"{v:.3f}" for k, v in window.items() if k in SHOWN},
                 lr=f"{record['lr']:.2e}",
                 tok_s=f"{record['tokens_per_s'] or 0:.0f}",
             )
         else:
+            shown = "".join(
+                f"  {SHOWN[k]} {v:.3f}" for k, v in window.items() if k in SHOWN
+            )  # preference runs
             print(
-                f"step {step}/{self.total // self.accum}  loss {loss:.4f}  lr {record['lr']:.2e}  "
+                f"step {step}/{self.total // self.accum}  loss {loss:.4f}{shown}  lr {record['lr']:.2e}  "
                 f"{record['tokens_per_s'] or 0:.0f} tok/s  elapsed {_duration(record['elapsed_s'])}  "
                 f"eta {_duration(rate * (self.total - micro))}",
                 flush=True,
             )
-        self.window_first, self.prev_mean, self.window_tokens, self.window_start = (
+        self.window_first, self.prev_means, self.window_tokens, self.window_start = (
             local,
-            mean,
+            means,
             0,
             now,
         )

@@ -66,6 +66,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.token_ids)
 
+    def tokens(self, index) -> int:
+        """Input tokens (not padding) of the examples at `index`."""
+        return int(self.padding_mask[index].sum())
+
     def select(self, index) -> "Split":
         """The examples at `index`, without sample prompts."""
 
@@ -276,7 +280,7 @@ def _cut(segments: list[templates.Segment], seq_len: int) -> list[str]:
     return texts
 
 
-def _tokenize(
+def tokenize_segments(
     segment_lists: list[list[templates.Segment]],
     tokenizer,
     ends_with_eos: bool,
@@ -302,7 +306,7 @@ def _tokenize(
     return sequences
 
 
-def _to_split(sequences, seq_len: int, pad_id: int) -> Split:
+def to_split(sequences, seq_len: int, pad_id: int) -> Split:
     n = len(sequences)
     ids = np.full((n, seq_len + 1), pad_id, dtype="int32")
     weights = np.zeros((n, seq_len + 1), dtype="float32")
@@ -356,7 +360,7 @@ def _encode(records, template: templates.Template, tokenizer, config: DataConfig
             )
         segment_lists.append(segments)
     _check_responses(segment_lists)
-    sequences = _tokenize(
+    sequences = tokenize_segments(
         segment_lists, tokenizer, template.ends_with_eos, config.loss_on, config.seq_len
     )
     limit = config.seq_len + 1
@@ -400,7 +404,7 @@ def _split(
     num_prompts: int,
     packed: bool = False,
 ) -> Split:
-    split = (_packed_split if packed else _to_split)(sequences, config.seq_len, pad_id)
+    split = (_packed_split if packed else to_split)(sequences, config.seq_len, pad_id)
     for segments in segment_lists[:num_prompts]:
         prompt, reference = templates.split_for_generation(segments)
         split.prompts.append(prompt)
@@ -537,7 +541,7 @@ def batches(
             return split.batch(self.indices(i), trained_only, pad_to_multiple, length=length)
 
         def tokens(self, i) -> int:
-            return int(split.padding_mask[self.indices(i)].sum())
+            return split.tokens(self.indices(i))
 
         @functools.cached_property
         def lengths(self) -> np.ndarray | None:

@@ -25,7 +25,7 @@ CHAT_ROLES = families.chat.ROLES
 Segment = families.chat.Segment
 
 
-def _field_names(fmt: str) -> list[str]:
+def field_names(fmt: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(fmt) if name]
 
 
@@ -62,7 +62,7 @@ class Template:
             )
         else:
             wanted = sorted(
-                set(_field_names(self.prompt_format) + _field_names(self.response_format))
+                set(field_names(self.prompt_format) + field_names(self.response_format))
             )
         return [self.column(f) for f in wanted]
 
@@ -85,7 +85,7 @@ class Template:
         if self.name == TEXT:  # pre-formatted (the guanaco notebook's dataset_text_field="text")
             return [(str(self._get(record, "text")), True)]
         mapped = {
-            f: self._get(record, f) for f in _field_names(self.prompt_format + self.response_format)
+            f: self._get(record, f) for f in field_names(self.prompt_format + self.response_format)
         }
         return [
             (self.prompt_format.format(**mapped), False),
@@ -106,7 +106,7 @@ class Template:
             return DOLLY_PROMPT.format(instruction=text)
         if self.is_chat:
             return self.chat.segments([{"role": "user", "content": text}])[0][0]
-        names = _field_names(self.prompt_format)
+        names = field_names(self.prompt_format)
         return self.prompt_format.format(**{names[0]: text}) if len(set(names)) == 1 else text
 
     def conversation_prompt(self, turns: list[dict]) -> str:

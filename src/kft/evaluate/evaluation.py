@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kft import config as config_lib
-from kft.data import dataset
+from kft.data import dataset, preference
 from kft.distribute import distribution
 from kft.evaluate import answers_and_loss, scoring
 from kft.generation import loading, samplers, sampling
@@ -43,6 +43,33 @@ def compile_task(task, optimizer=None, logits_on: str = "all"):
         )
     keras.Model.compile(model, optimizer=optimizer or "adam", loss=loss)
     _build_compiled_loss(model)
+    return model
+
+
+def compile_preference(task, optimizer, objective: str, beta: float, orpo_lambda: float):
+    """Compile for preference tuning (kft.models.preference): the model to fit returns each answer's
+    summed log-prob; the loss is DPO's or ORPO's, with reward accuracy, margin and the answers'
+    log-probs as metrics. The task also gets a greedy sampler."""
+    import keras
+
+    from kft.models import preference
+
+    task.compile(sampler=samplers.make_sampler("greedy"))
+    _build_preprocessor(task)
+    model = preference.PreferenceLM(task)
+    keras.Model.compile(
+        model,
+        optimizer=optimizer or "adam",
+        loss=preference.PreferenceLoss(objective, beta, orpo_lambda),
+        metrics=preference.metrics(objective, beta, orpo_lambda),
+    )
+    targets, outputs = (
+        keras.KerasTensor((None,), "float32"),
+        keras.KerasTensor((None, 2), "float32"),
+    )
+    for compiled in (model._compile_loss, model._compile_metrics):
+        if compiled is not None and not compiled.built:
+            compiled.build(targets, outputs)
     return model
 
 
@@ -178,6 +205,53 @@ def measure(
     return result
 
 
+def pair_outputs(model, pairs, batch_size: int, label: str = "measuring"):
+    """(2N, 2) NumPy: [summed log-prob, answer tokens] of every pair's chosen and rejected answer
+    (rows 2i, 2i+1) under `model` (compile_preference's)."""
+    import keras
+    import numpy as np
+
+    from kft.core.progress import Counter
+
+    batches = list(preference.eval_batches(pairs, EVAL_BATCH_SCALE * batch_size))
+    progress = Counter(f"{label}: answer log-probs", len(pairs), "pairs")
+    outputs = []
+    for x, y, w, real in batches:
+        x, y, w = distribution.local_batch(x, y, w)
+        out = np.asarray(keras.Model.predict_on_batch(model, x), dtype="float32")
+        outputs.append(out[: 2 * real])
+        progress.advance(real)
+    progress.close()
+    return np.concatenate(outputs)
+
+
+def measure_pairs(
+    task,
+    model,
+    pairs,
+    objective: str,
+    beta: float,
+    orpo_lambda: float,
+    metric: str,
+    batch_size: int,
+    max_new_tokens: int,
+    reference=None,
+    label: str = "measuring",
+) -> dict:
+    """measure()'s generations and metric on the pairs' prompts (the chosen answer the reference
+    text), and `pairs`: preference.summary of the held-out pairs against `reference` (the summed
+    log-probs before training; None: this measurement is the reference). `outputs` holds the
+    answers' log-probs (the reference of a later measurement)."""
+    from kft.models import preference
+
+    result = measure(task, model, pairs.chosen, metric, batch_size, max_new_tokens, False, label)
+    outputs = pair_outputs(model, pairs, batch_size, label)
+    reference = outputs[:, 0] if reference is None else reference
+    result["pairs"] = preference.summary(objective, outputs, reference, beta, orpo_lambda)
+    result["outputs"] = outputs
+    return result
+
+
 def evaluate_run(run_dir, base: bool = False, metric: str | None = None) -> dict:
     """Re-measure a run's eval split (or its sample prompts) with its adapter, or with the bare base model."""
     from pathlib import Path
@@ -187,19 +261,44 @@ def evaluate_run(run_dir, base: bool = False, metric: str | None = None) -> dict
     if base:  # the base the run trained on: as its adapter records it (int4 rounding, calibration)
         options = quantize.rebuild_options(adapter.read_config(run_dir), run_dir)
         task = frozen_base.load(c.model.preset, c.model.precision, c.model.quantize, **options)[0]
+        start = Path(run_dir) / adapter.INIT_ADAPTER  # model.init_adapter's run: part of the base
+        if (start / adapter.CONFIG).is_file():
+            adapter.merge(start, task.backbone)
     else:
         task = loading.load_tuned(run_dir)
-    built = dataset.build(
+    t = c.train
+    built = (dataset.build if t.objective == "sft" else preference.build)(
         records,
         task.preprocessor.tokenizer,
         c.data,
-        c.train.seed,
+        t.seed,
         num_prompts=c.output.samples,
         eval_records=eval_records,
     )
-    model_for_loss = compile_task(task, logits_on=c.train.logits_on)
     split = built.eval or built.train
     metric = metric or c.output.metric
+    if t.objective != "sft":  # preference pairs: against the reference the run saved
+        model = compile_preference(task, None, t.objective, t.beta, t.orpo_lambda)
+        result = measure_pairs(
+            task,
+            model,
+            split,
+            t.objective,
+            t.beta,
+            t.orpo_lambda,
+            metric,
+            t.batch_size,
+            c.output.sample_max_new_tokens,
+            reference=None if base else preference.saved_reference(run_dir, len(split)),
+        )
+        result.pop("outputs")
+        return {
+            "model": "base" if base else "tuned",
+            "metric": metric,
+            "examples": len(split.prompts),
+            **result,
+        }
+    model_for_loss = compile_task(task, logits_on=c.train.logits_on)
     result = measure(
         task,
         model_for_loss,

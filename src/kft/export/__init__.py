@@ -60,6 +60,12 @@ def export(
     out = Path(out).expanduser()
     _check_out(out, overwrite)
     meta = adapter.read_config(run_dir) if run_dir else {}
+    if meta.get("init_adapter") and fmt in ADAPTERS and not with_base:
+        raise KftError(
+            f"{run_dir} trained its LoRA on top of another run's (model.init_adapter): the adapter "
+            f"fits that merged model, not {meta['base_preset']}; add --with-base (the merged model is "
+            "written as the base), or export the merged model: --format hf, keras or gguf"
+        )
     if base:
         if not (preset or meta):
             raise KftError("--base needs a run folder (its base preset) or --preset")
@@ -87,7 +93,8 @@ def export(
             base_ref = str((out / "base").absolute()) if with_base else presets.hf_twin(base_preset)
             peft.write(task.backbone, meta, base_ref, partial)
             if with_base:
-                base_task, base_family, _ = frozen_base.load(base_preset, "float32")
+                base_task = _start_model(run_dir, base_preset)
+                base_family = model.family_of(base_task.backbone)
                 hf.write(
                     base_task.backbone,
                     base_task.preprocessor.tokenizer,
@@ -102,7 +109,7 @@ def export(
                     flush=True,
                 )
         elif fmt == "gguf-lora":
-            _gguf_lora(task, family, meta, preset, partial, quant, with_base)
+            _gguf_lora(task, family, meta, preset, partial, quant, with_base, run_dir)
         else:
             merge.merge_lora(task.backbone)
             if fmt == "keras":
@@ -127,7 +134,19 @@ def export(
     return out
 
 
-def _gguf_lora(task, family: str, meta: dict, preset, folder: Path, quant: str, with_base: bool):
+def _start_model(run_dir, preset: str):
+    """The float model a run's LoRA was trained on: the base preset, with the adapter it started
+    from merged in (model.init_adapter)."""
+    task = frozen_base.load(preset, "float32")[0]
+    start = Path(run_dir) / adapter.INIT_ADAPTER
+    if (start / adapter.CONFIG).is_file():
+        adapter.merge(start, task.backbone)
+    return task
+
+
+def _gguf_lora(
+    task, family: str, meta: dict, preset, folder: Path, quant: str, with_base: bool, run_dir
+):
     """adapter.gguf (+ base.gguf with `with_base`) and a Modelfile naming both."""
     tokenizer = task.preprocessor.tokenizer
     config = hf.hf_config(task.backbone, family, tokenizer)
@@ -141,7 +160,7 @@ def _gguf_lora(task, family: str, meta: dict, preset, folder: Path, quant: str, 
     )
     chat = gguf.chat_of(meta.get("template", ""), tokenizer, family)
     if with_base:
-        base_task, _, _ = frozen_base.load(preset or meta["base_preset"], "float32")
+        base_task = _start_model(run_dir, preset or meta["base_preset"])
         _gguf_file(base_task, family, folder, quant, chat, "base")
     (folder / "Modelfile").write_text(
         gguf.modelfile(folder / "base.gguf", chat, tokenizer, adapter=written)

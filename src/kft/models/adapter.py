@@ -111,3 +111,41 @@ def apply(folder: str | Path, backbone) -> dict:
     for path, variable in variables.items():
         variable.assign(tensors[path])
     return config
+
+
+INIT_ADAPTER = "init_adapter"  # a run's copy of the adapter it started from (model.init_adapter)
+
+
+def merge(folder: str | Path, backbone) -> int:
+    """Fold the adapter in `folder` into `backbone`'s float kernels (kernel += scale x A @ B), first
+    the adapter that one started from, if any; no LoRA layer is enabled. Returns the layers merged."""
+    folder = Path(folder)
+    merged = (
+        merge(folder / INIT_ADAPTER, backbone) if (folder / INIT_ADAPTER / CONFIG).is_file() else 0
+    )
+    config = read_config(folder)
+    if config.get("base_fingerprint") not in (None, fingerprint(backbone)):
+        raise KftError(
+            f"the adapter in '{folder}' does not fit this base model: it was trained on "
+            f"{config.get('base_preset')}; use a run trained on this model.preset"
+        )
+    if config.get("quantize", "none") != "none":
+        raise KftError(
+            f"the adapter in '{folder}' was trained on a {config['quantize']} base; model.init_adapter "
+            "merges into a float base, so start from a run trained on the float model"
+        )
+    tensors = files.read_safetensors(folder / WEIGHTS, ADAPTER_FIX)
+    kernels = {v.path: v for v in backbone.weights}
+    s = lora.scale(config["rank"], config["alpha"], config.get("rslora", False))
+    for path in sorted(p for p in tensors if p.endswith("/lora_kernel_a")):
+        layer = path.removesuffix("/lora_kernel_a")
+        kernel = kernels.get(f"{layer}/kernel")
+        b = tensors.get(f"{layer}/lora_kernel_b")
+        if kernel is None or b is None:
+            raise KftError(
+                f"{folder / WEIGHTS} does not fit this base model: no kernel for {layer}"
+            )
+        value = np.asarray(kernel.numpy(), dtype="float32") + s * np.matmul(tensors[path], b)
+        kernel.assign(value)  # cast to the kernel's dtype
+        merged += 1
+    return merged

@@ -20,7 +20,7 @@ from kft.config import Config
 from kft.core import backend
 from kft.core.errors import KftError
 from kft.data import dataset as data_lib
-from kft.data import packing
+from kft.data import packing, preference
 from kft.distribute import distribution
 from kft.evaluate import evaluation
 from kft.generation import decode_kernels, screened_argmax
@@ -78,6 +78,15 @@ def _report(metrics: dict, run_dir: Path, shown: int = 3) -> None:
     if "eval_loss_after" in metrics:
         before = f"{metrics['eval_loss_before']:.4f} -> " if "eval_loss_before" in metrics else ""
         print(f"kft: eval loss {before}{metrics['eval_loss_after']:.4f}")
+    if "pairs_reward_accuracy_after" in metrics:
+        m = metrics
+        print(
+            f"kft: {m['pairs_measured_on']} pairs: chosen preferred {100 * m['pairs_preferred_before']:.1f}% -> "
+            f"{100 * m['pairs_preferred_after']:.1f}%, reward accuracy "
+            f"{100 * m['pairs_reward_accuracy_before']:.1f}% -> {100 * m['pairs_reward_accuracy_after']:.1f}% "
+            f"(margin {m['pairs_reward_margin_before']:.3f} -> {m['pairs_reward_margin_after']:.3f})",
+            flush=True,
+        )
     name = metrics["metric"]
     if f"{name}_after" in metrics:
         before = f"{metrics[f'{name}_before']:.1f}% -> " if f"{name}_before" in metrics else ""
@@ -163,7 +172,7 @@ def train(
     _compile(c, run)
     before = _measure_before_or_resume(c, run, run_dir, out, resume_from)
     _fit(c, run, run_dir, out, resume_from)
-    after = run.measure(label="measuring after")
+    after = run.measure(label="measuring after", **_after_reference(c, run))
     return _save(c, run, run_dir, out, before, after, xla)
 
 
@@ -192,6 +201,7 @@ class _Run:
     rows: list = field(default_factory=list)
     tracker: object = None
     periodic: object = None
+    eval_reference: object = None  # preference runs: held-out answers' log-probs before training
 
 
 def _load_base_and_data(c: Config) -> _Run:
@@ -218,9 +228,14 @@ def _load_base_and_data(c: Config) -> _Run:
         c.model.quantize,
         **quantize.options(c, calibration, rounding),
     )
+    if c.model.init_adapter:  # the SFT run to start from, folded into the float base
+        merged = adapter.merge(_init_run(c.model.init_adapter), task.backbone)
+        print(
+            f"kft: merged {c.model.init_adapter}'s LoRA into the base ({merged} layers)", flush=True
+        )
     weights_per_device = distribution.verify(task, mesh_plan)
     model.check_seq_len(task.backbone, c.data.seq_len)
-    dataset = built.get("dataset") or data_lib.build(
+    dataset = built.get("dataset") or _builder(c)(
         records,
         task.preprocessor.tokenizer,
         c.data,
@@ -246,14 +261,42 @@ def _load_base_and_data(c: Config) -> _Run:
     return run
 
 
+def _builder(c: Config):
+    """The dataset builder for the objective: SFT examples, or preference pairs."""
+    return data_lib.build if c.train.objective == "sft" else preference.build
+
+
+def _init_run(folder: str) -> Path:
+    path = Path(folder).expanduser()
+    if not (path / adapter.CONFIG).is_file():
+        raise KftError(
+            f"model.init_adapter '{folder}' is not a finished kft run (no {adapter.CONFIG}); "
+            "name the run folder of a finished training run"
+        )
+    return path
+
+
 def _open_run_folder(c: Config, run: _Run, run_dir: Path, out: Path) -> None:
-    """The run folder with its config.yaml, and one line on the data."""
+    """The run folder with its config.yaml (and a copy of model.init_adapter's adapter), and one line
+    on the data."""
+    import shutil
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(config_lib.to_yaml(c), encoding="utf-8")
+    if c.model.init_adapter:  # the run stays loadable where the first one is gone
+        source, copy = _init_run(c.model.init_adapter), out / adapter.INIT_ADAPTER
+        shutil.rmtree(copy, ignore_errors=True)
+        copy.mkdir()
+        for name in (adapter.CONFIG, adapter.WEIGHTS, "config.yaml"):
+            if (source / name).is_file():
+                shutil.copy2(source / name, copy / name)
+        if (source / adapter.INIT_ADAPTER).is_dir():
+            shutil.copytree(source / adapter.INIT_ADAPTER, copy / adapter.INIT_ADAPTER)
     print(f"kft: run folder {run_dir}", flush=True)
     s = run.dataset.stats
+    unit = "pairs" if s.get("pairs") else "examples"
     print(
-        f"kft: {s['train_examples']} training / {s['eval_examples']} eval examples; "
+        f"kft: {s['train_examples']} training / {s['eval_examples']} eval {unit}; "
         f"{s['overlong']} longer than seq_len {c.data.seq_len} ({s['overlong_action']}); "
         f"{s['trained_tokens']} of {s['train_tokens']} tokens carry loss",
         flush=True,
@@ -290,12 +333,30 @@ def _compile(c: Config, run: _Run) -> None:
     run.optimizer, run.schedule = optim.make_optimizer(
         c.train, run.optimizer_steps, c.lora.plus_ratio
     )
-    run.fit_model = evaluation.compile_task(run.task, run.optimizer, c.train.logits_on)
     run.prompt_split = run.dataset.eval or run.dataset.train
     if c.train.eval_every and run.dataset.eval is None:
         raise KftError(
             "train.eval_every needs held-out data: set data.eval_source, or data.eval_fraction (e.g. 0.1)"
         )
+    t = c.train
+    if t.objective != "sft":
+        run.fit_model = evaluation.compile_preference(
+            run.task, run.optimizer, t.objective, t.beta, t.orpo_lambda
+        )
+        run.measure = functools.partial(
+            evaluation.measure_pairs,
+            run.task,
+            run.fit_model,
+            run.prompt_split,
+            t.objective,
+            t.beta,
+            t.orpo_lambda,
+            c.output.metric,
+            t.batch_size,
+            c.output.sample_max_new_tokens,
+        )
+        return
+    run.fit_model = evaluation.compile_task(run.task, run.optimizer, c.train.logits_on)
     run.measure = functools.partial(
         evaluation.measure,
         run.task,
@@ -314,17 +375,24 @@ def _measure_before_or_resume(c: Config, run: _Run, run_dir: Path, out: Path, re
     from kft.training import checkpoint
 
     if resume_from is None:
+        if c.train.objective == "dpo":
+            _reference(c, run, out)
         run.batches = _batches(c, run.dataset, run.micro_steps, run.start_micro)
         run.compiling = step_ahead.start(run.fit_model, run.batches)
-        if c.output.measure_before:
+        if c.output.measure_before or c.train.objective != "sft":  # pairs: the reference
             before = run.measure(label="measuring before")
         else:  # output.measure_before: false
             before = {"generations": [""] * len(run.prompt_split.prompts), "score": None}
+        if "outputs" in before:  # the held-out pairs' reference log-probs, for after training
+            run.eval_reference = before.pop("outputs")[:, 0]
+            _save_reference(out, run)
         (out / "before.json").write_text(
             json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8"
         )
         return before
     before = json.loads((run_dir / "before.json").read_text(encoding="utf-8"))
+    if c.train.objective != "sft":
+        _load_reference(run_dir, run)
     run.optimizer.build(run.fit_model.trainable_variables)
     resume_from, state = checkpoint.restore_newest(run_dir, run.fit_model)
     run.start_micro, run.rows = state["micro_step"], state["metrics"]
@@ -468,9 +536,15 @@ def _save(
     from kft.training import tracking
 
     metrics = run.metrics
+    after.pop("outputs", None)
     for when, result in (("before", before), ("after", after)):
         if "loss" in result:
             metrics[f"eval_loss_{when}"] = result["loss"]
+        for key, value in result.get("pairs", {}).items():  # held-out pairs (preference runs)
+            metrics[f"pairs_{key}_{when}"] = value
+            metrics["pairs_measured_on"] = (
+                "held-out" if run.dataset.eval is not None else "training"
+            )
         if result["score"] is not None:
             metrics[f"{c.output.metric}_{when}"] = result["score"]
     samples = [
@@ -495,6 +569,8 @@ def _save(
             "targets": lora.target_names(c.lora.targets),
             "dtype": run.policy,
             "template": c.data.template,
+            "objective": c.train.objective,
+            **({"init_adapter": adapter.INIT_ADAPTER} if c.model.init_adapter else {}),
             **quantize.settings(c.model.quantize, c.model.int4_block_size, run.rounding),
         },
     )
@@ -512,7 +588,7 @@ def _calibration(c: Config, records, eval_records, built: dict, task) -> dict:
     training split orders them. Without packing, the dataset built for them is the run's own: it
     goes into `built`, so the records are not tokenized twice."""
 
-    dataset = data_lib.build(
+    dataset = _builder(c)(
         records,
         task.preprocessor.tokenizer,
         replace(c.data, packing=False),
@@ -522,7 +598,35 @@ def _calibration(c: Config, records, eval_records, built: dict, task) -> dict:
     )
     if not c.data.packing:
         built["dataset"] = dataset
-    return gptq.calibration_inputs(dataset.train, c.model.calibration_examples)
+    split = dataset.train.chosen if c.train.objective != "sft" else dataset.train
+    return gptq.calibration_inputs(split, c.model.calibration_examples)
+
+
+def _reference(c: Config, run: _Run, out: Path) -> None:
+    """DPO's reference: every training answer's summed log-prob under the model before its first
+    step (LoRA's B is 0: the policy is the reference), computed once and carried in the batches."""
+    outputs = evaluation.pair_outputs(
+        run.fit_model, run.dataset.train, c.train.batch_size, "reference"
+    )
+    run.dataset.train = preference.with_reference(run.dataset.train, outputs[:, 0])
+    _save_reference(out, run)
+
+
+def _save_reference(out: Path, run: _Run) -> None:
+    preference.save_reference(
+        out, getattr(run.dataset.train, "reference", None), run.eval_reference
+    )
+
+
+def _load_reference(run_dir: Path, run: _Run) -> None:
+    arrays = preference.load_reference(run_dir)
+    if "train" in arrays:
+        run.dataset.train = preference.with_reference(run.dataset.train, arrays["train"])
+    run.eval_reference = arrays.get("eval")
+
+
+def _after_reference(c: Config, run: _Run) -> dict:
+    return {"reference": run.eval_reference} if c.train.objective != "sft" else {}
 
 
 def _batches(c: Config, dataset, micro_steps: int, start_micro: int):
