@@ -124,11 +124,28 @@ def train_case(path: str, mesh: str, out: Path, **overrides) -> dict:
         "losses": [r["loss"] for r in json_rows(result.run_dir)],
         "int4_rounding": meta.get("int4_rounding"),
         "eval_loss_after": result.metrics.get("eval_loss_after"),
+        "pairs_after": {  # preference runs: the held-out pairs' figures
+            k: v
+            for k, v in result.metrics.items()
+            if k.startswith("pairs_") and k.endswith("_after")
+        },
         "mesh": result.metrics["mesh"],
         "adapter": {k: v.ravel().tolist() for k, v in tensors.items()},
         "adapter_dtypes": sorted({str(v.dtype) for v in tensors.values()}),
         "samples": (result.run_dir / "samples.jsonl").is_file(),
     }
+
+
+def fact_pairs(path: Path) -> str:
+    """The bundled fact table as preference pairs (chosen: the fact's answer; rejected: the next's)."""
+    from kft.data.bundled import FOLDER
+
+    rows = [json.loads(line) for line in open(FOLDER / "tiny_facts.jsonl", encoding="utf-8")]
+    with open(path, "w", encoding="utf-8") as f:
+        for i, row in enumerate(rows):
+            pair = {"instruction": row["instruction"], "chosen": row["response"]}
+            f.write(json.dumps({**pair, "rejected": rows[(i + 1) % len(rows)]["response"]}) + "\n")
+    return str(path)
 
 
 def built_first(root: Path) -> str | None:
@@ -344,6 +361,18 @@ def main(check: str, out_file: str, root: str) -> None:
                     **{
                         "model.quantize": "int4",
                         "model.calibration_examples": 16,
+                        "output.samples": 0,
+                    },
+                )
+        if check == "fast":  # DPO: pairs of rows, the reference carried in the batches, on a mesh
+            for mesh in ("single", "2x4"):
+                results[f"train dpo {mesh}"] = train_case(
+                    preset(root, "8/1"),
+                    mesh,
+                    root / "runs" / f"{check}_dpo",
+                    **{
+                        "data.source": fact_pairs(root / "pairs.jsonl"),
+                        "train.objective": "dpo",
                         "output.samples": 0,
                     },
                 )

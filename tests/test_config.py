@@ -152,6 +152,8 @@ OUT_OF_RANGE = {
     "train.pad_to_multiple": -8,
     "train.checkpoint_every": 0,
     "train.checkpoint_keep": 0,
+    "train.beta": 0.0,
+    "train.orpo_lambda": -0.1,
     "output.samples": -1,
     "output.sample_max_new_tokens": 0,
 }

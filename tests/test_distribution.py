@@ -433,6 +433,17 @@ def test_lora_training_on_a_2x4_mesh_gives_the_single_device_losses_and_adapter(
     assert_same_training(single, sharded)
 
 
+def test_dpo_on_a_2x4_mesh_gives_the_single_device_losses_adapter_and_held_out_pairs(fast_checks):
+    single, sharded = fast_checks["train dpo single"], fast_checks["train dpo 2x4"]
+    assert sharded["mesh"] == "2x4"
+    assert single["losses"][0] == pytest.approx(math.log(2), abs=1e-5)  # policy = reference
+    np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-5)
+    assert adapter_rel(single["adapter"], sharded["adapter"]) <= 1e-5
+    assert set(single["pairs_after"]) >= {"pairs_reward_accuracy_after", "pairs_preferred_after"}
+    for key, value in single["pairs_after"].items():
+        assert sharded["pairs_after"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
 def test_a_llama_style_family_trains_on_a_2x4_mesh_as_on_one_device_also_on_quantized_bases(
     fast_checks,
 ):

@@ -393,3 +393,18 @@ def test_host_memory_and_disk_at_load_are_planned_and_auto_takes_gptq_only_where
     monkeypatch.setattr(plan, "_available_ram", lambda: 64e9)
     plan.check_before_training(config("gptq"))  # a machine with the RAM for it
     assert plan.int4_rounding(config()) == "gptq"
+
+
+def test_a_preference_run_plans_two_answers_per_pair():
+    from kft import config as config_lib
+    from kft import plan
+
+    def activations(**sets):
+        c = config_lib.load(None, {"model.preset": "gemma2_2b_en", "train.batch_size": 4, **sets})
+        return next((k, v) for k, v in plan.make(c, "16GB").lines if k.startswith("activations"))
+
+    sft, dpo = activations(), activations(**{"train.objective": "dpo"})
+    assert dpo[1] == pytest.approx(2 * sft[1]) and "4 pairs x 2 answers" in dpo[0]
+    assert activations(**{"train.objective": "orpo", "train.batch_size": 2})[1] == pytest.approx(
+        sft[1]
+    )

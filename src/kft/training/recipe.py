@@ -576,6 +576,7 @@ def _save(
     )
     quantize.save_calibration(out, run.task)
     metrics["xla"] = {**xla.stop().as_dict(), "before": before.get("xla"), "after": after["xla"]}
+    metrics["host_peak_gb"] = round(backend.host_peak_gb(), 3)  # this process's resident peak
     (out / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     report.plot_run(out)
     tracking.finish(run.tracker, metrics, samples)

@@ -39,8 +39,9 @@ def plot_run(run_dir: str | Path) -> Path:
     rows, summary = _read_run(run_dir)
     evals = [r for r in rows if "eval_loss" in r]  # train.eval_every's rows
     rows = [r for r in rows if "loss" in r]
-    figure = _figure()
-    ax = figure.add_subplot()
+    preference = bool(rows) and "reward_accuracy" in rows[0]  # a dpo/orpo run: a second panel
+    figure = _figure(height=6.4 if preference else 4.2)
+    ax = figure.add_subplot(211) if preference else figure.add_subplot()
     steps = [r["step"] for r in rows]
     ax.plot(
         steps,
@@ -88,10 +89,39 @@ def plot_run(run_dir: str | Path) -> Path:
     handles = ax.get_legend_handles_labels()[0] + lr_axis.get_legend_handles_labels()[0]
     ax.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
     ax.set_title(f"{run_dir.name}: {summary.get('family', '')} LoRA", fontsize=10)
+    if preference:
+        _plot_rewards(figure.add_subplot(212), steps, rows)
     figure.tight_layout()
     path = run_dir / LOSS_PNG
     figure.savefig(path)
     return path
+
+
+def _plot_rewards(ax, steps: list, rows: list[dict]) -> None:
+    """A preference run's reward accuracy (left axis) and reward margin (right) per logged step."""
+    ax.plot(
+        steps,
+        [r["reward_accuracy"] for r in rows],
+        marker="o",
+        markersize=3,
+        color="tab:green",
+        label="reward accuracy",
+    )
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward accuracy")
+    ax.grid(alpha=0.3)
+    margin = ax.twinx()
+    margin.plot(
+        steps,
+        [r["reward_margin"] for r in rows],
+        color="tab:purple",
+        linestyle="--",
+        label="reward margin",
+    )
+    margin.set_ylabel("reward margin")
+    handles = ax.get_legend_handles_labels()[0] + margin.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=8)
 
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:

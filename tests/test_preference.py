@@ -1,0 +1,389 @@
+"""Preference tuning (train.objective dpo | orpo): data, losses and gradients against a direct
+computation on full logits, the precomputed reference, runs from the base and from an SFT run."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from conftest import CONFIGS
+
+from kft.config import ConfigError, from_dict
+from kft.core.errors import KftError
+
+FACTS = os.path.join(os.path.dirname(CONFIGS), "src", "kft", "data", "bundled", "tiny_facts.jsonl")
+
+
+def fact_pairs(path) -> str:
+    """tiny_facts as pairs: chosen = the fact's answer, rejected = the next fact's (memorisable)."""
+    rows = [json.loads(line) for line in open(FACTS, encoding="utf-8")]
+    with open(path, "w", encoding="utf-8") as f:
+        for i, row in enumerate(rows):
+            wrong = rows[(i + 1) % len(rows)]["response"]
+            pair = {"instruction": row["instruction"], "chosen": row["response"], "rejected": wrong}
+            f.write(json.dumps(pair) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    return fact_pairs(tmp_path_factory.mktemp("pairs") / "pairs.jsonl")
+
+
+def data_config(**kw):
+    from kft.config import DataConfig
+
+    return DataConfig(**{"template": "dolly", "seq_len": 64, "shuffle": False, **kw})
+
+
+def records(rows):
+    import datasets
+
+    return datasets.Dataset.from_list(rows)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def trained_text(segments):
+    return "".join(t for t, trained in segments if trained)
+
+
+def prompt_text(segments):
+    return "".join(t for t, trained in segments if not trained)
+
+
+def test_the_common_layouts_become_the_same_prompt_and_answers():
+    from kft.data import preference, templates
+
+    chat = templates.Template(name="gemma-chat", columns={})
+    user = {"role": "user", "content": "Capital of France?"}
+    layouts = [
+        {"prompt": "Capital of France?", "chosen": "Paris", "rejected": "Lyon"},  # TRL standard
+        {"messages": [user], "chosen": "Paris", "rejected": "Lyon"},
+        {  # UltraFeedback binarized: whole conversations
+            "prompt": "ignored when the conversations carry it",
+            "chosen": [user, {"role": "assistant", "content": "Paris"}],
+            "rejected": [user, {"role": "assistant", "content": "Lyon"}],
+        },
+    ]
+    rendered = [preference.render_pairs([r], chat)[0] for r in layouts[:2]]
+    conversation = preference.render_pairs([layouts[2]], chat)[0]
+    for chosen, rejected in [*rendered, conversation]:
+        assert prompt_text(chosen) == prompt_text(rejected) == prompt_text(rendered[0][0])
+        assert trained_text(chosen) == "Paris<end_of_turn>\n"[: len(trained_text(chosen))]
+        assert trained_text(chosen).startswith("Paris") and trained_text(rejected).startswith(
+            "Lyon"
+        )
+
+
+def test_anthropic_hh_texts_split_at_their_shared_prefix_and_dolly_reads_its_own_fields():
+    from kft.data import preference, templates
+
+    text = templates.Template(name="text", columns={})
+    hh = {
+        "chosen": "\n\nHuman: Hi?\n\nAssistant: Hello there.",
+        "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away.",
+    }
+    (chosen, rejected) = preference.render_pairs([hh], text)[0]
+    assert prompt_text(chosen) == prompt_text(rejected) == "\n\nHuman: Hi?\n\nAssistant:"
+    assert trained_text(chosen) == " Hello there." and trained_text(rejected) == " Go away."
+    dolly = templates.Template(name="dolly", columns={"chosen": "good", "rejected": "bad"})
+    row = {"instruction": "Say hi", "context": "", "good": "hi", "bad": "no"}
+    (chosen, rejected) = preference.render_pairs([row], dolly)[0]
+    assert prompt_text(chosen) == "Instruction:\nSay hi\n\nResponse:\n"
+    assert (trained_text(chosen), trained_text(rejected)) == ("hi", "no")
+
+
+def test_bad_preference_records_are_refused_with_the_fix(tokenizers):
+    from kft.data import preference
+
+    tok = tokenizers["gemma3"]
+    with pytest.raises(KftError, match=r"missing column\(s\) rejected.*data.columns"):
+        preference.build(records([{"prompt": "a", "chosen": "b"}]), tok, data_config(), 0)
+    same = [{"prompt": "a", "chosen": "b", "rejected": "b"}]
+    with pytest.raises(KftError, match="same chosen and rejected answer"):
+        preference.build(records(same), tok, data_config(template="chat"), 0)
+    with pytest.raises(KftError, match="record 0 has no prompt"):
+        preference.build(
+            records([{"chosen": "x", "rejected": "y"}]), tok, data_config(template="text"), 0
+        )
+    with pytest.raises(ConfigError, match="train.objective.*data.packing: false"):
+        from_dict({"train": {"objective": "dpo"}, "data": {"packing": True}})
+    with pytest.raises(ConfigError, match="train.objective"):
+        from_dict({"train": {"objective": "ppo"}})
+    with pytest.raises(ConfigError, match="model.init_adapter.*float base"):
+        from_dict({"model": {"init_adapter": "runs/x", "quantize": "int8"}})
+
+
+def test_pairs_are_interleaved_rows_with_their_reference(tokenizers, pairs_file):
+    from kft.data import dataset, preference
+
+    built = preference.build(
+        dataset.load_records(data_config(source=pairs_file)), tokenizers["gemma3"], data_config(), 0
+    )
+    pairs = built.train
+    assert len(pairs) == 16 and built.stats["pairs"]
+    pairs = preference.with_reference(pairs, np.arange(32, dtype="float32"))
+    x, y, w = pairs.batch(np.array([3, 5]), pad_to_multiple=8)
+    np.testing.assert_array_equal(y, [6, 7, 10, 11])  # chosen, rejected of pair 3, then pair 5
+    rows = x["token_ids"].shape[0]
+    assert rows == 4 and w.tolist() == [1, 1, 1, 1]
+    np.testing.assert_array_equal(
+        x["token_ids"][1], pairs.rejected.token_ids[3, : x["token_ids"].shape[1]]
+    )
+
+
+# --- losses and gradients against full logits ------------------------------------------------
+
+
+def full_logit_logps(logits, x_rows):
+    """Each row's summed log-prob of its trained targets, from full logits (NumPy float64)."""
+    logits = np.asarray(logits, "float64")
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    picked = np.take_along_axis(logp, x_rows.targets[..., None], -1)[..., 0]
+    return (picked * x_rows.loss_weights).sum(-1), x_rows.loss_weights.sum(-1)
+
+
+def dpo_numpy(logps, reference, beta):
+    c, r = logps[0::2] - reference[0::2], logps[1::2] - reference[1::2]
+    return float(np.mean(np.log1p(np.exp(-beta * (c - r)))))
+
+
+def orpo_numpy(logps, counts, lam):
+    mean = logps / counts
+    c, r = mean[0::2], mean[1::2]
+    log_odds = (c - r) - (np.log1p(-np.exp(c)) - np.log1p(-np.exp(r)))
+    nll = -logps[0::2].sum() / counts[0::2].sum()
+    return float(nll - lam * np.mean(-np.log1p(np.exp(-log_odds))))
+
+
+def setup_model(preset, pairs_file, objective, seed=0):
+    """A tiny task with LoRA (B made non-zero so every factor gets a gradient), compiled for `objective`."""
+    import keras
+
+    from kft.data import dataset, preference
+    from kft.evaluate import evaluation
+    from kft.models import lora
+    from kft.quant import frozen_base
+
+    task = frozen_base.load(preset, "float32")[0]
+    keras.utils.set_random_seed(seed)
+    lora.enable(task.backbone, 4, 8.0, ["all-linear"])
+    built = preference.build(
+        dataset.load_records(data_config(source=pairs_file)),
+        task.preprocessor.tokenizer,
+        data_config(),
+        0,
+    )
+    model = evaluation.compile_preference(task, None, objective, 0.1, 0.1)
+    return task, model, built.train
+
+
+def jax_grads(model, x, y, loss_of):
+    import jax
+
+    trainable = [v.value for v in model.trainable_variables]
+    fixed = [v.value for v in model.non_trainable_variables]
+
+    def f(values):
+        out, _ = model.stateless_call(values, fixed, x)
+        return loss_of(y, out)
+
+    return jax.value_and_grad(f)(trainable)
+
+
+@pytest.mark.parametrize("family", ["gemma3", pytest.param("llama3", marks=pytest.mark.slow)])
+def test_dpo_at_step_0_is_log_2_and_the_reference_is_a_second_forward_of_the_base(
+    tiny_presets, pairs_file, family
+):
+    import keras
+
+    from kft.data import preference
+    from kft.evaluate import evaluation
+    from kft.quant import frozen_base
+
+    task, model, pairs = setup_model(tiny_presets[family], pairs_file, "dpo")
+    outputs = evaluation.pair_outputs(model, pairs, 4)  # LoRA B = 0: the reference
+    base = frozen_base.load(tiny_presets[family], "float32")[0]  # no LoRA at all
+    rows = pairs.rows(np.arange(len(pairs)))
+    logits = base(rows.inputs())
+    expected, counts = full_logit_logps(logits, rows)
+    np.testing.assert_allclose(outputs[:, 0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(outputs[:, 1], counts)
+    pairs = preference.with_reference(pairs, outputs[:, 0])
+    x, y, _ = pairs.batch(np.arange(8))
+    loss = keras.Model.test_on_batch(model, x, y, return_dict=True)["loss"]
+    assert abs(loss - math.log(2)) < 1e-6
+
+
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_losses_and_gradients_equal_a_direct_computation_on_full_logits(
+    tiny_presets, pairs_file, objective
+):
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    from kft.data import preference
+    from kft.models import lora
+    from kft.models.preference import PreferenceLoss
+
+    task, model, pairs = setup_model(tiny_presets["gemma3"], pairs_file, objective)
+    rng = np.random.default_rng(0)
+    for v in lora.lora_variables(task.backbone).values():  # B != 0, so A gets gradients too
+        v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
+    reference = rng.normal(-20, 3, 2 * len(pairs)).astype("float32")
+    pairs = preference.with_reference(pairs, reference)
+    index = np.arange(4)
+    x, y, _ = pairs.batch(index)
+    rows = pairs.rows(index)
+    loss_fn = PreferenceLoss(objective, 0.1, 0.1)
+    kft_loss, kft_grads = jax_grads(model, x, y, lambda y_, out: loss_fn(y_, out))
+
+    # The same loss written directly on the task's full-vocabulary logits, in JAX (for gradients).
+    inputs = rows.inputs()
+    targets, weights = jnp.asarray(rows.targets), jnp.asarray(rows.loss_weights)
+    task_vars = {v.path: v for v in task.trainable_variables}
+    order = [v.path for v in model.trainable_variables]
+    assert set(order) == set(task_vars)
+    fixed = [v.value for v in task.non_trainable_variables]
+
+    def direct(values):
+        by_path = dict(zip(order, values))
+        logits, _ = task.stateless_call(
+            [by_path[v.path] for v in task.trainable_variables], fixed, inputs
+        )
+        logp = jax.nn.log_softmax(logits.astype("float32"), -1)
+        picked = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+        logps, counts = (picked * weights).sum(-1), weights.sum(-1)
+        if objective == "dpo":
+            ratio = (logps - y)[0::2] - (logps - y)[1::2]
+            return -jnp.mean(jax.nn.log_sigmoid(0.1 * ratio))
+        mean = logps / counts
+        c, r = mean[0::2], mean[1::2]
+        log_odds = (c - r) - (jnp.log1p(-jnp.exp(c)) - jnp.log1p(-jnp.exp(r)))
+        nll = -logps[0::2].sum() / counts[0::2].sum()
+        return nll - 0.1 * jnp.mean(jax.nn.log_sigmoid(log_odds))
+
+    direct_loss, direct_grads = jax.value_and_grad(direct)(
+        [v.value for v in model.trainable_variables]
+    )
+    logits = np.asarray(task(inputs))
+    logps, counts = full_logit_logps(logits, rows)
+    numpy_loss = dpo_numpy(logps, y, 0.1) if objective == "dpo" else orpo_numpy(logps, counts, 0.1)
+    assert abs(float(kft_loss) - numpy_loss) < 1e-5
+    assert abs(float(direct_loss) - numpy_loss) < 1e-5
+    for path, ours, theirs in zip(order, kft_grads, direct_grads):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5, err_msg=path)
+    assert max(float(np.abs(np.asarray(g)).max()) for g in kft_grads) > 1e-4  # not all zero
+    del keras
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+def tiny_run(out, preset, **settings):
+    import kft
+
+    return kft.train(
+        os.path.join(CONFIGS, "tiny.yaml"),
+        **{
+            "model.preset": preset,
+            "train.epochs": None,
+            "train.max_steps": 24,
+            "train.log_every": 4,
+            "output.samples": 2,
+            "output.tensorboard": False,
+            "output.dir": str(out),
+            **settings,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def sft_run(tiny_presets, tmp_path_factory):
+    return tiny_run(
+        tmp_path_factory.mktemp("sft") / "run", tiny_presets["gemma3"], **{"train.max_steps": 12}
+    )
+
+
+def test_dpo_memorises_a_preference_set_to_100_percent_reward_accuracy(
+    tiny_presets, pairs_file, tmp_path
+):
+    result = tiny_run(
+        tmp_path / "dpo",
+        tiny_presets["gemma3"],
+        **{"train.objective": "dpo", "data.source": pairs_file},
+    )
+    m = result.metrics
+    assert abs(m["first_loss"] - math.log(2)) < 1e-5
+    rows = [json.loads(line) for line in open(result.run_dir / "metrics.jsonl")]
+    assert (
+        rows[-1]["reward_accuracy"] == 1.0 and rows[-1]["reward_margin"] > rows[0]["reward_margin"]
+    )
+    assert {"logps_chosen", "logps_rejected"} <= set(rows[-1])
+    assert m["pairs_measured_on"] == "training" and m["pairs_reward_accuracy_after"] == 1.0
+    assert m["pairs_preferred_after"] > m["pairs_preferred_before"]
+    assert m["pairs_reward_margin_before"] == 0.0
+    saved = np.load(result.run_dir / "reference_logps.npz")
+    assert saved["train"].shape == (16, 2)
+    from kft.generation import loading
+
+    reloaded = loading.load_tuned(result.run_dir)  # the adapter loads back as any run's
+    assert reloaded.backbone is not None
+
+
+def test_orpo_learns_the_chosen_answers_without_a_reference(tiny_presets, pairs_file, tmp_path):
+    result = tiny_run(
+        tmp_path / "orpo",
+        tiny_presets["gemma3"],
+        **{"train.objective": "orpo", "data.source": pairs_file, "train.max_steps": 40},
+    )
+    m = result.metrics
+    assert m["final_loss"] < m["first_loss"]
+    assert m["pairs_reward_accuracy_after"] == 1.0 > m["pairs_reward_accuracy_before"]
+    assert "train" not in np.load(result.run_dir / "reference_logps.npz")  # ORPO needs none
+
+
+def test_a_run_started_from_an_sft_run_keeps_its_behaviour_at_step_0(
+    tiny_presets, pairs_file, sft_run, tmp_path, capsys
+):
+    from kft.export import export
+
+    result = tiny_run(
+        tmp_path / "dpo",
+        tiny_presets["gemma3"],
+        **{
+            "train.objective": "dpo",
+            "data.source": pairs_file,
+            "train.max_steps": 4,
+            "model.init_adapter": str(sft_run.run_dir),
+        },
+    )
+    assert abs(result.metrics["first_loss"] - math.log(2)) < 1e-5
+    # Greedy answers of the merged start model before any step = the SFT model's own.
+    from kft.generation import loading, sampling
+
+    prompts = [json.loads(line)["prompt"] for line in open(result.run_dir / "samples.jsonl")]
+    before = json.loads((result.run_dir / "before.json").read_text())["generations"]
+    sft = loading.load_tuned(sft_run.run_dir)
+    sft.compile(sampler="greedy")
+    assert sampling.generate(sft, sft.preprocessor.tokenizer, prompts, 16) == before
+    assert (result.run_dir / "init_adapter" / "adapter.safetensors").is_file()
+    with pytest.raises(KftError, match="--with-base"):
+        export(str(result.run_dir), "peft", str(tmp_path / "peft"))
+
+
+def test_merging_an_adapter_equals_applying_it(tiny_presets, sft_run):
+    from kft.generation import loading
+    from kft.models import adapter
+    from kft.quant import frozen_base
+
+    tuned = loading.load_tuned(sft_run.run_dir)
+    merged = frozen_base.load(tiny_presets["gemma3"], "float32")[0]
+    assert adapter.merge(sft_run.run_dir, merged.backbone) == 14
+    x = {"token_ids": np.array([[2, 10, 11, 12, 13, 14]]), "padding_mask": np.ones((1, 6), bool)}
+    np.testing.assert_allclose(np.asarray(merged(x)), np.asarray(tuned(x)), rtol=1e-5, atol=1e-5)
