@@ -196,3 +196,13 @@ def test_every_float_key_refuses_nan_and_infinity(value):
         section, name = key.split(".")
         with pytest.raises(ConfigError, match=f"'{key}' must be a finite number"):
             config_lib.from_dict({section: {name: value}})
+
+
+def test_a_float_written_without_a_dot_is_a_number_in_yaml_and_in_set(tmp_path):
+    # YAML 1.1 (PyYAML) reads 5e-5 as the string "5e-5"; kft reads it as the number it means.
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 5e-5\n")
+    assert config_lib.load(str(path)).train.lr == 5e-5
+    assert config_lib.load(None, {"train.lr": "2e-4"}).train.lr == 2e-4
+    with pytest.raises(ConfigError, match="'train.lr' must be a number, got 'fast'"):
+        config_lib.load(None, {"train.lr": "fast"})

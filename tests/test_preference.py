@@ -195,7 +195,13 @@ def jax_grads(model, x, y, loss_of):
     return jax.value_and_grad(f)(trainable)
 
 
-@pytest.mark.parametrize("family", ["gemma3", pytest.param("llama3", marks=pytest.mark.slow)])
+SLOW_FAMILIES = ("gemma", "gemma2", "gemma4", "llama", "llama3", "mistral", "qwen3")
+
+
+@pytest.mark.parametrize(
+    "family",
+    ["gemma3", "qwen", *(pytest.param(f, marks=pytest.mark.slow) for f in SLOW_FAMILIES)],
+)  # the default tier: a Gemma and a Llama-style family (untied head, q/k/v biases)
 def test_dpo_at_step_0_is_log_2_and_the_reference_is_a_second_forward_of_the_base(
     tiny_presets, pairs_file, family
 ):
@@ -220,8 +226,11 @@ def test_dpo_at_step_0_is_log_2_and_the_reference_is_a_second_forward_of_the_bas
 
 
 @pytest.mark.parametrize("objective", ["dpo", "orpo"])
+@pytest.mark.parametrize(
+    "family", ["gemma3", *(pytest.param(f, marks=pytest.mark.slow) for f in ("gemma2", "qwen"))]
+)  # slow: Gemma 2's logit soft cap, Qwen's untied head
 def test_losses_and_gradients_equal_a_direct_computation_on_full_logits(
-    tiny_presets, pairs_file, objective
+    tiny_presets, pairs_file, objective, family
 ):
     import jax
     import jax.numpy as jnp
@@ -231,7 +240,7 @@ def test_losses_and_gradients_equal_a_direct_computation_on_full_logits(
     from kft.models import lora
     from kft.models.preference import PreferenceLoss
 
-    task, model, pairs = setup_model(tiny_presets["gemma3"], pairs_file, objective)
+    task, model, pairs = setup_model(tiny_presets[family], pairs_file, objective)
     rng = np.random.default_rng(0)
     for v in lora.lora_variables(task.backbone).values():  # B != 0, so A gets gradients too
         v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
@@ -330,10 +339,14 @@ def test_dpo_memorises_a_preference_set_to_100_percent_reward_accuracy(
     assert m["pairs_reward_margin_before"] == 0.0
     saved = np.load(result.run_dir / "reference_logps.npz")
     assert saved["train"].shape == (16, 2)
-    from kft.generation import loading
+    from kft.evaluate import evaluation
 
-    reloaded = loading.load_tuned(result.run_dir)  # the adapter loads back as any run's
-    assert reloaded.backbone is not None
+    # `kft eval RUN`: the adapter reloaded, the same pairs, against the run's saved reference.
+    again = evaluation.evaluate_run(result.run_dir)
+    assert again["pairs"]["reward_accuracy"] == 1.0
+    assert again["pairs"]["reward_margin"] == pytest.approx(
+        m["pairs_reward_margin_after"], rel=1e-4
+    )
 
 
 def test_orpo_learns_the_chosen_answers_without_a_reference(tiny_presets, pairs_file, tmp_path):

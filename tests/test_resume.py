@@ -1,5 +1,6 @@
 """Surviving a session's end: kill -9, SIGTERM, failed checkpoint writes, NaN; resume is exact."""
 
+import json
 import os
 import signal
 import subprocess
@@ -206,3 +207,29 @@ def test_a_llama_style_run_stopped_at_a_checkpoint_resumes_to_the_same_adapter(t
     done = finish("--resume", str(run))
     assert "resuming from step-" in done.stdout
     assert same_adapter(run, reference)
+
+
+def test_a_dpo_run_stopped_at_a_checkpoint_resumes_to_the_same_adapter(tmp_path):
+    # The reference log-probs come back from the run folder (reference_logps.npz), not recomputed
+    # with the checkpoint's LoRA in place.
+    from test_preference import fact_pairs
+
+    dpo = ["--set", "train.objective=dpo", "--data", fact_pairs(tmp_path / "pairs.jsonl")]
+    reference = tmp_path / "reference"
+    finish(*ARGS, *dpo, "--output-dir", str(reference))
+    run = tmp_path / "stopped"
+    proc = start(run, *dpo)
+    wait_for_checkpoint(proc, run, 20)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err[-2000:]
+    done = finish("--resume", str(run))
+    assert "resuming from step-" in done.stdout
+    assert same_adapter(run, reference)
+
+    def steps(folder):  # a window cut by the stop averages fewer steps: its figures differ
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert all("reward_accuracy" in r for r in rows)
+        return [r["step"] for r in rows]
+
+    assert steps(run) == steps(reference)

@@ -376,6 +376,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     }[hint]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 5e-5 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if hint is float and isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
     if hint is list and isinstance(value, str):
