@@ -388,6 +388,25 @@ def test_a_run_started_from_an_sft_run_keeps_its_behaviour_at_step_0(
     assert (result.run_dir / "init_adapter" / "adapter.safetensors").is_file()
     with pytest.raises(KftError, match="--with-base"):
         export(str(result.run_dir), "peft", str(tmp_path / "peft"))
+    # Exports merge both adapters: transformers' logits of the hf export, and of the PEFT adapter
+    # on the base --with-base writes (the SFT model), equal the run's own.
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tuned = loading.load_tuned(result.run_dir)
+    ids = np.array([[2, 10, 11, 12, 13, 14, 15]])
+    ours = np.asarray(tuned({"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}))
+    hf = AutoModelForCausalLM.from_pretrained(
+        export(str(result.run_dir), "hf", str(tmp_path / "hf"))
+    )
+    peft_dir = export(str(result.run_dir), "peft", str(tmp_path / "peft"), with_base=True)
+    with_adapter = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(peft_dir / "base"), peft_dir
+    )
+    for model in (hf, with_adapter):
+        theirs = model(torch.tensor(ids)).logits.detach().numpy()
+        np.testing.assert_allclose(theirs, ours, atol=1e-4)
 
 
 def test_merging_an_adapter_equals_applying_it(tiny_presets, sft_run):

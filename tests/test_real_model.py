@@ -110,3 +110,30 @@ def test_the_main_job_as_gguf_answers_the_held_out_prompts_as_kft_did(tmp_path):
         )  # fmt: skip
         # measured: 64/64 identical for all three (llama.cpp's f16 GELU table leaves no trace here)
         assert r["identical"] >= 60 and r["json_match"] >= 95, (fmt, quant, r)
+
+
+@pytest.mark.slow
+def test_dpo_teaches_gemma3_270m_to_prefer_the_correct_json_on_held_out_pairs(tmp_path):
+    """configs/gemma3_270m_dpo.yaml from a short SFT run (model.init_adapter): held-out reward
+    accuracy >= 90%, the held-out JSON match kept at least at the SFT run's."""
+    sft, dpo = tmp_path / "sft", tmp_path / "dpo"
+    config = os.path.join(REPO, "configs", "gemma3_270m_person_json.yaml")
+    _kft(tmp_path, "train", "--config", config, "--max-steps", "20", "--output-dir", str(sft))
+    config = os.path.join(REPO, "configs", "gemma3_270m_dpo.yaml")
+    _kft(
+        tmp_path,
+        "train",
+        "--config",
+        config,
+        "--set",
+        f"model.init_adapter={sft}",
+        "--output-dir",
+        str(dpo),
+    )
+    before = json.loads((sft / "summary.json").read_text())
+    after = json.loads((dpo / "summary.json").read_text())
+    assert after["pairs_measured_on"] == "held-out"
+    assert after["pairs_reward_accuracy_after"] >= 0.9
+    assert after["pairs_preferred_after"] >= after["pairs_preferred_before"]
+    assert after["json_before"] == before["json_after"]  # step 0 is the SFT model
+    assert after["json_after"] >= before["json_after"]
