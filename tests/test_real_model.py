@@ -127,6 +127,8 @@ def test_dpo_teaches_gemma3_270m_to_prefer_the_correct_json_on_held_out_pairs(tm
         config,
         "--set",
         f"model.init_adapter={sft}",
+        "--set",
+        "train.lr=1e-5",
         "--output-dir",
         str(dpo),
     )
