@@ -25,7 +25,16 @@ HEAD_DIM = {"gemma2": 256, "gemma3": 256, "qwen3": 128}
 
 
 @pytest.fixture(
-    scope="module", params=["gemma2", "gemma3", "llama", "llama3", "mistral", "qwen", "qwen3"]
+    scope="module",
+    params=[
+        "gemma2",
+        "gemma3",
+        "llama",
+        "llama3",
+        "qwen3",
+        # Llama's arch and ChatML/byte-level BPE again: in the slow tier (the default suite's time)
+        *(pytest.param(f, marks=pytest.mark.slow) for f in ("mistral", "qwen")),
+    ],
 )
 def exported(request, tiny_presets, tmp_path_factory):
     """(family, the tuned task, {quant: GGUF export folder}) for a short chat-template run."""

@@ -209,6 +209,7 @@ def test_a_llama_style_run_stopped_at_a_checkpoint_resumes_to_the_same_adapter(t
     assert same_adapter(run, reference)
 
 
+@pytest.mark.slow  # three tiny DPO runs of 150 steps (~1 min)
 def test_a_dpo_run_stopped_at_a_checkpoint_resumes_to_the_same_adapter(tmp_path):
     # The reference log-probs come back from the run folder (reference_logps.npz), not recomputed
     # with the checkpoint's LoRA in place.
