@@ -68,14 +68,29 @@ def test_the_common_layouts_become_the_same_prompt_and_answers():
             "rejected": [user, {"role": "assistant", "content": "Lyon"}],
         },
     ]
+    explicit = {  # TRL's explicit conversational form: the prompt apart, each answer one turn
+        "prompt": [user],
+        "chosen": [{"role": "assistant", "content": "Paris"}],
+        "rejected": [{"role": "assistant", "content": "Lyon"}],
+    }
     rendered = [preference.render_pairs([r], chat)[0] for r in layouts[:2]]
     conversation = preference.render_pairs([layouts[2]], chat)[0]
-    for chosen, rejected in [*rendered, conversation]:
+    split_apart = preference.render_pairs([explicit], chat)[0]
+    for chosen, rejected in [*rendered, conversation, split_apart]:
         assert prompt_text(chosen) == prompt_text(rejected) == prompt_text(rendered[0][0])
         assert trained_text(chosen) == "Paris<end_of_turn>\n"[: len(trained_text(chosen))]
         assert trained_text(chosen).startswith("Paris") and trained_text(rejected).startswith(
             "Lyon"
         )
+    # A multi-turn prompt: its earlier model reply is prompt, only the last reply is the answer.
+    turns = [
+        user,
+        {"role": "model", "content": "Paris."},
+        {"role": "user", "content": "And Spain?"},
+    ]
+    record = {"messages": turns, "chosen": "Madrid", "rejected": "Rome"}
+    chosen, _ = preference.render_pairs([record], chat)[0]
+    assert trained_text(chosen).startswith("Madrid") and "Paris." in prompt_text(chosen)
 
 
 def test_anthropic_hh_texts_split_at_their_shared_prefix_and_dolly_reads_its_own_fields():
@@ -388,6 +403,12 @@ def test_a_run_started_from_an_sft_run_keeps_its_behaviour_at_step_0(
     assert (result.run_dir / "init_adapter" / "adapter.safetensors").is_file()
     with pytest.raises(KftError, match="--with-base"):
         export(str(result.run_dir), "peft", str(tmp_path / "peft"))
+    import shutil
+
+    moved = tmp_path / "copied_without_its_start"
+    shutil.copytree(result.run_dir, moved, ignore=shutil.ignore_patterns("init_adapter"))
+    with pytest.raises(KftError, match="trained on top of another run's adapter.*missing"):
+        loading.load_tuned(moved)  # never silently on the bare base
     # Exports merge both adapters: transformers' logits of the hf export, and of the PEFT adapter
     # on the base --with-base writes (the SFT model), equal the run's own.
     import torch

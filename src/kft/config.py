@@ -684,6 +684,12 @@ def validate(c: Config) -> None:
         ):
             if bad:
                 _fail("train.objective", f"{t.objective} needs {why}")
+    if c.model.init_adapter and c.model.precision in ("bfloat16", "float16"):
+        _fail(
+            "model.init_adapter",
+            f"merges into the base's kernels, which model.precision {c.model.precision} stores in 16 "
+            "bits (the merged update would be rounded); use float32, auto or mixed_bfloat16",
+        )
     if c.model.init_adapter and c.model.quantize != "none":
         _fail(
             "model.init_adapter",

@@ -124,6 +124,7 @@ def _parts(record: dict, template: templates.Template, index: int):
     """(prompt or None, chosen answer, rejected answer): prompt None means the template's own
     prompt fields are in the record; else it is a text or a list of chat messages."""
     chosen, rejected = (record.get(template.column(a)) for a in ANSWERS)
+    prompt_column = template.column("prompt")
     if isinstance(chosen, list) and isinstance(rejected, list):  # whole conversations
         shared = _common_prefix(chosen, rejected)
         answers = []
@@ -138,13 +139,23 @@ def _parts(record: dict, template: templates.Template, index: int):
                     f"(after {shared} shared message(s) it has {len(rest)} more)"
                 )
             answers.append(str(rest[0].get("content", "")))
-        return chosen[:shared], answers[0], answers[1]
+        # The conversations carry their prompt (UltraFeedback: `prompt` repeats it), or (TRL's
+        # explicit form) hold the answer turn only and the prompt is apart.
+        given = record.get(prompt_column) if shared == 0 else None
+        if isinstance(given, str):
+            given = [{"role": "user", "content": given}]
+        prompt = [*(given or []), *chosen[:shared]]
+        if not prompt:
+            raise KftError(
+                f"record {index} has no prompt: '{prompt_column}' is empty and chosen/rejected share "
+                "no message before their answers"
+            )
+        return prompt, answers[0], answers[1]
     if not isinstance(chosen, str) or not isinstance(rejected, str):
         raise KftError(
             f"record {index}: '{template.column('chosen')}' and '{template.column('rejected')}' must both "
             "be texts or both lists of chat messages"
         )
-    prompt_column = template.column("prompt")
     if record.get(prompt_column) is not None:
         return record[prompt_column], chosen, rejected
     if _has_own_prompt(record, template):
@@ -174,7 +185,14 @@ def _has_own_prompt(record: dict, template: templates.Template) -> bool:
 
 
 def _render(template: templates.Template, record: dict, prompt, answer: str, index: int):
-    """The segments of one answer: the template's prompt (not trained), the answer (trained)."""
+    """The segments of one answer: the template's prompt (not trained), the answer (trained): only
+    the last reply is the answer, earlier replies of a conversation are prompt."""
+    segments = _segments(template, record, prompt, answer, index)
+    last = max(i for i, (_, trained) in enumerate(segments) if trained)
+    return [(text, trained and i == last) for i, (text, trained) in enumerate(segments)]
+
+
+def _segments(template: templates.Template, record: dict, prompt, answer: str, index: int):
     if template.is_chat:
         if prompt is None:
             messages = list(record[template.column("messages")])
@@ -193,9 +211,10 @@ def _render(template: templates.Template, record: dict, prompt, answer: str, ind
     if template.name == templates.TEXT:
         return [(str(prompt), False), (answer, True)]
     filled = dict(record)
-    if prompt is not None:
-        for name in _prompt_fields(template):
-            filled[template.column(name)] = prompt
+    fields = _prompt_fields(template)
+    if prompt is not None and fields:  # the template's (first) prompt field the record leaves empty
+        empty = [f for f in fields if record.get(template.column(f)) is None]
+        filled[template.column((empty or fields)[0])] = prompt
     response_fields = (
         ["response"]
         if template.name == "dolly"
@@ -342,7 +361,13 @@ def build(
 
 
 def with_reference(pairs: PairSplit, reference: np.ndarray) -> PairSplit:
-    return replace(pairs, reference=np.asarray(reference, "float32").reshape(len(pairs), 2))
+    reference = np.asarray(reference, "float32")
+    if reference.size != 2 * len(pairs):
+        raise KftError(
+            f"the saved reference log-probs hold {reference.size // 2} pairs, the data {len(pairs)}: "
+            "the data changed since the run started; train it again"
+        )
+    return replace(pairs, reference=reference.reshape(len(pairs), 2))
 
 
 REFERENCE_FILE = "reference_logps.npz"  # in a preference run's folder: {train, eval} log-probs
@@ -360,13 +385,7 @@ def load_reference(folder) -> dict:
     path = Path(folder) / REFERENCE_FILE
     if not path.is_file():
         raise KftError(f"{path} is missing; the run cannot resume exactly: train it again")
-    try:
-        with np.load(path) as saved:
-            return {k: saved[k] for k in saved.files}
-    except (OSError, ValueError) as e:
-        raise files.damaged(
-            path, f"cannot be read ({type(e).__name__})", "train it again"
-        ) from None
+    return files.read_npz(path, "train the run again")
 
 
 def saved_reference(folder, pairs: int) -> np.ndarray | None:

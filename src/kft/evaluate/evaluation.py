@@ -261,9 +261,7 @@ def evaluate_run(run_dir, base: bool = False, metric: str | None = None) -> dict
     if base:  # the base the run trained on: as its adapter records it (int4 rounding, calibration)
         options = quantize.rebuild_options(adapter.read_config(run_dir), run_dir)
         task = frozen_base.load(c.model.preset, c.model.precision, c.model.quantize, **options)[0]
-        start = Path(run_dir) / adapter.INIT_ADAPTER  # model.init_adapter's run: part of the base
-        if (start / adapter.CONFIG).is_file():
-            adapter.merge(start, task.backbone)
+        adapter.merge_start(run_dir, task.backbone)  # model.init_adapter's run: part of the base
     else:
         task = loading.load_tuned(run_dir)
     t = c.train
@@ -278,7 +276,17 @@ def evaluate_run(run_dir, base: bool = False, metric: str | None = None) -> dict
     split = built.eval or built.train
     metric = metric or c.output.metric
     if t.objective != "sft":  # preference pairs: against the reference the run saved
+        import sys
+
         model = compile_preference(task, None, t.objective, t.beta, t.orpo_lambda)
+        reference = None if base else preference.saved_reference(run_dir, len(split))
+        if reference is None and not base and t.objective == "dpo":
+            print(
+                f"kft: warning: {run_dir} holds no reference log-probs for these {len(split)} pairs; "
+                "DPO's rewards are measured against this model itself (0)",
+                file=sys.stderr,
+                flush=True,
+            )
         result = measure_pairs(
             task,
             model,
@@ -289,7 +297,7 @@ def evaluate_run(run_dir, base: bool = False, metric: str | None = None) -> dict
             metric,
             t.batch_size,
             c.output.sample_max_new_tokens,
-            reference=None if base else preference.saved_reference(run_dir, len(split)),
+            reference=reference,
         )
         result.pop("outputs")
         return {

@@ -69,7 +69,11 @@ def export(
     if base:
         if not (preset or meta):
             raise KftError("--base needs a run folder (its base preset) or --preset")
-        task, family, _ = frozen_base.load(preset or meta["base_preset"], "float32")
+        if run_dir:  # the model the run trained on: with the adapter it started from
+            task = _start_model(run_dir, preset or meta["base_preset"])
+            family = model.family_of(task.backbone)
+        else:
+            task, family, _ = frozen_base.load(preset, "float32")
     else:
         if not run_dir:
             raise KftError("give the run folder to export")
@@ -138,9 +142,7 @@ def _start_model(run_dir, preset: str):
     """The float model a run's LoRA was trained on: the base preset, with the adapter it started
     from merged in (model.init_adapter)."""
     task = frozen_base.load(preset, "float32")[0]
-    start = Path(run_dir) / adapter.INIT_ADAPTER
-    if (start / adapter.CONFIG).is_file():
-        adapter.merge(start, task.backbone)
+    adapter.merge_start(run_dir, task.backbone)
     return task
 
 

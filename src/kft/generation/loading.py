@@ -29,9 +29,7 @@ def load_tuned(run_dir=None, preset=None, adapter_dir=None, precision=None, quan
     options = quantize_lib.rebuild_options(meta, folder) if quantize is None else {}
     quantize = quantize or meta.get("quantize", "none")
     task, _, _ = frozen_base.load(preset or meta["base_preset"], precision, quantize, **options)
-    start = folder / adapter.INIT_ADAPTER  # the run it started from (model.init_adapter), merged
-    if (start / adapter.CONFIG).is_file():
-        adapter.merge(start, task.backbone)
+    adapter.merge_start(folder, task.backbone)  # the run it started from (model.init_adapter)
     adapter.apply(folder, task.backbone)
     task.kft_template = templates.for_tokenizer(
         _run_template(run_config, meta, folder), task.preprocessor.tokenizer

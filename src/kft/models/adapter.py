@@ -116,6 +116,21 @@ def apply(folder: str | Path, backbone) -> dict:
 INIT_ADAPTER = "init_adapter"  # a run's copy of the adapter it started from (model.init_adapter)
 
 
+def merge_start(folder: str | Path, backbone) -> int:
+    """Merge the adapter a run (or adapter folder) started from, as its adapter_config.json records
+    (model.init_adapter): the run's own copy in FOLDER/init_adapter. Returns the layers merged (0:
+    the run started from the base preset)."""
+    folder = Path(folder)
+    if not read_config(folder).get("init_adapter"):
+        return 0
+    if not (folder / INIT_ADAPTER / CONFIG).is_file():
+        raise KftError(
+            f"'{folder}' was trained on top of another run's adapter, and its copy "
+            f"({folder / INIT_ADAPTER}) is missing; copy the whole run folder again"
+        )
+    return merge(folder / INIT_ADAPTER, backbone)
+
+
 def merge(folder: str | Path, backbone) -> int:
     """Fold the adapter in `folder` into `backbone`'s float kernels (kernel += scale x A @ B), first
     the adapter that one started from, if any; no LoRA layer is enabled. Returns the layers merged."""

@@ -165,7 +165,7 @@ def train(
     )  # out: where this process writes (process 0: run_dir)
 
     keras.utils.set_random_seed(c.train.seed)
-    run = _load_base_and_data(c)
+    run = _load_base_and_data(c, _start_adapter(c, run_dir, resume_from))
     _open_run_folder(c, run, run_dir, out)  # only now, with data and model known good
     keras.utils.set_random_seed(c.train.seed)  # LoRA A initialisation
     _enable_lora(c, run)
@@ -202,9 +202,21 @@ class _Run:
     tracker: object = None
     periodic: object = None
     eval_reference: object = None  # preference runs: held-out answers' log-probs before training
+    start_adapter: object = None  # model.init_adapter's folder (resuming: the run's own copy)
 
 
-def _load_base_and_data(c: Config) -> _Run:
+def _start_adapter(c: Config, run_dir: Path, resume_from) -> Path | None:
+    """The adapter to merge into the base (model.init_adapter): resuming, the run's own copy (the
+    folder it names may have moved or changed since)."""
+    if not c.model.init_adapter:
+        return None
+    own = run_dir / adapter.INIT_ADAPTER
+    if resume_from is not None and (own / adapter.CONFIG).is_file():
+        return own
+    return _init_run(c.model.init_adapter)
+
+
+def _load_base_and_data(c: Config, start_adapter: Path | None = None) -> _Run:
     """The records, the device mesh, the frozen base (quantized and placed as the config says) and
     the tokenized dataset."""
     records, eval_records = data_lib.load_sources(c.data)
@@ -228,8 +240,8 @@ def _load_base_and_data(c: Config) -> _Run:
         c.model.quantize,
         **quantize.options(c, calibration, rounding),
     )
-    if c.model.init_adapter:  # the SFT run to start from, folded into the float base
-        merged = adapter.merge(_init_run(c.model.init_adapter), task.backbone)
+    if start_adapter is not None:  # the SFT run to start from, folded into the float base
+        merged = adapter.merge(start_adapter, task.backbone)
         print(
             f"kft: merged {c.model.init_adapter}'s LoRA into the base ({merged} layers)", flush=True
         )
@@ -246,6 +258,7 @@ def _load_base_and_data(c: Config) -> _Run:
     # A batch larger than the data is refused here, before the run folder exists.
     per_epoch = data_lib.steps_per_epoch(dataset.train, c.train.batch_size)
     run = _Run(task, family, policy, dataset, mesh_plan, rounding, per_epoch)
+    run.start_adapter = start_adapter
     run.metrics = {
         "family": family,
         "dtype_policy": policy,
@@ -283,8 +296,9 @@ def _open_run_folder(c: Config, run: _Run, run_dir: Path, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(config_lib.to_yaml(c), encoding="utf-8")
-    if c.model.init_adapter:  # the run stays loadable where the first one is gone
-        source, copy = _init_run(c.model.init_adapter), out / adapter.INIT_ADAPTER
+    copy = out / adapter.INIT_ADAPTER
+    if run.start_adapter is not None and run.start_adapter.resolve() != copy.resolve():
+        source = run.start_adapter  # a copy: the run stays loadable where the first one is gone
         shutil.rmtree(copy, ignore_errors=True)
         copy.mkdir()
         for name in (adapter.CONFIG, adapter.WEIGHTS, "config.yaml"):
@@ -340,6 +354,13 @@ def _compile(c: Config, run: _Run) -> None:
         )
     t = c.train
     if t.objective != "sft":
+        import jax
+
+        if jax.process_count() > 1:
+            raise KftError(
+                f"train.objective {t.objective} runs on one host for now (its answers' log-probs are "
+                "gathered on each process); use several devices of one host, or train.objective sft"
+            )
         run.fit_model = evaluation.compile_preference(
             run.task, run.optimizer, t.objective, t.beta, t.orpo_lambda
         )
