@@ -29,6 +29,7 @@ COMMON_FLAGS = {
     "output_dir": "output.dir",
     "seed": "train.seed",
     "mesh": "train.mesh",
+    "objective": "train.objective",
 }
 
 
@@ -65,6 +66,7 @@ def cli():
 @click.option("--output-dir", help=_help("output.dir"))
 @click.option("--seed", type=int, help=_help("train.seed"))
 @click.option("--mesh", metavar="BxM", help=_help("train.mesh"))
+@click.option("--objective", metavar="sft|dpo|orpo", help=_help("train.objective"))
 @click.option(
     "--coordinator",
     metavar="HOST:PORT",
@@ -133,6 +135,7 @@ def train(
 @click.option("--rank", type=int, help=_help("lora.rank"))
 @click.option("--seq-len", type=int, help=_help("data.seq_len"))
 @click.option("--batch-size", type=int, help=_help("train.batch_size"))
+@click.option("--objective", metavar="sft|dpo|orpo", help=_help("train.objective"))
 @click.option(
     "--set",
     "assignments",
