@@ -364,7 +364,7 @@ def main(check: str, out_file: str, root: str) -> None:
                         "output.samples": 0,
                     },
                 )
-        if check == "fast":  # DPO: pairs of rows, the reference carried in the batches, on a mesh
+        if check == "train_grid":  # DPO: pairs of rows, the reference in the batches, on a mesh
             for mesh in ("single", "2x4"):
                 results[f"train dpo {mesh}"] = train_case(
                     preset(root, "8/1"),

@@ -30,10 +30,10 @@ HEAD_DIM = {"gemma2": 256, "gemma3": 256, "qwen3": 128}
         "gemma2",
         "gemma3",
         "llama",
-        "llama3",
         "qwen3",
-        # Llama's arch and ChatML/byte-level BPE again: in the slow tier (the default suite's time)
-        *(pytest.param(f, marks=pytest.mark.slow) for f in ("mistral", "qwen")),
+        # Llama's arch, SentencePiece and byte-level BPE again (llama and qwen3 hold each case in
+        # the default tier): in the slow tier, for the default suite's time
+        *(pytest.param(f, marks=pytest.mark.slow) for f in ("llama3", "mistral", "qwen")),
     ],
 )
 def exported(request, tiny_presets, tmp_path_factory):
