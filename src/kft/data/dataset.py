@@ -412,6 +412,16 @@ def _split(
     return split
 
 
+def held_out_count(n: int, fraction: float, unit: str) -> int:
+    """How many of `n` examples `data.eval_fraction` holds out: at least one where it is set, never all."""
+    n_eval = int(round(n * fraction))
+    if fraction > 0 and n_eval == 0:
+        n_eval = 1
+    if n_eval >= n:
+        raise KftError(f"data.eval_fraction={fraction} leaves no training {unit} out of {n}")
+    return n_eval
+
+
 def build(
     records, tokenizer, config: DataConfig, seed: int, num_prompts: int = 0, eval_records=None
 ) -> Dataset:
@@ -424,13 +434,7 @@ def build(
     segment_lists, sequences, stats = _encode(
         _select(records, template, config, seed), template, tokenizer, config
     )
-    n_eval = int(round(len(sequences) * config.eval_fraction))
-    if config.eval_fraction > 0 and n_eval == 0:
-        n_eval = 1
-    if n_eval >= len(sequences):
-        raise KftError(
-            f"data.eval_fraction={config.eval_fraction} leaves no training examples out of {len(sequences)}"
-        )
+    n_eval = held_out_count(len(sequences), config.eval_fraction, "examples")
     pad = tokenizer.pad_token_id
     train = _split(
         segment_lists[n_eval:], sequences[n_eval:], config, pad, num_prompts, packed=config.packing

@@ -333,13 +333,7 @@ def build(
         config,
         config.source,
     )
-    n_eval = int(round(len(kept) * config.eval_fraction))
-    if config.eval_fraction > 0 and n_eval == 0:
-        n_eval = 1
-    if n_eval >= len(kept):
-        raise KftError(
-            f"data.eval_fraction={config.eval_fraction} leaves no training pairs out of {len(kept)}"
-        )
+    n_eval = dataset.held_out_count(len(kept), config.eval_fraction, "pairs")
     family = families.of_tokenizer(tokenizer)
     position_ids = bool(family and families.get(family).needs_position_ids)
     pad = tokenizer.pad_token_id
