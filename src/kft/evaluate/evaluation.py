@@ -52,16 +52,16 @@ def compile_preference(task, optimizer, objective: str, beta: float, orpo_lambda
     log-probs as metrics. The task also gets a greedy sampler."""
     import keras
 
-    from kft.models import preference
+    from kft.models import preference as objectives  # not kft.data.preference (the pairs)
 
     task.compile(sampler=samplers.make_sampler("greedy"))
     _build_preprocessor(task)
-    model = preference.PreferenceLM(task)
+    model = objectives.PreferenceLM(task)
     keras.Model.compile(
         model,
         optimizer=optimizer or "adam",
-        loss=preference.PreferenceLoss(objective, beta, orpo_lambda),
-        metrics=preference.metrics(objective, beta, orpo_lambda),
+        loss=objectives.PreferenceLoss(objective, beta, orpo_lambda),
+        metrics=objectives.metrics(objective, beta, orpo_lambda),
     )
     targets, outputs = (
         keras.KerasTensor((None,), "float32"),
@@ -242,12 +242,12 @@ def measure_pairs(
     text), and `pairs`: preference.summary of the held-out pairs against `reference` (the summed
     log-probs before training; None: this measurement is the reference). `outputs` holds the
     answers' log-probs (the reference of a later measurement)."""
-    from kft.models import preference
+    from kft.models import preference as objectives  # not kft.data.preference (the pairs)
 
     result = measure(task, model, pairs.chosen, metric, batch_size, max_new_tokens, False, label)
     outputs = pair_outputs(model, pairs, batch_size, label)
     reference = outputs[:, 0] if reference is None else reference
-    result["pairs"] = preference.summary(objective, outputs, reference, beta, orpo_lambda)
+    result["pairs"] = objectives.summary(objective, outputs, reference, beta, orpo_lambda)
     result["outputs"] = outputs
     return result
 
