@@ -136,15 +136,19 @@ def train_case(path: str, mesh: str, out: Path, **overrides) -> dict:
     }
 
 
-def fact_pairs(path: Path) -> str:
-    """The bundled fact table as preference pairs (chosen: the fact's answer; rejected: the next's)."""
+def fact_pairs(path: Path, short: bool = False) -> str:
+    """The bundled fact table as preference pairs (chosen: the fact's answer; rejected: the next's);
+    `short`: a prompt column and one-word answers (data.template text), two pairs a packed row."""
     from kft.data.bundled import FOLDER
 
     rows = [json.loads(line) for line in open(FOLDER / "tiny_facts.jsonl", encoding="utf-8")]
     with open(path, "w", encoding="utf-8") as f:
         for i, row in enumerate(rows):
-            pair = {"instruction": row["instruction"], "chosen": row["response"]}
-            f.write(json.dumps({**pair, "rejected": rows[(i + 1) % len(rows)]["response"]}) + "\n")
+            answers = [r["response"] for r in (row, rows[(i + 1) % len(rows)])]
+            if short:
+                answers = [a.split()[-1] for a in answers]
+            pair = {"prompt" if short else "instruction": row["instruction"], "chosen": answers[0]}
+            f.write(json.dumps({**pair, "rejected": answers[1]}) + "\n")
     return str(path)
 
 
@@ -372,6 +376,19 @@ def main(check: str, out_file: str, root: str) -> None:
                     root / "runs" / f"{check}_dpo",
                     **{
                         "data.source": fact_pairs(root / "pairs.jsonl"),
+                        "train.objective": "dpo",
+                        "output.samples": 0,
+                    },
+                )
+                results[f"train dpo packed {mesh}"] = train_case(  # rows of 2 pairs
+                    preset(root, "8/1"),
+                    mesh,
+                    root / "runs" / f"{check}_dpo_packed",
+                    **{
+                        "data.source": fact_pairs(root / "short_pairs.jsonl", short=True),
+                        "data.template": "text",
+                        "data.packing": True,
+                        "train.batch_size": 2,
                         "train.objective": "dpo",
                         "output.samples": 0,
                     },

@@ -433,8 +433,8 @@ def test_lora_training_on_a_2x4_mesh_gives_the_single_device_losses_and_adapter(
     assert_same_training(single, sharded)
 
 
-def assert_same_dpo(runs):
-    single, sharded = runs["train dpo single"], runs["train dpo 2x4"]
+def assert_same_dpo(runs, packed=""):
+    single, sharded = runs[f"train dpo {packed}single"], runs[f"train dpo {packed}2x4"]
     assert sharded["mesh"] == "2x4"
     assert single["losses"][0] == pytest.approx(math.log(2), abs=1e-5)  # policy = reference
     np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-5)
@@ -504,6 +504,7 @@ def test_lora_training_on_every_mesh_gives_the_single_device_losses_and_adapter(
     for mesh in ("1x2", "2x4", "1x8", "8x1", "data"):
         assert_same_training(runs["train single"], runs[f"train {mesh}"])
     assert_same_dpo(runs)  # DPO on a 2x4 mesh: the single device's losses, adapter, held-out pairs
+    assert_same_dpo(runs, "packed ")  # and with pairs packed several to a row
 
 
 # ---- two processes x 4 devices on localhost ---------------------------------------------------

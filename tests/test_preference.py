@@ -31,6 +31,27 @@ def pairs_file(tmp_path_factory):
     return fact_pairs(tmp_path_factory.mktemp("pairs") / "pairs.jsonl")
 
 
+def short_fact_pairs(path) -> str:
+    """tiny_facts as short pairs (a prompt column, one-word answers; data.template text): two pairs
+    fit a packed row at seq_len 64."""
+    rows = [json.loads(line) for line in open(FACTS, encoding="utf-8")]
+    with open(path, "w", encoding="utf-8") as f:
+        for i, row in enumerate(rows):
+            answers = [r["response"].split()[-1] for r in (row, rows[(i + 1) % len(rows)])]
+            f.write(
+                json.dumps(
+                    {"prompt": row["instruction"], "chosen": answers[0], "rejected": answers[1]}
+                )
+            )
+            f.write("\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def short_pairs(tmp_path_factory):
+    return short_fact_pairs(tmp_path_factory.mktemp("pairs") / "short.jsonl")
+
+
 def data_config(**kw):
     from kft.config import DataConfig
 
@@ -124,12 +145,11 @@ def test_bad_preference_records_are_refused_with_the_fix(tokenizers):
         preference.build(
             records([{"chosen": "x", "rejected": "y"}]), tok, data_config(template="text"), 0
         )
-    with pytest.raises(ConfigError, match="train.objective.*data.packing: false"):
-        from_dict({"train": {"objective": "dpo"}, "data": {"packing": True}})
     with pytest.raises(ConfigError, match="train.objective"):
         from_dict({"train": {"objective": "ppo"}})
-    with pytest.raises(ConfigError, match="model.init_adapter.*float base"):
-        from_dict({"model": {"init_adapter": "runs/x", "quantize": "int8"}})
+    with pytest.raises(ConfigError, match="model.init_adapter.*16 bits"):
+        from_dict({"model": {"init_adapter": "runs/x", "precision": "bfloat16"}})
+    from_dict({"model": {"init_adapter": "runs/x", "precision": "bfloat16", "quantize": "int8"}})
 
 
 def test_pairs_are_interleaved_rows_with_their_reference(tokenizers, pairs_file):
@@ -148,6 +168,32 @@ def test_pairs_are_interleaved_rows_with_their_reference(tokenizers, pairs_file)
     np.testing.assert_array_equal(
         x["token_ids"][1], pairs.rejected.token_ids[3, : x["token_ids"].shape[1]]
     )
+
+
+def test_packed_pairs_hold_whole_pairs_in_rows_of_twice_seq_len(tokenizers, short_pairs):
+    from kft.data import dataset, preference
+
+    config = data_config(packing=True, template="text")
+    built = preference.build(
+        dataset.load_records(data_config(source=short_pairs)), tokenizers["gemma3"], config, 0
+    )
+    packed, pairs = built.train, built.train.pairs
+    assert built.stats["train_examples"] == 16 and built.stats["packed_rows"] == len(packed) == 8
+    assert packed.token_ids.shape[1] == 2 * config.seq_len
+    answers = sorted(int(a) for a in packed.slots.reshape(-1) if a >= 0)
+    assert answers == list(range(32))  # every answer once
+    for r, row in enumerate(packed.slots):
+        for k, answer in enumerate(row[row >= 0]):
+            assert answer % 2 == k % 2 and (k % 2 == 0 or row[k - 1] == answer - 1)  # c, r adjacent
+            side = pairs.chosen if answer % 2 == 0 else pairs.rejected
+            at = packed.segment_ids[r] == k + 1
+            n = int(side.padding_mask[answer // 2].sum())
+            np.testing.assert_array_equal(packed.token_ids[r, at], side.token_ids[answer // 2, :n])
+            np.testing.assert_array_equal(packed.rows.token_positions[r, at], np.arange(n))
+    packed = preference.with_reference(packed, np.arange(32, dtype="float32"))
+    x, y, w = packed.batch(np.arange(2))
+    assert y.shape == x["answer_slots"].shape == (2, packed.slots.shape[1]) and w.tolist() == [1, 1]
+    np.testing.assert_array_equal(y, np.where(packed.slots[:2] >= 0, packed.slots[:2], 0))
 
 
 # --- losses and gradients against full logits ------------------------------------------------
@@ -175,7 +221,7 @@ def orpo_numpy(logps, counts, lam):
     return float(nll - lam * np.mean(-np.log1p(np.exp(-log_odds))))
 
 
-def setup_model(preset, pairs_file, objective, seed=0):
+def setup_model(preset, pairs_file, objective, seed=0, **data):
     """A tiny task with LoRA (B made non-zero so every factor gets a gradient), compiled for `objective`."""
     import keras
 
@@ -190,7 +236,7 @@ def setup_model(preset, pairs_file, objective, seed=0):
     built = preference.build(
         dataset.load_records(data_config(source=pairs_file)),
         task.preprocessor.tokenizer,
-        data_config(),
+        data_config(**data),
         0,
     )
     model = evaluation.compile_preference(task, None, objective, 0.1, 0.1)
@@ -306,6 +352,46 @@ def test_losses_and_gradients_equal_a_direct_computation_on_full_logits(
     del keras
 
 
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_packed_pairs_give_the_unpacked_losses_and_gradients(tiny_presets, short_pairs, objective):
+    from kft.data import dataset, preference
+    from kft.models import lora
+    from kft.models.preference import PreferenceLoss
+
+    task, model, pairs = setup_model(
+        tiny_presets["gemma3"], short_pairs, objective, template="text"
+    )
+    rng = np.random.default_rng(1)
+    for v in lora.lora_variables(task.backbone).values():
+        v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
+    reference = rng.normal(-20, 3, 2 * len(pairs)).astype("float32")
+    packed = preference.build(
+        dataset.load_records(data_config(source=short_pairs)),
+        task.preprocessor.tokenizer,
+        data_config(packing=True, template="text"),
+        0,
+    ).train
+    packed = preference.with_reference(packed, reference)
+    pairs = preference.with_reference(pairs, reference)
+    loss_fn = PreferenceLoss(objective, 0.1, 0.1)
+
+    def loss_of(y_, out):
+        return loss_fn(y_, out)
+
+    x, y, _ = pairs.batch(np.arange(len(pairs)))
+    unpacked_loss, unpacked_grads = jax_grads(model, x, y, loss_of)
+    unpacked_out = np.asarray(model(x))
+    x, y, _ = packed.batch(np.arange(len(packed)))  # every pair, in fewer rows
+    packed_loss, packed_grads = jax_grads(model, x, y, loss_of)
+    out = np.asarray(model(x))
+    answers = packed.slots >= 0
+    assert out.shape == (*packed.slots.shape, 2) and np.all(out[~answers] == 0)
+    np.testing.assert_allclose(out[answers], unpacked_out[packed.slots[answers]], atol=1e-4)
+    assert abs(float(packed_loss) - float(unpacked_loss)) < 1e-5
+    for ours, theirs in zip(packed_grads, unpacked_grads):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
+
+
 # --- runs ----------------------------------------------------------------------------------------
 
 
@@ -334,14 +420,25 @@ def sft_run(tiny_presets, tmp_path_factory):
     )
 
 
+@pytest.mark.parametrize(
+    "packed", [True, pytest.param(False, marks=pytest.mark.slow)]
+)  # unpacked DPO runs in the default tier from an SFT run (below)
 def test_dpo_memorises_a_preference_set_to_100_percent_reward_accuracy(
-    tiny_presets, pairs_file, tmp_path
+    tiny_presets, pairs_file, short_pairs, tmp_path, capsys, packed
 ):
-    result = tiny_run(
-        tmp_path / "dpo",
-        tiny_presets["gemma3"],
-        **{"train.objective": "dpo", "data.source": pairs_file},
-    )
+    settings = {"train.objective": "dpo", "data.source": pairs_file}
+    if packed:  # two short pairs a row: 8 rows, 2 a batch (a reference computed unpacked)
+        settings.update(
+            {
+                "data.source": short_pairs,
+                "data.template": "text",
+                "data.packing": True,
+                "train.batch_size": 2,
+            }
+        )
+    result = tiny_run(tmp_path / "dpo", tiny_presets["gemma3"], **settings)
+    if packed:
+        assert "packed 16 training pairs into 8 rows of 128" in capsys.readouterr().out
     m = result.metrics
     assert abs(m["first_loss"] - math.log(2)) < 1e-5
     rows = [json.loads(line) for line in open(result.run_dir / "metrics.jsonl")]
@@ -429,6 +526,44 @@ def test_a_run_started_from_an_sft_run_keeps_its_behaviour_at_step_0(
     for model in (hf, with_adapter):
         theirs = model(torch.tensor(ids)).logits.detach().numpy()
         np.testing.assert_allclose(theirs, ours, atol=1e-4)
+
+
+def test_on_a_quantized_base_a_run_continues_the_sft_runs_lora(
+    tiny_presets, pairs_file, sft_run, tmp_path
+):
+    from kft.generation import loading, sampling
+    from kft.models import adapter
+
+    preset = tiny_presets["gemma3"]
+    int8_sft = tiny_run(
+        tmp_path / "sft8", preset, **{"train.max_steps": 8, "model.quantize": "int8"}
+    )
+    dpo = {"train.objective": "dpo", "data.source": pairs_file, "train.max_steps": 4}
+    start = {"model.init_adapter": str(int8_sft.run_dir)}
+    for settings, fix in (
+        ({**start, "model.quantize": "int8", "lora.rank": 4}, "set lora.rank: 8"),
+        ({**start}, "set model.quantize: int8"),
+        (
+            {"model.init_adapter": str(sft_run.run_dir), "model.quantize": "int8"},
+            "model.quantize: none",
+        ),
+    ):
+        with pytest.raises(KftError, match=fix):
+            tiny_run(tmp_path / "refused", preset, **dpo, **settings)
+    result = tiny_run(tmp_path / "dpo8", preset, **dpo, **start, **{"model.quantize": "int8"})
+    assert abs(result.metrics["first_loss"] - math.log(2)) < 1e-5  # the policy: the SFT model
+    prompts = [json.loads(line)["prompt"] for line in open(result.run_dir / "samples.jsonl")]
+    before = json.loads((result.run_dir / "before.json").read_text())["generations"]
+    sft = loading.load_tuned(int8_sft.run_dir)
+    sft.compile(sampler="greedy")
+    assert sampling.generate(sft, sft.preprocessor.tokenizer, prompts, 16) == before
+    meta = adapter.read_config(result.run_dir)
+    assert meta["quantize"] == "int8" and meta["continued_from"] and "init_adapter" not in meta
+    tuned = loading.load_tuned(result.run_dir)  # one adapter on the rebuilt int8 base
+    ids = np.array([[2, 10, 11, 12, 13, 14, 15]])
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}
+    moved = np.abs(np.asarray(tuned(x)) - np.asarray(sft(x))).max()
+    assert 0 < moved < 1.0  # trained on from the SFT adapter, not from zero
 
 
 def test_merging_an_adapter_equals_applying_it(tiny_presets, sft_run):

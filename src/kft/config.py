@@ -121,8 +121,10 @@ class ModelConfig:
     )
     init_adapter: str = _key(
         "",
-        "A run folder whose LoRA is merged into the (float) base before this run trains a new LoRA "
-        "on top: preference tuning after SFT. The run keeps a copy; its exports merge both ('' = none).",
+        "A run folder to start from (preference tuning after SFT): on a float base its LoRA is "
+        "merged into the base and a new LoRA trains on top (exports merge both); on an int8/int4 "
+        "base (the run's own quantize mode) the base is rebuilt as that run's was and its LoRA goes "
+        "on training. The run keeps a copy ('' = none).",
     )
 
 
@@ -202,7 +204,8 @@ class DataConfig:
         False,
         "Pack several training examples into each seq_len row; each attends only to itself "
         "(block-diagonal mask, positions restarting), so the loss is unchanged and little "
-        "padding is computed. Needs train.logits_on: trained.",
+        "padding is computed. Needs train.logits_on: trained. Preference pairs are packed whole "
+        "into rows of 2 x seq_len.",
     )
 
 
@@ -675,7 +678,6 @@ def validate(c: Config) -> None:
                 t.logits_on != "trained",
                 "train.logits_on: trained (answers' log-probs are summed there)",
             ),
-            (d.packing, "data.packing: false (pairs are not packed yet)"),
             (d.loss_on != "response", "data.loss_on: response (the answer is what is compared)"),
             (
                 bool(t.eval_every),
@@ -684,16 +686,15 @@ def validate(c: Config) -> None:
         ):
             if bad:
                 _fail("train.objective", f"{t.objective} needs {why}")
-    if c.model.init_adapter and c.model.precision in ("bfloat16", "float16"):
+    if (
+        c.model.init_adapter
+        and c.model.quantize == "none"
+        and c.model.precision in ("bfloat16", "float16")
+    ):
         _fail(
             "model.init_adapter",
             f"merges into the base's kernels, which model.precision {c.model.precision} stores in 16 "
             "bits (the merged update would be rounded); use float32, auto or mixed_bfloat16",
-        )
-    if c.model.init_adapter and c.model.quantize != "none":
-        _fail(
-            "model.init_adapter",
-            "merges into a float base; set model.quantize: none (a quantized base cannot hold the merge exactly)",
         )
     if d.packing and t.logits_on != "trained":
         _fail(

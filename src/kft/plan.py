@@ -307,8 +307,11 @@ def estimate(
     )  # gradients + AdamW moments (+ accumulator)
     # A preference pair is two sequences (chosen, rejected), both through the forward and backward pass.
     answers = 1 if c.train.objective == "sft" else 2
-    batch = math.ceil(answers * c.train.batch_size / batch_axis)
-    tokens = batch * c.data.seq_len
+    # Packed pairs: batch_size rows of 2 x seq_len (the same positions, longer attention rows).
+    packed_pairs = answers == 2 and c.data.packing
+    row = c.data.seq_len * (2 if packed_pairs else 1)
+    batch = math.ceil((1 if packed_pairs else answers) * c.train.batch_size / batch_axis)
+    tokens = batch * row
     # On a model axis kft's layouts split the heads and the feed-forward width but not the residual
     # stream: about half the hidden-wide tensors stay whole on every device (benchmarks/plan_vs_mesh.py).
     whole = HIDDEN_WIDE_KEPT // 2 * a.hidden
@@ -322,7 +325,7 @@ def estimate(
         * tokens
         * (
             (whole + split / model_axis) * compute
-            + SCORES_KEPT * a.query_heads * c.data.seq_len * 4 / model_axis
+            + SCORES_KEPT * a.query_heads * row * 4 / model_axis
         )
     )
     trained_logits = CHUNK * a.vocab * 4 * LOGITS_KEPT
@@ -340,8 +343,14 @@ def estimate(
         (f"LoRA factors (rank {c.lora.rank})", lora / GB),
         ("gradients + optimizer state", optimizer / GB),
         (
-            f"activations ({batch} x {c.data.seq_len} x {a.layers} layers"
-            + (f"; {batch // 2} pairs x 2 answers)" if answers == 2 else ")"),
+            f"activations ({batch} x {row} x {a.layers} layers"
+            + (
+                "; packed pairs)"
+                if packed_pairs
+                else f"; {batch // 2} pairs x 2 answers)"
+                if answers == 2
+                else ")"
+            ),
             activations / GB,
         ),
         (

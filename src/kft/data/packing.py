@@ -45,7 +45,12 @@ def packed_arrays(sequences, seq_len: int, pad_id: int) -> dict:
     and positions (restarting at 0 per example) for `sequences` ((ids, weights), each at most
     seq_len + 1 long) packed into rows of seq_len positions."""
     lengths = [len(ids) - 1 for ids, _ in sequences]  # the last token is only a target
-    rows = pack(lengths, seq_len)
+    return fill(sequences, pack(lengths, seq_len), seq_len, pad_id)
+
+
+def fill(sequences, rows: list[list[int]], seq_len: int, pad_id: int) -> dict:
+    """packed_arrays' arrays for `rows` given: each row lists the sequences it holds, in order."""
+    lengths = [len(ids) - 1 for ids, _ in sequences]
     n = len(rows)
     out = {
         "token_ids": np.full((n, seq_len), pad_id, "int32"),

@@ -9,7 +9,9 @@ shared prefix: that is the prompt, the rest is each answer (TRL's `extract_promp
 
 Every pair becomes two examples tokenized as SFT ones (the answer and its end marker trained),
 held in a `PairSplit`; a batch of B pairs is 2B rows, chosen then rejected per pair (see
-kft.models.preference).
+kft.models.preference). With `data.packing`, training pairs are packed whole (`PackedPairs`):
+rows of 2 x seq_len positions, the room one unpacked pair takes, each holding as many pairs as
+fit, chosen and rejected as adjacent segments (kft.data.packing's block-diagonal attention).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from kft import families
 from kft.config import DataConfig
 from kft.core.arithmetic import ceil_div, round_up
 from kft.core.errors import KftError
-from kft.data import dataset, templates
+from kft.data import dataset, packing, templates
 
 ANSWERS = ("chosen", "rejected")
 
@@ -90,6 +92,81 @@ class PairSplit:
             else self.reference[np.asarray(index)].reshape(-1).astype("float32")
         )
         return x, reference, np.ones((len(rows),), "float32")
+
+
+@dataclass
+class PackedPairs:
+    """Training pairs packed whole into rows of 2 x seq_len positions (data.packing). Row r's k-th
+    segment is answer `slots[r, k]` (2 x pair + 0 for chosen, 1 for rejected; -1: no segment);
+    a batch's `y` is the reference log-prob of each slot. `pairs` (unpacked) is what the reference
+    pass and the measurements read."""
+
+    pairs: PairSplit
+    rows: dataset.Split
+    slots: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def reference(self) -> np.ndarray | None:
+        return self.pairs.reference
+
+    @property
+    def segment_ids(self) -> np.ndarray:
+        return self.rows.segment_ids
+
+    @property
+    def padding_mask(self) -> np.ndarray:
+        return self.rows.padding_mask
+
+    @property
+    def token_ids(self) -> np.ndarray:
+        return self.rows.token_ids
+
+    @property
+    def prompts(self) -> list[str]:
+        return self.pairs.prompts
+
+    @property
+    def references(self) -> list[str]:
+        return self.pairs.references
+
+    def tokens(self, index) -> int:
+        return self.rows.tokens(index)
+
+    def batch(self, index, trained_only: bool = True, pad_to_multiple: int = 0, length=None):
+        """(inputs at trained positions with `answer_slots`, reference log-prob per slot (rows, K),
+        row weights) for the packed rows at `index`."""
+        x, _, _ = self.rows.batch(index, True, pad_to_multiple, length)
+        slots = self.slots[np.asarray(index)]
+        x["answer_slots"] = (slots >= 0).astype("int32")  # its width is K: the model's output shape
+        known = self.reference is not None
+        flat = self.reference.reshape(-1) if known else np.zeros(1, "float32")
+        reference = np.where(slots >= 0, flat[np.maximum(slots, 0) if known else 0], 0.0)
+        return x, reference.astype("float32"), np.ones((len(slots),), "float32")
+
+
+def pack(pairs: PairSplit, kept, seq_len: int, pad_id: int) -> PackedPairs:
+    """`pairs` (built from `kept`: (segments, chosen, rejected) sequences) packed whole, best fit
+    longest first, into rows of 2 x seq_len positions: every pair fits, as each answer is at most
+    seq_len positions."""
+    sequences = [answer for _, chosen, rejected in kept for answer in (chosen, rejected)]
+    lengths = [len(c[0]) + len(r[0]) - 2 for _, c, r in kept]  # a last token is only a target
+    rows = [
+        [a for p in row for a in (2 * p, 2 * p + 1)] for row in packing.pack(lengths, 2 * seq_len)
+    ]
+    split = dataset.Split(**packing.fill(sequences, rows, 2 * seq_len, pad_id))
+    split.with_position_ids = pairs.chosen.with_position_ids
+    slots = np.full((len(rows), max(map(len, rows))), -1, "int32")
+    for r, row in enumerate(rows):
+        slots[r, : len(row)] = row
+    return PackedPairs(pairs, split, slots)
+
+
+def unpacked(split) -> PairSplit:
+    """The pairs of a PairSplit or PackedPairs, one pair per two rows."""
+    return split.pairs if isinstance(split, PackedPairs) else split
 
 
 def eval_batches(pairs: PairSplit, batch_size: int):
@@ -338,23 +415,31 @@ def build(
     position_ids = bool(family and families.get(family).needs_position_ids)
     pad = tokenizer.pad_token_id
     train = _split(kept[n_eval:], config, pad, num_prompts, position_ids)
+    if config.packing:
+        train = pack(train, kept[n_eval:], config.seq_len, pad)
+        stats["packed_rows"] = len(train)
     eval_ = _split(kept[:n_eval], config, pad, num_prompts, position_ids) if n_eval else None
     if eval_records is not None:
         held = _select(eval_records, template, config, seed, config.eval_source)
         held_kept, held_stats = _encode(held, template, tokenizer, config, config.eval_source)
         eval_ = _split(held_kept, config, pad, num_prompts, position_ids)
         stats["eval_overlong"] = held_stats["overlong"]
+    answers = (unpacked(train).chosen, unpacked(train).rejected)
     stats.update(
         pairs=True,
-        train_examples=len(train),
+        train_examples=len(unpacked(train)),
         eval_examples=len(eval_) if eval_ else 0,
-        train_tokens=int(train.chosen.padding_mask.sum() + train.rejected.padding_mask.sum()),
-        trained_tokens=int(train.chosen.loss_weights.sum() + train.rejected.loss_weights.sum()),
+        train_tokens=int(sum(s.padding_mask.sum() for s in answers)),
+        trained_tokens=int(sum(s.loss_weights.sum() for s in answers)),
     )
     return dataset.Dataset(train=train, eval=eval_, stats=stats)
 
 
-def with_reference(pairs: PairSplit, reference: np.ndarray) -> PairSplit:
+def with_reference(pairs, reference: np.ndarray):
+    """`pairs` (PairSplit or PackedPairs) carrying `reference`: (2N,) summed log-probs, chosen and
+    rejected per pair."""
+    if isinstance(pairs, PackedPairs):
+        return replace(pairs, pairs=with_reference(pairs.pairs, reference))
     reference = np.asarray(reference, "float32")
     if reference.size != 2 * len(pairs):
         raise KftError(

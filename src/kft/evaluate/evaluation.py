@@ -278,6 +278,7 @@ def evaluate_run(run_dir, base: bool = False, metric: str | None = None) -> dict
     if t.objective != "sft":  # preference pairs: against the reference the run saved
         import sys
 
+        split = preference.unpacked(split)
         model = compile_preference(task, None, t.objective, t.beta, t.orpo_lambda)
         reference = None if base else preference.saved_reference(run_dir, len(split))
         if reference is None and not base and t.objective == "dpo":

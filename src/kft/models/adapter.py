@@ -91,6 +91,12 @@ def apply(folder: str | Path, backbone) -> dict:
     lora.enable(
         backbone, config["rank"], config["alpha"], config["targets"], config.get("rslora", False)
     )
+    load_weights(folder, backbone, config)
+    return config
+
+
+def load_weights(folder: str | Path, backbone, config: dict) -> None:
+    """Assign the adapter in `folder` to `backbone`'s LoRA factors (enabled as it was trained)."""
     tensors = files.read_safetensors(Path(folder) / WEIGHTS, ADAPTER_FIX)
     variables = lora.lora_variables(backbone)
     if set(tensors) != set(variables):
@@ -110,6 +116,47 @@ def apply(folder: str | Path, backbone) -> dict:
             )
     for path, variable in variables.items():
         variable.assign(tensors[path])
+
+
+def continuing(folder: str | Path, quantize: str, rank: int, alpha, targets, rslora) -> dict | None:
+    """model.init_adapter's adapter settings where this run continues training it (an int8/int4
+    base: integer kernels cannot hold a merge exactly, so the base is rebuilt as that adapter
+    records and its LoRA goes on training; the policy at step 0 is that run's model). None where
+    it is merged into a float base instead. Refuses what cannot start from it, with the fix."""
+    config = read_config(folder)
+    trained_on = config.get("quantize", "none")
+    if trained_on == quantize == "none":
+        return None
+    if trained_on != quantize:
+        fix = (
+            "model.quantize: none (its LoRA is merged into the float base)"
+            if trained_on == "none"
+            else f"model.quantize: {trained_on} (its LoRA goes on training on the same base)"
+        )
+        raise KftError(
+            f"model.init_adapter '{folder}' was trained on a {'float' if trained_on == 'none' else trained_on} "
+            f"base and this run asks for model.quantize {quantize}; set {fix}"
+        )
+    ours = {
+        "lora.rank": rank,
+        "lora.alpha": lora.alpha_of(rank, alpha),
+        "lora.targets": lora.target_names(targets),
+        "lora.rslora": rslora,
+    }
+    theirs = {
+        "lora.rank": config["rank"],
+        "lora.alpha": float(config["alpha"]),
+        "lora.targets": list(config["targets"]),
+        "lora.rslora": config.get("rslora", False),
+    }
+    differ = [k for k in ours if ours[k] != theirs[k]]
+    if differ:
+        raise KftError(
+            f"on a {quantize} base, model.init_adapter continues '{folder}''s LoRA, so its shape must "
+            "match: set "
+            + ", ".join(f"{k}: {theirs[k]}" for k in differ)
+            + f" (this run has {', '.join(f'{ours[k]}' for k in differ)})"
+        )
     return config
 
 
@@ -135,10 +182,8 @@ def merge(folder: str | Path, backbone) -> int:
     """Fold the adapter in `folder` into `backbone`'s float kernels (kernel += scale x A @ B), first
     the adapter that one started from, if any; no LoRA layer is enabled. Returns the layers merged."""
     folder = Path(folder)
-    merged = (
-        merge(folder / INIT_ADAPTER, backbone) if (folder / INIT_ADAPTER / CONFIG).is_file() else 0
-    )
     config = read_config(folder)
+    merged = merge_start(folder, backbone)
     if config.get("base_fingerprint") not in (None, fingerprint(backbone)):
         raise KftError(
             f"the adapter in '{folder}' does not fit this base model: it was trained on "
@@ -147,7 +192,8 @@ def merge(folder: str | Path, backbone) -> int:
     if config.get("quantize", "none") != "none":
         raise KftError(
             f"the adapter in '{folder}' was trained on a {config['quantize']} base; model.init_adapter "
-            "merges into a float base, so start from a run trained on the float model"
+            f"merges into a float base only: set model.quantize: {config['quantize']} to go on "
+            "training its LoRA on that base, or start from a run trained on the float model"
         )
     tensors = files.read_safetensors(folder / WEIGHTS, ADAPTER_FIX)
     kernels = {v.path: v for v in backbone.weights}

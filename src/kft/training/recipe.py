@@ -203,6 +203,7 @@ class _Run:
     periodic: object = None
     eval_reference: object = None  # preference runs: held-out answers' log-probs before training
     start_adapter: object = None  # model.init_adapter's folder (resuming: the run's own copy)
+    continued: bool = False  # its LoRA goes on training (a quantized base), not merged
 
 
 def _start_adapter(c: Config, run_dir: Path, resume_from) -> Path | None:
@@ -219,6 +220,11 @@ def _start_adapter(c: Config, run_dir: Path, resume_from) -> Path | None:
 def _load_base_and_data(c: Config, start_adapter: Path | None = None) -> _Run:
     """The records, the device mesh, the frozen base (quantized and placed as the config says) and
     the tokenized dataset."""
+    continued = start_adapter and adapter.continuing(
+        start_adapter, c.model.quantize, c.lora.rank, c.lora.alpha, c.lora.targets, c.lora.rslora
+    )
+    if continued and c.model.quantize == "int4":
+        _check_same_int4(c, continued)
     records, eval_records = data_lib.load_sources(c.data)
     mesh_plan = distribution.setup(
         c.model.preset,
@@ -229,18 +235,24 @@ def _load_base_and_data(c: Config, start_adapter: Path | None = None) -> _Run:
     )
     devices = mesh_plan.mesh[0] * mesh_plan.mesh[1]
     plan.check_before_training(c, devices=devices, model_axis=mesh_plan.mesh[1])
-    rounding = plan.int4_rounding(
-        c, devices, mesh_plan.mesh[1]
-    )  # config.yaml keeps `auto`; the adapter records it
     built = {}  # the run's dataset, where GPTQ's calibration built it first
-    calibration = functools.partial(_calibration, c, records, eval_records, built)
+    if continued:  # the quantized base rebuilt as the adapter to continue records
+        rounding = continued.get("int4_rounding", "least-squares")
+        options = quantize.rebuild_options(continued, start_adapter)
+    else:  # config.yaml keeps `auto`; the adapter records what it resolved to
+        rounding = plan.int4_rounding(c, devices, mesh_plan.mesh[1])
+        calibration = functools.partial(_calibration, c, records, eval_records, built)
+        options = quantize.options(c, calibration, rounding)
     task, family, policy = frozen_base.load(
-        c.model.preset,
-        c.model.precision,
-        c.model.quantize,
-        **quantize.options(c, calibration, rounding),
+        c.model.preset, c.model.precision, c.model.quantize, **options
     )
-    if start_adapter is not None:  # the SFT run to start from, folded into the float base
+    if continued:
+        print(
+            f"kft: continuing {c.model.init_adapter}'s LoRA on its {c.model.quantize} base "
+            "(integer kernels cannot hold it merged)",
+            flush=True,
+        )
+    elif start_adapter is not None:  # the SFT run to start from, folded into the float base
         merged = adapter.merge(start_adapter, task.backbone)
         print(
             f"kft: merged {c.model.init_adapter}'s LoRA into the base ({merged} layers)", flush=True
@@ -258,7 +270,7 @@ def _load_base_and_data(c: Config, start_adapter: Path | None = None) -> _Run:
     # A batch larger than the data is refused here, before the run folder exists.
     per_epoch = data_lib.steps_per_epoch(dataset.train, c.train.batch_size)
     run = _Run(task, family, policy, dataset, mesh_plan, rounding, per_epoch)
-    run.start_adapter = start_adapter
+    run.start_adapter, run.continued = start_adapter, bool(continued)
     run.metrics = {
         "family": family,
         "dtype_policy": policy,
@@ -277,6 +289,26 @@ def _load_base_and_data(c: Config, start_adapter: Path | None = None) -> _Run:
 def _builder(c: Config):
     """The dataset builder for the objective: SFT examples, or preference pairs."""
     return data_lib.build if c.train.objective == "sft" else preference.build
+
+
+def _check_same_int4(c: Config, meta: dict) -> None:
+    """An int4 base to continue an adapter on is rebuilt as that adapter records: refuse settings
+    that say otherwise."""
+    theirs = {
+        "model.int4_block_size": int(meta.get("int4_block_size", 128)),
+        "model.int4_rounding": meta.get("int4_rounding", "least-squares"),
+    }
+    ours = {
+        "model.int4_block_size": c.model.int4_block_size,
+        "model.int4_rounding": c.model.int4_rounding,
+    }
+    differ = [k for k in ours if ours[k] != theirs[k] and ours[k] != "auto"]
+    if differ:
+        raise KftError(
+            f"model.init_adapter '{c.model.init_adapter}' was trained on an int4 base built with "
+            + ", ".join(f"{k} {theirs[k]}" for k in differ)
+            + "; set the same (its base is rebuilt as it was)"
+        )
 
 
 def _init_run(folder: str) -> Path:
@@ -301,7 +333,7 @@ def _open_run_folder(c: Config, run: _Run, run_dir: Path, out: Path) -> None:
         source = run.start_adapter  # a copy: the run stays loadable where the first one is gone
         shutil.rmtree(copy, ignore_errors=True)
         copy.mkdir()
-        for name in (adapter.CONFIG, adapter.WEIGHTS, "config.yaml"):
+        for name in (adapter.CONFIG, adapter.WEIGHTS, "config.yaml", quantize.CALIBRATION_FILE):
             if (source / name).is_file():
                 shutil.copy2(source / name, copy / name)
         if (source / adapter.INIT_ADAPTER).is_dir():
@@ -316,8 +348,11 @@ def _open_run_folder(c: Config, run: _Run, run_dir: Path, out: Path) -> None:
         flush=True,
     )
     if c.data.packing:
+        row = c.data.seq_len * (
+            2 if s.get("pairs") else 1
+        )  # a pair row: the room of one unpacked pair
         print(
-            f"kft: packed {s['train_examples']} training examples into {s['packed_rows']} rows of {c.data.seq_len} "
+            f"kft: packed {s['train_examples']} training {unit} into {s['packed_rows']} rows of {row} "
             f"({100 * packing.padding_share(run.dataset.train.padding_mask):.1f}% padding)",
             flush=True,
         )
@@ -327,6 +362,10 @@ def _enable_lora(c: Config, run: _Run) -> None:
     adapted = lora.enable(
         run.task.backbone, c.lora.rank, c.lora.alpha, c.lora.targets, c.lora.rslora
     )
+    if run.continued:  # model.init_adapter on a quantized base: its factors are the start
+        adapter.load_weights(
+            run.start_adapter, run.task.backbone, adapter.read_config(run.start_adapter)
+        )
     total, trainable = lora.parameter_counts(run.task)
     print(
         f"kft: {run.family} model, {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.3f}%) "
@@ -348,6 +387,8 @@ def _compile(c: Config, run: _Run) -> None:
         c.train, run.optimizer_steps, c.lora.plus_ratio
     )
     run.prompt_split = run.dataset.eval or run.dataset.train
+    if c.train.objective != "sft":  # pairs are measured unpacked
+        run.prompt_split = preference.unpacked(run.prompt_split)
     if c.train.eval_every and run.dataset.eval is None:
         raise KftError(
             "train.eval_every needs held-out data: set data.eval_source, or data.eval_fraction (e.g. 0.1)"
@@ -591,7 +632,13 @@ def _save(
             "dtype": run.policy,
             "template": c.data.template,
             "objective": c.train.objective,
-            **({"init_adapter": adapter.INIT_ADAPTER} if c.model.init_adapter else {}),
+            **(
+                {"continued_from": adapter.INIT_ADAPTER}
+                if run.continued
+                else {"init_adapter": adapter.INIT_ADAPTER}
+                if c.model.init_adapter
+                else {}
+            ),
             **quantize.settings(c.model.quantize, c.model.int4_block_size, run.rounding),
         },
     )
@@ -628,7 +675,7 @@ def _reference(c: Config, run: _Run, out: Path) -> None:
     """DPO's reference: every training answer's summed log-prob under the model before its first
     step (LoRA's B is 0: the policy is the reference), computed once and carried in the batches."""
     outputs = evaluation.pair_outputs(
-        run.fit_model, run.dataset.train, c.train.batch_size, "reference"
+        run.fit_model, preference.unpacked(run.dataset.train), c.train.batch_size, "reference"
     )
     run.dataset.train = preference.with_reference(run.dataset.train, outputs[:, 0])
     _save_reference(out, run)
