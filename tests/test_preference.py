@@ -196,6 +196,23 @@ def test_packed_pairs_hold_whole_pairs_in_rows_of_twice_seq_len(tokenizers, shor
     np.testing.assert_array_equal(y, np.where(packed.slots[:2] >= 0, packed.slots[:2], 0))
 
 
+def test_pair_figures_of_packed_rows_leave_out_empty_slots_and_weigh_every_step_alike():
+    from kft.models.preference import PairMetric, PreferenceLoss
+
+    # Packed outputs (rows, slots, [log-prob, tokens]): step 1 holds 2 pairs, step 2 one pair and
+    # an empty slot pair (0 tokens), which no figure may count.
+    step1 = np.array([[[-1.0, 3], [-5.0, 3], [-2.0, 2], [-1.0, 2]]], "float32")
+    step2 = np.array([[[-1.0, 4], [-3.0, 4], [0.0, 0], [0.0, 0]]], "float32")
+    zero = np.zeros((1, 4), "float32")
+    accuracy = PairMetric("reward_accuracy", "dpo", 0.1, 0.1)
+    accuracy.update_state(zero, step1)
+    assert float(accuracy.result()) == 0.5  # the second pair prefers its rejected answer
+    accuracy.update_state(zero, step2)
+    assert float(accuracy.result()) == 0.75  # the mean of the steps' 0.5 and 1.0
+    loss = float(PreferenceLoss("dpo", 0.1, 0.1)(zero, step2))
+    assert loss == pytest.approx(math.log1p(math.exp(-0.1 * 2.0)), rel=1e-6)
+
+
 # --- losses and gradients against full logits ------------------------------------------------
 
 

@@ -209,13 +209,23 @@ def test_a_llama_style_run_stopped_at_a_checkpoint_resumes_to_the_same_adapter(t
     assert same_adapter(run, reference)
 
 
-@pytest.mark.slow  # three tiny DPO runs of 150 steps (~1 min)
-def test_a_dpo_run_stopped_at_a_checkpoint_resumes_to_the_same_adapter(tmp_path):
+@pytest.mark.slow  # three tiny DPO runs of 150 steps (~1 min) a case
+@pytest.mark.parametrize("case", ["unpacked", "packed", "continuing an int4 run"])
+def test_a_dpo_run_stopped_at_a_checkpoint_resumes_to_the_same_adapter(tmp_path, case):
     # The reference log-probs come back from the run folder (reference_logps.npz), not recomputed
-    # with the checkpoint's LoRA in place.
-    from test_preference import fact_pairs
+    # with the checkpoint's LoRA in place; a run continuing an int4 run's LoRA rebuilds that base
+    # (GPTQ on its calibration tokens) from its own copy.
+    from test_preference import fact_pairs, short_fact_pairs
 
     dpo = ["--set", "train.objective=dpo", "--data", fact_pairs(tmp_path / "pairs.jsonl")]
+    if case == "packed":
+        dpo[-1] = short_fact_pairs(tmp_path / "short.jsonl")
+        dpo += ["--set", "data.template=text", "--set", "data.packing=true", "--batch-size", "2"]
+    if case == "continuing an int4 run":
+        sft, int4 = tmp_path / "sft", ["--set", "model.quantize=int4"]
+        int4 += ["--set", "model.int4_rounding=gptq", "--set", "model.calibration_examples=8"]
+        finish(*ARGS, "--max-steps", "20", *int4, "--output-dir", str(sft))
+        dpo += [*int4, "--set", f"model.init_adapter={sft}"]
     reference = tmp_path / "reference"
     finish(*ARGS, *dpo, "--output-dir", str(reference))
     run = tmp_path / "stopped"

@@ -152,7 +152,9 @@ class PreferenceLoss(keras.losses.Loss):
 
 
 class PairMetric(keras.metrics.Mean):
-    """The mean over pairs of one of METRICS (Keras keeps it as a running mean, like the loss)."""
+    """One of METRICS: each step's mean over its pairs, kept by Keras as a running mean over steps
+    like the loss (kft.core.progress recovers a logging window's figure from two of them, so every
+    step weighs the same, also where packed rows hold different numbers of pairs)."""
 
     def __init__(self, which: str, objective: str, beta: float, orpo_lambda: float):
         super().__init__(name=which)
@@ -167,15 +169,17 @@ class PairMetric(keras.metrics.Mean):
         from keras import ops
 
         y_pred, y_true = _flat(y_pred, y_true)
-        weights = present(y_pred)
         if self.which.startswith("logps"):
             chosen, rejected = _pairs(y_pred[:, 0])
             value = chosen if self.which == "logps_chosen" else rejected
-            return super().update_state(value, sample_weight=weights)
-        chosen, rejected = rewards(self.objective, y_pred, y_true, self.beta, self.orpo_lambda)
-        if self.which == "reward_accuracy":
-            return super().update_state(ops.cast(chosen > rejected, "float32"), weights)
-        return super().update_state(chosen - rejected, sample_weight=weights)
+        else:
+            chosen, rejected = rewards(self.objective, y_pred, y_true, self.beta, self.orpo_lambda)
+            value = (
+                ops.cast(chosen > rejected, "float32")
+                if self.which == "reward_accuracy"
+                else chosen - rejected
+            )
+        return super().update_state(_mean(value, present(y_pred)))
 
 
 def metrics(objective: str, beta: float, orpo_lambda: float) -> list:
