@@ -504,9 +504,19 @@ def test_a_run_started_from_an_sft_run_keeps_its_behaviour_at_step_0(
             "data.source": pairs_file,
             "train.max_steps": 4,
             "model.init_adapter": str(sft_run.run_dir),
+            "data.eval_fraction": 0.25,
+            "train.eval_every": 2,
         },
     )
-    assert abs(result.metrics["first_loss"] - math.log(2)) < 1e-5
+    m = result.metrics
+    assert abs(m["first_loss"] - math.log(2)) < 1e-5
+    # Evaluated while training (steps 2 and 4) on the held-out pairs against their reference: the
+    # last evaluation is the after-measurement's model.
+    rows = [json.loads(line) for line in open(result.run_dir / "metrics.jsonl")]
+    evals = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4] and m["pairs_measured_on"] == "held-out"
+    for key in ("reward_accuracy", "reward_margin", "logps_chosen"):
+        assert evals[-1][f"eval_{key}"] == pytest.approx(m[f"pairs_{key}_after"], abs=1e-5)
     # Greedy answers of the merged start model before any step = the SFT model's own.
     from kft.generation import loading, sampling
 

@@ -679,10 +679,6 @@ def validate(c: Config) -> None:
                 "train.logits_on: trained (answers' log-probs are summed there)",
             ),
             (d.loss_on != "response", "data.loss_on: response (the answer is what is compared)"),
-            (
-                bool(t.eval_every),
-                "train.eval_every: 0 (held-out pairs are measured before and after)",
-            ),
         ):
             if bad:
                 _fail("train.objective", f"{t.objective} needs {why}")

@@ -109,8 +109,8 @@ class PeriodicEval(keras.callbacks.Callback):
         improved = self._judge(row)
         if improved and self.keep_best:
             self._save_best()
-        shown = ", ".join(
-            f"{k} {v:.4f}" if k == "eval_loss" else f"{k} {v:.1f}%"
+        shown = ", ".join(  # eval_*: losses and pair figures; the others: the metric (%)
+            f"{k} {v:.4f}" if k.startswith("eval_") else f"{k} {v:.1f}%"
             for k, v in result.items()
             if v is not None
         )

@@ -548,7 +548,9 @@ def _periodic_eval(c: Config, run: _Run, out: Path, progress_cb):
     from kft.training import periodic_eval  # a keras.callbacks.Callback: after backend.setup()
 
     split, metric = run.dataset.eval, c.output.metric
-    if metric == "none":
+    if c.train.objective != "sft":
+        evaluate = _pair_evaluation(c, run)
+    elif metric == "none":
 
         def evaluate():
             loss = evaluation.eval_loss(run.fit_model, split, c.train.batch_size, "evaluating")
@@ -589,6 +591,39 @@ def _periodic_eval(c: Config, run: _Run, out: Path, progress_cb):
         if c.output.tensorboard
         else None,
     )
+
+
+def _pair_evaluation(c: Config, run: _Run):
+    """Evaluation while training a preference objective: the held-out pairs' loss and figures
+    against their reference (the before-measurement), and the metric on the first eval_samples
+    prompts where output.metric is set."""
+    t, metric = c.train, c.output.metric
+    pairs = run.dataset.eval
+    n = min(t.eval_samples, len(pairs.prompts)) if metric != "none" else 0
+    prompts = replace(pairs.chosen, prompts=pairs.prompts[:n], references=pairs.references[:n])
+    subset = replace(pairs, chosen=prompts)
+
+    def evaluate():
+        result = evaluation.measure_pairs(
+            run.task,
+            run.fit_model,
+            subset,
+            t.objective,
+            t.beta,
+            t.orpo_lambda,
+            metric,
+            t.batch_size,
+            c.output.sample_max_new_tokens,
+            reference=run.eval_reference,
+            label="evaluating",
+        )
+        decode_kernels.release(run.task.backbone)  # not kept while training
+        screened_argmax.release(run.task.backbone)
+        row = {"eval_loss": result["loss"]}
+        row.update({f"eval_{k}": v for k, v in result["pairs"].items()})
+        return {**row, **({metric: result["score"]} if n else {})}
+
+    return evaluate
 
 
 def _save(
