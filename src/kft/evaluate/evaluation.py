@@ -241,14 +241,17 @@ def measure_pairs(
     """measure()'s generations and metric on the pairs' prompts (the chosen answer the reference
     text), and `pairs`: preference.summary of the held-out pairs against `reference` (the summed
     log-probs before training; None: this measurement is the reference). `outputs` holds the
-    answers' log-probs (the reference of a later measurement), `loss` the objective's loss on them."""
+    answers' log-probs (the reference of a later measurement); `pairs["loss"]` is the objective's
+    loss on them."""
     from kft.models import preference as objectives  # not kft.data.preference (the pairs)
 
     result = measure(task, model, pairs.chosen, metric, batch_size, max_new_tokens, False, label)
     outputs = pair_outputs(model, pairs, batch_size, label)
     reference = outputs[:, 0] if reference is None else reference
     result["pairs"] = objectives.summary(objective, outputs, reference, beta, orpo_lambda)
-    result["loss"] = float(objectives.loss(objective, outputs, reference, beta, orpo_lambda))
+    result["pairs"]["loss"] = float(
+        objectives.loss(objective, outputs, reference, beta, orpo_lambda)
+    )
     result["outputs"] = outputs
     return result
 

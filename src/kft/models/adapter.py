@@ -118,12 +118,15 @@ def load_weights(folder: str | Path, backbone, config: dict) -> None:
         variable.assign(tensors[path])
 
 
-def continuing(folder: str | Path, quantize: str, rank: int, alpha, targets, rslora) -> dict | None:
-    """model.init_adapter's adapter settings where this run continues training it (an int8/int4
-    base: integer kernels cannot hold a merge exactly, so the base is rebuilt as that adapter
-    records and its LoRA goes on training; the policy at step 0 is that run's model). None where
-    it is merged into a float base instead. Refuses what cannot start from it, with the fix."""
+def continuing(folder: str | Path, model, lora_config) -> dict | None:
+    """model.init_adapter's adapter settings where this run (its ModelConfig and LoraConfig)
+    continues training it: on an int8/int4 base integer kernels cannot hold a merge exactly, so the
+    base is rebuilt as that adapter records and its LoRA goes on training (the policy at step 0 is
+    that run's model). None where it is merged into a float base instead. Refuses what cannot
+    start from it, with the fix."""
     config = read_config(folder)
+    quantize = model.quantize
+    rank, alpha = lora_config.rank, lora_config.alpha
     trained_on = config.get("quantize", "none")
     if trained_on == quantize == "none":
         return None
@@ -140,8 +143,8 @@ def continuing(folder: str | Path, quantize: str, rank: int, alpha, targets, rsl
     ours = {
         "lora.rank": rank,
         "lora.alpha": lora.alpha_of(rank, alpha),
-        "lora.targets": lora.target_names(targets),
-        "lora.rslora": rslora,
+        "lora.targets": lora.target_names(lora_config.targets),
+        "lora.rslora": lora_config.rslora,
     }
     theirs = {
         "lora.rank": config["rank"],
@@ -149,11 +152,18 @@ def continuing(folder: str | Path, quantize: str, rank: int, alpha, targets, rsl
         "lora.targets": list(config["targets"]),
         "lora.rslora": config.get("rslora", False),
     }
+    if quantize == "int4":  # the base is rebuilt as it was
+        ours["model.int4_block_size"] = model.int4_block_size
+        theirs["model.int4_block_size"] = int(config.get("int4_block_size", 128))
+        theirs["model.int4_rounding"] = config.get("int4_rounding", "least-squares")
+        ours["model.int4_rounding"] = (
+            theirs["model.int4_rounding"] if model.int4_rounding == "auto" else model.int4_rounding
+        )
     differ = [k for k in ours if ours[k] != theirs[k]]
     if differ:
         raise KftError(
-            f"on a {quantize} base, model.init_adapter continues '{folder}''s LoRA, so its shape must "
-            "match: set "
+            f"on a {quantize} base, model.init_adapter continues '{folder}''s LoRA on the base it "
+            "was trained on, so these must match: set "
             + ", ".join(f"{k}: {theirs[k]}" for k in differ)
             + f" (this run has {', '.join(f'{ours[k]}' for k in differ)})"
         )

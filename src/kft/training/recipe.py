@@ -26,7 +26,7 @@ from kft.evaluate import evaluation
 from kft.generation import decode_kernels, screened_argmax
 from kft.models import adapter, lora, model
 from kft.quant import frozen_base, gptq, quantize
-from kft.training import optim, report, step_ahead
+from kft.training import optim, pair_run, report, step_ahead
 
 
 @dataclass
@@ -172,7 +172,7 @@ def train(
     _compile(c, run)
     before = _measure_before_or_resume(c, run, run_dir, out, resume_from)
     _fit(c, run, run_dir, out, resume_from)
-    after = run.measure(label="measuring after", **_after_reference(c, run))
+    after = run.measure(label="measuring after", **pair_run.after_reference(c, run))
     return _save(c, run, run_dir, out, before, after, xla)
 
 
@@ -220,11 +220,7 @@ def _start_adapter(c: Config, run_dir: Path, resume_from) -> Path | None:
 def _load_base_and_data(c: Config, start_adapter: Path | None = None) -> _Run:
     """The records, the device mesh, the frozen base (quantized and placed as the config says) and
     the tokenized dataset."""
-    continued = start_adapter and adapter.continuing(
-        start_adapter, c.model.quantize, c.lora.rank, c.lora.alpha, c.lora.targets, c.lora.rslora
-    )
-    if continued and c.model.quantize == "int4":
-        _check_same_int4(c, continued)
+    continued = start_adapter and adapter.continuing(start_adapter, c.model, c.lora)
     records, eval_records = data_lib.load_sources(c.data)
     mesh_plan = distribution.setup(
         c.model.preset,
@@ -289,26 +285,6 @@ def _load_base_and_data(c: Config, start_adapter: Path | None = None) -> _Run:
 def _builder(c: Config):
     """The dataset builder for the objective: SFT examples, or preference pairs."""
     return data_lib.build if c.train.objective == "sft" else preference.build
-
-
-def _check_same_int4(c: Config, meta: dict) -> None:
-    """An int4 base to continue an adapter on is rebuilt as that adapter records: refuse settings
-    that say otherwise."""
-    theirs = {
-        "model.int4_block_size": int(meta.get("int4_block_size", 128)),
-        "model.int4_rounding": meta.get("int4_rounding", "least-squares"),
-    }
-    ours = {
-        "model.int4_block_size": c.model.int4_block_size,
-        "model.int4_rounding": c.model.int4_rounding,
-    }
-    differ = [k for k in ours if ours[k] != theirs[k] and ours[k] != "auto"]
-    if differ:
-        raise KftError(
-            f"model.init_adapter '{c.model.init_adapter}' was trained on an int4 base built with "
-            + ", ".join(f"{k} {theirs[k]}" for k in differ)
-            + "; set the same (its base is rebuilt as it was)"
-        )
 
 
 def _init_run(folder: str) -> Path:
@@ -438,7 +414,7 @@ def _measure_before_or_resume(c: Config, run: _Run, run_dir: Path, out: Path, re
 
     if resume_from is None:
         if c.train.objective == "dpo":
-            _reference(c, run, out)
+            pair_run.compute_reference(c, run, out)
         run.batches = _batches(c, run.dataset, run.micro_steps, run.start_micro)
         run.compiling = step_ahead.start(run.fit_model, run.batches)
         if c.output.measure_before or c.train.objective != "sft":  # pairs: the reference
@@ -447,14 +423,14 @@ def _measure_before_or_resume(c: Config, run: _Run, run_dir: Path, out: Path, re
             before = {"generations": [""] * len(run.prompt_split.prompts), "score": None}
         if "outputs" in before:  # the held-out pairs' reference log-probs, for after training
             run.eval_reference = before.pop("outputs")[:, 0]
-            _save_reference(out, run)
+            pair_run.save_reference(out, run)
         (out / "before.json").write_text(
             json.dumps(before, ensure_ascii=False) + "\n", encoding="utf-8"
         )
         return before
     before = json.loads((run_dir / "before.json").read_text(encoding="utf-8"))
     if c.train.objective != "sft":
-        _load_reference(run_dir, run)
+        pair_run.load_reference(run_dir, run)
     run.optimizer.build(run.fit_model.trainable_variables)
     resume_from, state = checkpoint.restore_newest(run_dir, run.fit_model)
     run.start_micro, run.rows = state["micro_step"], state["metrics"]
@@ -549,7 +525,7 @@ def _periodic_eval(c: Config, run: _Run, out: Path, progress_cb):
 
     split, metric = run.dataset.eval, c.output.metric
     if c.train.objective != "sft":
-        evaluate = _pair_evaluation(c, run)
+        evaluate = pair_run.evaluation_while_training(c, run)
     elif metric == "none":
 
         def evaluate():
@@ -591,39 +567,6 @@ def _periodic_eval(c: Config, run: _Run, out: Path, progress_cb):
         if c.output.tensorboard
         else None,
     )
-
-
-def _pair_evaluation(c: Config, run: _Run):
-    """Evaluation while training a preference objective: the held-out pairs' loss and figures
-    against their reference (the before-measurement), and the metric on the first eval_samples
-    prompts where output.metric is set."""
-    t, metric = c.train, c.output.metric
-    pairs = run.dataset.eval
-    n = min(t.eval_samples, len(pairs.prompts)) if metric != "none" else 0
-    prompts = replace(pairs.chosen, prompts=pairs.prompts[:n], references=pairs.references[:n])
-    subset = replace(pairs, chosen=prompts)
-
-    def evaluate():
-        result = evaluation.measure_pairs(
-            run.task,
-            run.fit_model,
-            subset,
-            t.objective,
-            t.beta,
-            t.orpo_lambda,
-            metric,
-            t.batch_size,
-            c.output.sample_max_new_tokens,
-            reference=run.eval_reference,
-            label="evaluating",
-        )
-        decode_kernels.release(run.task.backbone)  # not kept while training
-        screened_argmax.release(run.task.backbone)
-        row = {"eval_loss": result["loss"]}
-        row.update({f"eval_{k}": v for k, v in result["pairs"].items()})
-        return {**row, **({metric: result["score"]} if n else {})}
-
-    return evaluate
 
 
 def _save(
@@ -704,33 +647,6 @@ def _calibration(c: Config, records, eval_records, built: dict, task) -> dict:
         built["dataset"] = dataset
     split = dataset.train.chosen if c.train.objective != "sft" else dataset.train
     return gptq.calibration_inputs(split, c.model.calibration_examples)
-
-
-def _reference(c: Config, run: _Run, out: Path) -> None:
-    """DPO's reference: every training answer's summed log-prob under the model before its first
-    step (LoRA's B is 0: the policy is the reference), computed once and carried in the batches."""
-    outputs = evaluation.pair_outputs(
-        run.fit_model, preference.unpacked(run.dataset.train), c.train.batch_size, "reference"
-    )
-    run.dataset.train = preference.with_reference(run.dataset.train, outputs[:, 0])
-    _save_reference(out, run)
-
-
-def _save_reference(out: Path, run: _Run) -> None:
-    preference.save_reference(
-        out, getattr(run.dataset.train, "reference", None), run.eval_reference
-    )
-
-
-def _load_reference(run_dir: Path, run: _Run) -> None:
-    arrays = preference.load_reference(run_dir)
-    if "train" in arrays:
-        run.dataset.train = preference.with_reference(run.dataset.train, arrays["train"])
-    run.eval_reference = arrays.get("eval")
-
-
-def _after_reference(c: Config, run: _Run) -> dict:
-    return {"reference": run.eval_reference} if c.train.objective != "sft" else {}
 
 
 def _batches(c: Config, dataset, micro_steps: int, start_micro: int):
