@@ -354,10 +354,10 @@ def main(check: str, out_file: str, root: str) -> None:
                 root / "runs" / check,
                 **{"output.samples": 0 if check == "fast" and mesh == "single" else 1},
             )
-        if (
-            check == "fast"
-        ):  # an int4 base rounded by GPTQ (model.int4_rounding auto), alone and on meshes
-            for mesh in ("single", "data", "2x4"):
+        # An int4 base rounded by GPTQ (model.int4_rounding auto), alone and on a model axis (the
+        # full grid: data parallel too).
+        if check in ("fast", "train_grid"):
+            for mesh in ("single", "2x4") if check == "fast" else ("single", "data"):
                 results[f"train {mesh} int4"] = train_case(
                     preset(root, "8/1"),
                     mesh,
@@ -393,7 +393,9 @@ def main(check: str, out_file: str, root: str) -> None:
                         "output.samples": 0,
                     },
                 )
-        if check == "fast":  # a Llama-style family: untied head, q/k/v biases, its own layout roles
+        if (
+            check == "train_grid"
+        ):  # a Llama-style family: untied head, q/k/v biases, its own layout roles
             for mesh in ("single", "2x4"):
                 results[f"train qwen {mesh}"] = train_case(
                     preset(root, "8/1", "qwen"),
@@ -401,6 +403,7 @@ def main(check: str, out_file: str, root: str) -> None:
                     root / "runs" / f"{check}_qwen",
                     **{"output.samples": 0},
                 )
+        if check == "fast":  # its int8 and GPTQ int4 bases laid out on a mesh
             for mode in ("int8", "int4"):
                 results[f"quantized qwen {mode} 2x4"] = quantized_mesh_case(
                     root, "qwen", mode, "2x4"

@@ -444,26 +444,29 @@ def assert_same_dpo(runs, packed=""):
         assert sharded["pairs_after"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
 
 
-def test_a_llama_style_family_trains_on_a_2x4_mesh_as_on_one_device_also_on_quantized_bases(
-    fast_checks,
-):
+def test_a_llama_style_familys_quantized_bases_lay_out_on_a_2x4_mesh(fast_checks):
     """Qwen: an untied head (its own layout role), q/k/v biases (replicated), int8 and GPTQ int4 bases
-    quantized on one device and laid out on the mesh after (their logits: one device's)."""
-    single, sharded = fast_checks["train qwen single"], fast_checks["train qwen 2x4"]
-    assert sharded["mesh"] == "2x4"
-    # Sharded sums add in another order; Qwen's tiny preset (kernels at Glorot's scale, lr 0.01)
-    # moves its factors further in 3 steps than Gemma's: measured 1.2e-5 apart, losses to 1e-5.
-    assert_same_training(single, sharded, adapter_tolerance=5e-5)
+    quantized on one device and laid out on the mesh after (their logits: one device's). Its
+    training on the mesh: the slow train grid (assert_same_qwen)."""
     for mode in ("int8", "int4"):
         r = fast_checks[f"quantized qwen {mode} 2x4"]
         assert r["logits_rel"] < 1e-5 and r["sharded"] > 0, (mode, r)
 
 
-@pytest.mark.parametrize("mesh", ["data", "2x4"])
-def test_a_gptq_int4_base_trains_data_parallel_and_on_a_model_axis_as_on_one_device(
-    fast_checks, mesh
-):
-    single, other = fast_checks["train single int4"], fast_checks[f"train {mesh} int4"]
+def assert_same_qwen(runs):
+    single, sharded = runs["train qwen single"], runs["train qwen 2x4"]
+    assert sharded["mesh"] == "2x4"
+    # Sharded sums add in another order; Qwen's tiny preset (kernels at Glorot's scale, lr 0.01)
+    # moves its factors further in 3 steps than Gemma's: measured 1.2e-5 apart, losses to 1e-5.
+    assert_same_training(single, sharded, adapter_tolerance=5e-5)
+
+
+def test_a_gptq_int4_base_trains_on_a_model_axis_as_on_one_device(fast_checks):
+    assert_same_int4(fast_checks, "2x4")
+
+
+def assert_same_int4(runs, mesh):
+    single, other = runs["train single int4"], runs[f"train {mesh} int4"]
     assert single["int4_rounding"] == other["int4_rounding"] == "gptq"
     assert other["mesh"] == {"data": "8x1", "2x4": "2x4"}[mesh]
     np.testing.assert_allclose(other["losses"], single["losses"], rtol=1e-5)
@@ -505,6 +508,8 @@ def test_lora_training_on_every_mesh_gives_the_single_device_losses_and_adapter(
         assert_same_training(runs["train single"], runs[f"train {mesh}"])
     assert_same_dpo(runs)  # DPO on a 2x4 mesh: the single device's losses, adapter, held-out pairs
     assert_same_dpo(runs, "packed ")  # and with pairs packed several to a row
+    assert_same_qwen(runs)  # a Llama-style family
+    assert_same_int4(runs, "data")  # a GPTQ int4 base, data parallel
 
 
 # ---- two processes x 4 devices on localhost ---------------------------------------------------

@@ -558,9 +558,37 @@ def test_a_run_started_from_an_sft_run_keeps_its_behaviour_at_step_0(
         np.testing.assert_allclose(theirs, ours, atol=1e-4)
 
 
-def test_on_a_quantized_base_a_run_continues_the_sft_runs_lora(
+def int8_adapter(folder, run_dir):
+    """A copy of `run_dir`'s adapter recorded as trained on an int8 base (what the refusals read)."""
+    import shutil
+
+    shutil.copytree(run_dir, folder, ignore=shutil.ignore_patterns("checkpoints", "init_adapter"))
+    meta = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**meta, "quantize": "int8"}))
+    return folder
+
+
+def test_continuing_a_quantized_runs_lora_is_refused_where_it_cannot_be(
     tiny_presets, pairs_file, sft_run, tmp_path
 ):
+    preset = tiny_presets["gemma3"]
+    int8 = int8_adapter(tmp_path / "int8", sft_run.run_dir)
+    dpo = {"train.objective": "dpo", "data.source": pairs_file, "train.max_steps": 2}
+    start = {"model.init_adapter": str(int8)}
+    for settings, fix in (
+        ({**start, "model.quantize": "int8", "lora.rank": 4}, "set lora.rank: 8"),
+        ({**start}, "set model.quantize: int8"),
+        (
+            {"model.init_adapter": str(sft_run.run_dir), "model.quantize": "int8"},
+            "model.quantize: none",
+        ),
+    ):
+        with pytest.raises(KftError, match=fix):  # before any model loads
+            tiny_run(tmp_path / "refused", preset, **dpo, **settings)
+
+
+@pytest.mark.slow  # two tiny runs on an int8 base (~25 s); its refusals are in the default tier
+def test_on_a_quantized_base_a_run_continues_the_sft_runs_lora(tiny_presets, pairs_file, tmp_path):
     from kft.generation import loading, sampling
     from kft.models import adapter
 
@@ -570,16 +598,6 @@ def test_on_a_quantized_base_a_run_continues_the_sft_runs_lora(
     )
     dpo = {"train.objective": "dpo", "data.source": pairs_file, "train.max_steps": 2}
     start = {"model.init_adapter": str(int8_sft.run_dir)}
-    for settings, fix in (
-        ({**start, "model.quantize": "int8", "lora.rank": 4}, "set lora.rank: 8"),
-        ({**start}, "set model.quantize: int8"),
-        (
-            {"model.init_adapter": str(sft_run.run_dir), "model.quantize": "int8"},
-            "model.quantize: none",
-        ),
-    ):
-        with pytest.raises(KftError, match=fix):
-            tiny_run(tmp_path / "refused", preset, **dpo, **settings)
     result = tiny_run(tmp_path / "dpo8", preset, **dpo, **start, **{"model.quantize": "int8"})
     assert abs(result.metrics["first_loss"] - math.log(2)) < 1e-5  # the policy: the SFT model
     prompts = [json.loads(line)["prompt"] for line in open(result.run_dir / "samples.jsonl")]
