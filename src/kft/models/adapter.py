@@ -137,7 +137,7 @@ def continuing(folder: str | Path, model, lora_config) -> dict | None:
             else f"model.quantize: {trained_on} (its LoRA goes on training on the same base)"
         )
         raise KftError(
-            f"model.init_adapter '{folder}' was trained on a {'float' if trained_on == 'none' else trained_on} "
+            f"model.init_adapter '{folder}' was trained on {'a float' if trained_on == 'none' else 'an ' + trained_on} "
             f"base and this run asks for model.quantize {quantize}; set {fix}"
         )
     ours = {
@@ -162,7 +162,7 @@ def continuing(folder: str | Path, model, lora_config) -> dict | None:
     differ = [k for k in ours if ours[k] != theirs[k]]
     if differ:
         raise KftError(
-            f"on a {quantize} base, model.init_adapter continues '{folder}''s LoRA on the base it "
+            f"on an {quantize} base, model.init_adapter continues the LoRA of '{folder}' on the base it "
             "was trained on, so these must match: set "
             + ", ".join(f"{k}: {theirs[k]}" for k in differ)
             + f" (this run has {', '.join(f'{ours[k]}' for k in differ)})"
@@ -201,7 +201,7 @@ def merge(folder: str | Path, backbone) -> int:
         )
     if config.get("quantize", "none") != "none":
         raise KftError(
-            f"the adapter in '{folder}' was trained on a {config['quantize']} base; model.init_adapter "
+            f"the adapter in '{folder}' was trained on an {config['quantize']} base; model.init_adapter "
             f"merges into a float base only: set model.quantize: {config['quantize']} to go on "
             "training its LoRA on that base, or start from a run trained on the float model"
         )
