@@ -34,13 +34,11 @@ def positions(c, tokenizer, records, packing: bool, seq_len: int, batch_size: in
     )
     total = sum(batches[i][0]["token_ids"].size for i in range(steps))
     real = sum(batches.tokens(i) for i in range(steps))
-    pairs = len(preference.unpacked(split))
     return {
         "rows": len(split),
         "steps": steps,
         "positions": total,
         "padding": 1 - real / total,
-        "pairs": pairs,
     }
 
 

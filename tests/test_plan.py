@@ -408,3 +408,8 @@ def test_a_preference_run_plans_two_answers_per_pair():
     assert activations(**{"train.objective": "orpo", "train.batch_size": 2})[1] == pytest.approx(
         sft[1]
     )
+    # Packed pairs: batch_size rows of 2 x seq_len, the positions of as many unpacked pairs (and
+    # attention rows twice as long, so a little more).
+    packed = activations(**{"train.objective": "dpo", "data.packing": True})
+    assert "4 x 512" in packed[0] and "packed pairs" in packed[0]
+    assert dpo[1] < packed[1] < 1.5 * dpo[1]

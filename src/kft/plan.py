@@ -312,6 +312,13 @@ def estimate(
     row = c.data.seq_len * (2 if packed_pairs else 1)
     batch = math.ceil((1 if packed_pairs else answers) * c.train.batch_size / batch_axis)
     tokens = batch * row
+    pair_note = (
+        "; packed pairs"
+        if packed_pairs
+        else f"; {batch // 2} pairs x 2 answers"
+        if answers == 2
+        else ""
+    )
     # On a model axis kft's layouts split the heads and the feed-forward width but not the residual
     # stream: about half the hidden-wide tensors stay whole on every device (benchmarks/plan_vs_mesh.py).
     whole = HIDDEN_WIDE_KEPT // 2 * a.hidden
@@ -343,14 +350,7 @@ def estimate(
         (f"LoRA factors (rank {c.lora.rank})", lora / GB),
         ("gradients + optimizer state", optimizer / GB),
         (
-            f"activations ({batch} x {row} x {a.layers} layers"
-            + (
-                "; packed pairs)"
-                if packed_pairs
-                else f"; {batch // 2} pairs x 2 answers)"
-                if answers == 2
-                else ")"
-            ),
+            f"activations ({batch} x {row} x {a.layers} layers{pair_note})",
             activations / GB,
         ),
         (

@@ -141,10 +141,13 @@ class PackedPairs:
         x, _, _ = self.rows.batch(index, True, pad_to_multiple, length)
         slots = self.slots[np.asarray(index)]
         x["answer_slots"] = (slots >= 0).astype("int32")  # its width is K: the model's output shape
-        known = self.reference is not None
-        flat = self.reference.reshape(-1) if known else np.zeros(1, "float32")
-        reference = np.where(slots >= 0, flat[np.maximum(slots, 0) if known else 0], 0.0)
-        return x, reference.astype("float32"), np.ones((len(slots),), "float32")
+        flat = (
+            np.zeros(2 * len(self.pairs), "float32")
+            if self.reference is None
+            else self.reference.reshape(-1)
+        )
+        reference = np.where(slots >= 0, flat[np.maximum(slots, 0)], 0.0).astype("float32")
+        return x, reference, np.ones((len(slots),), "float32")
 
 
 def pack(pairs: PairSplit, kept, seq_len: int, pad_id: int) -> PackedPairs:

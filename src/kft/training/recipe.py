@@ -203,7 +203,9 @@ class _Run:
     periodic: object = None
     eval_reference: object = None  # preference runs: held-out answers' log-probs before training
     start_adapter: object = None  # model.init_adapter's folder (resuming: the run's own copy)
-    continued: bool = False  # its LoRA goes on training (a quantized base), not merged
+    continued: dict | None = (
+        None  # its adapter config where its LoRA goes on training (a quantized base)
+    )
 
 
 def _start_adapter(c: Config, run_dir: Path, resume_from) -> Path | None:
@@ -266,7 +268,7 @@ def _load_base_and_data(c: Config, start_adapter: Path | None = None) -> _Run:
     # A batch larger than the data is refused here, before the run folder exists.
     per_epoch = data_lib.steps_per_epoch(dataset.train, c.train.batch_size)
     run = _Run(task, family, policy, dataset, mesh_plan, rounding, per_epoch)
-    run.start_adapter, run.continued = start_adapter, bool(continued)
+    run.start_adapter, run.continued = start_adapter, continued or None
     run.metrics = {
         "family": family,
         "dtype_policy": policy,
@@ -339,9 +341,7 @@ def _enable_lora(c: Config, run: _Run) -> None:
         run.task.backbone, c.lora.rank, c.lora.alpha, c.lora.targets, c.lora.rslora
     )
     if run.continued:  # model.init_adapter on a quantized base: its factors are the start
-        adapter.load_weights(
-            run.start_adapter, run.task.backbone, adapter.read_config(run.start_adapter)
-        )
+        adapter.load_weights(run.start_adapter, run.task.backbone, run.continued)
     total, trainable = lora.parameter_counts(run.task)
     print(
         f"kft: {run.family} model, {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.3f}%) "
